@@ -1,0 +1,313 @@
+"""The inventory: hosts, their gateways and front, the apps that share them.
+
+Loaded from YAML, validated by pydantic for shape and by `_check_host` for the
+rules that span fields. Every error names the file, line and field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from . import yamlsrc
+from .errors import InputError, Problem
+
+Mode = Literal["paper", "live"]
+MODES: tuple[Mode, ...] = ("paper", "live")
+# IB's own conventions: the gateway listens on 4001 (live) / 4002 (paper);
+# ib-gateway-docker relays them on 4003 / 4004, which users know as the front.
+DEFAULT_API_PORT = {"live": 4001, "paper": 4002}
+DEFAULT_FRONT_PORT = {"live": 4003, "paper": 4004}
+Port = Annotated[int, Field(ge=1, le=65535)]
+ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+Duration = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
+SECRET_KEY = re.compile(r"pass|secret|token", re.I)
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"malformed CIDR {text!r}: {exc}") from None
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Model):
+    """A secret kept on the operator machine: an environment variable or a file."""
+
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def __str__(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+
+def _no_plaintext(value: object) -> object:
+    if isinstance(value, (str, int, float)):
+        raise ValueError("plaintext secrets are not allowed in the inventory; use {env: VAR} or {file: PATH}")
+    return value
+
+
+class Login(Model):
+    """The IB username and password, both by reference, never inline."""
+
+    username: SecretRef
+    password: SecretRef
+
+    _plain = field_validator("username", "password", mode="before")(_no_plaintext)
+
+
+class Ibc(Model):
+    """IBC options, named after ib-gateway-docker's variables (lower-cased)."""
+
+    auto_restart_time: Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")] = "11:59 PM"
+    twofa_timeout_action: Literal["restart", "exit"] = "restart"
+    existing_session_detected_action: Literal["primary", "primaryoverride", "secondary", "manual"] = "primary"
+    read_only_api: bool = False
+    master_client_id: ClientId | None = None
+    time_zone: str = "America/New_York"
+
+
+class Simulator(Model):
+    """Options for `ibgw sim` when the host's backend is `simulator`."""
+
+    accounts: list[Annotated[str, Field(pattern=r"^[A-Z]{1,3}[0-9]{1,12}$")]] = []
+    seed: int = 1
+
+
+class Gateway(Model):
+    mode: Mode
+    api_port: Port  # the gateway's own port on 127.0.0.1
+    front_port: Port  # where apps connect, on the front
+    login: Login | None = None
+    ibc: Ibc = Ibc()
+    java_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "768m"
+    simulator: Simulator = Simulator()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ports(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("mode") in MODES:
+            mode = data["mode"]
+            return {"api_port": DEFAULT_API_PORT[mode], "front_port": DEFAULT_FRONT_PORT[mode], **data}
+        return data
+
+
+class App(Model):
+    """One trading app: its client id, the modes it may use and where it connects from."""
+
+    name: Name
+    client_id: ClientId
+    modes: list[Mode] = Field(min_length=1)
+    sources: list[Cidr] = Field(min_length=1)
+    read_only: bool = False
+
+
+class Timeouts(Model):
+    connect: Duration = "5s"
+    client: Duration = "8h"
+    server: Duration = "8h"
+
+
+class Front(Model):
+    """The TCP front apps connect to: HAProxy, or nginx's stream module."""
+
+    kind: Literal["haproxy", "nginx"] = "haproxy"
+    bind: str = "0.0.0.0"
+    maxconn: int = Field(default=256, ge=1, le=100000)
+    per_source_limit: int = Field(default=16, ge=1, le=10000)
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, bind: str) -> str:
+        try:
+            return str(ipaddress.ip_address(bind))
+        except ValueError:
+            raise ValueError(f"bind must be an IP address, got {bind!r}") from None
+
+
+class Firewall(Model):
+    """nftables: SSH from admin CIDRs, front ports from app CIDRs, nothing else."""
+
+    enabled: bool = True
+    admin_cidrs: list[Cidr] = []
+
+
+class Ssh(Model):
+    user: str = "root"
+    port: Port = 22
+    key: Path | None = None
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    host_key: Literal["verify", "accept-new"] = "verify"
+
+
+class Host(Model):
+    address: Annotated[str, Field(pattern=r"^[A-Za-z0-9:._-]+$")]
+    ssh: Ssh = Ssh()
+    backend: Literal["ibgw", "simulator"] = "ibgw"
+    gateways: list[Gateway] = Field(min_length=1)
+    apps: list[App] = []
+    front: Front = Front()
+    firewall: Firewall = Firewall()
+
+    def gateway(self, mode: Mode) -> Gateway | None:
+        return next((g for g in self.gateways if g.mode == mode), None)
+
+    def apps_for(self, mode: Mode) -> list[App]:
+        return [a for a in self.apps if mode in a.modes]
+
+
+class Artifact(Model):
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+    sha256: Sha256
+
+
+class Artifacts(Model):
+    """Pinned installers, read from a local cache on the operator machine."""
+
+    cache_dir: Path = Path("~/.cache/ibgw/artifacts")
+    ib_gateway: Artifact | None = None
+    ibc: Artifact | None = None
+
+
+class Inventory(Model):
+    hosts: dict[Name, Host] = Field(min_length=1)
+    groups: dict[Name, list[Name]] = {}
+    artifacts: Artifacts = Artifacts()
+    _source: yamlsrc.Source | None = PrivateAttr(default=None)
+
+    def problem(self, path: tuple, message: str) -> Problem:
+        """A problem at a field of the file this inventory was loaded from."""
+        return self._source.problem(path, message) if self._source else Problem("<inventory>", None, str(path), message)
+
+    def select(self, pattern: str) -> list[str]:
+        """Host names for HOST, GROUP, 'all' or a glob."""
+        if pattern == "all":
+            return list(self.hosts)
+        if pattern in self.groups:
+            return list(self.groups[pattern])
+        return [h for h in self.hosts if fnmatch.fnmatchcase(h, pattern)]
+
+
+def load(path: str | Path) -> Inventory:
+    """Load and fully validate an inventory, or raise InputError naming every problem."""
+    src = yamlsrc.load(path)
+    if not isinstance(src.data, dict):
+        raise InputError([src.problem((), "the inventory must be a mapping with a 'hosts' key")])
+    try:
+        inv = Inventory.model_validate(src.data)
+    except ValidationError as exc:
+        raise InputError([src.problem(tuple(e["loc"]), _message(e)) for e in exc.errors()]) from None
+    problems = _check(inv, src)
+    if problems:
+        raise InputError(problems)
+    inv._source = src
+    return inv
+
+
+def _message(error: dict) -> str:
+    msg = re.sub(r"^Value error, ", "", error["msg"])
+    if error["type"] == "extra_forbidden":
+        if SECRET_KEY.search(str(error["loc"][-1])):
+            return "plaintext secrets are not allowed in the inventory; use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+        return "unknown field (check its spelling)"
+    return msg
+
+
+def _check(inv: Inventory, src: yamlsrc.Source) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, members in inv.groups.items():
+        for i, member in enumerate(members):
+            if member not in inv.hosts:
+                problems.append(src.problem(("groups", name, i), f"no host named {member!r}"))
+    for name, host in inv.hosts.items():
+        problems += _check_host(inv, name, host, src)
+    return problems
+
+
+def _check_host(inv: Inventory, name: str, host: Host, src: yamlsrc.Source) -> list[Problem]:
+    base = ("hosts", name)
+    found: list[tuple[tuple, str]] = []
+    found += _check_gateways(host, base)
+    found += _check_apps(host, base)
+    found += _check_ports(host, base)
+    if host.firewall.enabled and not host.firewall.admin_cidrs:
+        found.append((base + ("firewall", "admin_cidrs"), "the firewall is on but no admin CIDR may reach SSH; "
+                      "list the operator's addresses, or set firewall.enabled: false"))
+    if host.backend == "ibgw":
+        found += [(("artifacts", kind), f"host {name!r} uses the ibgw backend, which needs a pinned {kind} installer")
+                  for kind in ("ib_gateway", "ibc") if getattr(inv.artifacts, kind) is None]
+    return [src.problem(path, msg) for path, msg in found]
+
+
+def _check_gateways(host: Host, base: tuple) -> list[tuple[tuple, str]]:
+    found, seen = [], set()
+    for i, gw in enumerate(host.gateways):
+        path = base + ("gateways", i)
+        if gw.mode in seen:
+            found.append((path + ("mode",), f"a {gw.mode} gateway is already defined on this host"))
+        seen.add(gw.mode)
+        if host.backend == "ibgw" and gw.login is None:
+            found.append((path + ("login",), "missing secret reference: the ibgw backend needs login.username "
+                          "and login.password, each as {env: VAR} or {file: PATH}"))
+        prefix = "DU" if gw.mode == "paper" else "U"
+        for j, account in enumerate(gw.simulator.accounts):
+            if not account.startswith(prefix):
+                found.append((path + ("simulator", "accounts", j),
+                              f"a {gw.mode} account must start with {prefix!r}, got {account!r}"))
+    return found
+
+
+def _check_apps(host: Host, base: tuple) -> list[tuple[tuple, str]]:
+    found: list[tuple[tuple, str]] = []
+    names: dict[str, int] = {}
+    owner: dict[tuple[str, int], str] = {}  # (mode, client_id) -> app name
+    provided = {g.mode for g in host.gateways}
+    for i, app in enumerate(host.apps):
+        path = base + ("apps", i)
+        if app.name in names:
+            found.append((path + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]"))
+        names.setdefault(app.name, i)
+        for j, mode in enumerate(app.modes):
+            if mode not in provided:
+                found.append((path + ("modes", j), f"no {mode} gateway on this host (it has: "
+                              f"{', '.join(sorted(provided))})"))
+            key = (mode, app.client_id)
+            if key in owner:
+                found.append((path + ("client_id",), f"client_id {app.client_id} is already used by app "
+                              f"{owner[key]!r} on the {mode} gateway"))
+            owner.setdefault(key, app.name)
+    return found
+
+
+def _check_ports(host: Host, base: tuple) -> list[tuple[tuple, str]]:
+    found: list[tuple[tuple, str]] = []
+    used: dict[int, str] = {host.ssh.port: "ssh.port"}
+    for i, gw in enumerate(host.gateways):
+        for key in ("api_port", "front_port"):
+            port, here = getattr(gw, key), f"gateways[{i}].{key}"
+            if port in used:
+                found.append((base + ("gateways", i, key), f"port {port} collides with {used[port]}"))
+            used.setdefault(port, here)
+    return found

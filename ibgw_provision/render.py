@@ -1,0 +1,163 @@
+"""Render every file a host gets from the Jinja2 templates in templates/.
+
+Output is the desired state: paths, contents, owners, modes, and which units
+must reload or restart when a file changes. Nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from . import layout
+from .inventory import Gateway, Host, Inventory
+from .secrets import Secrets
+
+
+@dataclass(frozen=True)
+class ManagedFile:
+    path: str  # absolute path on the host
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    secret: bool = False  # holds a secret: never shown, never world-readable
+    seed: bool = False  # written only if missing: the program rewrites it itself
+    reload: tuple[str, ...] = ()  # units to reload when it changes
+    restart: tuple[str, ...] = ()  # units to restart when it changes
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    """A gateway with what the host derives for it (display, install tree)."""
+
+    gw: Gateway
+    display: int
+    tws_path: str
+    tws_version: str
+
+    def __getattr__(self, name: str):
+        return getattr(self.gw, name)
+
+
+def templates_dir() -> Path:
+    packaged = Path(__file__).parent / "templates"  # in a built wheel
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(templates_dir()),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+def render_host(inv: Inventory, name: str, secrets: Secrets) -> list[ManagedFile]:
+    host = inv.hosts[name]
+    ctx = _context(inv, name, host)
+    files = _front(host, ctx) + _logrotate(ctx) + _firewall(host, ctx)
+    for view in ctx["gateways"]:
+        files += _gateway(host, view, {**ctx, "gw": view}, secrets)
+    return files
+
+
+def _render(template: str, ctx: dict) -> str:
+    return _ENV.get_template(template).render(ctx)
+
+
+def _context(inv: Inventory, name: str, host: Host) -> dict:
+    gw_art, ibc_art = inv.artifacts.ib_gateway, inv.artifacts.ibc
+    tws_version = _tws_version(gw_art.version) if gw_art else ""
+    views = [GatewayView(gw, layout.FIRST_DISPLAY + i, f"{layout.OPT}/gateway-{gw.mode}", tws_version)
+             for i, gw in enumerate(host.gateways)]
+    apps = {gw.mode: host.apps_for(gw.mode) for gw in host.gateways}
+    return {
+        "name": name,
+        "host": host,
+        "layout": layout,
+        "front": host.front,
+        "gateways": views,
+        "apps": apps,
+        "allow": {mode: _union(a.sources for a in mode_apps) for mode, mode_apps in apps.items()},
+        "front_listen": f"[{host.front.bind}]" if ":" in host.front.bind else host.front.bind,
+        "stream_timeout": max(host.front.timeouts.client, host.front.timeouts.server, key=_seconds),
+        "firewall_rules": firewall_rules(host, apps),
+        "ib_gateway": gw_art,
+        "ibc": {"version": ibc_art.version, "dir": layout.ibc_dir(ibc_art.version)} if ibc_art else None,
+    }
+
+
+def _tws_version(version: str) -> str:
+    """IB installs 10.30.1t under .../ibgateway/1030; ibcstart.sh takes that name."""
+    match = re.match(r"^(\d+)\.(\d+)", version)
+    return match.group(1) + match.group(2) if match else version
+
+
+def _union(source_lists) -> list[str]:
+    return sorted({cidr for sources in source_lists for cidr in sources})
+
+
+def _seconds(duration: str) -> float:
+    value, unit = re.match(r"^(\d+)(ms|s|m|h)$", duration).groups()
+    return int(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def firewall_rules(host: Host, apps: dict) -> list[dict]:
+    """nftables allow rules: SSH from admin CIDRs, each front port from its apps' CIDRs."""
+    wanted = [("admin", host.ssh.port, host.firewall.admin_cidrs, "SSH from the admin CIDRs")]
+    wanted += [(f"{gw.mode}_apps", gw.front_port, _union(a.sources for a in apps[gw.mode]),
+                f"the {gw.mode} front from its apps") for gw in host.gateways]
+    rules = []
+    for set_name, port, cidrs, why in wanted:
+        for family, suffix in (("ipv4", "v4"), ("ipv6", "v6")):
+            members = [c for c in cidrs if (":" in c) == (family == "ipv6")]
+            if members:
+                rules.append({"set": f"{set_name}_{suffix}", "family": family, "port": port,
+                              "cidrs": members, "why": why})
+    return rules
+
+
+def _front(host: Host, ctx: dict) -> list[ManagedFile]:
+    if host.front.kind == "haproxy":
+        return [ManagedFile("/etc/haproxy/haproxy.cfg", _render("haproxy/haproxy.cfg.j2", ctx),
+                            reload=("haproxy.service",))]
+    return [ManagedFile("/etc/nginx/nginx.conf", _render("nginx/nginx.conf.j2", ctx), reload=("nginx.service",))]
+
+
+def _logrotate(ctx: dict) -> list[ManagedFile]:
+    return [ManagedFile("/etc/logrotate.d/ibgw", _render("logrotate/ibgw.j2", ctx))]
+
+
+def _firewall(host: Host, ctx: dict) -> list[ManagedFile]:
+    if not host.firewall.enabled:
+        return []
+    unit = layout.FIREWALL_UNIT
+    return [
+        ManagedFile(f"{layout.ETC}/firewall.nft", _render("nftables/ibgw.nft.j2", ctx), mode=0o600, reload=(unit,)),
+        ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-firewall.service.j2", ctx), restart=(unit,)),
+    ]
+
+
+def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list[ManagedFile]:
+    mode, unit = view.mode, layout.gateway_unit(view.mode)
+    if host.backend == "simulator":
+        return [ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-sim.service.j2", ctx), restart=(unit,))]
+    xvfb = layout.xvfb_unit(mode)
+    login = {"username": secrets.value(view.login.username), "password": secrets.value(view.login.password)}
+    ibkr = {"owner": layout.USER, "group": layout.GROUP}
+    return [
+        ManagedFile(f"{layout.UNIT_DIR}/{xvfb}", _render("systemd/ibgw-xvfb.service.j2", ctx), restart=(xvfb, unit)),
+        ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gateway.service.j2", ctx), restart=(unit,)),
+        ManagedFile(layout.ibc_ini(mode), _render("ibc/config.ini.j2", {**ctx, "login": login}),
+                    mode=0o600, secret=True, restart=(unit,), **ibkr),
+        ManagedFile(f"{layout.settings_dir(mode)}/jts.ini", _render("ibc/jts.ini.j2", ctx),
+                    mode=0o600, seed=True, **ibkr),
+        ManagedFile(f"{view.tws_path}/ibgateway/{view.tws_version}/ibgateway.vmoptions",
+                    _render("ibc/ibgateway.vmoptions.j2", ctx), restart=(unit,), **ibkr),
+    ]

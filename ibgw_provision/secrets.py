@@ -1,0 +1,70 @@
+"""Secrets are read on the operator machine, by reference, and never printed."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import InputError
+from .inventory import Inventory, SecretRef
+
+MASK = "********"
+
+
+class Secrets:
+    """Resolves SecretRefs. `masked=True` never reads them: for render and --check output."""
+
+    def __init__(self, masked: bool = False):
+        self.masked = masked
+        self.values: set[str] = set()  # every secret value handed out, for masking output
+
+    def value(self, ref: SecretRef) -> str:
+        if self.masked:
+            return MASK
+        value = _read(ref)
+        self.values.add(value)
+        return value
+
+    def mask(self, text: str) -> str:
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, MASK)
+        return text
+
+
+def _read(ref: SecretRef) -> str:
+    if ref.env:
+        value = os.environ.get(ref.env)
+        if not value:
+            raise SecretError(f"environment variable {ref.env} is not set")
+        return value
+    path = Path(ref.file).expanduser()
+    try:
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecretError(f"secret file {path} is readable by others; chmod 600 it")
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if not value:
+        raise SecretError(f"secret file {path} is empty")
+    return value
+
+
+class SecretError(ValueError):
+    """A reference that does not resolve; the caller adds file, line and field."""
+
+
+def check(inv: Inventory) -> None:
+    """Resolve every secret reference now, so provisioning never fails half-way on one."""
+    problems = []
+    for name, host in inv.hosts.items():
+        for i, gw in enumerate(host.gateways):
+            for key in ("username", "password"):
+                ref = getattr(gw.login, key) if gw.login else None
+                try:
+                    ref and _read(ref)
+                except SecretError as exc:
+                    problems.append(inv.problem(("hosts", name, "gateways", i, "login", key), str(exc)))
+    if problems:
+        raise InputError(problems)

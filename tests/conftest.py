@@ -1,0 +1,55 @@
+"""Shared fixtures: the repo's inventories, and a tool that renders them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ibgw_provision import inventory
+from ibgw_provision.render import render_host
+from ibgw_provision.secrets import Secrets
+
+ROOT = Path(__file__).resolve().parent.parent
+INVENTORIES = ROOT / "inventories"
+
+
+def render_to(inv, host: str, out: Path) -> dict[str, Path]:
+    """Render HOST under OUT at its target paths; return target path -> written file."""
+    written = {}
+    for f in render_host(inv, host, Secrets(masked=True)):
+        target = out / f.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f.content)
+        written[f.path] = target
+    return written
+
+
+def with_front(path: Path, kind: str, tmp: Path) -> Path:
+    """A copy of an inventory whose hosts use the given front kind."""
+    text = path.read_text().replace("kind: haproxy", f"kind: {kind}")
+    out = tmp / f"{path.stem}-{kind}.yml"
+    out.write_text(text)
+    return out
+
+
+@pytest.fixture(scope="session")
+def example():
+    return inventory.load(INVENTORIES / "example.yml")
+
+
+@pytest.fixture(scope="session")
+def local():
+    return inventory.load(INVENTORIES / "local.yml")
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory, example, local):
+    """Every variant we ship, rendered once: name -> {target path: file}."""
+    tmp = tmp_path_factory.mktemp("rendered")
+    nginx = inventory.load(with_front(INVENTORIES / "example.yml", "nginx", tmp))
+    return {
+        "example": render_to(example, "gw1", tmp / "example"),
+        "example-nginx": render_to(nginx, "gw1", tmp / "example-nginx"),
+        "local": render_to(local, "local", tmp / "local"),
+    }

@@ -1,0 +1,161 @@
+"""Rendered files: they carry exactly what the inventory says, and match the goldens."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from ibgw_provision import layout
+from ibgw_provision.render import render_host
+from ibgw_provision.secrets import MASK, Secrets
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+def _expected_allow(host) -> dict[str, set[str]]:
+    return {gw.mode: {c for a in host.apps_for(gw.mode) for c in a.sources} for gw in host.gateways}
+
+
+def _haproxy_sections(text: str) -> dict[str, str]:
+    """'frontend paper' -> its body."""
+    parts = re.split(r"^(frontend \S+|backend \S+)$", text, flags=re.M)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+@pytest.mark.parametrize("variant,host_name", [("example", "gw1"), ("local", "local")])
+def test_haproxy_allowlist_and_ports_match_inventory(rendered, example, local, variant, host_name):
+    host = {"example": example, "local": local}[variant].hosts[host_name]
+    sections = _haproxy_sections(rendered[variant]["/etc/haproxy/haproxy.cfg"].read_text())
+    for gw in host.gateways:
+        front = sections[f"frontend {gw.mode}"]
+        assert f"bind {host.front.bind}:{gw.front_port}\n" in front
+        acl = re.search(r"acl app_source src (.+)", front).group(1).split()
+        assert set(acl) == _expected_allow(host)[gw.mode]
+        assert "tcp-request connection reject if !app_source" in front
+        assert f"sc0_conn_cur gt {host.front.per_source_limit}" in front
+        assert f"server {gw.mode} 127.0.0.1:{gw.api_port} check" in sections[f"backend {gw.mode}_gateway"]
+
+
+def test_a_gateway_no_app_may_use_rejects_everyone(tmp_path, example):
+    host = example.hosts["gw1"]
+    apps = [a.model_copy(update={"modes": ["paper"]}) for a in host.apps]
+    inv = example.model_copy(update={"hosts": {"gw1": host.model_copy(update={"apps": apps})}})
+    files = {f.path: f for f in render_host(inv, "gw1", Secrets(masked=True))}
+    live = _haproxy_sections(files["/etc/haproxy/haproxy.cfg"].content)["frontend live"]
+    assert "acl app_source" not in live
+    assert re.search(r"^\s+tcp-request connection reject$", live, flags=re.M)
+    assert "live_apps" not in files[f"{layout.ETC}/firewall.nft"].content
+
+
+def test_nginx_allowlist_and_ports_match_inventory(rendered, example):
+    host = example.hosts["gw1"]
+    text = rendered["example-nginx"]["/etc/nginx/nginx.conf"].read_text()
+    assert not re.search(r"^\s*(http \{|proxy_pass http)", text, flags=re.M)
+    assert re.search(r"^stream \{", text, flags=re.M)
+    for gw in host.gateways:
+        server = re.search(rf"listen {host.front.bind}:{gw.front_port};(.*?)\}}", text, flags=re.S).group(1)
+        assert set(re.findall(r"allow (\S+);", server)) == _expected_allow(host)[gw.mode]
+        assert server.rstrip().endswith(f"proxy_pass {gw.mode}_gateway;")
+        assert "deny all;" in server
+        assert f"server 127.0.0.1:{gw.api_port} " in text
+
+
+def test_firewall_admits_only_what_the_inventory_allows(rendered, example):
+    host = example.hosts["gw1"]
+    text = rendered["example"][f"{layout.ETC}/firewall.nft"].read_text()
+    sets = {name: {e.strip() for e in body.split(",")}
+            for name, body in re.findall(r"set (\S+) \{.*?elements = \{ (.*?) \}", text, flags=re.S)}
+    rules = re.findall(r"ip6? saddr @(\S+) tcp dport (\d+) accept", text)
+    assert ("admin_v4", str(host.ssh.port)) in rules
+    assert sets["admin_v4"] == set(host.firewall.admin_cidrs)
+    for gw in host.gateways:
+        assert (f"{gw.mode}_apps_v4", str(gw.front_port)) in rules
+        assert sets[f"{gw.mode}_apps_v4"] == _expected_allow(host)[gw.mode]
+    assert len(rules) == 1 + len(host.gateways)
+    assert "policy drop" in text
+    for gw in host.gateways:
+        assert f"dport {gw.api_port}" not in text
+
+
+def test_ipv6_sources_get_their_own_sets(tmp_path, example):
+    host = example.hosts["gw1"]
+    apps = [host.apps[0].model_copy(update={"sources": ["2001:db8::/64", "10.0.1.5/32"]})] + host.apps[1:]
+    inv = example.model_copy(update={"hosts": {"gw1": host.model_copy(update={"apps": apps})}})
+    text = {f.path: f for f in render_host(inv, "gw1", Secrets(masked=True))}[f"{layout.ETC}/firewall.nft"].content
+    assert "ip6 saddr @paper_apps_v6 tcp dport 4004 accept" in text
+    assert re.search(r"set paper_apps_v6 \{\s+type ipv6_addr", text)
+
+
+def test_ibc_config_per_mode(rendered, example):
+    for gw in example.hosts["gw1"].gateways:
+        ini = rendered["example"][layout.ibc_ini(gw.mode)].read_text()
+        assert f"TradingMode={gw.mode}\n" in ini
+        assert f"OverrideTwsApiPort={gw.api_port}\n" in ini
+        assert f"ReadOnlyApi={'yes' if gw.ibc.read_only_api else 'no'}\n" in ini
+        assert f"AutoRestartTime={gw.ibc.auto_restart_time}\n" in ini
+        assert f"ExistingSessionDetectedAction={gw.ibc.existing_session_detected_action}\n" in ini
+        assert "CommandServerPort=0\n" in ini
+        assert f"IbPassword={MASK}\n" in ini
+        jts = rendered["example"][f"{layout.settings_dir(gw.mode)}/jts.ini"].read_text()
+        assert "TrustedIPs=127.0.0.1\n" in jts
+
+
+def test_secret_files_are_private_to_ibkr_and_hold_real_values_only_when_provisioning(example, monkeypatch):
+    monkeypatch.setenv("IB_PAPER_USER", "paperuser")
+    monkeypatch.setenv("IB_PAPER_PASSWORD", "pp-secret")
+    monkeypatch.setenv("IB_LIVE_USER", "liveuser")
+    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"value-of-{ref.env or 'file'}")
+    resolver = Secrets()
+    files = render_host(example, "gw1", resolver)
+    secret_files = [f for f in files if f.secret]
+    assert {f.path for f in secret_files} == {layout.ibc_ini("paper"), layout.ibc_ini("live")}
+    for f in secret_files:
+        assert (f.mode, f.owner, f.group) == (0o600, "ibkr", "ibkr")
+        assert MASK not in f.content
+        assert MASK in resolver.mask(f.content)
+    for f in files:
+        if not f.secret:
+            assert "value-of-" not in f.content, f.path
+
+
+def test_gateway_units(rendered, example, local):
+    for gw in local.hosts["local"].gateways:
+        unit = rendered["local"][f"{layout.UNIT_DIR}/{layout.gateway_unit(gw.mode)}"].read_text()
+        assert f"ibgw sim --listen 127.0.0.1:{gw.api_port} --mode {gw.mode}" in unit
+        assert f"User={layout.USER}\n" in unit
+    for gw in example.hosts["gw1"].gateways:
+        unit = rendered["example"][f"{layout.UNIT_DIR}/{layout.gateway_unit(gw.mode)}"].read_text()
+        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1030 --gateway --mode=" + gw.mode, unit)
+        assert f"--on2fatimeout={gw.ibc.twofa_timeout_action}" in unit
+        assert f"Requires={layout.xvfb_unit(gw.mode)}" in unit
+        for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StartLimitBurst="):
+            assert hardening in unit
+
+
+def test_java_heap_per_gateway(rendered, example):
+    for gw in example.hosts["gw1"].gateways:
+        path = next(p for p in rendered["example"] if p.startswith(f"{layout.OPT}/gateway-{gw.mode}/"))
+        assert rendered["example"][path].read_text().startswith(f"-Xmx{gw.java_heap}\n")
+
+
+def test_displays_are_distinct(rendered):
+    displays = [re.search(r"Xvfb :(\d+)", p.read_text()).group(1)
+                for path, p in rendered["example"].items() if "ibgw-xvfb-" in path]
+    assert len(displays) == 2 and len(set(displays)) == 2
+
+
+@pytest.mark.parametrize("variant", ["example", "example-nginx", "local"])
+def test_golden(rendered, variant):
+    """Any change to a rendered file must be deliberate: IBGW_UPDATE_GOLDEN=1 rewrites them."""
+    root = GOLDEN / variant
+    if os.environ.get("IBGW_UPDATE_GOLDEN"):
+        for path, file in rendered[variant].items():
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_text(file.read_text())
+    golden = {"/" + str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert golden == set(rendered[variant]), "rendered file set differs from the goldens"
+    for path, file in rendered[variant].items():
+        assert file.read_text() == (root / path.lstrip("/")).read_text(), path
