@@ -71,3 +71,40 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
         target.write_text(f.content, encoding="utf-8")
         os.chmod(target, f.mode)
         click.echo(f"{f.mode:04o} {f.owner}:{f.group} {f.path}{'  (secret, masked)' if f.secret else ''}")
+
+
+@main.command()
+@click.argument("pattern")
+@INVENTORY
+@click.option("--check", is_flag=True, help="Change nothing; list what would change.")
+@click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of files (secrets masked).")
+@click.option("--limit", help="Only hosts matching this name or glob, within PATTERN.")
+@click.option("--accept-new-host-key", "accept_new", is_flag=True,
+              help="Trust an unknown host key on first contact (a changed key is still refused).")
+@click.option("-v", "--verbose", is_flag=True, help="Also list tasks that were already ok.")
+@input_errors
+def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, limit: str | None,
+              accept_new: bool, verbose: bool) -> None:
+    """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
+    from .provision import Options, provision as run
+    from .recap import Recap
+    from .state import check_artifacts
+
+    inv = inventory.load(inventory_path)
+    names = select_hosts(inv, pattern, limit)
+    secrets.check(inv, names)
+    check_artifacts(inv, names)
+    recap = Recap(show_diff=show_diff, verbose=verbose)
+    with recap.progress(names) as on_event:
+        reports = run(inv, names, Options(check=check, accept_new=accept_new, on_event=on_event))
+    sys.exit(recap.show(reports))
+
+
+def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
+    names = inv.select(pattern)
+    if limit:
+        names = [n for n in names if n in inv.select(limit)]
+    if not names:
+        raise InputError([inv.problem(("hosts",), f"no host matches {pattern!r}"
+                                      + (f" with --limit {limit!r}" if limit else ""))])
+    return names

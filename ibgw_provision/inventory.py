@@ -201,6 +201,12 @@ class Inventory(Model):
         """A problem at a field of the file this inventory was loaded from."""
         return self._source.problem(path, message) if self._source else Problem("<inventory>", None, str(path), message)
 
+    def path(self, path: Path) -> Path:
+        """A path from the inventory: ~ expanded, relative to the inventory's own directory."""
+        path = Path(path).expanduser()
+        base = Path(self._source.file).parent if self._source else Path.cwd()
+        return path if path.is_absolute() else base / path
+
     def select(self, pattern: str) -> list[str]:
         """Host names for HOST, GROUP, 'all' or a glob."""
         if pattern == "all":

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 USER = GROUP = "ibkr"
 HOME = "/var/lib/ibgw"  # the ibkr user's home: gateway settings live below it
 ETC = "/etc/ibgw"
 LOG = "/var/log/ibgw"
 OPT = "/opt/ibgw"
 VENV = f"{OPT}/venv"  # ibgw itself, for the simulator backend
+WHEELS = f"{OPT}/wheels"  # the wheels it is installed from, shipped by the operator
+VENV_STAMP = ".ibgw-wheels"  # in VENV: which wheels it was built from
+INSTALL_STAMP = ".ibgw-installed"  # in an install dir: the sha256 of its installer
+UPLOADS = f"{OPT}/uploads"  # installers, as shipped by the operator
 UNIT_DIR = "/etc/systemd/system"
 FIREWALL_UNIT = "ibgw-firewall.service"
 FIRST_DISPLAY = 101  # Xvfb displays :101, :102, ... one per gateway
@@ -34,8 +40,19 @@ def xvfb_unit(mode: str) -> str:
     return f"ibgw-xvfb-{mode}.service"
 
 
-def ib_gateway_dir(version: str) -> str:
-    return f"{OPT}/ibgateway/{version}"
+def tws_path(mode: str) -> str:
+    """IBC's --tws-path for a gateway: each mode has its own install, for its own heap."""
+    return f"{OPT}/gateway-{mode}"
+
+
+def tws_version(version: str) -> str:
+    """IB installs 10.30.1t under .../ibgateway/1030; ibcstart.sh takes that name."""
+    match = re.match(r"^(\d+)\.(\d+)", version)
+    return match.group(1) + match.group(2) if match else version
+
+
+def ib_gateway_dir(mode: str, version: str) -> str:
+    return f"{tws_path(mode)}/ibgateway/{tws_version(version)}"
 
 
 def ibc_dir(version: str) -> str:

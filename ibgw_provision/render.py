@@ -73,8 +73,8 @@ def _render(template: str, ctx: dict) -> str:
 
 def _context(inv: Inventory, name: str, host: Host) -> dict:
     gw_art, ibc_art = inv.artifacts.ib_gateway, inv.artifacts.ibc
-    tws_version = _tws_version(gw_art.version) if gw_art else ""
-    views = [GatewayView(gw, layout.FIRST_DISPLAY + i, f"{layout.OPT}/gateway-{gw.mode}", tws_version)
+    tws_version = layout.tws_version(gw_art.version) if gw_art else ""
+    views = [GatewayView(gw, layout.FIRST_DISPLAY + i, layout.tws_path(gw.mode), tws_version)
              for i, gw in enumerate(host.gateways)]
     apps = {gw.mode: host.apps_for(gw.mode) for gw in host.gateways}
     return {
@@ -91,12 +91,6 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
         "ib_gateway": gw_art,
         "ibc": {"version": ibc_art.version, "dir": layout.ibc_dir(ibc_art.version)} if ibc_art else None,
     }
-
-
-def _tws_version(version: str) -> str:
-    """IB installs 10.30.1t under .../ibgateway/1030; ibcstart.sh takes that name."""
-    match = re.match(r"^(\d+)\.(\d+)", version)
-    return match.group(1) + match.group(2) if match else version
 
 
 def _union(source_lists) -> list[str]:

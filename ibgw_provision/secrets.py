@@ -55,10 +55,11 @@ class SecretError(ValueError):
     """A reference that does not resolve; the caller adds file, line and field."""
 
 
-def check(inv: Inventory) -> None:
+def check(inv: Inventory, names: list[str] | None = None) -> None:
     """Resolve every secret reference now, so provisioning never fails half-way on one."""
     problems = []
-    for name, host in inv.hosts.items():
+    for name in names or list(inv.hosts):
+        host = inv.hosts[name]
         for i, gw in enumerate(host.gateways):
             for key in ("username", "password"):
                 ref = getattr(gw.login, key) if gw.login else None

@@ -1,0 +1,192 @@
+"""Compare the desired state with a host's facts, read once, and list what must change.
+
+The plan is pure: facts in, tasks out. Each changed task carries the agent
+step that converges it; services restart only when their own inputs changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+
+from . import layout
+from .agent import PRIVILEGED_GROUPS
+from .render import ManagedFile
+from .secrets import MASK, Secrets
+from .state import Desired, Install
+from .wheelhouse import Wheelhouse
+
+VALIDATORS = {  # run on the host against the new file before it replaces the old one
+    "/etc/haproxy/haproxy.cfg": ["haproxy", "-c", "-q", "-f", "{}"],
+    "/etc/nginx/nginx.conf": ["nginx", "-t", "-q", "-c", "{}"],
+    f"{layout.ETC}/firewall.nft": ["nft", "-c", "-f", "{}"],
+}
+
+
+@dataclass
+class Task:
+    name: str
+    changed: bool
+    detail: str = ""
+    diff: str = ""
+    step: dict | None = None
+
+
+@dataclass
+class Plan:
+    tasks: list[Task] = field(default_factory=list)
+    uploads: list[tuple] = field(default_factory=list)  # (local Path, remote path)
+
+    @property
+    def changed(self) -> list[Task]:
+        return [t for t in self.tasks if t.changed]
+
+    def steps(self) -> list[dict]:
+        return [t.step for t in self.tasks if t.changed and t.step]
+
+
+def facts_request(want: Desired, wheels: bool) -> dict:
+    """What to read from the host, in one round trip."""
+    return {
+        "op": "facts",
+        "packages": want.packages,
+        "user": layout.USER,
+        "paths": [d.path for d in want.dirs] + [f.path for f in want.files],
+        "content_unless": {f.path: sha256(f.content) for f in want.files},
+        "units": want.units,
+        "markers": ([f"{layout.VENV}/{layout.VENV_STAMP}"] if wheels else [])
+        + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs],
+    }
+
+
+def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | None = None) -> Plan:
+    result = Plan()
+    result.tasks += _packages(want, facts)
+    result.tasks.append(_user(facts))
+    result.tasks += [_attrs(f"dir {d.path}", d, facts["paths"].get(d.path), "dir") for d in want.dirs]
+    restart: set[str] = set()
+    if wheelhouse:
+        task = _venv(wheelhouse, facts, result)
+        result.tasks.append(task)
+        restart |= set(want.gateway_units) if task.changed else set()
+    installs = [_install(i, facts, result) for i in want.installs]
+    result.tasks += installs
+    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]
+    restart |= {u for i, t in zip(want.installs, installs) if t.changed for u in i.restart}
+    # A fresh install brings its own copies of files we manage inside it (the heap).
+    facts = {**facts, "paths": {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))}}
+    file_tasks = [(f, _file(f, facts, secrets)) for f in want.files]
+    result.tasks += [t for _, t in file_tasks]
+    changed_files = [f for f, t in file_tasks if t.changed]
+    result.tasks += _units(want, facts, changed_files, restart)
+    return result
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _packages(want: Desired, facts: dict) -> list[Task]:
+    missing = [p for p in want.packages if not facts["packages"].get(p)]
+    tasks = [Task(f"package {p}", p in missing, "install" if p in missing else "") for p in want.packages]
+    if missing:  # one apt run installs them all
+        next(t for t in tasks if t.changed).step = {"kind": "apt", "task": f"install {' '.join(missing)}",
+                                                     "packages": missing}
+    return tasks
+
+
+def _user(facts: dict) -> Task:
+    info = facts["user"]
+    step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
+    if info is None:
+        return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
+    privileged = sorted(set(info["groups"]) & set(PRIVILEGED_GROUPS))
+    if privileged:
+        return Task(f"user {layout.USER}", True, f"remove from {', '.join(privileged)}", step=step)
+    return Task(f"user {layout.USER}", False)
+
+
+def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
+    """A directory, or a file's owner and mode."""
+    step = {"kind": kind, "task": name, "path": want.path, "owner": want.owner, "group": want.group,
+            "mode": want.mode}
+    if have is None:
+        return Task(name, True, "create", step=step)
+    diffs = [f"{label} {old} -> {new}" for label, old, new in (
+        ("owner", have["owner"], want.owner), ("group", have["group"], want.group),
+        ("mode", f"{have['mode']:04o}", f"{want.mode:04o}")) if old != new]
+    return Task(name, bool(diffs), ", ".join(diffs), step=step if diffs else None)
+
+
+def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
+    name, have = f"file {f.path}", facts["paths"].get(f.path)
+    step = {"kind": "file", "task": name, "path": f.path, "owner": f.owner, "group": f.group, "mode": f.mode,
+            "content": base64.b64encode(f.content.encode()).decode(), "validate": VALIDATORS.get(f.path)}
+    if have is None:
+        return Task(name, True, "create", _diff(f, "", secrets), step)
+    if f.seed or have["sha256"] == sha256(f.content):
+        return _attrs(name, f, have, "attrs")
+    old = facts["content"].get(f.path) or ""
+    return Task(name, True, "content differs (drift or a new render)", _diff(f, old, secrets), step)
+
+
+def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
+    new = secrets.mask(f.content)
+    if f.secret:  # mask the old value of every key whose new value is a secret
+        keys = {line.split("=", 1)[0] + "=" for line in new.splitlines() if MASK in line}
+        old = "\n".join(next((k + MASK for k in keys if line.startswith(k)), line) for line in old.splitlines())
+        old += "\n" if old else ""
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{f.path} (host)",
+                                        f"{f.path} (ibgw)"))
+
+
+def _venv(wh: Wheelhouse, facts: dict, result: Plan) -> Task:
+    name = f"venv {layout.VENV}"
+    if facts["markers"].get(f"{layout.VENV}/{layout.VENV_STAMP}") == wh.stamp:
+        return Task(name, False)
+    result.uploads += [(w, f"{layout.WHEELS}/{w.name}") for w in wh.wheels]
+    step = {"kind": "venv", "task": name, "path": layout.VENV, "wheels": layout.WHEELS,
+            "requirement": wh.requirement, "marker": layout.VENV_STAMP, "stamp": wh.stamp}
+    return Task(name, True, f"install {wh.requirement} from {len(wh.wheels)} shipped wheels", step=step)
+
+
+def _install(install: Install, facts: dict, result: Plan) -> Task:
+    name = f"install {install.dest}"
+    if facts["markers"].get(f"{install.dest}/{layout.INSTALL_STAMP}") == install.sha256:
+        return Task(name, False)
+    result.uploads.append((install.local, install.upload))
+    step = {"kind": "install", "task": name, "upload": install.upload, "sha256": install.sha256,
+            "type": install.kind, "dest": install.dest, "owner": install.owner, "stamp": layout.INSTALL_STAMP}
+    return Task(name, True, f"{install.local.name} (sha256 {install.sha256[:12]}…)", step=step)
+
+
+def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
+    restart |= {u for f in changed for u in f.restart}
+    reload = {u for f in changed for u in f.reload} - restart
+    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed)
+    actions = {"enable": [], "start": [], "restart": [], "reload": []}
+    tasks = []
+    for unit in want.units:
+        state = facts["units"].get(unit, {})
+        active = state.get("active") == "active"
+        todo = ["enable"] if state.get("enabled") != "enabled" else []
+        # A package's postinst may have started a unit before its config was
+        # written, and `start` would leave it on the old config: restart it.
+        if unit in restart or (unit in reload and not active):
+            todo.append("restart")
+        elif unit in reload:
+            todo.append("reload")
+        elif not active:
+            todo.append("start")
+        for verb in todo:
+            actions[verb].append(unit)
+        tasks.append(Task(f"service {unit}", bool(todo), ", ".join(todo)))
+    if any(actions.values()) or daemon_reload:  # one step carries every unit's action
+        carrier = next((t for t in tasks if t.changed), None)
+        if carrier is None:
+            carrier = Task("systemd daemon-reload", True)
+            tasks.append(carrier)
+        carrier.step = {"kind": "systemd", "task": "systemd", "daemon_reload": daemon_reload, **actions}
+    return tasks

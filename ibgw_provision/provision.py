@@ -1,0 +1,136 @@
+"""Provision hosts: facts in one round trip, a local plan, changes in one batch.
+
+A no-op run of a converged host costs two round trips (facts, nothing else
+but the connection). A run with changes adds one apply and, when ibgw itself
+must be (re)installed, one upload per wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import state, wheelhouse
+from .inventory import Inventory
+from .plan import Plan, Task, facts_request, plan
+from .secrets import Secrets
+from .transport import SshError, Target, Transport
+
+AGENT = (Path(__file__).parent / "agent.py").read_bytes()
+# Reads the agent's source, then runs it; the request follows on stdin. No argv payload.
+BOOT = "python3 -c 'import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),\"ibgw-agent\",\"exec\"))'"
+WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "ibgw" / "wheels"
+
+
+@dataclass
+class Report:
+    host: str
+    tasks: list[Task] = field(default_factory=list)
+    failed: str | None = None
+    round_trips: int = 0
+    seconds: float = 0.0
+    checked_only: bool = False
+
+    @property
+    def ok(self) -> int:
+        return sum(not t.changed for t in self.tasks)
+
+    @property
+    def changed(self) -> int:
+        return sum(t.changed for t in self.tasks)
+
+
+@dataclass(frozen=True)
+class Options:
+    check: bool = False
+    accept_new: bool = False
+    on_event: Callable[[str, str], None] = lambda host, message: None
+
+
+class AgentError(Exception):
+    pass
+
+
+def provision(inv: Inventory, names: list[str], opts: Options) -> list[Report]:
+    """Provision each host in parallel; one host's failure does not stop the others."""
+    with ThreadPoolExecutor(max_workers=min(8, len(names)) or 1) as pool:
+        return list(pool.map(lambda name: provision_host(inv, name, opts), names))
+
+
+def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
+    report, started = Report(name, checked_only=opts.check), time.monotonic()
+    transport = Transport(target(inv, name, opts.accept_new))
+    try:
+        with transport:
+            _converge(inv, name, transport, opts, report)
+    except (SshError, AgentError, wheelhouse.WheelhouseError) as exc:
+        report.failed = str(exc)
+    report.round_trips, report.seconds = transport.round_trips, time.monotonic() - started
+    return report
+
+
+def target(inv: Inventory, name: str, accept_new: bool) -> Target:
+    host = inv.hosts[name]
+    ssh = host.ssh
+    return Target(name, host.address, ssh.port, ssh.user, inv.path(ssh.key) if ssh.key else None,
+                  inv.path(ssh.known_hosts), accept_new or ssh.host_key == "accept-new")
+
+
+def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report) -> None:
+    secrets = Secrets()
+    want = state.desired(inv, name, secrets)
+    simulator = inv.hosts[name].backend == "simulator"
+    opts.on_event(name, "reading facts")
+    facts = call_agent(transport, facts_request(want, wheels=simulator))
+    wheels = None
+    if simulator:
+        opts.on_event(name, "building wheels")
+        wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
+    the_plan = plan(want, facts, secrets, wheels)
+    report.tasks = the_plan.tasks
+    if opts.check or not the_plan.changed:
+        return
+    _apply(transport, the_plan, name, opts, report)
+
+
+def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, report: Report) -> None:
+    if the_plan.uploads:
+        opts.on_event(name, f"uploading {len(the_plan.uploads)} files")
+        transport.put_many(the_plan.uploads)
+    result = call_agent(transport, {"op": "apply", "steps": the_plan.steps()},
+                        on_event=lambda e: e.get("event") == "start" and opts.on_event(name, e["task"]))
+    if result["failed"]:
+        report.failed = f"{result['failed']}: {result['error']}"
+
+
+def call_agent(transport: Transport, request: dict, on_event=lambda event: None) -> dict:
+    """Run the agent on the host with one request; return its result."""
+    sudo = "" if transport.target.user == "root" else "sudo -n "
+    stdin = f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
+    result: dict = {}
+
+    def on_line(line: str) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if "result" in message:
+            result["value"] = message["result"]
+        elif "event" in message:
+            on_event(message)
+
+    proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
+    if proc.rc == 127 and not result:  # a minimal Debian has no python3 yet
+        boot = transport.run(sudo + "sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                             "apt-get install -y -qq python3 >/dev/null'")
+        if boot.rc != 0:
+            raise AgentError(f"{transport.target.name}: cannot install python3: {boot.stderr.strip()[-300:]}")
+        proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
+    if proc.rc != 0 or "value" not in result:
+        raise AgentError(f"{transport.target.name}: agent failed (exit {proc.rc}): {proc.stderr.strip()[-500:]}")
+    return result["value"]

@@ -1,0 +1,157 @@
+"""The plan: facts in, tasks out. Converged facts give no change; each difference gives one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ibgw_provision import layout, state
+from ibgw_provision.plan import plan, sha256
+from ibgw_provision.secrets import MASK, Secrets
+
+
+def converged(want) -> dict:
+    """The facts of a host that already is what `want` describes."""
+    paths = {d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
+             for d in want.dirs}
+    paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
+                       "sha256": sha256(f.content)} for f in want.files}
+    return {
+        "packages": {p: True for p in want.packages},
+        "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
+        "paths": paths,
+        "content": {},
+        "units": {u: {"enabled": "enabled", "active": "active"} for u in want.units},
+        "markers": {f"{i.dest}/{layout.INSTALL_STAMP}": i.sha256 for i in want.installs},
+    }
+
+
+@pytest.fixture
+def want(example, monkeypatch):
+    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    return state.desired(example, "gw1", Secrets())
+
+
+def _changed(result) -> dict[str, str]:
+    return {t.name: t.detail for t in result.changed}
+
+
+def _systemd_step(result) -> dict:
+    (step,) = [s for s in result.steps() if s["kind"] == "systemd"]
+    return step
+
+
+def test_converged_host_plans_nothing(want):
+    result = plan(want, converged(want), Secrets())
+    assert result.changed == [] and result.steps() == []
+    assert len(result.tasks) > 20
+
+
+def test_fresh_host_plans_everything_in_order(want):
+    facts = {"packages": {}, "user": None, "paths": {}, "content": {}, "units": {}, "markers": {}}
+    result = plan(want, facts, Secrets())
+    kinds = [s["kind"] for s in result.steps()]
+    assert kinds[:3] == ["apt", "user", "dir"]
+    assert kinds[-1] == "systemd" and "file" in kinds
+    assert kinds.index("dir") < kinds.index("file")
+    (apt,) = [s for s in result.steps() if s["kind"] == "apt"]
+    assert apt["packages"] == want.packages
+    systemd = _systemd_step(result)
+    assert systemd["daemon_reload"] and set(systemd["enable"]) == set(want.units)
+
+
+def test_drift_in_haproxy_cfg_reloads_haproxy_only(want):
+    facts = converged(want)
+    facts["paths"]["/etc/haproxy/haproxy.cfg"]["sha256"] = "0" * 64
+    facts["content"]["/etc/haproxy/haproxy.cfg"] = "# edited by hand\n"
+    result = plan(want, facts, Secrets())
+    assert list(_changed(result)) == ["file /etc/haproxy/haproxy.cfg", "service haproxy.service"]
+    systemd = _systemd_step(result)
+    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (["haproxy.service"], [], False)
+    (step,) = [s for s in result.steps() if s["kind"] == "file"]
+    assert step["validate"][0] == "haproxy"
+    diff = result.changed[0].diff
+    assert "-# edited by hand" in diff and "+frontend paper" in diff
+
+
+def test_changed_ibc_config_restarts_only_its_gateway(want):
+    facts = converged(want)
+    facts["paths"][layout.ibc_ini("live")]["sha256"] = "0" * 64
+    systemd = _systemd_step(plan(want, facts, Secrets()))
+    assert systemd["restart"] == [layout.gateway_unit("live")]
+    assert systemd["reload"] == [] and not systemd["daemon_reload"]
+
+
+def test_changed_unit_file_reloads_systemd_and_restarts_the_unit(want):
+    facts = converged(want)
+    facts["paths"][f"{layout.UNIT_DIR}/{layout.gateway_unit('paper')}"]["sha256"] = "0" * 64
+    systemd = _systemd_step(plan(want, facts, Secrets()))
+    assert systemd["daemon_reload"] and systemd["restart"] == [layout.gateway_unit("paper")]
+
+
+def test_a_stopped_unit_is_started_and_one_with_new_inputs_restarted(want):
+    facts = converged(want)
+    facts["units"]["haproxy.service"]["active"] = "inactive"
+    facts["units"][layout.gateway_unit("paper")]["active"] = "failed"
+    facts["paths"]["/etc/haproxy/haproxy.cfg"]["sha256"] = "0" * 64
+    systemd = _systemd_step(plan(want, facts, Secrets()))
+    assert systemd["start"] == [layout.gateway_unit("paper")]
+    assert systemd["restart"] == ["haproxy.service"]  # started by apt on the old config
+
+
+def test_mode_and_owner_drift(want):
+    facts = converged(want)
+    facts["paths"][layout.ibc_ini("paper")] |= {"mode": 0o644, "owner": "root"}
+    changed = _changed(plan(want, facts, Secrets()))
+    assert changed[f"file {layout.ibc_ini('paper')}"] == "owner root -> ibkr, mode 0644 -> 0600"
+
+
+def test_seed_file_is_written_once_then_left_to_the_gateway(want):
+    facts = converged(want)
+    jts = f"{layout.settings_dir('paper')}/jts.ini"
+    facts["paths"][jts]["sha256"] = "rewritten-by-ib-gateway"
+    assert plan(want, facts, Secrets()).changed == []
+    del facts["paths"][jts]
+    assert _changed(plan(want, facts, Secrets())) == {f"file {jts}": "create"}
+
+
+def test_sudoer_ibkr_is_demoted(want):
+    facts = converged(want)
+    facts["user"]["groups"] = ["ibkr", "sudo"]
+    assert _changed(plan(want, facts, Secrets())) == {"user ibkr": "remove from sudo"}
+
+
+def test_secret_diff_masks_old_and_new_values(want, example):
+    resolver = Secrets()
+    desired = state.desired(example, "gw1", resolver)
+    facts = converged(desired)
+    path = layout.ibc_ini("paper")
+    facts["paths"][path]["sha256"] = "0" * 64
+    facts["content"][path] = "IbLoginId=old-user\nIbPassword=old-password\nTradingMode=live\n"
+    (task,) = [t for t in plan(desired, facts, resolver).changed if t.name == f"file {path}"]
+    assert "old-password" not in task.diff and "old-user" not in task.diff
+    assert "secret-" not in task.diff
+    assert f"IbPassword={MASK}" in task.diff
+    assert "-TradingMode=live" in task.diff and "+TradingMode=paper" in task.diff
+
+
+def test_new_gateway_version_installs_and_rewrites_the_heap(want):
+    facts = converged(want)
+    live = next(i for i in want.installs if i.dest == layout.ib_gateway_dir("live", "10.30.1t"))
+    facts["markers"][f"{live.dest}/{layout.INSTALL_STAMP}"] = "an older installer"
+    result = plan(want, facts, Secrets())
+    assert _changed(result) == {
+        f"install {live.dest}": "ibgateway-10.30.1t-standalone-linux-x64.sh (sha256 000000000000…)",
+        f"file {live.dest}/ibgateway.vmoptions": "create",
+        f"service {layout.gateway_unit('live')}": "restart",
+    }
+    assert result.uploads == [(live.local, live.upload)]
+
+
+def test_plan_does_not_mutate_facts(want):
+    facts = converged(want)
+    facts["paths"]["/etc/haproxy/haproxy.cfg"]["sha256"] = "0" * 64
+    before = copy.deepcopy(facts)
+    plan(want, facts, Secrets())
+    assert facts == before
