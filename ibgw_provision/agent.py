@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
 
@@ -200,6 +201,16 @@ def step_systemd(step):
     for verb in ("enable", "start", "restart", "reload"):
         if step[verb]:
             sh(["systemctl", verb] + step[verb])
+    stays_up(step["start"] + step["restart"])
+
+
+def stays_up(units, seconds=3.0):
+    """A started simple service may die at once: see that each is still active a moment later."""
+    time.sleep(seconds if units else 0)
+    down = [u for u in units if unit(u)["active"] != "active"]
+    if down:
+        logs = sh(["journalctl", "--no-pager", "-n", "5", "-o", "cat"] + [f"--unit={u}" for u in down], check=False)
+        raise StepError(f"not running after start: {', '.join(down)}; last log lines: {logs.stdout.strip()}")
 
 
 STEPS = {"apt": step_apt, "user": step_user, "dir": step_dir, "file": step_file, "attrs": step_attrs,

@@ -134,12 +134,22 @@ def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
 
 def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
     new = secrets.mask(f.content)
-    if f.secret:  # mask the old value of every key whose new value is a secret
-        keys = {line.split("=", 1)[0] + "=" for line in new.splitlines() if MASK in line}
-        old = "\n".join(next((k + MASK for k in keys if line.startswith(k)), line) for line in old.splitlines())
-        old += "\n" if old else ""
+    if f.secret:
+        old, new = _mask_secret_keys(old, f.content, new)
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{f.path} (host)",
                                         f"{f.path} (ibgw)"))
+
+
+def _mask_secret_keys(old: str, raw_new: str, new: str) -> tuple[str, str]:
+    """Mask the old value of every `key=` whose new value is a secret; mark those that changed."""
+    keys = {line.split("=", 1)[0] for line in new.splitlines() if MASK in line}
+    old_values = dict(line.split("=", 1) for line in old.splitlines() if line.split("=", 1)[0] in keys)
+    new_values = dict(line.split("=", 1) for line in raw_new.splitlines() if line.split("=", 1)[0] in keys)
+    masked_old = "".join(f"{key}={MASK}\n" if (key := line.split("=", 1)[0]) in keys else line
+                         for line in old.splitlines(True))
+    masked_new = "".join(f"{key}={MASK}{'' if old_values.get(key) == new_values[key] else ' (changed)'}\n"
+                         if (key := line.split("=", 1)[0]) in keys else line for line in new.splitlines(True))
+    return masked_old, masked_new
 
 
 def _venv(wh: Wheelhouse, facts: dict, result: Plan) -> Task:

@@ -75,8 +75,10 @@ class Transport:
         try:
             client.connect(t.address, port=t.port, username=t.user, timeout=self.connect_timeout,
                            banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
-                           key_filename=str(t.key) if t.key else None,
+                           pkey=_load_key(t.key) if t.key else None,
                            look_for_keys=t.key is None, allow_agent=t.key is None)
+        except paramiko.AuthenticationException:
+            raise SshError(f"{where}: authentication failed" + (f" with key {t.key}" if t.key else "")) from None
         except paramiko.BadHostKeyException:
             raise SshError(f"{where}: host key does not match {t.known_hosts}: refusing (possible "
                            "man-in-the-middle); if the host was rebuilt, remove its old entry") from None
@@ -145,6 +147,13 @@ def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
     except FileNotFoundError:
         _makedirs(sftp, str(PurePosixPath(path).parent))
         sftp.mkdir(path, 0o755)
+
+
+def _load_key(path: Path) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(path)
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        raise SshError(f"cannot load SSH key {path}: {_reason(exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:

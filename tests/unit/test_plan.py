@@ -132,7 +132,7 @@ def test_secret_diff_masks_old_and_new_values(want, example):
     (task,) = [t for t in plan(desired, facts, resolver).changed if t.name == f"file {path}"]
     assert "old-password" not in task.diff and "old-user" not in task.diff
     assert "secret-" not in task.diff
-    assert f"IbPassword={MASK}" in task.diff
+    assert f"-IbPassword={MASK}\n" in task.diff and f"+IbPassword={MASK} (changed)\n" in task.diff
     assert "-TradingMode=live" in task.diff and "+TradingMode=paper" in task.diff
 
 

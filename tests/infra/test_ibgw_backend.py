@@ -1,0 +1,158 @@
+"""The ibgw backend (IB Gateway under IBC) provisioned on the real test host.
+
+IB's installer and IBC cannot be downloaded here, so the artifact cache holds
+stand-ins built below: an install4j-like installer that lays out IB's tree,
+and an IBC zip whose ibcstart.sh checks what IBC would need (its ini readable,
+the settings dir writable, the heap file, a display) and then stays up. Every
+other part is real: sha256 pinning, upload, install stamps, Xvfb, the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets as pysecrets
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ibgw_provision import layout
+
+from .conftest import LOCAL, fresh_host, ibgw, recap
+
+INSTALLER = """#!/bin/sh
+# Stand-in for IB Gateway's install4j installer: `sh installer -q -dir DIR`.
+[ "$1" = "-q" ] && [ "$2" = "-dir" ] || { echo "usage: -q -dir DIR" >&2; exit 2; }
+mkdir -p "$3/jars" "$3/.install4j"
+printf -- '-Xmx768m\\n' > "$3/ibgateway.vmoptions"
+printf '#!/bin/sh\\n' > "$3/ibgateway" && chmod +x "$3/ibgateway"
+"""
+
+IBCSTART = """#!/bin/sh
+# Stand-in for IBC's ibcstart.sh: check the inputs IBC reads, record the args, stay up.
+set -eu
+for arg; do case $arg in
+  --tws-path=*) tws=${arg#*=};; --tws-settings-path=*) settings=${arg#*=};; --ibc-ini=*) ini=${arg#*=};;
+esac; done
+test -r "$ini" && grep -q '^IbPassword=.' "$ini"
+touch "$settings/.writable" && rm "$settings/.writable"
+grep -q '^-Xmx' "$tws/ibgateway/$1/ibgateway.vmoptions"
+test -n "$DISPLAY"
+echo "$@" > "$settings/ibcstart.args"
+exec sleep infinity
+"""
+
+
+def _artifacts(cache: Path) -> dict[str, str]:
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "ibgateway-10.30.1t-standalone-linux-x64.sh").write_text(INSTALLER)
+    with zipfile.ZipFile(cache / "IBCLinux-3.20.0.zip", "w") as zf:
+        zf.writestr("scripts/ibcstart.sh", IBCSTART)
+        zf.writestr("config.ini", "# IBC's sample, unused: ibgw renders its own\n")
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in cache.iterdir()}
+
+
+def _inventory(tmp: Path, sums: dict[str, str]) -> Path:
+    text = LOCAL.read_text().replace("backend: simulator", "backend: ibgw")
+    text = text.replace("../build/testhost", str(LOCAL.parent.parent / "build" / "testhost"))
+    login = "login: {username: {env: IBGW_TEST_USER}, password: {env: IBGW_TEST_PASSWORD}}"
+    text = text.replace("      - mode: paper\n", f"      - mode: paper\n        {login}\n")
+    text = text.replace("      - mode: live\n", f"      - mode: live\n        {login}\n        java_heap: 1g\n")
+    gw, ibc = "ibgateway-10.30.1t-standalone-linux-x64.sh", "IBCLinux-3.20.0.zip"
+    text = (f"artifacts:\n  cache_dir: {tmp / 'cache'}\n"
+            f"  ib_gateway: {{version: '10.30.1t', file: {gw}, sha256: '{sums[gw]}'}}\n"
+            f"  ibc: {{version: '3.20.0', file: {ibc}, sha256: '{sums[ibc]}'}}\n") + text
+    path = tmp / "ibgw.yml"
+    path.write_text(text)
+    return path
+
+
+PASSWORD = "pw-" + pysecrets.token_hex(12)
+ENV = {**os.environ, "IBGW_TEST_USER": "tester", "IBGW_TEST_PASSWORD": PASSWORD}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ibgw-backend")
+    inv = _inventory(tmp, _artifacts(tmp / "cache"))
+    os.environ.update(IBGW_TEST_USER="tester", IBGW_TEST_PASSWORD=PASSWORD)
+    try:
+        first = fresh_host(inv)
+    finally:
+        for name in ("IBGW_TEST_USER", "IBGW_TEST_PASSWORD"):
+            os.environ.pop(name)
+    return inv, first
+
+
+@pytest.fixture
+def host(setup, ssh_host):
+    return ssh_host
+
+
+@pytest.mark.parametrize("unit", [f"ibgw-{kind}-{mode}.service" for kind in ("xvfb", "gateway")
+                                  for mode in ("paper", "live")])
+def test_xvfb_and_gateway_units_run(host, unit):
+    assert host.service(unit).is_enabled and host.service(unit).is_running
+
+
+def test_ibcstart_gets_ibc_arguments_and_no_secret(host):
+    for mode in ("paper", "live"):
+        args = host.file(f"{layout.settings_dir(mode)}/ibcstart.args").content_string
+        assert args.startswith("1030 --gateway ")
+        assert f"--mode={mode}" in args and f"--ibc-ini={layout.ibc_ini(mode)}" in args
+        assert PASSWORD not in args and "tester" not in args
+
+
+def test_secret_is_delivered_0600_to_ibkr_and_nowhere_else(setup, host):
+    _, first = setup
+    for mode in ("paper", "live"):
+        ini = host.file(layout.ibc_ini(mode))
+        assert (ini.user, ini.group, ini.mode) == ("ibkr", "ibkr", 0o600)
+        assert f"IbPassword={PASSWORD}\n" in ini.content_string
+    assert PASSWORD not in first.stdout + first.stderr
+    holders = host.run(f"grep -rlF {PASSWORD} /etc /var/lib/ibgw /var/log /opt/ibgw /tmp /root").stdout.split()
+    assert sorted(holders) == sorted(layout.ibc_ini(m) for m in ("paper", "live"))
+    assert PASSWORD not in host.check_output("ps -eo args")
+    assert PASSWORD not in host.check_output("journalctl --no-pager -o cat")
+
+
+def test_java_heap_per_gateway(host):
+    live = host.file(f"{layout.ib_gateway_dir('live', '10.30.1t')}/ibgateway.vmoptions").content_string
+    paper = host.file(f"{layout.ib_gateway_dir('paper', '10.30.1t')}/ibgateway.vmoptions").content_string
+    assert live.startswith("-Xmx1g\n") and paper.startswith("-Xmx768m\n")
+
+
+def test_second_run_reinstalls_nothing(setup):
+    inv, _ = setup
+    second = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    assert second.returncode == 0, second.stdout
+    assert recap(second)["changed"] == 0
+
+
+def test_a_new_password_shows_as_a_masked_diff(setup, host):
+    inv, _ = setup
+    new = "pw-" + pysecrets.token_hex(12)
+    check = ibgw("provision", "local", "-i", str(inv), "--check", "--diff",
+                 env={**ENV, "IBGW_TEST_PASSWORD": new})
+    assert check.returncode == 0
+    assert f"would change: file {layout.ibc_ini('paper')}" in check.stdout
+    assert "-IbPassword=********\n+IbPassword=******** (changed)\n" in check.stdout
+    assert PASSWORD not in check.stdout and new not in check.stdout
+    assert f"IbPassword={PASSWORD}\n" in host.file(layout.ibc_ini("paper")).content_string
+
+
+def test_a_tampered_installer_is_refused_before_connecting(setup, tmp_path):
+    inv, _ = setup
+    text = inv.read_text()
+    cache = Path(text.split("cache_dir: ", 1)[1].splitlines()[0])
+    (tmp_path / "cache").mkdir()
+    for f in cache.iterdir():
+        (tmp_path / "cache" / f.name).write_bytes(f.read_bytes())
+    with open(tmp_path / "cache" / "IBCLinux-3.20.0.zip", "ab") as fh:
+        fh.write(b"tampered")
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text.replace(str(cache), str(tmp_path / "cache")))
+    proc = ibgw("provision", "local", "-i", str(bad), env=ENV)
+    assert proc.returncode == 2
+    assert f"{bad}:4: artifacts.ibc.sha256: " in proc.stderr and "refusing to install it" in proc.stderr
