@@ -1,0 +1,106 @@
+"""Fault controls over a local Unix socket: one command per line, one reply line each.
+
+    restart [SECONDS]   simulate the daily restart: drop every client, refuse connections for
+                        SECONDS (default: --restart-downtime), then accept again
+    latency MS          delay everything sent to clients by MS milliseconds (0 turns it off)
+    status              listening state, clients, market data lines, latency, messages delayed
+
+From a shell: ``python -m ibgw_provision.sim.admin /run/ibgw-sim.sock restart 30``
+(or ``printf 'restart 30\\n' | socat - UNIX-CONNECT:/run/ibgw-sim.sock``).
+SIGUSR1 to the simulator also triggers a restart with the default downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import SimServer
+
+MAX_LINE = 1024
+
+
+def _seconds(text: str, scale: float = 1.0) -> float:
+    value = float(text) * scale
+    if not 0 <= value <= 86400:
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+async def execute(server: SimServer, line: str) -> str:
+    """Run one admin command; the reply starts with 'ok' or 'error'."""
+    words = line.split()
+    try:
+        match words:
+            case ["restart"]:
+                downtime = server.config.restart_downtime
+            case ["restart", seconds]:
+                downtime = _seconds(seconds)
+            case ["latency", millis]:
+                server.set_latency(_seconds(millis, 0.001))
+                return f"ok latency {server.latency * 1000:g} ms"
+            case ["status"]:
+                delayed = sum(s.delayed for s in server.connections)
+                return (f"ok listening={int(server.listening)} port={server.port} clients={len(server.sessions)} "
+                        f"lines={server.lines_in_use()} latency_ms={server.latency * 1000:g} delayed={delayed}")
+            case _:
+                return "error commands: restart [SECONDS] | latency MS | status"
+    except ValueError as exc:
+        return f"error {exc}"
+    await server.restart(downtime)
+    return f"ok restarting, down for {downtime:g}s"
+
+
+async def serve(server: SimServer, path: str) -> asyncio.Server:
+    """Listen for admin commands on the Unix socket `path` (owner-only)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                reply = await execute(server, line[:MAX_LINE].decode("utf-8", "replace"))
+                writer.write(reply.encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_unix_server(client, path, limit=MAX_LINE)
+    os.chmod(path, 0o600)
+    return listener
+
+
+async def command(path: str, line: str, timeout: float = 10.0) -> str:
+    """Send one command to a running simulator and return its reply."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return (await reader.readline()).decode().strip()
+        finally:
+            writer.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print("usage: python -m ibgw_provision.sim.admin SOCKET restart [SECONDS] | latency MS | status",
+              file=sys.stderr)
+        return 2
+    try:
+        reply = asyncio.run(command(argv[0], " ".join(argv[1:])))
+    except (OSError, TimeoutError) as exc:
+        print(f"error: {argv[0]}: {exc}", file=sys.stderr)
+        return 1
+    print(reply)
+    return 0 if reply.startswith("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

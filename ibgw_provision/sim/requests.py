@@ -1,0 +1,392 @@
+"""Client requests the simulator understands, read from text fields or from ibapi's protobuf messages.
+
+Text layouts follow ibapi's EClient (and ib_async's Client, which agrees) for server versions
+157..212; protobuf layouts are ibapi's `*Request` messages, which it sends from the version
+`tws.versions.PROTOBUF_REQUEST_SINCE` gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable
+
+from google.protobuf.message import DecodeError
+from ibapi.protobuf import (AccountDataRequest_pb2, AccountSummaryRequest_pb2, AccountUpdatesMultiRequest_pb2,
+                            AllOpenOrdersRequest_pb2, AutoOpenOrdersRequest_pb2, CancelAccountSummary_pb2,
+                            CancelAccountUpdatesMulti_pb2, CancelHistoricalData_pb2, CancelMarketData_pb2,
+                            CancelOrderRequest_pb2, CancelPositions_pb2, CompletedOrdersRequest_pb2,
+                            ContractDataRequest_pb2, CurrentTimeInMillisRequest_pb2, CurrentTimeRequest_pb2,
+                            ExecutionRequest_pb2, GlobalCancelRequest_pb2, HistoricalDataRequest_pb2,
+                            IdsRequest_pb2, ManagedAccountsRequest_pb2, MarketDataRequest_pb2,
+                            MarketDataTypeRequest_pb2, OpenOrdersRequest_pb2, PlaceOrderRequest_pb2,
+                            PositionsRequest_pb2, SecDefOptParamsRequest_pb2, StartApiRequest_pb2)
+
+from ..tws import versions
+from ..tws.codec import Message
+from ..tws.errors import MalformedMessage
+from ..tws.fields import UNSET_DOUBLE, FieldReader
+from ..tws.messages import Out
+from .universe import ContractQuery
+
+
+class UnsupportedRequest(Exception):
+    """A well-formed message the simulator does not implement."""
+
+    def __init__(self, msg_id: int):
+        super().__init__(f"unsupported message id {msg_id}")
+        self.msg_id = msg_id
+
+
+@dataclass(frozen=True)
+class StartApi:
+    client_id: int
+    optional_capabilities: str = ""
+
+
+@dataclass(frozen=True)
+class NoArgs:
+    """A request that carries nothing but its message id."""
+
+    msg_id: int
+
+
+@dataclass(frozen=True)
+class ReqIds:
+    num_ids: int
+
+
+@dataclass(frozen=True)
+class ReqContractDetails:
+    req_id: int
+    contract: ContractQuery
+
+
+@dataclass(frozen=True)
+class ReqSecDefOptParams:
+    req_id: int
+    underlying_symbol: str
+    fut_fop_exchange: str
+    underlying_sec_type: str
+    underlying_con_id: int
+
+
+@dataclass(frozen=True)
+class ReqMktData:
+    req_id: int
+    contract: ContractQuery
+    generic_ticks: str
+    snapshot: bool
+    regulatory_snapshot: bool
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """A cancel of request `req_id` (market data, historical data, account summary, ...)."""
+
+    msg_id: int
+    req_id: int
+
+
+@dataclass(frozen=True)
+class ReqMarketDataType:
+    market_data_type: int
+
+
+@dataclass(frozen=True)
+class ReqHistoricalData:
+    req_id: int
+    contract: ContractQuery
+    end: str
+    bar_size: str
+    duration: str
+    use_rth: bool
+    what_to_show: str
+    format_date: int
+    keep_up_to_date: bool
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    order_id: int
+    contract: ContractQuery
+    action: str
+    quantity: Decimal
+    order_type: str
+    lmt_price: float | None
+    tif: str
+    account: str
+    oca_group: str
+    order_ref: str
+    transmit: bool
+    parent_id: int
+    outside_rth: bool
+    what_if: bool
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    order_id: int
+
+
+@dataclass(frozen=True)
+class ReqAutoOpenOrders:
+    auto_bind: bool
+
+
+@dataclass(frozen=True)
+class ReqCompletedOrders:
+    api_only: bool
+
+
+@dataclass(frozen=True)
+class ReqAccountSummary:
+    req_id: int
+    group: str
+    tags: str
+
+
+@dataclass(frozen=True)
+class ReqAccountUpdates:
+    subscribe: bool
+    account: str
+
+
+@dataclass(frozen=True)
+class ReqAccountUpdatesMulti:
+    req_id: int
+    account: str
+    model_code: str
+
+
+@dataclass(frozen=True)
+class ReqExecutions:
+    req_id: int
+    client_id: int
+    account: str
+    symbol: str
+    sec_type: str
+    side: str
+
+
+# ---- text ------------------------------------------------------------------------------------
+
+def _contract(r: FieldReader) -> ContractQuery:
+    """conId, symbol, secType, lastTradeDate, strike, right, multiplier, exchange, primaryExch,
+    currency, localSymbol, tradingClass: the contract prefix every request shares."""
+    return ContractQuery(r.int(), r.str(), r.str(), r.str(), r.float(), r.str(), r.str(), r.str(), r.str(),
+                         r.str(), r.str(), r.str())
+
+
+def _skip_counted(r: FieldReader, fields_each: int) -> None:
+    r.skip(r.int() * fields_each)
+
+
+def _skip_combo_legs(r: FieldReader, contract: ContractQuery, leg_fields: int, with_order_legs: bool) -> None:
+    if contract.sec_type.upper() == "BAG":
+        _skip_counted(r, leg_fields)
+        if with_order_legs:
+            _skip_counted(r, 1)  # per-leg prices
+            _skip_counted(r, 2)  # smart combo routing params
+
+
+def _text_mkt_data(version: int, r: FieldReader) -> ReqMktData:
+    r.skip()
+    req_id, contract = r.int(), _contract(r)
+    _skip_combo_legs(r, contract, 4, with_order_legs=False)
+    if r.bool():
+        r.skip(3)  # delta-neutral contract
+    return ReqMktData(req_id, contract, r.str(), r.bool(), r.bool())
+
+
+def _text_historical(version: int, r: FieldReader) -> ReqHistoricalData:
+    req_id, contract = r.int(), _contract(r)
+    r.skip()  # includeExpired
+    end, bar_size, duration, use_rth, what, fmt = r.str(), r.str(), r.str(), r.bool(), r.str(), r.int()
+    _skip_combo_legs(r, contract, 4, with_order_legs=False)
+    return ReqHistoricalData(req_id, contract, end, bar_size, duration, use_rth, what, fmt, r.bool())
+
+
+def _text_what_if(version: int, r: FieldReader, contract: ContractQuery) -> bool:
+    """Walk the order fields between `hidden` and `whatIf` (placeOrder, versions 157..202)."""
+    _skip_combo_legs(r, contract, 8, with_order_legs=True)
+    r.skip(7 if version >= versions.FA_PROFILE_DESUPPORT else 8)  # "", discretionary .. faPercentage[, faProfile]
+    r.skip(22)  # modelCode .. overridePercentageConstraints, volatility, volatilityType
+    delta_neutral_order_type = r.str()
+    r.skip()  # deltaNeutralAuxPrice
+    if delta_neutral_order_type:
+        r.skip(8)
+    r.skip(6)  # continuousUpdate .. scaleSubsLevelSize
+    if 0 < r.float() < UNSET_DOUBLE:  # scalePriceIncrement
+        r.skip(7)
+    r.skip(3)  # scaleTable, activeStartTime, activeStopTime
+    if r.str():  # hedgeType
+        r.skip()
+    r.skip(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+    if r.bool():  # delta-neutral contract
+        r.skip(3)
+    if r.str():  # algoStrategy
+        _skip_counted(r, 2)
+    r.skip()  # algoId
+    return r.bool()
+
+
+def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
+    order_id, contract = r.int(), _contract(r)
+    r.skip(2)  # secIdType, secId
+    action, quantity, order_type = r.str(), r.decimal(), r.str()
+    lmt_text = r.str()
+    r.skip()  # auxPrice
+    tif, oca_group, account = r.str(), r.str(), r.str()
+    r.skip(2)  # openClose, origin
+    order_ref, transmit, parent_id = r.str(), r.bool(), r.int()
+    r.skip(4)  # blockOrder, sweepToFill, displaySize, triggerMethod
+    outside_rth = r.bool()
+    r.skip()  # hidden
+    what_if = _text_what_if(version, r, contract)
+    lmt_price = float(lmt_text) if lmt_text else None
+    return PlaceOrder(order_id, contract, action.upper(), quantity, order_type.upper(), lmt_price, tif, account,
+                      oca_group, order_ref, transmit, parent_id, outside_rth, what_if)
+
+
+def _text_cancel_order(version: int, r: FieldReader) -> CancelOrder:
+    if version < versions.CME_TAGGING_FIELDS:
+        r.skip()
+    return CancelOrder(r.int())
+
+
+def _text_executions(version: int, r: FieldReader) -> ReqExecutions:
+    r.skip()
+    req_id, client_id, account = r.int(), r.int(), r.str()
+    r.skip()  # time
+    symbol, sec_type = r.str(), r.str()
+    r.skip()  # exchange
+    return ReqExecutions(req_id, client_id, account, symbol, sec_type, r.str())
+
+
+def _versioned(build: Callable[[FieldReader], object]) -> Callable[[int, FieldReader], object]:
+    """A text parser for a request whose first field is its own message version."""
+    def parse(version: int, r: FieldReader) -> object:
+        r.skip()
+        return build(r)
+    return parse
+
+
+def _no_args(msg_id: int) -> Callable[[int, FieldReader], object]:
+    return lambda version, r: NoArgs(msg_id)
+
+
+def _cancel(msg_id: int) -> Callable[[int, FieldReader], object]:
+    return _versioned(lambda r: Cancel(msg_id, r.int()))
+
+
+# ---- protobuf --------------------------------------------------------------------------------
+
+def _pb_contract(pb) -> ContractQuery:
+    multiplier = f"{pb.multiplier:g}" if pb.HasField("multiplier") else ""
+    return ContractQuery(pb.conId, pb.symbol, pb.secType, pb.lastTradeDateOrContractMonth, pb.strike, pb.right,
+                         multiplier, pb.exchange, pb.primaryExch, pb.currency, pb.localSymbol, pb.tradingClass)
+
+
+def _pb_place_order(pb) -> PlaceOrder:
+    o = pb.order
+    return PlaceOrder(pb.orderId, _pb_contract(pb.contract), o.action.upper(), Decimal(o.totalQuantity or "0"),
+                      o.orderType.upper(), o.lmtPrice if o.HasField("lmtPrice") else None, o.tif, o.account,
+                      o.ocaGroup, o.orderRef, o.transmit if o.HasField("transmit") else True, o.parentId,
+                      o.outsideRth, o.whatIf)
+
+
+def _pb_executions(pb) -> ReqExecutions:
+    f = pb.executionFilter
+    return ReqExecutions(pb.reqId, f.clientId, f.acctCode, f.symbol, f.secType, f.side)
+
+
+def _pb_historical(pb) -> ReqHistoricalData:
+    return ReqHistoricalData(pb.reqId, _pb_contract(pb.contract), pb.endDateTime, pb.barSizeSetting, pb.duration,
+                             pb.useRTH, pb.whatToShow, pb.formatDate, pb.keepUpToDate)
+
+
+_TextParser = Callable[[int, FieldReader], object]
+_PARSERS: dict[Out, tuple[_TextParser, type, Callable]] = {
+    Out.START_API: (_versioned(lambda r: StartApi(r.int(), r.str() if r.remaining() else "")),
+                    StartApiRequest_pb2.StartApiRequest, lambda pb: StartApi(pb.clientId, pb.optionalCapabilities)),
+    Out.REQ_CURRENT_TIME: (_no_args(Out.REQ_CURRENT_TIME), CurrentTimeRequest_pb2.CurrentTimeRequest,
+                           lambda pb: NoArgs(Out.REQ_CURRENT_TIME)),
+    Out.REQ_CURRENT_TIME_IN_MILLIS: (_no_args(Out.REQ_CURRENT_TIME_IN_MILLIS),
+                                     CurrentTimeInMillisRequest_pb2.CurrentTimeInMillisRequest,
+                                     lambda pb: NoArgs(Out.REQ_CURRENT_TIME_IN_MILLIS)),
+    Out.REQ_IDS: (_versioned(lambda r: ReqIds(r.int())), IdsRequest_pb2.IdsRequest, lambda pb: ReqIds(pb.numIds)),
+    Out.REQ_MANAGED_ACCTS: (_no_args(Out.REQ_MANAGED_ACCTS), ManagedAccountsRequest_pb2.ManagedAccountsRequest,
+                            lambda pb: NoArgs(Out.REQ_MANAGED_ACCTS)),
+    Out.REQ_CONTRACT_DATA: (_versioned(lambda r: ReqContractDetails(r.int(), _contract(r))),
+                            ContractDataRequest_pb2.ContractDataRequest,
+                            lambda pb: ReqContractDetails(pb.reqId, _pb_contract(pb.contract))),
+    Out.REQ_SEC_DEF_OPT_PARAMS: (lambda v, r: ReqSecDefOptParams(r.int(), r.str(), r.str(), r.str(), r.int()),
+                                 SecDefOptParamsRequest_pb2.SecDefOptParamsRequest,
+                                 lambda pb: ReqSecDefOptParams(pb.reqId, pb.underlyingSymbol, pb.futFopExchange,
+                                                               pb.underlyingSecType, pb.underlyingConId)),
+    Out.REQ_MKT_DATA: (_text_mkt_data, MarketDataRequest_pb2.MarketDataRequest,
+                       lambda pb: ReqMktData(pb.reqId, _pb_contract(pb.contract), pb.genericTickList, pb.snapshot,
+                                             pb.regulatorySnapshot)),
+    Out.CANCEL_MKT_DATA: (_cancel(Out.CANCEL_MKT_DATA), CancelMarketData_pb2.CancelMarketData,
+                          lambda pb: Cancel(Out.CANCEL_MKT_DATA, pb.reqId)),
+    Out.REQ_MARKET_DATA_TYPE: (_versioned(lambda r: ReqMarketDataType(r.int())),
+                               MarketDataTypeRequest_pb2.MarketDataTypeRequest,
+                               lambda pb: ReqMarketDataType(pb.marketDataType)),
+    Out.REQ_HISTORICAL_DATA: (_text_historical, HistoricalDataRequest_pb2.HistoricalDataRequest, _pb_historical),
+    Out.CANCEL_HISTORICAL_DATA: (_cancel(Out.CANCEL_HISTORICAL_DATA), CancelHistoricalData_pb2.CancelHistoricalData,
+                                 lambda pb: Cancel(Out.CANCEL_HISTORICAL_DATA, pb.reqId)),
+    Out.PLACE_ORDER: (_text_place_order, PlaceOrderRequest_pb2.PlaceOrderRequest, _pb_place_order),
+    Out.CANCEL_ORDER: (_text_cancel_order, CancelOrderRequest_pb2.CancelOrderRequest,
+                       lambda pb: CancelOrder(pb.orderId)),
+    Out.REQ_GLOBAL_CANCEL: (_no_args(Out.REQ_GLOBAL_CANCEL), GlobalCancelRequest_pb2.GlobalCancelRequest,
+                            lambda pb: NoArgs(Out.REQ_GLOBAL_CANCEL)),
+    Out.REQ_OPEN_ORDERS: (_no_args(Out.REQ_OPEN_ORDERS), OpenOrdersRequest_pb2.OpenOrdersRequest,
+                          lambda pb: NoArgs(Out.REQ_OPEN_ORDERS)),
+    Out.REQ_ALL_OPEN_ORDERS: (_no_args(Out.REQ_ALL_OPEN_ORDERS), AllOpenOrdersRequest_pb2.AllOpenOrdersRequest,
+                              lambda pb: NoArgs(Out.REQ_ALL_OPEN_ORDERS)),
+    Out.REQ_AUTO_OPEN_ORDERS: (_versioned(lambda r: ReqAutoOpenOrders(r.bool())),
+                               AutoOpenOrdersRequest_pb2.AutoOpenOrdersRequest,
+                               lambda pb: ReqAutoOpenOrders(pb.autoBind)),
+    Out.REQ_COMPLETED_ORDERS: (lambda v, r: ReqCompletedOrders(r.bool()),
+                               CompletedOrdersRequest_pb2.CompletedOrdersRequest,
+                               lambda pb: ReqCompletedOrders(pb.apiOnly)),
+    Out.REQ_POSITIONS: (_no_args(Out.REQ_POSITIONS), PositionsRequest_pb2.PositionsRequest,
+                        lambda pb: NoArgs(Out.REQ_POSITIONS)),
+    Out.CANCEL_POSITIONS: (_no_args(Out.CANCEL_POSITIONS), CancelPositions_pb2.CancelPositions,
+                           lambda pb: NoArgs(Out.CANCEL_POSITIONS)),
+    Out.REQ_ACCOUNT_SUMMARY: (_versioned(lambda r: ReqAccountSummary(r.int(), r.str(), r.str())),
+                              AccountSummaryRequest_pb2.AccountSummaryRequest,
+                              lambda pb: ReqAccountSummary(pb.reqId, pb.group, pb.tags)),
+    Out.CANCEL_ACCOUNT_SUMMARY: (_cancel(Out.CANCEL_ACCOUNT_SUMMARY), CancelAccountSummary_pb2.CancelAccountSummary,
+                                 lambda pb: Cancel(Out.CANCEL_ACCOUNT_SUMMARY, pb.reqId)),
+    Out.REQ_ACCT_DATA: (_versioned(lambda r: ReqAccountUpdates(r.bool(), r.str())),
+                        AccountDataRequest_pb2.AccountDataRequest,
+                        lambda pb: ReqAccountUpdates(pb.subscribe, pb.acctCode)),
+    Out.REQ_ACCOUNT_UPDATES_MULTI: (_versioned(lambda r: ReqAccountUpdatesMulti(r.int(), r.str(), r.str())),
+                                    AccountUpdatesMultiRequest_pb2.AccountUpdatesMultiRequest,
+                                    lambda pb: ReqAccountUpdatesMulti(pb.reqId, pb.account, pb.modelCode)),
+    Out.CANCEL_ACCOUNT_UPDATES_MULTI: (_cancel(Out.CANCEL_ACCOUNT_UPDATES_MULTI),
+                                       CancelAccountUpdatesMulti_pb2.CancelAccountUpdatesMulti,
+                                       lambda pb: Cancel(Out.CANCEL_ACCOUNT_UPDATES_MULTI, pb.reqId)),
+    Out.REQ_EXECUTIONS: (_text_executions, ExecutionRequest_pb2.ExecutionRequest, _pb_executions),
+}
+
+
+PARSED = frozenset(_PARSERS)
+
+
+def parse(version: int, message: Message) -> object:
+    """The request in `message`; MalformedMessage if unreadable, UnsupportedRequest if unknown."""
+    entry = _PARSERS.get(message.msg_id)
+    if entry is None:
+        raise UnsupportedRequest(message.msg_id)
+    text_parser, proto_type, from_proto = entry
+    if not message.protobuf:
+        return text_parser(version, FieldReader(message.fields()))
+    pb = proto_type()
+    try:
+        pb.ParseFromString(message.body)
+    except DecodeError as exc:
+        raise MalformedMessage(f"bad protobuf for message {message.msg_id}: {exc}") from None
+    return from_proto(pb)

@@ -1,0 +1,151 @@
+"""The simulated gateway: listener, client registry, market clock, and the fault controls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from . import handlers
+from .broker import Broker
+from .config import MAX_CLIENTS, MIN_VERSION, SimConfig
+from .market import NEW_YORK, Market
+from .session import Session
+from .universe import Universe
+
+log = logging.getLogger("ibgw.sim")
+
+FARM_NOTICES = (
+    (2104, "Market data farm connection is OK:usfarm"),
+    (2106, "HMDS data farm connection is OK:ushmds"),
+    (2158, "Sec-def data farm connection is OK:secdefnj"),
+)
+DUPLICATE_CLIENT_ID = "Unable to connect as the client id is already in use. Retry with a unique client id."
+
+
+class SimServer:
+    min_version = MIN_VERSION
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.port = config.port
+        now = datetime.now(NEW_YORK)
+        self.universe = Universe(now.strftime("%Y%m%d"))
+        self.market = Market(self.universe, config.seed, now)
+        self.broker = Broker(list(config.account_names), config.seed)
+        self.sessions: dict[int, Session] = {}  # logged-on clients by client id
+        self.connections: set[Session] = set()  # every open socket, logged on or not
+        self.latency = 0.0
+        self._listener: asyncio.Server | None = None
+        self._reopen: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        return self.config.account_names
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    async def start(self) -> None:
+        await self._listen()
+        self._spawn(self._tick_forever())
+
+    async def _listen(self) -> None:
+        self._listener = await asyncio.start_server(self._accept, self.config.host, self.port)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        log.info("listening on %s:%d (%s mode, accounts %s, max version %d)", self.config.host, self.port,
+                 self.config.mode, ",".join(self.accounts), self.config.max_version)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= MAX_CLIENTS:
+            log.warning("refusing %s: %d clients connected", writer.get_extra_info("peername"), MAX_CLIENTS)
+            writer.close()
+            return
+        session = Session(self, reader, writer)
+        self.connections.add(session)
+        await session.run()
+
+    def admit(self, session: Session, client_id: int) -> bool:
+        """START_API: register the client and greet it, or refuse a duplicate client id (326)."""
+        if client_id in self.sessions:
+            log.warning("client id %d from %s refused: already in use", client_id, session.peer)
+            session.send(session.encoder.error(-1, 326, DUPLICATE_CLIENT_ID))
+            return False
+        session.client_id = client_id
+        self.sessions[client_id] = session
+        log.info("client %d connected from %s, server version %d", client_id, session.peer, session.version)
+        enc = session.encoder
+        session.send(enc.managed_accounts(self.accounts) + enc.next_valid_id(self.broker.next_order_id)
+                     + b"".join(enc.error(-1, code, text) for code, text in FARM_NOTICES))
+        return True
+
+    def forget(self, session: Session) -> None:
+        self.connections.discard(session)
+        if session.client_id is not None and self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+            log.info("client %d disconnected (%s)", session.client_id, session.peer)
+
+    def handle(self, session: Session, msg_id: int, request: object) -> None:
+        handlers.handle(self, session, msg_id, request)
+
+    def connection_time(self) -> str:
+        return datetime.now().astimezone().strftime("%Y%m%d %H:%M:%S %Z")
+
+    def lines_in_use(self) -> int:
+        return sum(len(s.market_data) for s in self.sessions.values())
+
+    # ---- market clock ----------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        loop, interval = asyncio.get_running_loop(), self.config.tick_interval
+        due = loop.time()
+        while True:
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+            self.market.step(interval)
+            try:
+                handlers.market_step(self)
+            except Exception:  # keep the market running whatever one step hit
+                log.exception("market step failed")
+
+    # ---- fault controls --------------------------------------------------------------------
+
+    def set_latency(self, seconds: float) -> None:
+        self.latency = max(0.0, seconds)
+        log.warning("latency set to %.0f ms", self.latency * 1000)
+
+    async def restart(self, downtime: float) -> None:
+        """Like IB Gateway's daily restart: drop every client, refuse connections for `downtime` seconds."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._reopen is not None:
+            self._reopen.cancel()
+        log.warning("daily restart: dropping %d clients, down for %gs", len(self.connections), downtime)
+        await self._drop_all()
+        self._reopen = self._spawn(self._reopen_after(downtime))
+
+    async def _reopen_after(self, downtime: float) -> None:
+        await asyncio.sleep(downtime)
+        await self._listen()
+
+    async def _drop_all(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.connections)))
+
+    async def stop(self) -> None:
+        """Clean shutdown: stop listening and ticking, flush and close every client."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for task in list(self._tasks):
+            task.cancel()
+        await self._drop_all()
+        log.info("stopped")

@@ -1,0 +1,149 @@
+"""One client connection: handshake, START_API, the request loop, and sending with injected latency."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING
+
+from ..tws import codec
+from ..tws.errors import FrameTooLarge, MalformedMessage, ProtocolError
+from ..tws.framing import API_PREFIX, MAX_HELLO, encode_server_hello, negotiate, parse_hello, read_frame
+from ..tws.messages import Out
+from . import requests
+from .responses import Encoder
+from .universe import Instrument
+
+if TYPE_CHECKING:
+    from .server import SimServer
+
+log = logging.getLogger("ibgw.sim")
+
+HANDSHAKE_TIMEOUT = 10.0
+CONGESTED_BYTES = 4 << 20  # skip market data for a client this far behind, as TWS conflates
+
+
+class Session:
+    """A connected client. `client_id` is set once START_API has been accepted."""
+
+    def __init__(self, server: SimServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.server, self.reader, self.writer = server, reader, writer
+        host, port = writer.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+        self.version = 0
+        self.encoder: Encoder | None = None
+        self.client_id: int | None = None
+        self.market_data: dict[int, Instrument] = {}  # streaming reqMktData by request id
+        self.positions_subscribed = False
+        self.account_updates: str | None = None  # account of an active reqAccountUpdates
+        self.account_summaries: dict[int, frozenset[str]] = {}  # reqAccountSummary: request id -> tags
+        self.account_multi: dict[int, tuple[str, ...]] = {}  # reqAccountUpdatesMulti: request id -> accounts
+        self._delayed: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._flusher: asyncio.Task | None = None
+        self.closed = False
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes for the client, `server.latency` seconds late when latency is injected."""
+        if self.closed or not data:
+            return
+        latency = self.server.latency
+        if latency <= 0 and not self._delayed:
+            self.writer.write(data)
+            return
+        self._delayed.append((asyncio.get_running_loop().time() + latency, data))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_delayed())
+
+    async def _flush_delayed(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._delayed and not self.closed:
+            due, data = self._delayed[0]
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+                continue
+            self._delayed.popleft()
+            self.writer.write(data)
+
+    @property
+    def delayed(self) -> int:
+        """Messages held back by injected latency."""
+        return len(self._delayed)
+
+    @property
+    def congested(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() > CONGESTED_BYTES or len(self._delayed) > 10_000
+
+    async def close(self) -> None:
+        """Write out everything already sent (latency-delayed messages at once), then close the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        while self._delayed:
+            self.writer.write(self._delayed.popleft()[1])
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), timeout=5)
+        except (OSError, asyncio.TimeoutError):
+            self.writer.transport.abort()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await self._handshake()
+                start = await self._read_start_api()
+            if self.server.admit(self, start.client_id):
+                await self._serve()
+        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+            log.debug("%s: closing: %s", self.peer, exc or type(exc).__name__)
+        finally:
+            self.server.forget(self)
+            await self.close()
+
+    async def _handshake(self) -> None:
+        if await self.reader.readexactly(len(API_PREFIX)) != API_PREFIX:
+            raise ProtocolError("no API prefix")
+        hello = parse_hello(await read_frame(self.reader, MAX_HELLO))
+        self.version = negotiate(hello, self.server.min_version, self.server.config.max_version)
+        self.encoder = Encoder(self.version)
+        self.send(encode_server_hello(self.version, self.server.connection_time()))
+
+    async def _read_start_api(self) -> requests.StartApi:
+        message = codec.decode(self.version, await read_frame(self.reader))
+        if message.msg_id != Out.START_API:
+            raise ProtocolError(f"expected START_API, got message {message.msg_id}")
+        return requests.parse(self.version, message)
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                payload = await read_frame(self.reader)
+            except FrameTooLarge as exc:
+                log.warning("client %s: %s; closing", self.client_id, exc)
+                return
+            self._handle(payload)
+
+    def _handle(self, payload: bytes) -> None:
+        msg_id = -1
+        try:
+            message = codec.decode(self.version, payload)
+            msg_id = message.msg_id
+            request = requests.parse(self.version, message)
+        except MalformedMessage as exc:
+            self.send(self.encoder.error(-1, 320, f"Error reading request. Message id {msg_id}. {exc}"))
+            return
+        except requests.UnsupportedRequest as exc:
+            self.send(self.encoder.error(
+                -1, 321, f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)"))
+            return
+        try:
+            self.server.handle(self, msg_id, request)
+        except Exception:  # a bug in one handler must not take the gateway down
+            log.exception("client %s: failed to handle %r", self.client_id, request)
+            self.send(self.encoder.error(-1, 320, f"Error reading request. Message id {msg_id}. Internal error"))

@@ -1,0 +1,19 @@
+"""Errors raised while reading the TWS API wire protocol."""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that do not follow the protocol."""
+
+
+class HandshakeError(ProtocolError):
+    """Bad `API\\0` prefix, version range or server hello."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A length prefix above the allowed maximum."""
+
+
+class MalformedMessage(ProtocolError):
+    """A complete frame whose fields or protobuf payload cannot be read."""

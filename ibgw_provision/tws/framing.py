@@ -1,0 +1,94 @@
+"""Length-prefixed framing and the v100+ handshake.
+
+Client: ``API\\0`` then one frame ``v<min>..<max>[ <connect options>]``.
+Server: one frame ``<version>\\0<connection time>\\0``. After that every message is a frame:
+a 4-byte big-endian length, then the payload (see `codec`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import struct
+from dataclasses import dataclass
+
+from .errors import FrameTooLarge, HandshakeError
+
+API_PREFIX = b"API\0"
+MAX_FRAME = 0xFFFFFF  # ibapi's MAX_MSG_LEN
+MAX_HELLO = 1024
+_HEADER = struct.Struct(">I")
+_HELLO = re.compile(r"v(\d{1,6})\.\.(\d{1,6})(?: (.*))?", re.S)
+
+
+def frame(payload: bytes) -> bytes:
+    """The payload with its 4-byte big-endian length prefix."""
+    return _HEADER.pack(len(payload)) + payload
+
+
+def unframe(buffer: bytes, max_size: int = MAX_FRAME) -> tuple[list[bytes], bytes]:
+    """Split complete frames off the front of `buffer`; return them and the incomplete rest."""
+    frames, pos = [], 0
+    while len(buffer) - pos >= 4:
+        (size,) = _HEADER.unpack_from(buffer, pos)
+        if size > max_size:
+            raise FrameTooLarge(f"frame of {size} bytes exceeds {max_size}")
+        if len(buffer) - pos - 4 < size:
+            break
+        frames.append(buffer[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    return frames, buffer[pos:]
+
+
+async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes:
+    """Read one frame; asyncio.IncompleteReadError at end of stream, FrameTooLarge on a huge prefix."""
+    (size,) = _HEADER.unpack(await reader.readexactly(4))
+    if size > max_size:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds {max_size}")
+    return await reader.readexactly(size)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The client's side of the handshake."""
+
+    min_version: int
+    max_version: int
+    options: str = ""
+
+    def encode(self) -> bytes:
+        text = f"v{self.min_version}..{self.max_version}" + (f" {self.options}" if self.options else "")
+        return API_PREFIX + frame(text.encode("ascii"))
+
+
+def parse_hello(payload: bytes) -> Hello:
+    """The version range and connect options from the client's first frame."""
+    match = _HELLO.fullmatch(payload.decode("ascii", "replace"))
+    if not match:
+        raise HandshakeError(f"bad version range {payload[:40]!r}")
+    low, high = int(match[1]), int(match[2])
+    if low > high:
+        raise HandshakeError(f"empty version range v{low}..{high}")
+    return Hello(low, high, match[3] or "")
+
+
+def negotiate(hello: Hello, server_min: int, server_max: int) -> int:
+    """The highest version both sides speak."""
+    version = min(hello.max_version, server_max)
+    if version < max(hello.min_version, server_min):
+        raise HandshakeError(
+            f"no common version: client v{hello.min_version}..{hello.max_version}, "
+            f"server v{server_min}..{server_max}")
+    return version
+
+
+def encode_server_hello(version: int, connection_time: str) -> bytes:
+    return frame(f"{version}\0{connection_time}\0".encode("ascii"))
+
+
+def parse_server_hello(payload: bytes) -> tuple[int, str]:
+    """(server version, connection time) from the server's first frame."""
+    parts = payload.decode("ascii", "replace").split("\0")
+    if len(parts) != 3 or parts[2] or not parts[0].isdigit():
+        raise HandshakeError(f"bad server hello {payload[:60]!r}")
+    return int(parts[0]), parts[1]
