@@ -4,17 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: demo test deps venv clean
+.PHONY: demo demo-down test vm-test deps venv clean
 
+# Boot the disposable local host, provision it (simulator backend), and have
+# three real ib_async clients use it through the front.
 demo: deps venv
 	$(BIN)/ibgw validate -i inventories/local.yml
-	rm -rf $(BUILD)/demo
-	$(BIN)/ibgw render local -i inventories/local.yml --out $(BUILD)/demo
-	haproxy -c -f $(BUILD)/demo/etc/haproxy/haproxy.cfg
-	@echo "Rendered the local host's files under $(BUILD)/demo; each passed its validator in 'make test'."
+	tests/host/testhost.sh up
+	$(BIN)/ibgw provision local -i inventories/local.yml
+	$(BIN)/python scripts/demo_clients.py inventories/local.yml local
+	@echo "The host stays up: 'tests/host/testhost.sh ssh' to look around, 'make demo-down' to stop it."
+
+demo-down:
+	tests/host/testhost.sh down
 
 test: deps venv
 	$(BIN)/pytest
+
+# The testinfra suite against the Vagrant VM instead (needs Vagrant and a provider).
+vm-test: venv
+	IBGW_TEST_HOST=vagrant $(BIN)/pytest tests/infra
 
 deps:
 	scripts/deps.sh
@@ -27,5 +36,5 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-clean:
+clean: demo-down
 	rm -rf $(BUILD) $(VENV) dist

@@ -12,6 +12,7 @@ import click
 from . import inventory, secrets
 from .errors import EXIT_BAD_INPUT, InputError
 from .render import render_host
+from .sim.cli import sim
 
 
 def input_errors(func):
@@ -37,6 +38,9 @@ INVENTORY = click.option("-i", "--inventory", "inventory_path", required=True,
 @click.version_option(package_name="ibgw-provision")
 def main() -> None:
     """Provision and run a shared Interactive Brokers Gateway host."""
+
+
+main.add_command(sim)
 
 
 @main.command()

@@ -6,6 +6,7 @@ provisions it with the real `ibgw provision`; the host is stopped at the end.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,8 +17,12 @@ import testinfra
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTHOST = ROOT / "tests" / "host" / "testhost.sh"
-SSH_CONFIG = ROOT / "build" / "testhost" / "ssh_config"
 LOCAL = ROOT / "inventories" / "local.yml"
+# The same suite runs against the nspawn host (default) or the Vagrant VM
+# (IBGW_TEST_HOST=vagrant, `make vm-test`): only the SSH material differs.
+VAGRANT = os.environ.get("IBGW_TEST_HOST") == "vagrant"
+SSH_DIR = ROOT / "build" / ("vagrant" if VAGRANT else "testhost")
+SSH_CONFIG = SSH_DIR / "ssh_config"
 
 
 def ibgw(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,23 +39,37 @@ def recap(proc: subprocess.CompletedProcess, host: str = "local") -> dict[str, i
 
 
 def _testhost(command: str) -> None:
-    subprocess.run([str(TESTHOST), command], check=True, timeout=900, capture_output=True)
+    if VAGRANT:
+        argv = {"up": ["vagrant", "up"], "down": ["vagrant", "destroy", "-f"]}.get(command)
+        argv and subprocess.run(argv, cwd=ROOT, check=True, timeout=1800, capture_output=True)
+    else:
+        subprocess.run([str(TESTHOST), command], check=True, timeout=900, capture_output=True)
 
 
-def fresh_host(inventory: Path) -> subprocess.CompletedProcess:
-    """Boot a fresh test host and provision it from `inventory`; return the first run."""
+def for_target(inventory: Path, tmp: Path) -> Path:
+    """A copy of `inventory` whose SSH key and known_hosts are the test target's."""
+    text = inventory.read_text().replace("../build/testhost", str(SSH_DIR))
+    text = text.replace(str(ROOT / "build" / "testhost"), str(SSH_DIR))
+    copy = tmp / inventory.name
+    copy.write_text(text)
+    return copy
+
+
+def fresh_host(inventory: Path, tmp: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """Boot a fresh test host, provision it from `inventory`; return the inventory used and the run."""
     _testhost("down")
     _testhost("up")
     _testhost("ssh-config")
+    inventory = for_target(inventory, tmp)
     first = ibgw("provision", "local", "-i", str(inventory))
     assert first.returncode == 0, first.stdout + first.stderr
-    return first
+    return inventory, first
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_test_host_at_the_end():
     yield
-    subprocess.run([str(TESTHOST), "down"], timeout=120, capture_output=True)
+    _testhost("down")
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,6 @@ def _artifacts(cache: Path) -> dict[str, str]:
 
 def _inventory(tmp: Path, sums: dict[str, str]) -> Path:
     text = LOCAL.read_text().replace("backend: simulator", "backend: ibgw")
-    text = text.replace("../build/testhost", str(LOCAL.parent.parent / "build" / "testhost"))
     login = "login: {username: {env: IBGW_TEST_USER}, password: {env: IBGW_TEST_PASSWORD}}"
     text = text.replace("      - mode: paper\n", f"      - mode: paper\n        {login}\n")
     text = text.replace("      - mode: live\n", f"      - mode: live\n        {login}\n        java_heap: 1g\n")
@@ -78,7 +77,7 @@ def setup(tmp_path_factory):
     inv = _inventory(tmp, _artifacts(tmp / "cache"))
     os.environ.update(IBGW_TEST_USER="tester", IBGW_TEST_PASSWORD=PASSWORD)
     try:
-        first = fresh_host(inv)
+        inv, first = fresh_host(inv, tmp)
     finally:
         for name in ("IBGW_TEST_USER", "IBGW_TEST_PASSWORD"):
             os.environ.pop(name)

@@ -7,10 +7,10 @@ import subprocess
 import paramiko
 import pytest
 
-from .conftest import LOCAL, ROOT, _testhost, ibgw
+from .conftest import LOCAL, SSH_DIR, _testhost, ibgw
 
-KNOWN_HOSTS = ROOT / "build" / "testhost" / "known_hosts"
-KEY = ROOT / "build" / "testhost" / "id_ed25519"
+KNOWN_HOSTS = SSH_DIR / "known_hosts"
+KEY = SSH_DIR / "id_ed25519"
 
 
 @pytest.fixture(scope="module", autouse=True)
