@@ -148,13 +148,13 @@ def test_a_failed_step_exits_1_and_a_rerun_converges(host, inv_path):
 
 def _tws_handshake(source: str, port: int) -> bytes:
     """Open a TWS API connection from `source`; return the server's first reply, or b'' if refused."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
-        version = b"v100..178"
-        sock.sendall(b"API\0" + len(version).to_bytes(4, "big") + version)
-        try:
+    version = b"v100..178"
+    try:  # a refusal resets the connection: at the send or at the receive, whichever comes first
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+            sock.sendall(b"API\0" + len(version).to_bytes(4, "big") + version)
             return sock.recv(4096)
-        except ConnectionResetError:
-            return b""
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
 
 
 def test_front_admits_allowlisted_sources_and_refuses_others(first_run):
