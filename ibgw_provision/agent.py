@@ -7,13 +7,16 @@ file is replaced only by an atomic rename after its validator accepts it.
 """
 
 import base64
+import glob
 import grp
 import hashlib
 import json
 import os
 import platform
 import pwd
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -110,6 +113,112 @@ def unit(name):
     return {"enabled": enabled, "active": active}
 
 
+# ---- health and monitoring ---------------------------------------------
+
+UNIT_PROPS = ("ActiveState", "SubState", "NRestarts", "ActiveEnterTimestampMonotonic", "Result")
+TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)")
+
+
+def health(req):
+    return {
+        "units": {u: unit_detail(u) for u in req["units"]},
+        "uptime": float(open("/proc/uptime").read().split()[0]),
+        "listeners": listeners(),
+        "firewall": sh(["nft", "list", "table", "inet", "ibgw"], check=False).returncode == 0
+        if req["firewall"] else None,
+        "resources": resources(req["disk_paths"]),
+        "log_lines": recent_lines(req["log_files"], req["log_minutes"]),
+        "journal_errors": journal_errors(req["units"], req["log_minutes"]),
+    }
+
+
+def unit_detail(name):
+    out = sh(["systemctl", "show", name, "-p", ",".join(UNIT_PROPS)], check=False).stdout
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {"active": props.get("ActiveState", "unknown"), "sub": props.get("SubState", ""),
+            "restarts": int(props.get("NRestarts") or 0), "result": props.get("Result", ""),
+            "since": int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6}
+
+
+def listeners():
+    """Listening TCP sockets from /proc: {port: [addresses]}."""
+    found = {}
+    for path, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            rows = open(path).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A":  # LISTEN
+                address, port = local.split(":")
+                found.setdefault(int(port, 16), []).append(proc_address(address, width))
+    return found
+
+
+def proc_address(hexaddr, width):
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per-word little endian
+    family = socket.AF_INET if width == 8 else socket.AF_INET6
+    return socket.inet_ntop(family, words)
+
+
+def resources(paths):
+    meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    kib = {k: int(meminfo[k].split()[0]) for k in ("MemTotal", "MemAvailable")}
+    disks = {}
+    for path in paths:
+        usage = shutil.disk_usage(path)
+        disks[path] = round(100 * usage.used / usage.total, 1)
+    return {"mem_total_mb": kib["MemTotal"] // 1024, "mem_available_mb": kib["MemAvailable"] // 1024,
+            "disk_used_pct": disks, "load1": os.getloadavg()[0], "cpus": os.cpu_count()}
+
+
+def recent_lines(patterns, minutes):
+    """Lines of the last `minutes` from log files whose lines start with a timestamp."""
+    cutoff = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 60 * minutes))
+    out = []
+    for path in sorted({p for pattern in patterns for p in glob.glob(pattern)}):
+        if os.path.getmtime(path) < time.time() - 60 * minutes:
+            continue
+        with open(path, errors="replace") as fh:
+            for line in fh.readlines()[-5000:]:
+                stamp = TIMESTAMP.match(line)
+                if stamp and stamp.group(1).replace("T", " ") >= cutoff:
+                    out.append({"file": path, "line": line.rstrip()[:400]})
+    return out
+
+
+def journal_errors(units, minutes):
+    argv = ["journalctl", "--no-pager", "-o", "cat", "-p", "err", f"--since=-{minutes}min"]
+    out = sh(argv + [f"--unit={u}" for u in units], check=False).stdout
+    return [line[:400] for line in out.splitlines()[-50:]]
+
+
+def monitor(req):
+    """Every interval, for `count` samples: the front's per-source stick tables."""
+    for _ in range(req["count"]):
+        emit(sample={t: haproxy_table(req["socket"], t) for t in req["tables"]}, at=time.time())
+        time.sleep(req["interval"])
+    return {"samples": req["count"]}
+
+
+def haproxy_table(path, table):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(f"show table {table}\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    rows = []
+    for line in data.decode().splitlines():
+        if line.startswith("0x"):
+            pairs = dict(item.split("=", 1) for item in line.split()[1:] if "=" in item)
+            rows.append({k: (v if k == "key" else int(v)) for k, v in pairs.items()})
+    return rows
+
+
 # ---- steps ---------------------------------------------------------------
 
 def step_apt(step):
@@ -198,9 +307,11 @@ def step_install(step):
 def step_systemd(step):
     if step["daemon_reload"]:
         sh(["systemctl", "daemon-reload"])
-    for verb in ("enable", "start", "restart", "reload"):
-        if step[verb]:
-            sh(["systemctl", verb] + step[verb])
+    if step["enable"]:
+        sh(["systemctl", "enable"] + step["enable"])
+    for verb in ("start", "restart", "reload"):
+        for name in step[verb]:  # one at a time, in order: the gateways before the front
+            sh(["systemctl", verb, name])
     stays_up(step["start"] + step["restart"])
 
 
@@ -233,7 +344,7 @@ def apply(req):
 
 def main():
     req = json.loads(sys.stdin.buffer.read())
-    emit(result={"facts": facts, "apply": apply}[req["op"]](req))
+    emit(result={"facts": facts, "apply": apply, "health": health, "monitor": monitor}[req["op"]](req))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import click
 
 from . import inventory, secrets
 from .errors import EXIT_BAD_INPUT, InputError
+from .provision import AgentError
 from .render import render_host
+from .transport import SshError
 from .sim.cli import sim
 
 
@@ -67,9 +69,7 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
 def render(host: str, inventory_path: str, out_dir: str) -> None:
     """Write every file HOST gets under DIR, at its target path. Secrets are masked."""
     inv = inventory.load(inventory_path)
-    if host not in inv.hosts:
-        raise InputError([inv.problem(("hosts",), f"no host named {host!r} (have: {', '.join(inv.hosts)})")])
-    for f in render_host(inv, host, secrets.Secrets(masked=True)):
+    for f in render_host(inv, single_host(inv, host), secrets.Secrets(masked=True)):
         target = Path(out_dir) / f.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.content, encoding="utf-8")
@@ -112,3 +112,100 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
         raise InputError([inv.problem(("hosts",), f"no host matches {pattern!r}"
                                       + (f" with --limit {limit!r}" if limit else ""))])
     return names
+
+
+@main.command()
+@click.argument("pattern")
+@INVENTORY
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ibgw.health/1).")
+@click.option("--brief", is_flag=True, help="One line per host, for cron and Nagios-style checks.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300),
+              help="Seconds for SSH and for each TWS API probe.")
+@input_errors
+def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeout: float) -> None:
+    """Is HOST or GROUP serving? Exit 0 healthy, 1 degraded, 2 down or mode mismatch."""
+    import json
+
+    from rich.console import Console
+
+    from . import health as checks, views
+
+    inv = inventory.load(inventory_path)
+    reports = [checks.check(inv, name, timeout) for name in select_hosts(inv, pattern, None)]
+    if as_json:
+        click.echo(json.dumps({"schema": checks.SCHEMA, "hosts": reports}, indent=2))
+    else:
+        console = Console(highlight=False)
+        for report in reports:
+            click.echo(views.brief(report)) if brief else views.health(console, report)
+    sys.exit(max(r["exit_code"] for r in reports))
+
+
+@main.command()
+@click.argument("host")
+@INVENTORY
+@click.option("--duration", type=click.IntRange(1), help="Stop after this many seconds (default: at Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per sample instead of a live table.")
+@input_errors
+def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool) -> None:
+    """Live view, every second, of who is connected through HOST's front, by app."""
+    import json
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from . import monitor as mon, views
+
+    inv = inventory.load(inventory_path)
+    name = single_host(inv, host)
+    count = duration or 2**31 - 1
+    try:
+        if as_json:
+            mon.samples(inv, name, count, lambda found: click.echo(json.dumps(mon.as_dicts(found))))
+        else:
+            with Live(views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False) as live:
+                mon.samples(inv, name, count, lambda found: live.update(views.monitor_table(name, found), refresh=True))
+    except KeyboardInterrupt:
+        pass
+    except (SshError, AgentError) as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@INVENTORY
+@click.argument("host", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@input_errors
+def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
+    """The app registry; with HOST, also who is connected now through its front."""
+    import json
+
+    from rich.console import Console
+
+    from . import monitor as mon, views
+
+    inv = inventory.load(inventory_path)
+    if host:
+        name = single_host(inv, host)
+        found: list = []
+        try:
+            mon.samples(inv, name, 1, found.extend)
+        except (SshError, AgentError) as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        rows = [{"host": name, **r} for r in mon.app_states(inv.hosts[name], found)]
+    else:
+        rows = [{"host": n, "app": a.name, "client_id": a.client_id, "modes": list(a.modes),
+                 "sources": list(a.sources), "read_only": a.read_only} for n, h in inv.hosts.items() for a in h.apps]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        rows = [r | {"modes": r.get("modes", [r.get("mode")])} for r in rows]
+        Console(highlight=False).print(views.apps_table(rows, live=bool(host)))
+
+
+def single_host(inv, name: str) -> str:
+    if name not in inv.hosts:
+        raise InputError([inv.problem(("hosts",), f"no host named {name!r} (have: {', '.join(inv.hosts)})")])
+    return name

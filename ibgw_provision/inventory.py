@@ -136,6 +136,7 @@ class Front(Model):
     maxconn: int = Field(default=256, ge=1, le=100000)
     per_source_limit: int = Field(default=16, ge=1, le=10000)
     timeouts: Timeouts = Timeouts()
+    metrics_port: Port = 8405  # HAProxy's Prometheus exporter, on 127.0.0.1 only
 
     @field_validator("bind")
     @classmethod
@@ -144,6 +145,16 @@ class Front(Model):
             return str(ipaddress.ip_address(bind))
         except ValueError:
             raise ValueError(f"bind must be an IP address, got {bind!r}") from None
+
+
+class Health(Model):
+    """What `ibgw health` uses and how it judges."""
+
+    # Reserved, with the next id: the probes on the host and through the front.
+    probe_client_id: Annotated[int, Field(ge=0, le=2**31 - 2)] = 9998
+    log_minutes: int = Field(default=15, ge=1, le=1440)
+    disk_max_pct: int = Field(default=90, ge=1, le=100)
+    restart_loop: int = Field(default=3, ge=1)  # restarts within the last 10 minutes
 
 
 class Firewall(Model):
@@ -169,6 +180,7 @@ class Host(Model):
     apps: list[App] = []
     front: Front = Front()
     firewall: Firewall = Firewall()
+    health: Health = Health()
 
     def gateway(self, mode: Mode) -> Gateway | None:
         return next((g for g in self.gateways if g.mode == mode), None)
@@ -295,6 +307,9 @@ def _check_apps(host: Host, base: tuple) -> list[tuple[tuple, str]]:
         if app.name in names:
             found.append((path + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]"))
         names.setdefault(app.name, i)
+        if app.client_id in (host.health.probe_client_id, host.health.probe_client_id + 1):
+            found.append((path + ("client_id",), f"client_id {app.client_id} is reserved for `ibgw health`'s "
+                          "probe (health.probe_client_id)"))
         for j, mode in enumerate(app.modes):
             if mode not in provided:
                 found.append((path + ("modes", j), f"no {mode} gateway on this host (it has: "
@@ -310,6 +325,8 @@ def _check_apps(host: Host, base: tuple) -> list[tuple[tuple, str]]:
 def _check_ports(host: Host, base: tuple) -> list[tuple[tuple, str]]:
     found: list[tuple[tuple, str]] = []
     used: dict[int, str] = {host.ssh.port: "ssh.port"}
+    if host.front.kind == "haproxy":
+        used[host.front.metrics_port] = "front.metrics_port"
     for i, gw in enumerate(host.gateways):
         for key in ("api_port", "front_port"):
             port, here = getattr(gw, key), f"gateways[{i}].{key}"

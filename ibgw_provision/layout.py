@@ -16,6 +16,8 @@ INSTALL_STAMP = ".ibgw-installed"  # in an install dir: the sha256 of its instal
 UPLOADS = f"{OPT}/uploads"  # installers, as shipped by the operator
 UNIT_DIR = "/etc/systemd/system"
 FIREWALL_UNIT = "ibgw-firewall.service"
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"  # runtime API, root only
+STICK_EXPIRE_S = 86400  # how long the front remembers a source's counters
 FIRST_DISPLAY = 101  # Xvfb displays :101, :102, ... one per gateway
 
 

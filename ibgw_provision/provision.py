@@ -108,8 +108,8 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
         report.failed = f"{result['failed']}: {result['error']}"
 
 
-def call_agent(transport: Transport, request: dict, on_event=lambda event: None) -> dict:
-    """Run the agent on the host with one request; return its result."""
+def call_agent(transport: Transport, request: dict, on_event=lambda message: None) -> dict:
+    """Run the agent on the host with one request; return its result. on_event sees what comes before."""
     sudo = "" if transport.target.user == "root" else "sudo -n "
     stdin = f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
     result: dict = {}
@@ -121,7 +121,7 @@ def call_agent(transport: Transport, request: dict, on_event=lambda event: None)
             return
         if "result" in message:
             result["value"] = message["result"]
-        elif "event" in message:
+        else:
             on_event(message)
 
     proc = transport.run(sudo + BOOT, stdin, on_line=on_line)

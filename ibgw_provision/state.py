@@ -55,11 +55,10 @@ class Desired:
 def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
     host = inv.hosts[name]
     gateway_units = [layout.gateway_unit(g.mode) for g in host.gateways]
-    units = [FRONT_UNIT[host.front.kind]] + gateway_units
-    if host.backend == "ibgw":
-        units += [layout.xvfb_unit(g.mode) for g in host.gateways]
-    if host.firewall.enabled:
-        units.append(layout.FIREWALL_UNIT)
+    # In start order: the firewall, then displays and gateways, the front last.
+    units = [layout.FIREWALL_UNIT] if host.firewall.enabled else []
+    units += [layout.xvfb_unit(g.mode) for g in host.gateways] if host.backend == "ibgw" else []
+    units += gateway_units + [FRONT_UNIT[host.front.kind]]
     return Desired(_packages(host), _dirs(host), render_host(inv, name, secrets), units, gateway_units,
                    _installs(inv, host))
 

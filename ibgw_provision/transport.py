@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -129,6 +130,18 @@ class Transport:
                 err += chan.recv_stderr(65536)
         return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
+    def forward(self, host: str, port: int) -> socket.socket:
+        """A local socket connected to host:port as seen from the remote host (ssh -L, one connection)."""
+        self.round_trips += 1
+        try:
+            chan = self._client.get_transport().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                                             timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError) as exc:
+            raise SshError(f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}") from None
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=_pump, args=(chan, theirs), daemon=True).start()
+        return ours
+
     def put_many(self, files: list[tuple[Path, str]]) -> None:
         """Copy files over one SFTP session, creating parent directories; a round trip per file."""
         try:
@@ -139,6 +152,28 @@ class Transport:
                     sftp.put(str(local), remote)
         except (paramiko.SSHException, OSError) as exc:
             raise SshError(f"{self.target.name}: upload failed: {_reason(exc)}") from None
+
+
+def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
+    """Copy bytes both ways between an SSH channel and a socket until either side closes."""
+    try:
+        while True:
+            readable, _, _ = select.select([chan, sock], [], [], 1.0)
+            if chan in readable:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                sock.sendall(data)
+            if sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chan.sendall(data)
+    except OSError:
+        pass
+    finally:
+        chan.close()
+        sock.close()
 
 
 def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

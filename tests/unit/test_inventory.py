@@ -92,6 +92,12 @@ BAD = [
      "hosts.gw.gateways[1].api_port", "api_port: 70000", "less than or equal to 65535"),
     ("unknown-group-member", "hosts:\n", "groups: {prod: [gw, gw9]}\nhosts:\n",
      "groups.prod[1]", "groups:", "no host named 'gw9'"),
+    ("probe-client-id-taken", "client_id: 2", "client_id: 9999",
+     "hosts.gw.apps[1].client_id", "client_id: 9999", "reserved for `ibgw health`'s probe"),
+    ("front-probe-client-id-taken", "client_id: 2", "client_id: 9998",
+     "hosts.gw.apps[1].client_id", "client_id: 9998", "reserved for `ibgw health`'s probe"),
+    ("port-collides-with-metrics", "      - mode: live\n", "      - mode: live\n        front_port: 8405\n",
+     "hosts.gw.gateways[1].front_port", "front_port: 8405", "collides with front.metrics_port"),
     ("bad-restart-time", "      - mode: paper\n", "      - mode: paper\n        ibc: {auto_restart_time: '23:59'}\n",
      "hosts.gw.gateways[0].ibc.auto_restart_time", "auto_restart_time", "should match pattern"),
 ]

@@ -1,0 +1,68 @@
+"""How `ibgw health` judges facts and probe results (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ibgw_provision import health, views
+
+
+@pytest.mark.parametrize("line,kind", [
+    ("2026-11-24 09:30:01:123 IBC: Login has failed: unrecognized username or password", "login_failed"),
+    ("2026-11-24 09:30:01:123 IBC: Second Factor Authentication dialog timed out", "twofa_timeout"),
+    ("2026-11-24 09:30:01:123 IBC: Existing session detected: will log in as primary", "existing_session"),
+    ("2026-11-24 09:30:01,123 ibgw-sim ERROR handler crashed", "error"),
+])
+def test_known_ibc_failures_are_named(line, kind):
+    report = {"log_findings": []}
+    findings = health._judge_logs({"log_lines": [{"file": "/var/log/ibgw/live/ibc.log", "line": line}],
+                                   "journal_errors": []}, report)
+    assert report["log_findings"][0]["kind"] == kind
+    assert findings[0].severity == "degraded" and findings[0].subject == "/var/log/ibgw/live/ibc.log"
+
+
+def test_ordinary_log_lines_are_not_findings():
+    report = {"log_findings": []}
+    lines = [{"file": "f", "line": "2026-11-24 09:30:01,123 ibgw-sim INFO client 1 connected (version 178)"}]
+    assert health._judge_logs({"log_lines": lines, "journal_errors": []}, report) == []
+
+
+@pytest.mark.parametrize("mode,accounts,mismatch", [
+    ("paper", ["DU123"], False), ("paper", ["DF9"], False), ("paper", ["DU1", "U2"], True),
+    ("live", ["U123"], False), ("live", ["F77"], False), ("live", ["DU123"], True),
+])
+def test_mode_is_checked_by_account_prefix(mode, accounts, mismatch):
+    findings = health._judge_accounts(mode, "on the host", accounts)
+    assert bool(findings) == mismatch
+    assert not findings or (findings[0].severity, findings[0].check) == ("down", "mode")
+
+
+def test_no_accounts_means_not_logged_in():
+    (finding,) = health._judge_accounts("live", "on the host", [])
+    assert (finding.severity, finding.check) == ("down", "login")
+
+
+def test_a_front_failure_with_a_working_gateway_is_degraded_not_down():
+    ok = {"ok": True, "accounts": ["DU1"]}
+    (finding,) = health._judge_gateway("paper", ok, {"ok": False, "error": "refused"})
+    assert finding.severity == "degraded"
+    assert [f.severity for f in health._judge_gateway("paper", {"ok": False, "error": "x"},
+                                                      {"ok": False, "error": "y"})] == ["down", "down"]
+
+
+def test_listeners(local):
+    host = local.hosts["local"]
+    good = {14002: {"127.0.0.1"}, 14004: {"127.0.0.1"}, 14001: {"127.0.0.1"}, 14003: {"127.0.0.1"}}
+    assert health._judge_listeners(host, good) == []
+    exposed = good | {14002: {"0.0.0.0"}}
+    assert [f.severity for f in health._judge_listeners(host, exposed)] == ["degraded"]
+    missing = {p: a for p, a in good.items() if p != 14003}
+    (finding,) = health._judge_listeners(host, missing)
+    assert (finding.severity, finding.subject) == ("down", "live front")
+
+
+def test_brief_is_one_nagios_style_line():
+    report = {"host": "gw1", "status": "down", "units": [], "gateways": [],
+              "findings": [{"severity": "down", "check": "mode", "subject": "paper gateway",
+                            "message": "MODE MISMATCH on the host"}]}
+    assert views.brief(report) == "IBGW CRITICAL - gw1: MODE MISMATCH on the host"
