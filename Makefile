@@ -6,13 +6,14 @@ BUILD  := build
 
 .PHONY: demo demo-down test vm-test deps venv clean
 
-# Boot the disposable local host, provision it (simulator backend), and have
-# three real ib_async clients use it through the front.
+# Boot the disposable local host, provision it (simulator backend), have three
+# real ib_async clients use it through the front, then report its health.
 demo: deps venv
 	$(BIN)/ibgw validate -i inventories/local.yml
 	tests/host/testhost.sh up
 	$(BIN)/ibgw provision local -i inventories/local.yml
 	$(BIN)/python scripts/demo_clients.py inventories/local.yml local
+	$(BIN)/ibgw health local -i inventories/local.yml
 	@echo "The host stays up: 'tests/host/testhost.sh ssh' to look around, 'make demo-down' to stop it."
 
 demo-down:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -240,3 +241,12 @@ class TestCli:
         result = CliRunner().invoke(main, ["render", "nope", "-i", "inventories/example.yml", "--out", str(tmp_path)])
         assert result.exit_code == 2
         assert "no host named 'nope'" in result.output
+
+
+def test_the_readme_inventory_reference_is_a_valid_inventory(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Inventory reference", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "reference.yml"
+    path.write_text(block.replace('sha256: "…"', f'sha256: "{"0" * 64}"'))
+    inv = inventory.load(path)
+    assert inv.hosts["gw1"].apps[0].name == "smart-lean-0dte"
