@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 
 from ibgw_provision.tws import Hello, In, Out, codec, encode_text, parse_server_hello, read_frame, unframe
-from ibgw_provision.tws.versions import MIN_CLIENT, PROTOBUF, request_is_protobuf
+from ibgw_provision.tws.versions import MIN_CLIENT, request_is_protobuf
 
 LINES = 100
 TICK_IDS = {In.TICK_PRICE, In.TICK_SIZE, In.TICK_OPTION_COMPUTATION, In.TICK_GENERIC, In.TICK_STRING}
@@ -26,11 +28,17 @@ _LISTENING = re.compile(rb"listening on [^ ]+:(\d+)")
 
 
 def start_sim(interval: float) -> tuple[subprocess.Popen, int]:
+    """The simulator and its port; its log is read on a thread throughout, so it never blocks on a full pipe."""
     proc = subprocess.Popen([sys.executable, "-m", "ibgw_provision.sim", "--listen", "127.0.0.1:0", "--mode",
                              "paper", "--tick-interval", str(interval)], stderr=subprocess.PIPE)
+    lines: queue.Queue[bytes] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        match = _LISTENING.search(proc.stderr.readline())
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            match = _LISTENING.search(lines.get(timeout=left))
+        except queue.Empty:
+            break
         if match:
             return proc, int(match[1])
     proc.kill()
@@ -63,7 +71,7 @@ async def client(port: int, client_id: int, con_ids: list[int], version: int, co
                  stop: asyncio.Event) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(Hello(MIN_CLIENT, version).encode())
-    negotiated, _ = parse_server_hello(await read_frame(reader))
+    negotiated, _ = parse_server_hello(await asyncio.wait_for(read_frame(reader), 10))
     writer.write(start_api(negotiated, client_id))
     for k, con_id in enumerate(con_ids):
         writer.write(mkt_data_request(negotiated, client_id * 1000 + k, con_id))
@@ -75,10 +83,7 @@ async def client(port: int, client_id: int, con_ids: list[int], version: int, co
         frames, buffer = unframe(buffer + chunk)
         counter.messages += len(frames)
         counter.bytes += len(chunk)
-        for payload in frames:
-            msg_id = int.from_bytes(payload[:4], "big") % 200 if negotiated >= PROTOBUF else int(
-                payload[:payload.index(b"\0")])
-            counter.ticks += msg_id in TICK_IDS
+        counter.ticks += sum(codec.decode(negotiated, payload).msg_id in TICK_IDS for payload in frames)
     writer.close()
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING
 
@@ -56,8 +58,10 @@ async def execute(server: SimServer, line: str) -> str:
 
 
 async def serve(server: SimServer, path: str) -> asyncio.Server:
-    """Listen for admin commands on the Unix socket `path` (owner-only)."""
+    """Listen for admin commands on the Unix socket `path` (owner-only), replacing a stale socket there."""
     with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
         os.unlink(path)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -109,7 +110,9 @@ class Position:
         unit = price * self.instrument.size_multiplier
         qty, old = float(signed_qty), float(self.quantity)
         if old == 0 or (old > 0) == (qty > 0):
-            self.avg_cost = (self.avg_cost * abs(old) + unit * abs(qty) + commission) / abs(old + qty)
+            # commission raises a long's cost and lowers a short's proceeds
+            cost = unit * abs(qty) + (commission if qty > 0 else -commission)
+            self.avg_cost = (self.avg_cost * abs(old) + cost) / abs(old + qty)
             self.quantity += signed_qty
             return None
         closed = min(abs(qty), abs(old))
@@ -174,9 +177,9 @@ class Broker:
             raise OrderRejected(387, "Unsupported order type for this exchange and security type.")
         if order.action not in ("BUY", "SELL"):
             raise OrderRejected(321, f"Error validating request.-'bN' : cause - Invalid side: {order.action}")
-        if order.quantity <= 0:
+        if not order.quantity.is_finite() or order.quantity <= 0:
             raise OrderRejected(434, "The order size cannot be zero.")
-        if order.order_type == "LMT" and not order.lmt_price:
+        if order.order_type == "LMT" and not (order.lmt_price and math.isfinite(order.lmt_price)):
             raise OrderRejected(321, "Error validating request.-'bN' : cause - The limit price is missing.")
         if order.account not in self.accounts:
             raise OrderRejected(321, f"Error validating request.-'bN' : cause - Unknown account {order.account}")

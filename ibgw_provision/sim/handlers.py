@@ -183,8 +183,8 @@ def _place_order(server: SimServer, session: Session, req: PlaceOrder) -> None:
         return
     order = _new_order(server, session, req, inst)
     try:
-        server.broker.validate(order)
         if order.what_if:
+            server.broker.validate(order)
             session.send(enc.open_order(_what_if(server, order)))
             return
         order = server.broker.place(order)
@@ -261,7 +261,7 @@ def _publish_fill(server: SimServer, execution: Execution) -> None:
         owner.send(enc.exec_details(-1, execution) + enc.order_status(order) + enc.open_order(order)
                    + enc.commission_report(execution))
     position = server.broker.accounts[order.account].position(order.instrument)
-    for session in server.sessions.values():
+    for session in list(server.sessions.values()):
         if session.positions_subscribed:
             session.send(session.encoder.position(position))
         if session.account_updates == order.account:

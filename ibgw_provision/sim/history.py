@@ -13,6 +13,7 @@ from .requests import ReqHistoricalData
 
 DAY = 86400
 MAX_BARS = 10_000
+EARLIEST_YEAR = 1900
 RTH_SECONDS, EXTENDED_SECONDS = 23_400, 57_600  # 09:30-16:00 and 04:00-20:00
 BAR_SIZES = {
     "1 secs": 1, "5 secs": 5, "10 secs": 10, "15 secs": 15, "30 secs": 30, "1 min": 60, "2 mins": 120,
@@ -20,7 +21,7 @@ BAR_SIZES = {
     "1 hour": 3600, "2 hours": 7200, "3 hours": 10800, "4 hours": 14400, "8 hours": 28800, "1 day": DAY,
 }
 TRADING_DAYS = {"D": 1, "W": 5, "M": 21, "Y": 252}
-_DURATION = re.compile(r"(\d+) ([SDWMY])")
+_DURATION = re.compile(r"(\d{1,9}) ([SDWMY])")
 _END = re.compile(r"(\d{8})[ -](\d\d:\d\d:\d\d)(?: (\S+))?")
 
 
@@ -54,9 +55,12 @@ def parse_end(text: str, now: datetime) -> datetime:
         raise _invalid(f"End date/time: invalid format {text!r}")
     try:
         zone = timezone.utc if "-" in text else ZoneInfo(match[3]) if match[3] else NEW_YORK
-        return datetime.strptime(match[1] + match[2], "%Y%m%d%H:%M:%S").replace(tzinfo=zone).astimezone(NEW_YORK)
-    except (ValueError, ZoneInfoNotFoundError):
-        raise _invalid(f"End date/time: invalid format {text!r}") from None
+        end = datetime.strptime(match[1] + match[2], "%Y%m%d%H:%M:%S").replace(tzinfo=zone).astimezone(NEW_YORK)
+    except (ValueError, OverflowError, ZoneInfoNotFoundError):
+        end = None
+    if end is None or end.year < EARLIEST_YEAR:  # bars reach back up to MAX_BARS days from the end
+        raise _invalid(f"End date/time: invalid format {text!r}")
+    return end
 
 
 def _duration_seconds(duration: str, use_rth: bool) -> int:
@@ -84,12 +88,12 @@ def parse_request(req: ReqHistoricalData, now: datetime) -> BarSpec:
     if bar_seconds is None:
         raise _invalid("Historical data bar size setting is invalid.")
     seconds, end = _duration_seconds(req.duration, req.use_rth), parse_end(req.end, now)
-    if bar_seconds >= DAY:
-        days = math.ceil(seconds / (RTH_SECONDS if req.use_rth else EXTENDED_SECONDS))
-        return BarSpec(_daily_times(end, days), bar_seconds, end)
-    count = seconds // bar_seconds
-    if count > MAX_BARS:
+    daily = bar_seconds >= DAY
+    count = math.ceil(seconds / (RTH_SECONDS if req.use_rth else EXTENDED_SECONDS)) if daily else seconds // bar_seconds
+    if count > MAX_BARS:  # also keeps one request from stalling the gateway
         raise HistoryError(162, "Historical Market Data Service error message:Time length exceed max.")
+    if daily:
+        return BarSpec(_daily_times(end, count), bar_seconds, end)
     if count == 0:
         raise _invalid("Historical data query duration is shorter than the bar size.")
     last = datetime.fromtimestamp(end.timestamp() // bar_seconds * bar_seconds, NEW_YORK)

@@ -235,7 +235,7 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     order_id, contract = r.int(), _contract(r)
     r.skip(2)  # secIdType, secId
     action, quantity, order_type = r.str(), r.decimal(), r.str()
-    lmt_text = r.str()
+    lmt_price = r.float(None)
     r.skip()  # auxPrice
     tif, oca_group, account = r.str(), r.str(), r.str()
     r.skip(2)  # openClose, origin
@@ -244,7 +244,6 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     outside_rth = r.bool()
     r.skip()  # hidden
     what_if = _text_what_if(version, r, contract)
-    lmt_price = float(lmt_text) if lmt_text else None
     return PlaceOrder(order_id, contract, action.upper(), quantity, order_type.upper(), lmt_price, tif, account,
                       oca_group, order_ref, transmit, parent_id, outside_rth, what_if)
 
@@ -272,12 +271,6 @@ def _versioned(build: Callable[[FieldReader], object]) -> Callable[[int, FieldRe
     return parse
 
 
-def _no_args(msg_id: int) -> Callable[[int, FieldReader], object]:
-    return lambda version, r: NoArgs(msg_id)
-
-
-def _cancel(msg_id: int) -> Callable[[int, FieldReader], object]:
-    return _versioned(lambda r: Cancel(msg_id, r.int()))
 
 
 # ---- protobuf --------------------------------------------------------------------------------
@@ -307,17 +300,26 @@ def _pb_historical(pb) -> ReqHistoricalData:
 
 
 _TextParser = Callable[[int, FieldReader], object]
-_PARSERS: dict[Out, tuple[_TextParser, type, Callable]] = {
+_Entry = tuple[_TextParser, type, Callable]
+
+
+def _no_args(msg_id: Out, proto_type: type) -> dict[Out, _Entry]:
+    """The table entry of a request that carries nothing the simulator reads."""
+    return {msg_id: (lambda version, r: NoArgs(msg_id), proto_type, lambda pb: NoArgs(msg_id))}
+
+
+def _cancel(msg_id: Out, proto_type: type) -> dict[Out, _Entry]:
+    """The table entry of a cancel carrying its message version and a request id."""
+    return {msg_id: (_versioned(lambda r: Cancel(msg_id, r.int())), proto_type, lambda pb: Cancel(msg_id, pb.reqId))}
+
+
+_PARSERS: dict[Out, _Entry] = {
     Out.START_API: (_versioned(lambda r: StartApi(r.int(), r.str() if r.remaining() else "")),
                     StartApiRequest_pb2.StartApiRequest, lambda pb: StartApi(pb.clientId, pb.optionalCapabilities)),
-    Out.REQ_CURRENT_TIME: (_no_args(Out.REQ_CURRENT_TIME), CurrentTimeRequest_pb2.CurrentTimeRequest,
-                           lambda pb: NoArgs(Out.REQ_CURRENT_TIME)),
-    Out.REQ_CURRENT_TIME_IN_MILLIS: (_no_args(Out.REQ_CURRENT_TIME_IN_MILLIS),
-                                     CurrentTimeInMillisRequest_pb2.CurrentTimeInMillisRequest,
-                                     lambda pb: NoArgs(Out.REQ_CURRENT_TIME_IN_MILLIS)),
+    **_no_args(Out.REQ_CURRENT_TIME, CurrentTimeRequest_pb2.CurrentTimeRequest),
+    **_no_args(Out.REQ_CURRENT_TIME_IN_MILLIS, CurrentTimeInMillisRequest_pb2.CurrentTimeInMillisRequest),
     Out.REQ_IDS: (_versioned(lambda r: ReqIds(r.int())), IdsRequest_pb2.IdsRequest, lambda pb: ReqIds(pb.numIds)),
-    Out.REQ_MANAGED_ACCTS: (_no_args(Out.REQ_MANAGED_ACCTS), ManagedAccountsRequest_pb2.ManagedAccountsRequest,
-                            lambda pb: NoArgs(Out.REQ_MANAGED_ACCTS)),
+    **_no_args(Out.REQ_MANAGED_ACCTS, ManagedAccountsRequest_pb2.ManagedAccountsRequest),
     Out.REQ_CONTRACT_DATA: (_versioned(lambda r: ReqContractDetails(r.int(), _contract(r))),
                             ContractDataRequest_pb2.ContractDataRequest,
                             lambda pb: ReqContractDetails(pb.reqId, _pb_contract(pb.contract))),
@@ -328,47 +330,37 @@ _PARSERS: dict[Out, tuple[_TextParser, type, Callable]] = {
     Out.REQ_MKT_DATA: (_text_mkt_data, MarketDataRequest_pb2.MarketDataRequest,
                        lambda pb: ReqMktData(pb.reqId, _pb_contract(pb.contract), pb.genericTickList, pb.snapshot,
                                              pb.regulatorySnapshot)),
-    Out.CANCEL_MKT_DATA: (_cancel(Out.CANCEL_MKT_DATA), CancelMarketData_pb2.CancelMarketData,
-                          lambda pb: Cancel(Out.CANCEL_MKT_DATA, pb.reqId)),
+    **_cancel(Out.CANCEL_MKT_DATA, CancelMarketData_pb2.CancelMarketData),
     Out.REQ_MARKET_DATA_TYPE: (_versioned(lambda r: ReqMarketDataType(r.int())),
                                MarketDataTypeRequest_pb2.MarketDataTypeRequest,
                                lambda pb: ReqMarketDataType(pb.marketDataType)),
     Out.REQ_HISTORICAL_DATA: (_text_historical, HistoricalDataRequest_pb2.HistoricalDataRequest, _pb_historical),
-    Out.CANCEL_HISTORICAL_DATA: (_cancel(Out.CANCEL_HISTORICAL_DATA), CancelHistoricalData_pb2.CancelHistoricalData,
-                                 lambda pb: Cancel(Out.CANCEL_HISTORICAL_DATA, pb.reqId)),
+    **_cancel(Out.CANCEL_HISTORICAL_DATA, CancelHistoricalData_pb2.CancelHistoricalData),
     Out.PLACE_ORDER: (_text_place_order, PlaceOrderRequest_pb2.PlaceOrderRequest, _pb_place_order),
     Out.CANCEL_ORDER: (_text_cancel_order, CancelOrderRequest_pb2.CancelOrderRequest,
                        lambda pb: CancelOrder(pb.orderId)),
-    Out.REQ_GLOBAL_CANCEL: (_no_args(Out.REQ_GLOBAL_CANCEL), GlobalCancelRequest_pb2.GlobalCancelRequest,
-                            lambda pb: NoArgs(Out.REQ_GLOBAL_CANCEL)),
-    Out.REQ_OPEN_ORDERS: (_no_args(Out.REQ_OPEN_ORDERS), OpenOrdersRequest_pb2.OpenOrdersRequest,
-                          lambda pb: NoArgs(Out.REQ_OPEN_ORDERS)),
-    Out.REQ_ALL_OPEN_ORDERS: (_no_args(Out.REQ_ALL_OPEN_ORDERS), AllOpenOrdersRequest_pb2.AllOpenOrdersRequest,
-                              lambda pb: NoArgs(Out.REQ_ALL_OPEN_ORDERS)),
+    **_no_args(Out.REQ_GLOBAL_CANCEL, GlobalCancelRequest_pb2.GlobalCancelRequest),
+    **_no_args(Out.REQ_OPEN_ORDERS, OpenOrdersRequest_pb2.OpenOrdersRequest),
+    **_no_args(Out.REQ_ALL_OPEN_ORDERS, AllOpenOrdersRequest_pb2.AllOpenOrdersRequest),
     Out.REQ_AUTO_OPEN_ORDERS: (_versioned(lambda r: ReqAutoOpenOrders(r.bool())),
                                AutoOpenOrdersRequest_pb2.AutoOpenOrdersRequest,
                                lambda pb: ReqAutoOpenOrders(pb.autoBind)),
     Out.REQ_COMPLETED_ORDERS: (lambda v, r: ReqCompletedOrders(r.bool()),
                                CompletedOrdersRequest_pb2.CompletedOrdersRequest,
                                lambda pb: ReqCompletedOrders(pb.apiOnly)),
-    Out.REQ_POSITIONS: (_no_args(Out.REQ_POSITIONS), PositionsRequest_pb2.PositionsRequest,
-                        lambda pb: NoArgs(Out.REQ_POSITIONS)),
-    Out.CANCEL_POSITIONS: (_no_args(Out.CANCEL_POSITIONS), CancelPositions_pb2.CancelPositions,
-                           lambda pb: NoArgs(Out.CANCEL_POSITIONS)),
+    **_no_args(Out.REQ_POSITIONS, PositionsRequest_pb2.PositionsRequest),
+    **_no_args(Out.CANCEL_POSITIONS, CancelPositions_pb2.CancelPositions),
     Out.REQ_ACCOUNT_SUMMARY: (_versioned(lambda r: ReqAccountSummary(r.int(), r.str(), r.str())),
                               AccountSummaryRequest_pb2.AccountSummaryRequest,
                               lambda pb: ReqAccountSummary(pb.reqId, pb.group, pb.tags)),
-    Out.CANCEL_ACCOUNT_SUMMARY: (_cancel(Out.CANCEL_ACCOUNT_SUMMARY), CancelAccountSummary_pb2.CancelAccountSummary,
-                                 lambda pb: Cancel(Out.CANCEL_ACCOUNT_SUMMARY, pb.reqId)),
+    **_cancel(Out.CANCEL_ACCOUNT_SUMMARY, CancelAccountSummary_pb2.CancelAccountSummary),
     Out.REQ_ACCT_DATA: (_versioned(lambda r: ReqAccountUpdates(r.bool(), r.str())),
                         AccountDataRequest_pb2.AccountDataRequest,
                         lambda pb: ReqAccountUpdates(pb.subscribe, pb.acctCode)),
     Out.REQ_ACCOUNT_UPDATES_MULTI: (_versioned(lambda r: ReqAccountUpdatesMulti(r.int(), r.str(), r.str())),
                                     AccountUpdatesMultiRequest_pb2.AccountUpdatesMultiRequest,
                                     lambda pb: ReqAccountUpdatesMulti(pb.reqId, pb.account, pb.modelCode)),
-    Out.CANCEL_ACCOUNT_UPDATES_MULTI: (_cancel(Out.CANCEL_ACCOUNT_UPDATES_MULTI),
-                                       CancelAccountUpdatesMulti_pb2.CancelAccountUpdatesMulti,
-                                       lambda pb: Cancel(Out.CANCEL_ACCOUNT_UPDATES_MULTI, pb.reqId)),
+    **_cancel(Out.CANCEL_ACCOUNT_UPDATES_MULTI, CancelAccountUpdatesMulti_pb2.CancelAccountUpdatesMulti),
     Out.REQ_EXECUTIONS: (_text_executions, ExecutionRequest_pb2.ExecutionRequest, _pb_executions),
 }
 
@@ -387,6 +379,6 @@ def parse(version: int, message: Message) -> object:
     pb = proto_type()
     try:
         pb.ParseFromString(message.body)
-    except DecodeError as exc:
+        return from_proto(pb)
+    except (DecodeError, ValueError, ArithmeticError) as exc:  # also e.g. a quantity that is no number
         raise MalformedMessage(f"bad protobuf for message {message.msg_id}: {exc}") from None
-    return from_proto(pb)

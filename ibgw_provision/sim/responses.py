@@ -27,7 +27,7 @@ from ibapi.protobuf import (AccountDataEnd_pb2, AccountSummaryEnd_pb2, AccountSu
 
 from ..tws import versions as V
 from ..tws.codec import encode_protobuf, encode_text
-from ..tws.fields import UNSET_DOUBLE, UNSET_INTEGER
+from ..tws.fields import UNSET_DOUBLE, UNSET_DOUBLE_TEXT, UNSET_INTEGER
 from ..tws.messages import In
 from .broker import Execution, Order, Position
 from .market import NEW_YORK, TIME_ZONE, Bar, Greeks
@@ -464,7 +464,7 @@ def _position_exchange(inst: Instrument) -> str:
 def _margin_texts(o: Order) -> tuple:
     """The nine what-if margin strings (before, change, after); unset unless this is a what-if order."""
     if o.margin is None:
-        return ("1.7976931348623157E308",) * 9
+        return (UNSET_DOUBLE_TEXT,) * 9
     return tuple(str(float(v)) for part in (o.margin.before, o.margin.change, o.margin.after) for v in part)
 
 

@@ -10,7 +10,7 @@ from . import handlers
 from .broker import Broker
 from .config import MAX_CLIENTS, MIN_VERSION, SimConfig
 from .market import NEW_YORK, Market
-from .session import Session
+from .session import CLOSE_TIMEOUT, Session
 from .universe import Universe
 
 log = logging.getLogger("ibgw.sim")
@@ -20,6 +20,7 @@ FARM_NOTICES = (
     (2106, "HMDS data farm connection is OK:ushmds"),
     (2158, "Sec-def data farm connection is OK:secdefnj"),
 )
+REOPEN_RETRY = 1.0
 DUPLICATE_CLIENT_ID = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
 
@@ -38,7 +39,9 @@ class SimServer:
         self.latency = 0.0
         self._listener: asyncio.Server | None = None
         self._reopen: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # market clock and reopening, cancelled by stop
+        self._handlers: set[asyncio.Task] = set()  # one per connection, left to finish by stop
+        self._stopped = False
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -64,18 +67,29 @@ class SimServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= MAX_CLIENTS:
-            log.warning("refusing %s: %d clients connected", writer.get_extra_info("peername"), MAX_CLIENTS)
+        if len(self.connections) >= MAX_CLIENTS or self._stopped:
+            log.warning("refusing %s: %s", writer.get_extra_info("peername"),
+                        "shutting down" if self._stopped else f"{MAX_CLIENTS} clients connected")
             writer.close()
             return
-        session = Session(self, reader, writer)
+        session, handler = Session(self, reader, writer), asyncio.current_task()
         self.connections.add(session)
-        await session.run()
+        self._handlers.add(handler)
+        try:
+            await session.run()
+        finally:
+            self._handlers.discard(handler)
 
     def admit(self, session: Session, client_id: int) -> bool:
         """START_API: register the client and greet it, or refuse a duplicate client id (326)."""
-        if client_id in self.sessions:
+        holder = self.sessions.get(client_id)
+        if holder is not None and not holder.closed:
             log.warning("client id %d from %s refused: already in use", client_id, session.peer)
             session.send(session.encoder.error(-1, 326, DUPLICATE_CLIENT_ID))
             return False
@@ -110,8 +124,8 @@ class SimServer:
         while True:
             due = max(due + interval, loop.time())
             await asyncio.sleep(due - loop.time())
-            self.market.step(interval)
             try:
+                self.market.step(interval)
                 handlers.market_step(self)
             except Exception:  # keep the market running whatever one step hit
                 log.exception("market step failed")
@@ -124,28 +138,35 @@ class SimServer:
 
     async def restart(self, downtime: float) -> None:
         """Like IB Gateway's daily restart: drop every client, refuse connections for `downtime` seconds."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        if self._reopen is not None:
+        if self._stopped:
+            return
+        self._stop_listening()
+        if self._reopen is not None:  # a restart during a restart: only the last one reopens
             self._reopen.cancel()
+        self._reopen = self._spawn(self._reopen_after(downtime))
         log.warning("daily restart: dropping %d clients, down for %gs", len(self.connections), downtime)
         await self._drop_all()
-        self._reopen = self._spawn(self._reopen_after(downtime))
 
     async def _reopen_after(self, downtime: float) -> None:
         await asyncio.sleep(downtime)
-        await self._listen()
+        while True:
+            try:
+                await self._listen()
+                return
+            except OSError as exc:  # e.g. another process took the port meanwhile
+                log.error("cannot listen again on %s:%d: %s; retrying", self.config.host, self.port, exc)
+                await asyncio.sleep(REOPEN_RETRY)
 
     async def _drop_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.connections)))
 
     async def stop(self) -> None:
         """Clean shutdown: stop listening and ticking, flush and close every client."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._stopped = True
+        self._stop_listening()
         for task in list(self._tasks):
             task.cancel()
         await self._drop_all()
+        if self._handlers:  # closed sockets end them; asyncio in 3.11 logs handlers it has to cancel
+            await asyncio.wait(self._handlers, timeout=CLOSE_TIMEOUT)
         log.info("stopped")

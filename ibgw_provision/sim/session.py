@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ibgw.sim")
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0  # for the hello and START_API together
+MAX_START_API = 4096  # START_API is a few dozen bytes, text or protobuf
 CONGESTED_BYTES = 4 << 20  # skip market data for a client this far behind, as TWS conflates
+MAX_PENDING_BYTES = 64 << 20  # drop a client this far behind: it is not reading
+CLOSE_TIMEOUT = 5.0
 
 
 class Session:
@@ -29,7 +32,7 @@ class Session:
 
     def __init__(self, server: SimServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.server, self.reader, self.writer = server, reader, writer
-        host, port = writer.get_extra_info("peername")[:2]
+        host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
         self.peer = f"{host}:{port}"
         self.version = 0
         self.encoder: Encoder | None = None
@@ -40,20 +43,30 @@ class Session:
         self.account_summaries: dict[int, frozenset[str]] = {}  # reqAccountSummary: request id -> tags
         self.account_multi: dict[int, tuple[str, ...]] = {}  # reqAccountUpdatesMulti: request id -> accounts
         self._delayed: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._delayed_bytes = 0
         self._flusher: asyncio.Task | None = None
         self.closed = False
 
     # ---- sending ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue bytes for the client, `server.latency` seconds late when latency is injected."""
+        """Queue bytes for the client, `server.latency` seconds late when latency is injected.
+
+        A client that lets MAX_PENDING_BYTES pile up is dropped, so it cannot grow memory without bound.
+        """
         if self.closed or not data:
+            return
+        if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
+            log.warning("client %s (%s): %d bytes unread; dropping it", self.client_id, self.peer, self.pending_bytes)
+            self.closed = True
+            self.writer.transport.abort()
             return
         latency = self.server.latency
         if latency <= 0 and not self._delayed:
             self.writer.write(data)
             return
         self._delayed.append((asyncio.get_running_loop().time() + latency, data))
+        self._delayed_bytes += len(data)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_delayed())
 
@@ -64,8 +77,12 @@ class Session:
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
                 continue
-            self._delayed.popleft()
-            self.writer.write(data)
+            self._write_first_delayed()
+
+    def _write_first_delayed(self) -> None:
+        data = self._delayed.popleft()[1]
+        self._delayed_bytes -= len(data)
+        self.writer.write(data)
 
     @property
     def delayed(self) -> int:
@@ -73,22 +90,30 @@ class Session:
         return len(self._delayed)
 
     @property
+    def pending_bytes(self) -> int:
+        """Bytes sent but not yet taken by the client: held back by latency or in the socket buffer."""
+        return self._delayed_bytes + self.writer.transport.get_write_buffer_size()
+
+    @property
     def congested(self) -> bool:
-        return self.writer.transport.get_write_buffer_size() > CONGESTED_BYTES or len(self._delayed) > 10_000
+        return self.pending_bytes > CONGESTED_BYTES
 
     async def close(self) -> None:
-        """Write out everything already sent (latency-delayed messages at once), then close the socket."""
+        """Unregister, write out everything already sent (latency-delayed messages at once), close the socket."""
+        self.server.forget(self)
         if self.closed:
+            if not self.writer.transport.is_closing():
+                self.writer.transport.abort()
             return
         self.closed = True
         if self._flusher is not None:
             self._flusher.cancel()
         while self._delayed:
-            self.writer.write(self._delayed.popleft()[1])
+            self._write_first_delayed()
         self.writer.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout=5)
-        except (OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), timeout=CLOSE_TIMEOUT)
+        except (OSError, TimeoutError):
             self.writer.transport.abort()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -100,10 +125,11 @@ class Session:
                 start = await self._read_start_api()
             if self.server.admit(self, start.client_id):
                 await self._serve()
-        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+        except (ProtocolError, asyncio.IncompleteReadError, OSError) as exc:  # OSError covers resets, timeouts
             log.debug("%s: closing: %s", self.peer, exc or type(exc).__name__)
+        except Exception:  # a bug must cost one connection, never the gateway
+            log.exception("client %s (%s): unexpected error; closing", self.client_id, self.peer)
         finally:
-            self.server.forget(self)
             await self.close()
 
     async def _handshake(self) -> None:
@@ -115,19 +141,20 @@ class Session:
         self.send(encode_server_hello(self.version, self.server.connection_time()))
 
     async def _read_start_api(self) -> requests.StartApi:
-        message = codec.decode(self.version, await read_frame(self.reader))
+        message = codec.decode(self.version, await read_frame(self.reader, MAX_START_API))
         if message.msg_id != Out.START_API:
             raise ProtocolError(f"expected START_API, got message {message.msg_id}")
         return requests.parse(self.version, message)
 
     async def _serve(self) -> None:
-        while True:
+        while not self.closed:
             try:
                 payload = await read_frame(self.reader)
             except FrameTooLarge as exc:
                 log.warning("client %s: %s; closing", self.client_id, exc)
                 return
             self._handle(payload)
+            await self.writer.drain()  # a client that does not read its answers is not served more
 
     def _handle(self, payload: bytes) -> None:
         msg_id = -1

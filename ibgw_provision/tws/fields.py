@@ -70,7 +70,7 @@ class FieldReader:
         except ValueError:
             raise MalformedMessage(f"field {self._pos}: not an integer: {text[:40]!r}") from None
 
-    def float(self, default: float = 0.0) -> float:
+    def float(self, default: float | None = 0.0) -> float | None:
         text = self.str()
         if text == INFINITY_TEXT:
             return float("inf")
@@ -93,6 +93,9 @@ class FieldReader:
     def decimal(self) -> Decimal:
         text = self.str()
         try:
-            return Decimal(text) if text else Decimal(0)
+            value = Decimal(text) if text else Decimal(0)
         except InvalidOperation:
-            raise MalformedMessage(f"field {self._pos}: not a decimal: {text[:40]!r}") from None
+            value = None
+        if value is None or not value.is_finite():
+            raise MalformedMessage(f"field {self._pos}: not a decimal: {text[:40]!r}")
+        return value

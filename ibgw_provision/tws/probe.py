@@ -1,12 +1,14 @@
 """Health probe: log on to a TWS API port like a client would, time a round trip, log off.
 
 Offers versions up to 200 so everything stays text: the probe needs no protobuf and no ibapi.
+The whole probe, connecting and closing included, runs within one timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from dataclasses import dataclass
 
 from . import versions
@@ -18,6 +20,7 @@ from .messages import In, Out
 
 PROBE_MAX_VERSION = versions.PROTOBUF - 1
 START_API_VERSION = 2
+CONNECT_FAIL = 502  # the code ibapi reports when it cannot connect
 
 
 def is_notice(code: int) -> bool:
@@ -38,7 +41,8 @@ class ProbeResult:
 
 
 class ProbeError(Exception):
-    """The probe failed; `code` is the TWS error code when the server sent one (e.g. 326)."""
+    """The probe failed; `code` is the TWS error code when the server sent one (e.g. 326), or 502
+    when the connection could not be made."""
 
     def __init__(self, message: str, code: int | None = None):
         super().__init__(message)
@@ -76,6 +80,18 @@ class _Inbox:
             self.notices.append((code, text))
 
 
+async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, str]:
+    writer.write(Hello(versions.MIN_CLIENT, PROBE_MAX_VERSION).encode())
+    try:
+        version, connection_time = parse_server_hello(await read_frame(reader, MAX_HELLO))
+    except asyncio.IncompleteReadError:
+        raise ProbeError("server closed the connection during the handshake", CONNECT_FAIL) from None
+    if not versions.MIN_CLIENT <= version <= PROBE_MAX_VERSION:
+        raise ProbeError(f"server chose version {version}, outside the offered "
+                         f"v{versions.MIN_CLIENT}..{PROBE_MAX_VERSION}")
+    return version, connection_time
+
+
 async def _log_on(inbox: _Inbox) -> tuple[int, tuple[str, ...]]:
     next_id, accounts = None, None
     while next_id is None or accounts is None:
@@ -100,34 +116,49 @@ async def _current_time(inbox: _Inbox, writer: asyncio.StreamWriter) -> tuple[in
             return reader.int(), loop.time() - started
 
 
-async def _probe(host: str, port: int, client_id: int) -> ProbeResult:
-    reader, writer = await asyncio.open_connection(host, port)
+async def _connect(host: str, port: int, source: str | None, sock: socket.socket | None):
+    if sock is None:
+        return await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
     try:
-        writer.write(Hello(versions.MIN_CLIENT, PROBE_MAX_VERSION).encode())
-        try:
-            version, connection_time = parse_server_hello(await read_frame(reader, MAX_HELLO))
-        except asyncio.IncompleteReadError:
-            raise ProbeError("server closed the connection during the handshake") from None
+        return await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _probe(host: str, port: int, client_id: int, source: str | None, sock: socket.socket | None) -> ProbeResult:
+    reader, writer = await _connect(host, port, source, sock)
+    try:
+        version, connection_time = await _handshake(reader, writer)
         writer.write(encode_text(version, Out.START_API, (START_API_VERSION, client_id, "")))
         inbox = _Inbox(reader, version)
         next_id, accounts = await _log_on(inbox)
         server_time, round_trip = await _current_time(inbox, writer)
         return ProbeResult(version, connection_time, client_id, next_id, accounts, server_time, round_trip,
                            tuple(inbox.notices))
+    except BaseException:
+        writer.transport.abort()  # on failure or timeout: drop at once, no waiting for a flush
+        raise
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
 
 
-async def probe(host: str, port: int, client_id: int, timeout: float = 5.0) -> ProbeResult:
-    """Connect, hand-shake, START_API as `client_id`, time reqCurrentTime, disconnect."""
+async def probe(host: str, port: int, client_id: int, timeout: float = 5.0, source: str | None = None,
+                sock: socket.socket | None = None) -> ProbeResult:
+    """Connect, hand-shake, START_API as `client_id`, time reqCurrentTime, disconnect.
+
+    `source` binds the local address (e.g. a distinct 127.x address); `sock`, an already
+    connected socket (e.g. a forward through SSH), is used instead of connecting to host:port
+    and is closed afterwards. Every failure, a timeout included, is a ProbeError.
+    """
     try:
         async with asyncio.timeout(timeout):
-            return await _probe(host, port, client_id)
+            return await _probe(host, port, client_id, source, sock)
     except TimeoutError:
         raise ProbeError(f"no complete answer from {host}:{port} within {timeout:g}s") from None
     except ProtocolError as exc:
         raise ProbeError(f"protocol error from {host}:{port}: {exc}") from None
     except OSError as exc:
-        raise ProbeError(f"connection to {host}:{port} failed: {exc.strerror or exc}") from None
+        raise ProbeError(f"connection to {host}:{port} failed: {exc.strerror or exc}", CONNECT_FAIL) from None

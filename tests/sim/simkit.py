@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 import time
 from datetime import timezone
-
 from decimal import Decimal
 
 from ib_async.decoder import Decoder as IbAsyncDecoder
@@ -16,6 +16,7 @@ from ibapi.client import EClient
 from ibapi.contract import Contract
 from ibapi.decoder import Decoder
 from ibapi.order import Order
+from ibapi.protobuf.ErrorMessage_pb2 import ErrorMessage
 from ibapi.protobuf.ManagedAccounts_pb2 import ManagedAccounts
 from ibapi.protobuf.NextValidId_pb2 import NextValidId
 from ibapi.wrapper import EWrapper
@@ -27,12 +28,39 @@ from ibgw_provision.tws import Hello, Out, decode, encode_text, parse_server_hel
 STEP = 5.0  # seconds any single wait in a test may take
 
 
+async def until(predicate, timeout: float = STEP, message: str = "condition not met"):
+    """Poll `predicate` every 10 ms until it holds, failing after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(message)
+        await asyncio.sleep(0.01)
+
+
+class _Errors(logging.Handler):
+    """Collects the simulator's error log records: each one is a bug a test should see."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(self.format(record))
+
+
 class RunningSim:
-    """A SimServer on its own event loop thread, controlled from synchronous test code."""
+    """A SimServer on its own event loop thread, controlled from synchronous test code.
+
+    `stop` fails the test if the simulator logged an error or left an exception unhandled.
+    """
 
     def __init__(self, **config):
         config.setdefault("tick_interval", 0.02)
+        self.errors = _Errors()
+        logging.getLogger("ibgw.sim").addHandler(self.errors)
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(lambda loop, context: self.errors.seen.append(repr(context)))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = SimServer(SimConfig(**config))
@@ -45,11 +73,23 @@ class RunningSim:
     def call(self, coro, timeout: float = STEP):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    async def _shutdown(self) -> None:
+        """Stop the server; then, as asyncio.run does, cancel whatever task it left running."""
+        await self.server.stop()
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def stop(self) -> None:
-        self.call(self.server.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(STEP)
-        self.loop.close()
+        try:
+            self.call(self._shutdown(), timeout=3 * STEP)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(STEP)
+            self.loop.close()
+            logging.getLogger("ibgw.sim").removeHandler(self.errors)
+        assert not self.errors.seen, f"simulator errors: {self.errors.seen}"
 
 
 class Recorder(EWrapper):
@@ -192,20 +232,23 @@ class RawClient:
         self.next_valid_id = 0
 
     @classmethod
-    async def connect(cls, port: int, client_id: int, max_version: int = 200) -> "RawClient":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(Hello(100, max_version).encode())
-        version, _ = parse_server_hello(await asyncio.wait_for(read_frame(reader), STEP))
-        client = cls(reader, writer, version)
-        writer.write(encode_text(version, Out.START_API, (2, client_id, "")))
-        while not (client.accounts and client.next_valid_id):
-            message = await client.next_message()
-            if message.msg_id == 15:
-                client.accounts = (ManagedAccounts.FromString(message.body).accountsList if message.protobuf
-                                   else message.fields()[1]).split(",")
-            elif message.msg_id == 9:
-                client.next_valid_id = (NextValidId.FromString(message.body).orderId if message.protobuf
-                                        else int(message.fields()[1]))
+    async def connect(cls, port: int, client_id: int, max_version: int = 200, sock=None) -> "RawClient":
+        """Log on as `client_id` (over `sock` if given), within STEP seconds."""
+        async with asyncio.timeout(STEP):
+            reader, writer = await (asyncio.open_connection(sock=sock) if sock
+                                    else asyncio.open_connection("127.0.0.1", port))
+            writer.write(Hello(100, max_version).encode())
+            version, _ = parse_server_hello(await read_frame(reader))
+            client = cls(reader, writer, version)
+            writer.write(encode_text(version, Out.START_API, (2, client_id, "")))
+            while not (client.accounts and client.next_valid_id):
+                message = await client.next_message()
+                if message.msg_id == 15:
+                    client.accounts = (ManagedAccounts.FromString(message.body).accountsList if message.protobuf
+                                       else message.fields()[1]).split(",")
+                elif message.msg_id == 9:
+                    client.next_valid_id = (NextValidId.FromString(message.body).orderId if message.protobuf
+                                            else int(message.fields()[1]))
         return client
 
     def send_ibapi(self, call) -> None:
@@ -242,12 +285,22 @@ class RawClient:
                 return fields
         raise AssertionError(f"no message {msg_id} within {limit} messages")
 
-    async def error(self) -> tuple[int, int, str]:
-        """The next error as (request id, code, text), skipping 21xx notices; version >= 194 layout."""
-        while True:
-            fields = await self.expect(4)
-            if not 2100 <= int(fields[1]) < 2200:
-                return int(fields[0]), int(fields[1]), fields[2]
+    async def error(self, limit: int = 1000) -> tuple[int, int, str]:
+        """The next error as (request id, code, text), skipping 21xx notices and other messages (up to
+        `limit` in all); text (version >= 194 layout) or protobuf."""
+        for _ in range(limit):
+            message = await self.next_message()
+            if message.msg_id != 4:
+                continue
+            if message.protobuf:
+                pb = ErrorMessage.FromString(message.body)
+                error = pb.id, pb.errorCode, pb.errorMsg
+            else:
+                fields = message.fields()
+                error = int(fields[0]), int(fields[1]), fields[2]
+            if not 2100 <= error[1] < 2200:
+                return error
+        raise AssertionError(f"no error within {limit} messages")
 
     async def close(self) -> None:
         self.writer.close()

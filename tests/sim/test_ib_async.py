@@ -4,18 +4,9 @@ import asyncio
 from datetime import datetime
 
 from ib_async import IB, LimitOrder, MarketOrder, Option, Stock
-from simkit import STEP
+from simkit import STEP, until
 
 from ibgw_provision.sim.market import NEW_YORK
-
-
-async def until(predicate, timeout: float = STEP, message: str = "condition not met"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(message)
-        await asyncio.sleep(0.01)
 
 
 def trading_app(port: int, scenario, client_id: int = 1):

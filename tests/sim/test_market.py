@@ -78,7 +78,9 @@ def test_end_times_in_every_ib_format(end):
 @pytest.mark.parametrize("changes, code", [
     ({"bar_size": "7 mins"}, 321), ({"duration": "1 X"}, 321), ({"end": "yesterday"}, 321),
     ({"end": "20250110 16:00:00 Mars/Olympus"}, 321), ({"bar_size": "1 secs", "duration": "1 Y"}, 162),
-    ({"keep_up_to_date": True}, 162),
+    ({"keep_up_to_date": True}, 162), ({"end": "00010101 00:00:00"}, 321),
+    ({"bar_size": "1 day", "duration": "999999999 Y"}, 162),  # refused at once, not walked day by day
+    ({"duration": "99999999999999999999 S"}, 321),
 ])
 def test_bad_historical_requests_get_ib_errors(changes, code):
     with pytest.raises(history.HistoryError) as refused:
