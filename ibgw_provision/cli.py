@@ -55,6 +55,8 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
     inv = inventory.load(inventory_path)
     if check_secrets:
         secrets.check(inv)
+    for warning in inventory.warnings(inv):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
         click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, {len(host.apps)} apps")

@@ -13,10 +13,9 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from . import layout
+from . import layout, state
 from .inventory import Host, Inventory
 from .provision import AgentError, call_agent, target
-from .state import FRONT_UNIT
 from .transport import SshError, Transport
 from .tws.probe import ProbeError, ProbeResult, probe
 
@@ -71,15 +70,9 @@ def front_address(host: Host) -> str:
 
 
 def _request(host: Host) -> dict:
-    return {"op": "health", "units": _units(host), "firewall": host.firewall.enabled,
+    return {"op": "health", "units": state.units(host), "firewall": host.firewall.enabled,
             "disk_paths": ["/", "/var"], "log_minutes": host.health.log_minutes,
             "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways]}
-
-
-def _units(host: Host) -> list[str]:
-    units = [FRONT_UNIT[host.front.kind]] + [layout.gateway_unit(g.mode) for g in host.gateways]
-    units += [layout.xvfb_unit(g.mode) for g in host.gateways] if host.backend == "ibgw" else []
-    return units + ([layout.FIREWALL_UNIT] if host.firewall.enabled else [])
 
 
 def _direct(transport: Transport, client_id: int, port: int, timeout: float) -> dict:
@@ -137,6 +130,8 @@ def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding
             findings.append(Finding("degraded", "listen", f"{gw.mode} gateway",
                                     f"port {gw.api_port} is open on {', '.join(sorted(addresses))} and the firewall "
                                     "is off (IB Gateway cannot bind to loopback only)"))
+        if host.front.gate and "127.0.0.1" not in listening.get(gw.gate_port, set()):
+            findings.append(Finding("down", "listen", f"{gw.mode} gate", f"nothing listens on 127.0.0.1:{gw.gate_port}"))
         front = listening.get(gw.front_port, set())
         if not front & {host.front.bind, "0.0.0.0", "::"}:
             findings.append(Finding("down", "listen", f"{gw.mode} front",

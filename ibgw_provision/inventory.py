@@ -23,6 +23,9 @@ MODES: tuple[Mode, ...] = ("paper", "live")
 # ib-gateway-docker relays them on 4003 / 4004, which users know as the front.
 DEFAULT_API_PORT = {"live": 4001, "paper": 4002}
 DEFAULT_FRONT_PORT = {"live": 4003, "paper": 4004}
+# With front.gate: the front hands connections to `ibgw gate` on these, which relays to the gateway.
+DEFAULT_GATE_PORT = {"live": 4101, "paper": 4102}
+DEFAULT_GATE_METRICS_PORT = {"live": 9101, "paper": 9102}
 Port = Annotated[int, Field(ge=1, le=65535)]
 ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
@@ -98,6 +101,8 @@ class Gateway(Model):
     mode: Mode
     api_port: Port  # the gateway's own port on 127.0.0.1
     front_port: Port  # where apps connect, on the front
+    gate_port: Port  # `ibgw gate` on 127.0.0.1, when front.gate is on
+    gate_metrics_port: Port  # its Prometheus text, on 127.0.0.1
     login: Login | None = None
     ibc: Ibc = Ibc()
     java_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "768m"
@@ -108,7 +113,8 @@ class Gateway(Model):
     def _default_ports(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("mode") in MODES:
             mode = data["mode"]
-            return {"api_port": DEFAULT_API_PORT[mode], "front_port": DEFAULT_FRONT_PORT[mode], **data}
+            return {"api_port": DEFAULT_API_PORT[mode], "front_port": DEFAULT_FRONT_PORT[mode],
+                    "gate_port": DEFAULT_GATE_PORT[mode], "gate_metrics_port": DEFAULT_GATE_METRICS_PORT[mode], **data}
         return data
 
 
@@ -120,6 +126,9 @@ class App(Model):
     modes: list[Mode] = Field(min_length=1)
     sources: list[Cidr] = Field(min_length=1)
     read_only: bool = False
+    # Order limits, enforced by `ibgw gate` (front.gate: true).
+    max_order_quantity: float | None = Field(default=None, gt=0)
+    allowed_sec_types: list[Annotated[str, Field(pattern=r"^[A-Z]{2,6}$")]] | None = None
 
 
 class Timeouts(Model):
@@ -137,6 +146,7 @@ class Front(Model):
     per_source_limit: int = Field(default=16, ge=1, le=10000)
     timeouts: Timeouts = Timeouts()
     metrics_port: Port = 8405  # HAProxy's Prometheus exporter, on 127.0.0.1 only
+    gate: bool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
 
     @field_validator("bind")
     @classmethod
@@ -244,6 +254,22 @@ def load(path: str | Path) -> Inventory:
     return inv
 
 
+def warnings(inv: Inventory) -> list[str]:
+    """What the inventory asks that nothing would enforce (not errors: the host still works)."""
+    found = []
+    for name, host in inv.hosts.items():
+        for i, app in enumerate(host.apps):
+            where = f"hosts.{name}.apps[{i}] ({app.name})"
+            open_modes = [m for m in app.modes if (gw := host.gateway(m)) and not gw.ibc.read_only_api]
+            if not host.front.gate and app.read_only and open_modes:
+                found.append(f"{where}: read_only is enforced only by `ibgw gate` (front.gate: true) or a "
+                             f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
+                             f"gateway{'s' if len(open_modes) > 1 else ''}")
+            if not host.front.gate and (app.max_order_quantity or app.allowed_sec_types):
+                found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
+    return found
+
+
 def _message(error: dict) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
@@ -327,8 +353,9 @@ def _check_ports(host: Host, base: tuple) -> list[tuple[tuple, str]]:
     used: dict[int, str] = {host.ssh.port: "ssh.port"}
     if host.front.kind == "haproxy":
         used[host.front.metrics_port] = "front.metrics_port"
+    keys = ("api_port", "front_port") + (("gate_port", "gate_metrics_port") if host.front.gate else ())
     for i, gw in enumerate(host.gateways):
-        for key in ("api_port", "front_port"):
+        for key in keys:
             port, here = getattr(gw, key), f"gateways[{i}].{key}"
             if port in used:
                 found.append((base + ("gateways", i, key), f"port {port} collides with {used[port]}"))

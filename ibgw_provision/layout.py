@@ -59,3 +59,22 @@ def ib_gateway_dir(mode: str, version: str) -> str:
 
 def ibc_dir(version: str) -> str:
     return f"{OPT}/ibc/{version}"
+
+
+GATE_STATE = f"{HOME}/gate"  # the gates' audit databases
+
+
+def gate_unit(mode: str) -> str:
+    return f"ibgw-gate-{mode}.service"
+
+
+def gate_config(mode: str) -> str:
+    return f"{ETC}/gate-{mode}.yml"
+
+
+def gate_audit_db(mode: str) -> str:
+    return f"{GATE_STATE}/{mode}.sqlite"
+
+
+def gate_admin_socket(mode: str) -> str:
+    return f"/run/ibgw-gate-{mode}/gate.sock"

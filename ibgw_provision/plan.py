@@ -70,7 +70,7 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
     if wheelhouse:
         task = _venv(wheelhouse, facts, result)
         result.tasks.append(task)
-        restart |= set(want.gateway_units) if task.changed else set()
+        restart |= set(want.venv_units) if task.changed else set()
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
     reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]

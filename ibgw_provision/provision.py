@@ -84,11 +84,11 @@ def target(inv: Inventory, name: str, accept_new: bool) -> Target:
 def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report) -> None:
     secrets = Secrets()
     want = state.desired(inv, name, secrets)
-    simulator = inv.hosts[name].backend == "simulator"
+    venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
-    facts = call_agent(transport, facts_request(want, wheels=simulator))
+    facts = call_agent(transport, facts_request(want, wheels=venv))
     wheels = None
-    if simulator:
+    if venv:
         opts.on_event(name, "building wheels")
         wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
     the_plan = plan(want, facts, secrets, wheels)

@@ -88,9 +88,20 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
         "front_listen": f"[{host.front.bind}]" if ":" in host.front.bind else host.front.bind,
         "stream_timeout": max(host.front.timeouts.client, host.front.timeouts.server, key=_seconds),
         "firewall_rules": firewall_rules(host, apps),
+        "gate_apps": {mode: _gate_apps(host, mode_apps) for mode, mode_apps in apps.items()},
         "ib_gateway": gw_art,
         "ibc": {"version": ibc_art.version, "dir": layout.ibc_dir(ibc_art.version)} if ibc_art else None,
     }
+
+
+def _gate_apps(host: Host, apps: list) -> list[dict]:
+    """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
+    entries = [a.model_dump(include={"name", "client_id", "sources", "read_only", "max_order_quantity",
+                                     "allowed_sec_types"}) for a in apps]
+    probe = {"name": "ibgw-health", "client_id": host.health.probe_client_id + 1, "read_only": True,
+             "sources": host.firewall.admin_cidrs + ["127.0.0.0/8"], "max_order_quantity": None,
+             "allowed_sec_types": None}
+    return entries + [probe]
 
 
 def _union(source_lists) -> list[str]:
@@ -140,12 +151,14 @@ def _firewall(host: Host, ctx: dict) -> list[ManagedFile]:
 
 def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list[ManagedFile]:
     mode, unit = view.mode, layout.gateway_unit(view.mode)
+    files = _gate(view, ctx) if host.front.gate else []
     if host.backend == "simulator":
-        return [ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-sim.service.j2", ctx), restart=(unit,))]
+        return files + [ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-sim.service.j2", ctx),
+                                    restart=(unit,))]
     xvfb = layout.xvfb_unit(mode)
     login = {"username": secrets.value(view.login.username), "password": secrets.value(view.login.password)}
     ibkr = {"owner": layout.USER, "group": layout.GROUP}
-    return [
+    return files + [
         ManagedFile(f"{layout.UNIT_DIR}/{xvfb}", _render("systemd/ibgw-xvfb.service.j2", ctx), restart=(xvfb, unit)),
         ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gateway.service.j2", ctx), restart=(unit,)),
         ManagedFile(layout.ibc_ini(mode), _render("ibc/config.ini.j2", {**ctx, "login": login}),
@@ -154,4 +167,13 @@ def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list
                     mode=0o600, seed=True, **ibkr),
         ManagedFile(f"{view.tws_path}/ibgateway/{view.tws_version}/ibgateway.vmoptions",
                     _render("ibc/ibgateway.vmoptions.j2", ctx), restart=(unit,), **ibkr),
+    ]
+
+
+def _gate(view: GatewayView, ctx: dict) -> list[ManagedFile]:
+    unit = layout.gate_unit(view.mode)
+    return [
+        ManagedFile(layout.gate_config(view.mode), _render("gate/gate.yml.j2", ctx), mode=0o640,
+                    group=layout.GROUP, restart=(unit,)),
+        ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gate.service.j2", ctx), restart=(unit,)),
     ]

@@ -48,19 +48,30 @@ class Desired:
     dirs: list[Dir]
     files: list[ManagedFile]
     units: list[str]  # enabled and active
-    gateway_units: list[str]  # restarted when the software under them changes
+    venv_units: list[str]  # run ibgw itself: restarted when it is reinstalled
     installs: list[Install]
 
 
 def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
     host = inv.hosts[name]
-    gateway_units = [layout.gateway_unit(g.mode) for g in host.gateways]
-    # In start order: the firewall, then displays and gateways, the front last.
-    units = [layout.FIREWALL_UNIT] if host.firewall.enabled else []
-    units += [layout.xvfb_unit(g.mode) for g in host.gateways] if host.backend == "ibgw" else []
-    units += gateway_units + [FRONT_UNIT[host.front.kind]]
-    return Desired(_packages(host), _dirs(host), render_host(inv, name, secrets), units, gateway_units,
+    venv_units = [layout.gateway_unit(g.mode) for g in host.gateways] if host.backend == "simulator" else []
+    venv_units += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
+    return Desired(_packages(host), _dirs(host), render_host(inv, name, secrets), units(host), venv_units,
                    _installs(inv, host))
+
+
+def units(host: Host) -> list[str]:
+    """Every unit the host runs, in start order: firewall, displays, gateways, gates, the front last."""
+    found = [layout.FIREWALL_UNIT] if host.firewall.enabled else []
+    found += [layout.xvfb_unit(g.mode) for g in host.gateways] if host.backend == "ibgw" else []
+    found += [layout.gateway_unit(g.mode) for g in host.gateways]
+    found += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
+    return found + [FRONT_UNIT[host.front.kind]]
+
+
+def needs_venv(host: Host) -> bool:
+    """ibgw itself runs on the host: as the simulator, or as the gate."""
+    return host.backend == "simulator" or host.front.gate
 
 
 def _installs(inv: Inventory, host: Host) -> list[Install]:
@@ -106,7 +117,8 @@ def file_sha256(path: Path) -> str:
 def _packages(host: Host) -> list[str]:
     packages = ["logrotate"] + FRONT_PACKAGES[host.front.kind]
     packages += ["nftables"] if host.firewall.enabled else []
-    packages += IBGW_PACKAGES if host.backend == "ibgw" else ["python3-venv"]
+    packages += IBGW_PACKAGES if host.backend == "ibgw" else []
+    packages += ["python3-venv"] if needs_venv(host) else []
     return packages
 
 
@@ -120,8 +132,10 @@ def _dirs(host: Host) -> list[Dir]:
         if host.backend == "ibgw":
             dirs += [Dir(f"{layout.ETC}/{gw.mode}", mode=0o700, **ibkr),
                      Dir(layout.tws_path(gw.mode), mode=0o755, **ibkr)]
-    if host.backend == "simulator":
+    if needs_venv(host):
         dirs.append(Dir(layout.WHEELS))
-    else:
+    if host.front.gate:
+        dirs.append(Dir(layout.GATE_STATE, mode=0o700, **ibkr))
+    if host.backend == "ibgw":
         dirs += [Dir(f"{layout.OPT}/ibc"), Dir(layout.UPLOADS, mode=0o700)]
     return dirs

@@ -32,19 +32,28 @@ class Message:
         return split_fields(self.body)
 
 
-def decode(version: int, payload: bytes) -> Message:
-    """The message in one frame's payload, for a connection at `version`."""
+ID_BYTES = 10  # a payload's first ID_BYTES always hold its message id: 4 raw bytes, or up to 9 digits and a NUL
+
+
+def message_id(version: int, payload: bytes) -> tuple[int, bool, int]:
+    """(message id, protobuf?, where the body starts) of a payload, or of its first ID_BYTES."""
     if version >= versions.PROTOBUF:
         if len(payload) < 4:
             raise MalformedMessage(f"payload of {len(payload)} bytes has no message id")
         (msg_id,) = _MSG_ID.unpack_from(payload)
         if msg_id > PROTOBUF_MSG_ID:
-            return Message(msg_id - PROTOBUF_MSG_ID, True, payload[4:])
-        return Message(msg_id, False, payload[4:])
-    head, sep, rest = payload.partition(b"\0")
-    if not sep or not head.isdigit() or len(head) > 9:
+            return msg_id - PROTOBUF_MSG_ID, True, 4
+        return msg_id, False, 4
+    head, sep, _ = payload[:ID_BYTES].partition(b"\0")
+    if not sep or not head.isdigit():
         raise MalformedMessage(f"bad message id {head[:20]!r}")
-    return Message(int(head), False, rest)
+    return int(head), False, len(head) + 1
+
+
+def decode(version: int, payload: bytes) -> Message:
+    """The message in one frame's payload, for a connection at `version`."""
+    msg_id, protobuf, body = message_id(version, payload)
+    return Message(msg_id, protobuf, payload[body:])
 
 
 def text_payload(version: int, msg_id: int, body: bytes) -> bytes:

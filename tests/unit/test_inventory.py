@@ -250,3 +250,11 @@ def test_the_readme_inventory_reference_is_a_valid_inventory(tmp_path):
     path.write_text(block.replace('sha256: "…"', f'sha256: "{"0" * 64}"'))
     inv = inventory.load(path)
     assert inv.hosts["gw1"].apps[0].name == "smart-lean-0dte"
+
+
+def test_warns_of_what_only_the_gate_would_enforce(example):
+    (warning,) = inventory.warnings(example)
+    assert "apps[1] (python-research): read_only is enforced only by `ibgw gate`" in warning
+    host = example.hosts["gw1"]
+    gated = host.model_copy(update={"front": host.front.model_copy(update={"gate": True})})
+    assert inventory.warnings(example.model_copy(update={"hosts": {"gw1": gated}})) == []

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ibgw_provision import layout
 from ibgw_provision.render import render_host
@@ -147,7 +148,7 @@ def test_displays_are_distinct(rendered):
     assert len(displays) == 2 and len(set(displays)) == 2
 
 
-@pytest.mark.parametrize("variant", ["example", "example-nginx", "local"])
+@pytest.mark.parametrize("variant", ["example", "example-nginx", "example-gate", "example-nginx-gate", "local"])
 def test_golden(rendered, variant):
     """Any change to a rendered file must be deliberate: IBGW_UPDATE_GOLDEN=1 rewrites them."""
     root = GOLDEN / variant
@@ -159,3 +160,23 @@ def test_golden(rendered, variant):
     assert golden == set(rendered[variant]), "rendered file set differs from the goldens"
     for path, file in rendered[variant].items():
         assert file.read_text() == (root / path.lstrip("/")).read_text(), path
+
+
+def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
+    host = example.hosts["gw1"]
+    sections = _haproxy_sections(rendered["example-gate"]["/etc/haproxy/haproxy.cfg"].read_text())
+    nginx = rendered["example-nginx-gate"]["/etc/nginx/nginx.conf"].read_text()
+    for gw in host.gateways:
+        backend = sections[f"backend {gw.mode}_gateway"]
+        assert f"server {gw.mode} 127.0.0.1:{gw.gate_port} send-proxy-v2 check check-send-proxy" in backend
+        assert f"server 127.0.0.1:{gw.gate_port} " in nginx
+        config = yaml.safe_load(rendered["example-gate"][layout.gate_config(gw.mode)].read_text())
+        assert config["upstream"] == {"host": "127.0.0.1", "port": gw.api_port}
+        assert config["listen"] == {"host": "127.0.0.1", "port": gw.gate_port} and config["proxy_protocol"]
+        apps = {a["name"]: a for a in config["apps"]}
+        assert apps.keys() == {a.name for a in host.apps_for(gw.mode)} | {"ibgw-health"}
+        assert apps["python-research"]["read_only"] and not apps["smart-lean-0dte"]["read_only"]
+        assert apps["ibgw-health"] | {"sources": None} == {
+            "name": "ibgw-health", "client_id": host.health.probe_client_id + 1, "read_only": True,
+            "sources": None, "max_order_quantity": None, "allowed_sec_types": None}
+    assert nginx.count("proxy_protocol on;") == len(host.gateways)

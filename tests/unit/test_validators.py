@@ -20,7 +20,7 @@ import pytest
 
 from ibgw_provision import layout
 
-VARIANTS = ["example", "example-nginx", "local"]
+VARIANTS = ["example", "example-nginx", "example-gate", "example-nginx-gate", "local"]
 
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def _files(rendered, variant: str, pattern: str) -> list[Path]:
     return [p for path, p in rendered[variant].items() if re.search(pattern, path)]
 
 
-@pytest.mark.parametrize("variant", ["example", "local"])
+@pytest.mark.parametrize("variant", ["example", "example-gate", "local"])
 def test_haproxy_accepts_config(rendered, variant):
     (cfg,) = _files(rendered, variant, r"/haproxy\.cfg$")
     proc = _run(["haproxy", "-c", "-f", str(cfg)])
@@ -48,8 +48,9 @@ def test_haproxy_accepts_config(rendered, variant):
     assert "WARNING" not in proc.stdout + proc.stderr
 
 
-def test_nginx_accepts_stream_config(rendered):
-    (cfg,) = _files(rendered, "example-nginx", r"/nginx\.conf$")
+@pytest.mark.parametrize("variant", ["example-nginx", "example-nginx-gate"])
+def test_nginx_accepts_stream_config(rendered, variant):
+    (cfg,) = _files(rendered, variant, r"/nginx\.conf$")
     proc = _run(["nginx", "-t", "-c", str(cfg)])
     assert proc.returncode == 0, proc.stderr
     assert "syntax is ok" in proc.stderr
