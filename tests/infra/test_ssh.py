@@ -7,7 +7,7 @@ import subprocess
 import paramiko
 import pytest
 
-from .conftest import LOCAL, SSH_DIR, _testhost, ibgw
+from .conftest import LOCAL, SSH_DIR, _testhost, ibgw, recap
 
 KNOWN_HOSTS = SSH_DIR / "known_hosts"
 KEY = SSH_DIR / "id_ed25519"
@@ -75,3 +75,17 @@ def test_auth_failure_is_one_line_exit_1(tmp_path):
     proc = _check(_inventory(tmp_path, KNOWN_HOSTS, key=stranger))
     assert proc.returncode == 1
     assert "authentication failed with key" in proc.stdout
+
+
+def test_one_hosts_failure_does_not_stop_the_others(tmp_path):
+    text = _inventory(tmp_path, KNOWN_HOSTS).read_text()
+    host = text.split("hosts:\n", 1)[1]
+    broken = host.replace("  local:\n", "  broken:\n", 1).replace("port: 2222", "port: 1")
+    both = tmp_path / "both.yml"
+    both.write_text(text.split("hosts:\n", 1)[0] + "hosts:\n" + host + broken)
+    proc = _check(both)
+    assert proc.returncode == 1
+    local = recap(proc, "local")
+    assert local["failed"] == 0 and local["ok"] + local["changed"] > 0
+    assert recap(proc, "broken")["failed"] == 1
+    assert "[broken] FAILED: root@127.0.0.1:1: unreachable" in proc.stdout
