@@ -219,11 +219,13 @@ cmd_up() {
   # --register=no --keep-unit: this machine's PID 1 is not systemd (no system bus).
   setsid systemd-nspawn -b -D "$ROOTFS" -M "$NAME" --volatile=overlay \
     --console=passive --register=no --keep-unit >"$LOG" 2>&1 </dev/null &
-  echo $! >"$PIDFILE"
+  local pid=$!
+  echo "$pid" >"$PIDFILE"
 
   local deadline=$((SECONDS + BOOT_TIMEOUT)) state err=$DIR/.ssh.err
   while :; do
-    running || { tail -n 30 "$LOG" >&2; rm -f "$PIDFILE"; die "systemd-nspawn exited (log: $LOG)"; }
+    # kill -0, not running(): right after the fork /proc still shows this shell, not nspawn.
+    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$LOG" >&2; rm -f "$PIDFILE"; die "systemd-nspawn exited (log: $LOG)"; }
     state=$(tssh systemctl is-system-running 2>"$err") || true
     case $state in
       running) break ;;
