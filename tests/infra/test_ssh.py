@@ -28,8 +28,8 @@ def _inventory(tmp_path, known_hosts, key=KEY, port=2222):
     return path
 
 
-def _check(inv, *flags) -> subprocess.CompletedProcess:
-    proc = ibgw("provision", "local", "-i", str(inv), "--check", *flags, timeout=120)
+def _check(inv, *flags, hosts: str = "local") -> subprocess.CompletedProcess:
+    proc = ibgw("provision", hosts, "-i", str(inv), "--check", *flags, timeout=120)
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc
 
@@ -83,7 +83,7 @@ def test_one_hosts_failure_does_not_stop_the_others(tmp_path):
     broken = host.replace("  local:\n", "  broken:\n", 1).replace("port: 2222", "port: 1")
     both = tmp_path / "both.yml"
     both.write_text(text.split("hosts:\n", 1)[0] + "hosts:\n" + host + broken)
-    proc = _check(both)
+    proc = _check(both, hosts="all")
     assert proc.returncode == 1
     local = recap(proc, "local")
     assert local["failed"] == 0 and local["ok"] + local["changed"] > 0
