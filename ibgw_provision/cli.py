@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 
 from . import inventory, secrets
-from .errors import EXIT_BAD_INPUT, InputError
+from .errors import InputError, exit_bad_input
 from .provision import AgentError
 from .render import render_host
 from .transport import SshError
+from .gate.cli import audit, gate
 from .sim.cli import sim
 
 
@@ -25,9 +26,7 @@ def input_errors(func):
         try:
             return func(*args, **kwargs)
         except InputError as exc:
-            for problem in exc.problems:
-                click.secho(f"error: {problem}", fg="red", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            exit_bad_input(exc)
 
     return wrapper
 
@@ -42,7 +41,8 @@ def main() -> None:
     """Provision and run a shared Interactive Brokers Gateway host."""
 
 
-main.add_command(sim)
+for command in (sim, gate, audit):
+    main.add_command(command)
 
 
 @main.command()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
+
+import click
 
 EXIT_BAD_INPUT = 2
 
@@ -33,3 +37,10 @@ def field_name(path: tuple) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def exit_bad_input(exc: InputError) -> NoReturn:
+    """Print each problem (file:line: field: message) and exit 2: never a traceback."""
+    for problem in exc.problems:
+        click.secho(f"error: {problem}", fg="red", err=True)
+    sys.exit(EXIT_BAD_INPUT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .messages import In, Out
 
 MIN_CLIENT = 100  # v100+ handshake: "API\0" and length-prefixed messages
+ORDER_CONTAINER = 145  # placeOrder no longer starts with its own message version
 PRICE_BASED_VOLATILITY = 156
 DURATION = 158
 POST_TO_ATS = 160

@@ -1,0 +1,86 @@
+"""The gate's admin socket (Unix, owner-only): one command per line, one JSON reply line each.
+
+    halt     turn the kill switch on: new orders (placeOrder, exerciseOptions) are refused
+    resume   turn it off
+    status   per-app state: connected, source, last seen, messages in and out, orders
+
+The kill switch persists in the audit log, so it survives a restart. SIGUSR1 and SIGUSR2 to the
+gate do the same as halt and resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import Gate
+
+MAX_LINE = 1024
+MAX_REPLY = 1 << 20
+COMMANDS = ("halt", "resume", "status")
+
+
+async def execute(gate: Gate, line: str) -> dict:
+    match line.split():
+        case ["halt"] | ["resume"] as words:
+            await gate.set_halted(words[0] == "halt", "admin socket")
+            return {"ok": True, "halted": gate.halted}
+        case ["status"]:
+            return {"ok": True, **gate.status()}
+    return {"ok": False, "error": f"commands: {' | '.join(COMMANDS)}"}
+
+
+async def _answers(path: Path) -> bool:
+    """Is something already listening on `path`?"""
+    try:
+        _, writer = await asyncio.open_unix_connection(path)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def serve(gate: Gate, path: Path) -> asyncio.Server:
+    """Listen for admin commands on `path`, replacing a stale socket but not a live gate's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if await _answers(path):
+        raise OSError(errno.EADDRINUSE, f"another gate is running on admin socket {path}")
+    remove(path)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                reply = await execute(gate, line[:MAX_LINE].decode("utf-8", "replace"))
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(client, path, limit=MAX_LINE)
+    os.chmod(path, 0o600)
+    return server
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+async def command(path: Path, line: str, timeout: float = 10.0) -> dict:
+    """Send one command to a running gate; its reply."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_REPLY)
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return json.loads(await reader.readline())
+        finally:
+            writer.close()

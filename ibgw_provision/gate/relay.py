@@ -1,0 +1,288 @@
+"""One app connection through the gate.
+
+PROXY header (when the front sends one), then the handshake relayed to the gateway: the server's
+hello gives the negotiated version, START_API the client id. Admitted, the connection becomes
+a relay: the gateway's bytes go to the app as they arrive; the app's frames go to the gateway
+as they arrive too, except order requests, which wait for a decision committed to the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from ..tws import codec
+from ..tws.errors import HandshakeError, MalformedMessage, ProtocolError
+from ..tws.framing import API_PREFIX, MAX_HELLO, frame, parse_hello, parse_server_hello, read_frame
+from ..tws.messages import Out
+from . import orders, policy, proxy, replies
+from .link import FrameCounter, Link
+
+if TYPE_CHECKING:
+    from .config import App
+    from .server import AppStats, Gate
+
+log = logging.getLogger("ibgw.gate")
+_LENGTH = struct.Struct(">I")
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(host.split("%")[0])
+    return (address.ipv4_mapped or address) if address.version == 6 else address
+
+
+class Connection:
+    def __init__(self, gate: Gate, client: Link):
+        self.gate, self.config, self.client = gate, gate.config, client
+        host, port = client.transport.get_extra_info("peername")[:2]
+        self.source = (_address(host), port)
+        self.upstream: Link | None = None
+        self.version = 0
+        self.client_id: int | None = None
+        self.app: App | None = None
+        self.stats: AppStats | None = None
+        self.audit_id: int | None = None
+        self.reason: str | None = None
+        self._ended = asyncio.Event()
+        self._partial = b""  # an incomplete frame from the app
+        self._backlog: bytearray | None = None  # the app's bytes after an order that awaits its decision
+        self._deciding: asyncio.Task | None = None
+        self._frames_out = FrameCounter()
+        client.on_lost = lambda: self.end("client closed the connection")
+
+    @property
+    def peer(self) -> str:
+        host, port = self.source
+        return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+
+    @property
+    def who(self) -> str:
+        return f"app {self.app.name} client {self.client_id} from {self.peer}"
+
+    def end(self, reason: str) -> None:
+        """Finish the connection (the first reason given is the one recorded)."""
+        if self.reason is None:
+            self.reason = reason
+        self._ended.set()
+
+    def stop(self, reason: str) -> None:
+        """End from outside (gate shutdown), also interrupting a handshake in progress."""
+        self.end(reason)
+        if self.stats is None:
+            self.client.close()
+
+    async def run(self) -> None:
+        try:
+            start_api = await self._handshake_in_time()
+            if start_api is not None and await self._admit(start_api):
+                await self._relay()
+        except Exception:  # one connection's failure must not take the gate down
+            log.exception("connection from %s failed", self.peer)
+            self.end("internal error (see the gate's log)")
+        finally:
+            await self._close()
+
+    # ---- handshake and admission -----------------------------------------------------------
+
+    async def _handshake_in_time(self) -> bytes | None:
+        """The START_API payload, or None (logged) when the handshake fails."""
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                return await self._handshake()
+        except TimeoutError:
+            failure = f"handshake not complete within {self.config.handshake_timeout:g}s"
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and self.upstream is None:
+                log.debug("%s closed without a handshake", self.peer)
+                return None
+            failure = "connection closed during the handshake"
+        except ProtocolError as exc:
+            failure = str(exc)
+        log.warning("connection from %s dropped: %s", self.peer, failure)
+        return None
+
+    async def _handshake(self) -> bytes:
+        if self.config.proxy_protocol:
+            source = await proxy.read_source(self.client)
+            self.source = source or self.source
+        if await self.client.readexactly(len(API_PREFIX)) != API_PREFIX:
+            raise HandshakeError("no API prefix")
+        hello = await read_frame(self.client, MAX_HELLO)
+        parse_hello(hello)
+        self.upstream = await self._connect()
+        self.upstream.write(API_PREFIX + frame(hello))
+        server_hello = await read_frame(self.upstream, MAX_HELLO)
+        self.version, _ = parse_server_hello(server_hello)
+        self.client.write(frame(server_hello))
+        return await read_frame(self.client, self.config.max_frame)
+
+    async def _connect(self) -> Link:
+        upstream = self.config.upstream
+        try:
+            _, link = await asyncio.get_running_loop().create_connection(Link, upstream.host, upstream.port)
+        except OSError as exc:
+            raise HandshakeError(f"gateway {upstream} unreachable: {exc.strerror or exc}") from None
+        link.on_lost = lambda: self.end("gateway closed the connection")
+        link.on_pause = lambda: self.client.hold("gateway")
+        link.on_resume = lambda: self.client.release("gateway")
+        return link
+
+    async def _admit(self, start_api: bytes) -> bool:
+        try:
+            message = codec.decode(self.version, start_api)
+            if message.msg_id != Out.START_API:
+                raise MalformedMessage(f"expected START_API, got message {message.msg_id}")
+            self.client_id = orders.client_id(self.version, message)
+        except MalformedMessage as exc:
+            log.warning("connection from %s dropped: %s", self.peer, exc)
+            return False
+        self.app = self.config.apps_by_client_id.get(self.client_id)
+        refusal = policy.connection_refusal(self.config, self.client_id, self.source[0], self.gate.connected.keys())
+        if refusal is not None:
+            await self._refuse(*refusal)
+            return False
+        self.gate.connected[self.client_id] = self
+        self.stats = self.gate.stats[self.app.name]
+        self.stats.connect(self.peer)
+        self.audit_id = await self.gate.audit.connection(self.app.name, self.client_id, self.peer, self.version,
+                                                         "accepted")
+        self.upstream.write(frame(start_api))
+        self.stats.messages_in += 1
+        log.info("%s connected, server version %d", self.who, self.version)
+        return True
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        self.client.write(replies.error(self.version, -1, code, policy.REFUSED + reason))
+        self.gate.refused_connections += 1
+        log.warning("refused client %d from %s (server version %d): %s", self.client_id, self.peer, self.version,
+                    reason)
+        await self.gate.audit.connection(self.app.name if self.app else None, self.client_id, self.peer,
+                                         self.version, "refused", reason)
+
+    # ---- relay -----------------------------------------------------------------------------
+
+    async def _relay(self) -> None:
+        self.upstream.relay(self._from_gateway)
+        self.client.relay(self._from_client)
+        await self._ended.wait()
+
+    def _from_gateway(self, data: bytes) -> None:
+        self.client.write(data)
+        self.stats.messages_out += self._frames_out.feed(data)
+        if self.client.queued > self.config.client_buffer:
+            self.end(f"slow client: more than {self.config.client_buffer} bytes queued")
+            self.client.close(abort=True)
+
+    def _from_client(self, data: bytes) -> None:
+        """The app's bytes: whole frames go on at once, uncopied, up to an order request, which waits."""
+        if self._ended.is_set():  # nothing more goes through once the connection is ending
+            return
+        if self._backlog is not None:  # an order awaits its decision; what follows it waits too
+            self._backlog += data
+            return
+        buffer = self._partial + data if self._partial else data
+        pos, order_end = self._scan(buffer)
+        if pos < 0:
+            return
+        self._forward(buffer, pos)
+        if order_end is None:
+            self._partial = buffer[pos:]
+        else:
+            self._hold_order(buffer, pos, order_end)
+        self.stats.last_seen = time.time()
+
+    def _scan(self, buffer: bytes) -> tuple[int, int | None]:
+        """(end of the frames that pass, end of the order request after them or None);
+        (-1, None) after ending the connection on a frame that must not pass."""
+        pos, end = 0, len(buffer)
+        while end - pos >= 4:
+            (size,) = _LENGTH.unpack_from(buffer, pos)
+            if size > self.config.max_frame:
+                self._stop_on(f"refused a frame of {size} bytes (max_frame {self.config.max_frame})")
+                return -1, None
+            frame_end = pos + 4 + size
+            if frame_end > end:
+                break
+            msg_id = self._message_id(buffer, pos + 4, size)
+            if msg_id is None:
+                return -1, None
+            self.stats.messages_in += 1
+            if msg_id in orders.ORDER_REQUESTS:
+                return pos, frame_end
+            pos = frame_end
+        return pos, None
+
+    def _message_id(self, buffer: bytes, start: int, size: int) -> int | None:
+        """The id of the message at `start`, or None after ending the connection on one that must not pass."""
+        try:
+            msg_id, _, _ = codec.message_id(self.version, buffer[start:start + min(size, codec.ID_BYTES)])
+        except MalformedMessage as exc:
+            return self._stop_on(f"unreadable message: {exc}")
+        if msg_id == Out.START_API:
+            return self._stop_on("START_API sent twice")
+        return msg_id
+
+    def _stop_on(self, reason: str) -> None:
+        log.warning("%s: %s; disconnecting", self.who, reason)
+        self.end(reason)
+
+    def _forward(self, buffer: bytes, end: int) -> None:
+        """Send the first `end` bytes of `buffer` to the gateway, uncopied when that is all of it."""
+        if end:
+            self.upstream.write(buffer if end == len(buffer) else memoryview(buffer)[:end])
+
+    def _hold_order(self, buffer: bytes, start: int, end: int) -> None:
+        """Stop reading from the app while the order request in buffer[start:end] is decided."""
+        self._backlog = bytearray(buffer[end:])
+        self._partial = b""
+        self.client.hold("order")
+        message = codec.decode(self.version, buffer[start + 4:end])
+        self._deciding = asyncio.create_task(self._decide(message, buffer[start:end]))
+
+    async def _decide(self, message: codec.Message, original: bytes) -> None:
+        """Audit an order request durably, then forward it or answer the refusal; then carry on."""
+        try:
+            order = orders.read_order(self.version, message)
+            reason = policy.order_refusal(self.app, self.gate.halted, order)
+        except MalformedMessage as exc:
+            order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
+            reason = f"unreadable {order.request}: {exc}"
+        try:
+            await self.gate.record_order(self, order, reason)
+        except Exception:  # no audit, no order: fail closed
+            log.exception("%s: cannot write the audit log; disconnecting", self.who)
+            self.end("audit log write failed")
+            return
+        if reason is None:
+            self.upstream.write(original)
+        else:
+            log.warning("%s: refused %s%s: %s", self.who, order.request,
+                        "" if order.order_id is None else f" (order {order.order_id})", reason)
+            self.client.write(replies.error(self.version, order.reply_id, policy.REQUEST_REFUSED,
+                                            policy.REFUSED + reason))
+        backlog, self._backlog = self._backlog, None
+        self._from_client(bytes(backlog))
+        if self._backlog is None:
+            self.client.release("order")
+
+    # ---- closing ---------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        if self._deciding is not None:
+            await asyncio.wait({self._deciding})  # a committed order still reaches the gateway
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.stats is None:
+            return
+        self.gate.disconnected(self)
+        log.info("%s disconnected: %s", self.who, self.reason)
+        if self.audit_id is not None:
+            try:
+                await self.gate.audit.connection_ended(self.audit_id, self.reason)
+            except Exception:
+                log.exception("%s: cannot record the end of the connection", self.who)
