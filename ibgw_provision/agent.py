@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
 
@@ -198,9 +199,28 @@ def journal_errors(units, minutes):
 def monitor(req):
     """Every interval, for `count` samples: the front's per-source stick tables."""
     for _ in range(req["count"]):
-        emit(sample={t: haproxy_table(req["socket"], t) for t in req["tables"]}, at=time.time())
+        gates = {mode: gate_metrics(port) for mode, port in req.get("gates", {}).items()}
+        emit(sample={t: haproxy_table(req["socket"], t) for t in req["tables"]}, gates=gates, at=time.time())
         time.sleep(req["interval"])
     return {"samples": req["count"]}
+
+
+GATE_METRIC = re.compile(r'^ibgw_gate_app_(\w+?)(?:_total|_seconds)?\{.*app="([^"]+)".*\} (\S+)$')
+
+
+def gate_metrics(port):
+    """Per app, what `ibgw gate` exports: {app: {connected, last_seen, messages_in, ...}}; None if down."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    apps = {}
+    for line in text.splitlines():
+        match = GATE_METRIC.match(line)
+        if match:
+            apps.setdefault(match.group(2), {})[match.group(1)] = float(match.group(3))
+    return apps
 
 
 def haproxy_table(path, table):

@@ -163,10 +163,11 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
     count = duration or 2**31 - 1
     try:
         if as_json:
-            mon.samples(inv, name, count, lambda found: click.echo(json.dumps(mon.as_dicts(found))))
+            mon.samples(inv, name, count, lambda found, gates: click.echo(json.dumps(mon.as_dicts(found))))
         else:
             with Live(views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False) as live:
-                mon.samples(inv, name, count, lambda found: live.update(views.monitor_table(name, found), refresh=True))
+                mon.samples(inv, name, count,
+                            lambda found, gates: live.update(views.monitor_table(name, found), refresh=True))
     except KeyboardInterrupt:
         pass
     except (SshError, AgentError) as exc:
@@ -190,13 +191,13 @@ def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
     inv = inventory.load(inventory_path)
     if host:
         name = single_host(inv, host)
-        found: list = []
+        sample: list = []
         try:
-            mon.samples(inv, name, 1, found.extend)
+            mon.samples(inv, name, 1, lambda found, gates: sample.extend([found, gates]))
         except (SshError, AgentError) as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(1)
-        rows = [{"host": name, **r} for r in mon.app_states(inv.hosts[name], found)]
+        rows = [{"host": name, **r} for r in mon.app_states(inv.hosts[name], *sample)]
     else:
         rows = [{"host": n, "app": a.name, "client_id": a.client_id, "modes": list(a.modes),
                  "sources": list(a.sources), "read_only": a.read_only} for n, h in inv.hosts.items() for a in h.apps]

@@ -29,13 +29,16 @@ class Source:
     last_seen: float  # unix time: now while connected, else the last connect
 
 
-def samples(inv: Inventory, name: str, count: int, on_sample: Callable[[list[Source]], None]) -> None:
-    """Stream `count` samples, one a second, over a single SSH command."""
+def samples(inv: Inventory, name: str, count: int, on_sample: Callable[[list[Source], dict], None]) -> None:
+    """Stream `count` samples, one a second, over a single SSH command: the front's sources, and
+    per mode the gate's per-app figures (when the gate runs)."""
     host = inv.hosts[name]
     request = {"op": "monitor", "socket": layout.HAPROXY_SOCKET, "tables": [g.mode for g in host.gateways],
+               "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
                "interval": 1.0, "count": count}
     with Transport(target(inv, name, accept_new=False)) as transport:
-        call_agent(transport, request, on_event=lambda m: "sample" in m and on_sample(sources(host, m["sample"], m["at"])))
+        call_agent(transport, request, on_event=lambda m: "sample" in m and on_sample(
+            sources(host, m["sample"], m["at"]), m["gates"]))
 
 
 def sources(host: Host, tables: dict[str, list[dict]], now: float) -> list[Source]:
@@ -56,15 +59,22 @@ def owners(host: Host, mode: str, address: str) -> tuple[str, ...]:
                  if any(ip in ipaddress.ip_network(c) for c in a.sources if ip.version == ipaddress.ip_network(c).version))
 
 
-def app_states(host: Host, found: list[Source]) -> Iterator[dict]:
-    """The registry, with each app's connection state on each of its modes."""
+def app_states(host: Host, found: list[Source], gates: dict) -> Iterator[dict]:
+    """The registry, with each app's state on each of its modes: from the gate, which knows client
+    ids, when it runs; else from the front's sources."""
     for app in host.apps:
         for mode in app.modes:
+            row = {"app": app.name, "client_id": app.client_id, "mode": mode, "sources": list(app.sources),
+                   "read_only": app.read_only}
+            gate = (gates.get(mode) or {}).get(app.name)
+            if gate is not None:
+                yield row | {"seen_by": "gate", "connected": gate.get("connected", 0) > 0,
+                             "last_seen": gate.get("last_seen"), "messages_in": int(gate.get("messages_in", 0)),
+                             "messages_out": int(gate.get("messages_out", 0))}
+                continue
             mine = [s for s in found if s.mode == mode and app.name in s.apps]
-            yield {"app": app.name, "client_id": app.client_id, "mode": mode, "sources": list(app.sources),
-                   "read_only": app.read_only, "connected": sum(s.connections for s in mine) > 0,
-                   "connections": sum(s.connections for s in mine),
-                   "last_seen": max((s.last_seen for s in mine), default=None)}
+            yield row | {"seen_by": "front", "connected": sum(s.connections for s in mine) > 0,
+                         "last_seen": max((s.last_seen for s in mine), default=None)}
 
 
 def _address(key: str) -> str:

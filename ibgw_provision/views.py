@@ -73,11 +73,13 @@ def monitor_table(host: str, found: list) -> Table:
 
 def apps_table(rows: list[dict], live: bool) -> Table:
     columns = ["host", "app", "client id", "modes", "sources", "read only"]
-    table = Table(*(columns + (["connected", "last seen"] if live else [])), box=None, pad_edge=False)
+    table = Table(*(columns + (["connected", "last seen", "msgs in/out", "seen by"] if live else [])),
+                  box=None, pad_edge=False)
     for r in rows:
         cells = [r["host"], r["app"], str(r["client_id"]), ",".join(r["modes"]), ", ".join(r["sources"]),
                  "yes" if r["read_only"] else "no"]
         if live:
-            cells += [Text("yes", "green") if r["connected"] else "no", _ago(r["last_seen"])]
+            messages = f"{r['messages_in']}/{r['messages_out']}" if r["seen_by"] == "gate" else "-"
+            cells += [Text("yes", "green") if r["connected"] else "no", _ago(r["last_seen"]), messages, r["seen_by"]]
         table.add_row(*cells)
     return table

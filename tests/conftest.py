@@ -25,10 +25,10 @@ def render_to(inv, host: str, out: Path) -> dict[str, Path]:
     return written
 
 
-def with_front(path: Path, kind: str, tmp: Path, gate: bool = False) -> Path:
-    """A copy of an inventory whose hosts use the given front kind, and the gate if asked."""
-    text = path.read_text().replace("kind: haproxy", f"kind: {kind}" + ("\n      gate: true" if gate else ""))
-    out = tmp / f"{path.stem}-{kind}{'-gate' if gate else ''}.yml"
+def with_front(path: Path, kind: str, tmp: Path, gate: bool = True) -> Path:
+    """A copy of an inventory whose hosts use the given front kind, with or without the gate."""
+    text = path.read_text().replace("kind: haproxy", f"kind: {kind}").replace("gate: true", f"gate: {gate}".lower())
+    out = tmp / f"{path.stem}-{kind}{'' if gate else '-direct'}.yml"
     out.write_text(text)
     return out
 
@@ -47,13 +47,10 @@ def local():
 def rendered(tmp_path_factory, example, local):
     """Every variant we ship, rendered once: name -> {target path: file}."""
     tmp = tmp_path_factory.mktemp("rendered")
-    nginx = inventory.load(with_front(INVENTORIES / "example.yml", "nginx", tmp))
-    gate = inventory.load(with_front(INVENTORIES / "example.yml", "haproxy", tmp, gate=True))
-    nginx_gate = inventory.load(with_front(INVENTORIES / "example.yml", "nginx", tmp, gate=True))
-    return {
-        "example": render_to(example, "gw1", tmp / "example"),
-        "example-nginx": render_to(nginx, "gw1", tmp / "example-nginx"),
-        "example-gate": render_to(gate, "gw1", tmp / "example-gate"),
-        "example-nginx-gate": render_to(nginx_gate, "gw1", tmp / "example-nginx-gate"),
-        "local": render_to(local, "local", tmp / "local"),
-    }
+    example_file = INVENTORIES / "example.yml"
+    variants = {"example-nginx": ("nginx", True), "example-direct": ("haproxy", False),
+                "example-nginx-direct": ("nginx", False)}
+    rendered = {"example": render_to(example, "gw1", tmp / "example")}
+    for variant, (kind, gate) in variants.items():
+        rendered[variant] = render_to(inventory.load(with_front(example_file, kind, tmp, gate)), "gw1", tmp / variant)
+    return rendered | {"local": render_to(local, "local", tmp / "local")}

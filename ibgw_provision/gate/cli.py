@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from .. import sdnotify
 from ..errors import InputError, exit_bad_input
 from . import admin
 from .config import GateConfig, load
@@ -68,6 +69,7 @@ async def _serve(config: GateConfig) -> None:
             await gate.start()
         except OSError as exc:
             raise click.ClickException(f"cannot start the gate: {exc}") from None
+        sdnotify.ready()
         await stop.wait()
         log.info("shutting down")
     finally:

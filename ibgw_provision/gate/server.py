@@ -68,6 +68,9 @@ class Gate:
                  type(loop).__module__.split(".")[0])
 
     def _accept(self, link: Link) -> None:
+        if link.transport.get_extra_info("peername") is None:  # gone before we saw it (a TCP check)
+            link.transport.close()
+            return
         connection = Connection(self, link)
         task = asyncio.create_task(connection.run())
         self._tasks[connection] = task

@@ -8,11 +8,11 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 
 import click
 
+from .. import sdnotify
 from ..tws import versions
 from . import admin
 from .config import MIN_VERSION, SimConfig
@@ -72,7 +72,7 @@ async def _run(config: SimConfig, admin_socket: str | None) -> None:
             control = await admin.serve(server, admin_socket) if admin_socket else None
         with _listen_errors("'--listen'", f"{config.host}:{config.port}"):
             await server.start()
-        _notify_ready()
+        sdnotify.ready()
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -81,15 +81,6 @@ async def _run(config: SimConfig, admin_socket: str | None) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(admin_socket)
         await server.stop()
-
-
-def _notify_ready() -> None:
-    """Under systemd (Type=notify), say that the API port now listens."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"READY=1", "\0" + address[1:] if address.startswith("@") else address)
 
 
 @click.command("sim")

@@ -52,11 +52,12 @@ def test_a_front_failure_with_a_working_gateway_is_degraded_not_down():
 
 def test_listeners(local):
     host = local.hosts["local"]
-    good = {14002: {"127.0.0.1"}, 14004: {"127.0.0.1"}, 14001: {"127.0.0.1"}, 14003: {"127.0.0.1"}}
+    ports = [p for g in host.gateways for p in (g.api_port, g.front_port, g.gate_port)]
+    good = {port: {"127.0.0.1"} for port in ports}
     assert health._judge_listeners(host, good) == []
-    exposed = good | {14002: {"0.0.0.0"}}
+    exposed = good | {host.gateway("paper").api_port: {"0.0.0.0"}}
     assert [f.severity for f in health._judge_listeners(host, exposed)] == ["degraded"]
-    missing = {p: a for p, a in good.items() if p != 14003}
+    missing = {p: a for p, a in good.items() if p != host.gateway("live").front_port}
     (finding,) = health._judge_listeners(host, missing)
     assert (finding.severity, finding.subject) == ("down", "live front")
 
@@ -66,3 +67,11 @@ def test_brief_is_one_nagios_style_line():
               "findings": [{"severity": "down", "check": "mode", "subject": "paper gateway",
                             "message": "MODE MISMATCH on the host"}]}
     assert views.brief(report) == "IBGW CRITICAL - gw1: MODE MISMATCH on the host"
+
+
+def test_a_gate_that_does_not_listen_is_down(local):
+    host = local.hosts["local"]
+    listening = {p: {"127.0.0.1"} for g in host.gateways for p in (g.api_port, g.front_port, g.gate_port)}
+    del listening[host.gateway("paper").gate_port]
+    (finding,) = health._judge_listeners(host, listening)
+    assert (finding.severity, finding.subject) == ("down", "paper gate")

@@ -37,7 +37,8 @@ def test_haproxy_allowlist_and_ports_match_inventory(rendered, example, local, v
         assert set(acl) == _expected_allow(host)[gw.mode]
         assert "tcp-request connection reject if !app_source" in front
         assert f"sc0_conn_cur gt {host.front.per_source_limit}" in front
-        assert f"server {gw.mode} 127.0.0.1:{gw.api_port} check" in sections[f"backend {gw.mode}_gateway"]
+        upstream = gw.gate_port if host.front.gate else gw.api_port
+        assert f"server {gw.mode} 127.0.0.1:{upstream} " in sections[f"backend {gw.mode}_gateway"]
 
 
 def test_a_gateway_no_app_may_use_rejects_everyone(tmp_path, example):
@@ -61,7 +62,7 @@ def test_nginx_allowlist_and_ports_match_inventory(rendered, example):
         assert set(re.findall(r"allow (\S+);", server)) == _expected_allow(host)[gw.mode]
         assert server.rstrip().endswith(f"proxy_pass {gw.mode}_gateway;")
         assert "deny all;" in server
-        assert f"server 127.0.0.1:{gw.api_port} " in text
+        assert f"server 127.0.0.1:{gw.gate_port if host.front.gate else gw.api_port} " in text
 
 
 def test_firewall_admits_only_what_the_inventory_allows(rendered, example):
@@ -148,7 +149,7 @@ def test_displays_are_distinct(rendered):
     assert len(displays) == 2 and len(set(displays)) == 2
 
 
-@pytest.mark.parametrize("variant", ["example", "example-nginx", "example-gate", "example-nginx-gate", "local"])
+@pytest.mark.parametrize("variant", ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"])
 def test_golden(rendered, variant):
     """Any change to a rendered file must be deliberate: IBGW_UPDATE_GOLDEN=1 rewrites them."""
     root = GOLDEN / variant
@@ -164,13 +165,13 @@ def test_golden(rendered, variant):
 
 def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
     host = example.hosts["gw1"]
-    sections = _haproxy_sections(rendered["example-gate"]["/etc/haproxy/haproxy.cfg"].read_text())
-    nginx = rendered["example-nginx-gate"]["/etc/nginx/nginx.conf"].read_text()
+    sections = _haproxy_sections(rendered["example"]["/etc/haproxy/haproxy.cfg"].read_text())
+    nginx = rendered["example-nginx"]["/etc/nginx/nginx.conf"].read_text()
     for gw in host.gateways:
         backend = sections[f"backend {gw.mode}_gateway"]
         assert f"server {gw.mode} 127.0.0.1:{gw.gate_port} send-proxy-v2 check check-send-proxy" in backend
         assert f"server 127.0.0.1:{gw.gate_port} " in nginx
-        config = yaml.safe_load(rendered["example-gate"][layout.gate_config(gw.mode)].read_text())
+        config = yaml.safe_load(rendered["example"][layout.gate_config(gw.mode)].read_text())
         assert config["upstream"] == {"host": "127.0.0.1", "port": gw.api_port}
         assert config["listen"] == {"host": "127.0.0.1", "port": gw.gate_port} and config["proxy_protocol"]
         apps = {a["name"]: a for a in config["apps"]}

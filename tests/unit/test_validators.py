@@ -20,7 +20,7 @@ import pytest
 
 from ibgw_provision import layout
 
-VARIANTS = ["example", "example-nginx", "example-gate", "example-nginx-gate", "local"]
+VARIANTS = ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"]
 
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def _files(rendered, variant: str, pattern: str) -> list[Path]:
     return [p for path, p in rendered[variant].items() if re.search(pattern, path)]
 
 
-@pytest.mark.parametrize("variant", ["example", "example-gate", "local"])
+@pytest.mark.parametrize("variant", ["example", "example-direct", "local"])
 def test_haproxy_accepts_config(rendered, variant):
     (cfg,) = _files(rendered, variant, r"/haproxy\.cfg$")
     proc = _run(["haproxy", "-c", "-f", str(cfg)])
@@ -48,7 +48,7 @@ def test_haproxy_accepts_config(rendered, variant):
     assert "WARNING" not in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("variant", ["example-nginx", "example-nginx-gate"])
+@pytest.mark.parametrize("variant", ["example-nginx", "example-nginx-direct"])
 def test_nginx_accepts_stream_config(rendered, variant):
     (cfg,) = _files(rendered, variant, r"/nginx\.conf$")
     proc = _run(["nginx", "-t", "-c", str(cfg)])
