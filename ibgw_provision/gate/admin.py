@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import errno
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .. import control
 
 if TYPE_CHECKING:
     from .server import Gate
 
-MAX_LINE = 1024
 MAX_REPLY = 1 << 20
 COMMANDS = ("halt", "resume", "status")
 
@@ -53,20 +53,10 @@ async def serve(gate: Gate, path: Path) -> asyncio.Server:
         raise OSError(errno.EADDRINUSE, f"another gate is running on admin socket {path}")
     remove(path)
 
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                reply = await execute(gate, line[:MAX_LINE].decode("utf-8", "replace"))
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, ValueError):
-            pass
-        finally:
-            writer.close()
+    async def answer(line: str) -> str:
+        return json.dumps(await execute(gate, line))
 
-    server = await asyncio.start_unix_server(client, path, limit=MAX_LINE)
-    os.chmod(path, 0o600)
-    return server
+    return await control.serve(path, answer)
 
 
 def remove(path: Path) -> None:

@@ -20,10 +20,10 @@ import stat
 import sys
 from typing import TYPE_CHECKING
 
+from .. import control
+
 if TYPE_CHECKING:
     from .server import SimServer
-
-MAX_LINE = 1024
 
 
 def _seconds(text: str, scale: float = 1.0) -> float:
@@ -63,21 +63,7 @@ async def serve(server: SimServer, path: str) -> asyncio.Server:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
         os.unlink(path)
-
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                reply = await execute(server, line[:MAX_LINE].decode("utf-8", "replace"))
-                writer.write(reply.encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, ValueError):
-            pass
-        finally:
-            writer.close()
-
-    listener = await asyncio.start_unix_server(client, path, limit=MAX_LINE)
-    os.chmod(path, 0o600)
-    return listener
+    return await control.serve(path, lambda line: execute(server, line))
 
 
 async def command(path: str, line: str, timeout: float = 10.0) -> str:

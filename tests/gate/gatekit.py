@@ -7,8 +7,6 @@ import contextlib
 import ipaddress
 import logging
 import struct
-import queue
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import time
 
 import yaml
 from ib_async import IB
-from simkit import STEP, RawClient, ibapi_client, until
+from simkit import STEP, LoggedProcess, RawClient, ibapi_client, until
 
 from ibgw_provision.gate.audit import query
 from ibgw_provision.gate.config import GateConfig
@@ -104,32 +102,12 @@ class RunningGate:
         assert not self.errors.seen, f"gate errors: {self.errors.seen}"
 
 
-class GateProcess:
-    """`python -m ibgw_provision.gate gate --config FILE` in a subprocess; its log lines read on a thread."""
+class GateProcess(LoggedProcess):
+    """`python -m ibgw_provision.gate gate --config FILE` in a subprocess."""
 
     def __init__(self, config_path):
         self.config_path = str(config_path)
-        self.proc = subprocess.Popen(GATE + ["gate", "--config", self.config_path], stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")[1])
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str) -> re.Match:
-        deadline = time.monotonic() + STEP
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"no log line matching {pattern!r} in {self.log}")
+        super().__init__(GATE + ["gate", "--config", self.config_path])
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """Another command (gate status, audit, ...) with this gate's config."""

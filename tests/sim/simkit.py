@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import queue
+import re
+import subprocess
 import threading
 import time
 from datetime import timezone
@@ -340,3 +343,31 @@ class IbapiApp(Recorder):
                 raise AssertionError(f"{count} x {name} not received; got {[n for n, _ in self.calls][-20:]}")
             time.sleep(0.01)
         return found[:count]
+
+
+class LoggedProcess:
+    """A server in a subprocess (`ibgw sim`, `ibgw gate`): its stderr lines are read on a thread
+    and can be waited for; `port` is the one its "listening on" line names."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")[1])
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str) -> re.Match:
+        deadline = time.monotonic() + STEP
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"no log line matching {pattern!r} in {self.log}")

@@ -1,17 +1,14 @@
 """`python -m ibgw_provision.sim` as a process: bad input, logging, admin socket, signals."""
 
 import asyncio
-import queue
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from simkit import STEP, RawClient
+from simkit import STEP, LoggedProcess, RawClient
 
 from ibgw_provision.tws import Out
 from ibgw_provision.tws.probe import probe
@@ -48,25 +45,11 @@ def test_a_port_in_use_is_a_clear_error_with_exit_2():
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
-class SimProcess:
-    """The simulator in a subprocess; its log lines are read on a thread."""
+class SimProcess(LoggedProcess):
+    """The simulator in a subprocess."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen(SIM + ["--listen", "127.0.0.1:0", *args], stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stderr], daemon=True).start()
-        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")[1])
-
-    def wait_for(self, pattern: str) -> re.Match:
-        deadline = time.monotonic() + STEP
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if match := re.search(pattern, line):
-                return match
-        raise AssertionError(f"no log line matching {pattern!r}")
+        super().__init__(SIM + ["--listen", "127.0.0.1:0", *args])
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
