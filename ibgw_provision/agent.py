@@ -7,6 +7,7 @@ file is replaced only by an atomic rename after its validator accepts it.
 """
 
 import base64
+import errno
 import glob
 import grp
 import hashlib
@@ -17,6 +18,7 @@ import pwd
 import re
 import shutil
 import socket
+import stat as statmod
 import subprocess
 import sys
 import tempfile
@@ -55,7 +57,16 @@ def facts(req):
         "content": {p: read(p) for p, want in req.get("content_unless", {}).items() if sha256_of(p) not in (want, None)},
         "units": {u: unit(u) for u in req["units"]},
         "markers": {p: read(p) for p in req["markers"]},
+        "firewall": firewall_loaded() if req.get("firewall") else None,
     }
+
+
+def firewall_loaded():
+    """Is our nftables table in the kernel? (A unit can be active(exited) with the table flushed.)"""
+    try:
+        return sh(["nft", "list", "table", "inet", "ibgw"], check=False).returncode == 0
+    except OSError:  # nftables not installed yet
+        return False
 
 
 def packages(names):
@@ -80,7 +91,8 @@ def stat(path):
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    kind = "dir" if os.path.isdir(path) and not os.path.islink(path) else "file"
+    kind = "dir" if os.path.isdir(path) and not os.path.islink(path) else \
+        "link" if os.path.islink(path) else "file"
     return {"kind": kind, "mode": st.st_mode & 0o7777, "owner": name_of(pwd.getpwuid, st.st_uid),
             "group": name_of(grp.getgrgid, st.st_gid), "sha256": sha256_of(path) if kind == "file" else None}
 
@@ -92,20 +104,39 @@ def name_of(lookup, ident):
         return str(ident)
 
 
+def open_regular(path, flags=os.O_RDONLY):
+    """An fd on `path` if it is a regular file (or, with O_DIRECTORY, a directory), never through a
+    symlink and never blocking on a FIFO: several managed paths sit in directories the ibkr user owns."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not (statmod.S_ISREG(mode) or (flags & os.O_DIRECTORY and statmod.S_ISDIR(mode))):
+        os.close(fd)
+        raise StepError(f"{path}: not a regular file (refusing to follow or touch it)")
+    return fd
+
+
 def sha256_of(path):
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(open_regular(path), "rb") as fh:
             return hashlib.sha256(fh.read()).hexdigest()
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, StepError):
         return None
+    except OSError as exc:  # ELOOP: a symlink
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
 
 
 def read(path):
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except FileNotFoundError:
+        with os.fdopen(open_regular(path), "rb") as fh:
+            return fh.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, StepError):
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
 
 
 def unit(name):
@@ -287,8 +318,13 @@ def step_attrs(step):
 
 
 def set_attrs(path, step):
-    os.chown(path, pwd.getpwnam(step["owner"]).pw_uid, grp.getgrnam(step["group"]).gr_gid)
-    os.chmod(path, step["mode"])
+    """chown, then chmod (chown clears set-id bits), on the path itself: never through a symlink."""
+    fd = open_regular(path, os.O_RDONLY | (os.O_DIRECTORY if step["kind"] == "dir" else 0))
+    try:
+        os.fchown(fd, pwd.getpwnam(step["owner"]).pw_uid, grp.getgrnam(step["group"]).gr_gid)
+        os.fchmod(fd, step["mode"])
+    finally:
+        os.close(fd)
 
 
 def step_venv(step):
@@ -344,6 +380,24 @@ def stays_up(units, seconds=3.0):
         raise StepError(f"not running after start: {', '.join(down)}; last log lines: {logs.stdout.strip()}")
 
 
+def note_pending(path, then):
+    """Record, root-only, the unit actions a step's change calls for, until the systemd step has run
+    them: a run that fails in between leaves files already converged, and the next must still act."""
+    pending = {"daemon_reload": False, "restart": [], "reload": []}
+    try:
+        pending.update(json.loads(read(path) or "{}"))
+    except ValueError:
+        pass
+    pending["daemon_reload"] = bool(pending["daemon_reload"] or then.get("daemon_reload"))
+    for key in ("restart", "reload"):
+        pending[key] = sorted(set(pending[key]) | set(then.get(key, ())))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ibgw-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(pending, fh)
+    os.replace(tmp, path)
+
+
 STEPS = {"apt": step_apt, "user": step_user, "dir": step_dir, "file": step_file, "attrs": step_attrs,
          "venv": step_venv, "install": step_install, "systemd": step_systemd}
 
@@ -354,9 +408,14 @@ def apply(req):
         emit(event="start", task=step["task"])
         try:
             STEPS[step["kind"]](step)
-        except (StepError, OSError, KeyError) as exc:
-            emit(event="failed", task=step["task"], error=str(exc))
-            return {"applied": done, "failed": step["task"], "error": str(exc)}
+            if step.get("then") and req.get("pending"):
+                note_pending(req["pending"], step["then"])
+            if step["kind"] == "systemd" and req.get("pending") and os.path.lexists(req["pending"]):
+                os.unlink(req["pending"])
+        except Exception as exc:  # reported as this step's failure, never a traceback
+            error = str(exc) if isinstance(exc, (StepError, OSError)) else f"{type(exc).__name__}: {exc}"
+            emit(event="failed", task=step["task"], error=error)
+            return {"applied": done, "failed": step["task"], "error": error}
         emit(event="done", task=step["task"])
         done += 1
     return {"applied": done, "failed": None}

@@ -13,6 +13,7 @@ VENV = f"{OPT}/venv"  # ibgw itself, for the simulator backend
 WHEELS = f"{OPT}/wheels"  # the wheels it is installed from, shipped by the operator
 VENV_STAMP = ".ibgw-wheels"  # in VENV: which wheels it was built from
 INSTALL_STAMP = ".ibgw-installed"  # in an install dir: the sha256 of its installer
+PENDING = f"{OPT}/.pending-systemd"  # root-only: unit actions owed by a run that failed before systemd
 UPLOADS = f"{OPT}/uploads"  # installers, as shipped by the operator
 UNIT_DIR = "/etc/systemd/system"
 FIREWALL_UNIT = "ibgw-firewall.service"

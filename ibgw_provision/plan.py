@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from . import layout
@@ -46,6 +47,10 @@ class Plan:
     def steps(self) -> list[dict]:
         return [t.step for t in self.tasks if t.changed and t.step]
 
+    def request(self) -> dict:
+        """The apply request: the steps, and where the agent keeps unit actions still owed."""
+        return {"op": "apply", "steps": self.steps(), "pending": layout.PENDING}
+
 
 def facts_request(want: Desired, wheels: bool) -> dict:
     """What to read from the host, in one round trip."""
@@ -57,7 +62,8 @@ def facts_request(want: Desired, wheels: bool) -> dict:
         "content_unless": {f.path: sha256(f.content) for f in want.files},
         "units": want.units,
         "markers": ([f"{layout.VENV}/{layout.VENV_STAMP}"] if wheels else [])
-        + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs],
+        + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs] + [layout.PENDING],
+        "firewall": layout.FIREWALL_UNIT in want.units,
     }
 
 
@@ -71,10 +77,15 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
         task = _venv(wheelhouse, facts, result)
         result.tasks.append(task)
         restart |= set(want.venv_units) if task.changed else set()
+        if task.step:
+            task.step["then"] = {"restart": list(want.venv_units)}
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
     reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]
     restart |= {u for i, t in zip(want.installs, installs) if t.changed for u in i.restart}
+    for i, t in zip(want.installs, installs):
+        if t.step:
+            t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
     facts = {**facts, "paths": {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))}}
     file_tasks = [(f, _file(f, facts, secrets)) for f in want.files]
@@ -123,9 +134,13 @@ def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
 def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
     name, have = f"file {f.path}", facts["paths"].get(f.path)
     step = {"kind": "file", "task": name, "path": f.path, "owner": f.owner, "group": f.group, "mode": f.mode,
-            "content": base64.b64encode(f.content.encode()).decode(), "validate": VALIDATORS.get(f.path)}
+            "content": base64.b64encode(f.content.encode()).decode(), "validate": VALIDATORS.get(f.path),
+            "then": {"restart": list(f.restart), "reload": list(f.reload),
+                     "daemon_reload": f.path.startswith(layout.UNIT_DIR + "/")}}
     if have is None:
         return Task(name, True, "create", _diff(f, "", secrets), step)
+    if have.get("kind", "file") != "file":  # a symlink (or a directory) where our file belongs
+        return Task(name, True, f"replace a {have['kind']}", _diff(f, "", secrets), step)
     if f.seed or have["sha256"] == sha256(f.content):
         return _attrs(name, f, have, "attrs")
     old = facts["content"].get(f.path) or ""
@@ -136,6 +151,7 @@ def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
     new = secrets.mask(f.content)
     if f.secret:
         old, new = _mask_secret_keys(old, f.content, new)
+    old = secrets.mask(old)  # a current secret may sit anywhere in the host's copy
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{f.path} (host)",
                                         f"{f.path} (ibgw)"))
 
@@ -172,10 +188,23 @@ def _install(install: Install, facts: dict, result: Plan) -> Task:
     return Task(name, True, f"{install.local.name} (sha256 {install.sha256[:12]}…)", step=step)
 
 
+def _pending(facts: dict) -> dict:
+    """Unit actions a failed run left owed: its files are already in place, so nothing else shows them."""
+    try:
+        owed = json.loads(facts["markers"].get(layout.PENDING) or "{}")
+    except ValueError:
+        return {}
+    return owed if isinstance(owed, dict) else {}
+
+
 def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
-    restart |= {u for f in changed for u in f.restart}
-    reload = {u for f in changed for u in f.reload} - restart
-    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed)
+    owed = _pending(facts)
+    restart |= {u for f in changed for u in f.restart} | (set(owed.get("restart") or ()) & set(want.units))
+    reload = ({u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & set(want.units))) - restart
+    fw = facts["units"].get(layout.FIREWALL_UNIT, {})
+    if facts.get("firewall") is False and fw.get("active") == "active" and layout.FIREWALL_UNIT not in restart:
+        reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
+    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(owed.get("daemon_reload"))
     actions = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:

@@ -65,11 +65,14 @@ def provision(inv: Inventory, names: list[str], opts: Options) -> list[Report]:
 def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     report, started = Report(name, checked_only=opts.check), time.monotonic()
     transport = Transport(target(inv, name, opts.accept_new))
+    secrets = Secrets()
     try:
         with transport:
-            _converge(inv, name, transport, opts, report)
+            _converge(inv, name, transport, opts, report, secrets)
     except (SshError, AgentError, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
+    if report.failed:  # a failing command's output on the host may echo what we sent it
+        report.failed = secrets.mask(report.failed)
     report.round_trips, report.seconds = transport.round_trips, time.monotonic() - started
     return report
 
@@ -81,8 +84,8 @@ def target(inv: Inventory, name: str, accept_new: bool) -> Target:
                   inv.path(ssh.known_hosts), accept_new or ssh.host_key == "accept-new")
 
 
-def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report) -> None:
-    secrets = Secrets()
+def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report,
+              secrets: Secrets) -> None:
     want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
@@ -102,7 +105,7 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
     if the_plan.uploads:
         opts.on_event(name, f"uploading {len(the_plan.uploads)} files")
         transport.put_many(the_plan.uploads)
-    result = call_agent(transport, {"op": "apply", "steps": the_plan.steps()},
+    result = call_agent(transport, the_plan.request(),
                         on_event=lambda e: e.get("event") == "start" and opts.on_event(name, e["task"]))
     if result["failed"]:
         report.failed = f"{result['failed']}: {result['error']}"

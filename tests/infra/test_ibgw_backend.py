@@ -3,7 +3,7 @@
 IB's installer and IBC cannot be downloaded here, so the artifact cache holds
 stand-ins built below: an install4j-like installer that lays out IB's tree,
 and an IBC zip whose ibcstart.sh checks what IBC would need (its ini readable,
-the settings dir writable, the heap file, a display) and then stays up. Every
+the settings dir writable, the heap file, Xvfb's socket) and then stays up. Every
 other part is real: sha256 pinning, upload, install stamps, Xvfb, the secret.
 """
 
@@ -38,7 +38,7 @@ esac; done
 test -r "$ini" && grep -q '^IbPassword=.' "$ini"
 touch "$settings/.writable" && rm "$settings/.writable"
 grep -q '^-Xmx' "$tws/ibgateway/$1/ibgateway.vmoptions"
-test -n "$DISPLAY"
+test -S "/tmp/.X11-unix/X${DISPLAY#:}"  # Xvfb's socket, in the /tmp it shares with us
 echo "$@" > "$settings/ibcstart.args"
 exec sleep infinity
 """

@@ -155,3 +155,38 @@ def test_plan_does_not_mutate_facts(want):
     before = copy.deepcopy(facts)
     plan(want, facts, Secrets())
     assert facts == before
+
+
+def test_actions_owed_by_a_failed_run_are_still_taken(want):
+    """A run wrote the files, then failed before systemd: the next run finds the files converged."""
+    facts = converged(want)
+    owed = {"daemon_reload": True, "restart": [layout.gateway_unit("paper"), "not-ours.service"],
+            "reload": ["haproxy.service"]}
+    facts["markers"][layout.PENDING] = __import__("json").dumps(owed)
+    systemd = _systemd_step(plan(want, facts, Secrets()))
+    assert systemd["daemon_reload"] and systemd["restart"] == [layout.gateway_unit("paper")]
+    assert systemd["reload"] == ["haproxy.service"]
+
+
+def test_changed_files_tell_the_agent_which_actions_they_owe(want):
+    facts = converged(want)
+    facts["paths"][layout.ibc_ini("live")]["sha256"] = "0" * 64
+    result = plan(want, facts, Secrets())
+    (step,) = [s for s in result.steps() if s["kind"] == "file"]
+    assert step["then"]["restart"] == [layout.gateway_unit("live")]
+    assert result.request()["pending"] == layout.PENDING
+
+
+def test_a_symlink_in_place_of_a_seed_file_is_replaced_not_followed(want):
+    facts = converged(want)
+    jts = f"{layout.settings_dir('paper')}/jts.ini"
+    facts["paths"][jts] = {"kind": "link", "mode": 0o777, "owner": "ibkr", "group": "ibkr", "sha256": None}
+    (step,) = [s for s in plan(want, facts, Secrets()).steps() if s["task"] == f"file {jts}"]
+    assert step["kind"] == "file"
+
+
+def test_a_flushed_firewall_table_is_loaded_again(want):
+    if layout.FIREWALL_UNIT not in want.units:
+        pytest.skip("the example host has no firewall")
+    facts = converged(want) | {"firewall": False}
+    assert _systemd_step(plan(want, facts, Secrets()))["reload"] == [layout.FIREWALL_UNIT]
