@@ -87,7 +87,7 @@ class Ibc(Model):
     existing_session_detected_action: Literal["primary", "primaryoverride", "secondary", "manual"] = "primary"
     read_only_api: bool = False
     master_client_id: ClientId | None = None
-    time_zone: str = "America/New_York"
+    time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
 
 
 class Simulator(Model):

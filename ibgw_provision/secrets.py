@@ -37,7 +37,7 @@ def _read(ref: SecretRef) -> str:
         value = os.environ.get(ref.env)
         if not value:
             raise SecretError(f"environment variable {ref.env} is not set")
-        return value
+        return _one_line(value, f"environment variable {ref.env}")
     path = Path(ref.file).expanduser()
     try:
         info = path.stat()
@@ -48,6 +48,13 @@ def _read(ref: SecretRef) -> str:
         raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
     if not value:
         raise SecretError(f"secret file {path} is empty")
+    return _one_line(value, f"secret file {path}")
+
+
+def _one_line(value: str, what: str) -> str:
+    """A line break would let a secret add settings to the file it is written into (config.ini)."""
+    if "\n" in value or "\r" in value:
+        raise SecretError(f"{what} holds a line break; a secret must be one line")
     return value
 
 

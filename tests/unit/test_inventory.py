@@ -201,6 +201,15 @@ class TestSecretReferences:
         secret.chmod(0o600)
         secrets.check(inv)
 
+    def test_a_secret_with_a_line_break_is_refused(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("IBGW_T_USER", "someone")
+        monkeypatch.setenv("IBGW_T_PASS", "pw\nReadOnlyApi=no")
+        inv, _ = self._inventory(tmp_path, "{env: IBGW_T_PASS}")
+        with pytest.raises(InputError) as err:
+            secrets.check(inv)
+        assert "holds a line break" in err.value.problems[0].message
+        assert "ReadOnlyApi" not in str(err.value)
+
     def test_resolved_values_are_masked(self, tmp_path, monkeypatch):
         monkeypatch.setenv("IBGW_T_USER", "someone")
         monkeypatch.setenv("IBGW_T_PASS", "p4ss-w0rd")
