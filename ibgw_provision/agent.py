@@ -47,14 +47,17 @@ class StepError(Exception):
 # ---- facts ---------------------------------------------------------------
 
 def facts(req):
+    paths = {p: stat(p) for p in req["paths"]}  # every file hashed once, here
+    drifted = [p for p, want in req.get("content_unless", {}).items()
+               if (paths.get(p) or {}).get("sha256") not in (want, None)]
     return {
         "python": platform.python_version(),
         "arch": platform.machine(),
         "glibc": platform.libc_ver()[1],
         "packages": packages(req["packages"]),
         "user": user(req["user"]),
-        "paths": {p: stat(p) for p in req["paths"]},
-        "content": {p: read(p) for p, want in req.get("content_unless", {}).items() if sha256_of(p) not in (want, None)},
+        "paths": paths,
+        "content": {p: read(p) for p in drifted},
         "units": {u: unit(u) for u in req["units"]},
         "markers": {p: read(p) for p in req["markers"]},
         "firewall": firewall_loaded() if req.get("firewall") else None,

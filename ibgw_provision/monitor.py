@@ -55,8 +55,9 @@ def sources(host: Host, tables: dict[str, list[dict]], now: float) -> list[Sourc
 
 def owners(host: Host, mode: str, address: str) -> tuple[str, ...]:
     ip = ipaddress.ip_address(address)
+    nets = {c: ipaddress.ip_network(c) for a in host.apps_for(mode) for c in a.sources}
     return tuple(a.name for a in host.apps_for(mode)
-                 if any(ip in ipaddress.ip_network(c) for c in a.sources if ip.version == ipaddress.ip_network(c).version))
+                 if any(nets[c].version == ip.version and ip in nets[c] for c in a.sources))
 
 
 def app_states(host: Host, found: list[Source], gates: dict) -> Iterator[dict]:

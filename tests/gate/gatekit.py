@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import struct
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import yaml
 from ib_async import IB
-from simkit import STEP, LoggedProcess, RawClient, ibapi_client, until
+from simkit import STEP, LoggedProcess, LoopThread, RawClient, ibapi_client, until
 
 from ibgw_provision.gate.audit import query
 from ibgw_provision.gate.config import GateConfig
@@ -50,35 +48,12 @@ def write_config(path, data: dict):
     return path
 
 
-class ErrorLog(logging.Handler):
-    """Collects a logger's error records while attached."""
-
-    def __init__(self, logger: str):
-        super().__init__(logging.ERROR)
-        self.seen: list[str] = []
-        self.logger = logging.getLogger(logger)
-        self.logger.addHandler(self)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(self.format(record))
-
-    def close(self) -> None:
-        self.logger.removeHandler(self)
-        super().close()
-
-
-class RunningGate:
-    """A Gate on its own event loop thread, controlled from synchronous test code.
-
-    `stop` fails the test if the gate logged an error or left an exception unhandled."""
+class RunningGate(LoopThread):
+    """A Gate on its own event loop thread."""
 
     def __init__(self, data: dict):
         self.config = GateConfig.model_validate(data)
-        self.errors = ErrorLog("ibgw.gate")
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_exception_handler(lambda loop, context: self.errors.seen.append(repr(context)))
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__("ibgw.gate")
         self.gate = Gate(self.config)
         self.call(self.gate.start())
 
@@ -86,20 +61,8 @@ class RunningGate:
     def port(self) -> int:
         return self.gate.port
 
-    def call(self, coro, timeout: float = STEP):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.call(self.gate.stop(), timeout=3 * STEP)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(STEP)
-            self.loop.close()
-            self.errors.close()
-        assert not self.errors.seen, f"gate errors: {self.errors.seen}"
+        self.close(self.gate.stop(), "gate")
 
 
 class GateProcess(LoggedProcess):

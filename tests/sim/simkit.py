@@ -41,40 +41,66 @@ async def until(predicate, timeout: float = STEP, message: str = "condition not 
         await asyncio.sleep(0.01)
 
 
-class _Errors(logging.Handler):
-    """Collects the simulator's error log records: each one is a bug a test should see."""
+class ErrorLog(logging.Handler):
+    """Collects a logger's error records while attached: each one is a bug a test should see."""
 
-    def __init__(self):
+    def __init__(self, logger: str):
         super().__init__(logging.ERROR)
         self.seen: list[str] = []
+        self.logger = logging.getLogger(logger)
+        self.logger.addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.seen.append(self.format(record))
 
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        super().close()
 
-class RunningSim:
-    """A SimServer on its own event loop thread, controlled from synchronous test code.
 
-    `stop` fails the test if the simulator logged an error or left an exception unhandled.
+class LoopThread:
+    """An asyncio server on its own event loop thread, driven from synchronous test code.
+
+    `close` fails the test if the server logged an error or left an exception unhandled.
     """
 
-    def __init__(self, **config):
-        config.setdefault("tick_interval", 0.02)
-        self.errors = _Errors()
-        logging.getLogger("ibgw.sim").addHandler(self.errors)
+    def __init__(self, logger: str):
+        self.errors = ErrorLog(logger)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(lambda loop, context: self.errors.seen.append(repr(context)))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+
+    def call(self, coro, timeout: float = STEP):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self, shutdown, what: str) -> None:
+        """Run the `shutdown` coroutine, then stop the loop; once only."""
+        if self.loop.is_closed():
+            shutdown.close()
+            return
+        try:
+            self.call(shutdown, timeout=3 * STEP)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(STEP)
+            self.loop.close()
+            self.errors.close()
+        assert not self.errors.seen, f"{what} errors: {self.errors.seen}"
+
+
+class RunningSim(LoopThread):
+    """A SimServer on its own event loop thread."""
+
+    def __init__(self, **config):
+        config.setdefault("tick_interval", 0.02)
+        super().__init__("ibgw.sim")
         self.server = SimServer(SimConfig(**config))
         self.call(self.server.start())
 
     @property
     def port(self) -> int:
         return self.server.port
-
-    def call(self, coro, timeout: float = STEP):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _shutdown(self) -> None:
         """Stop the server; then, as asyncio.run does, cancel whatever task it left running."""
@@ -85,14 +111,7 @@ class RunningSim:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
-        try:
-            self.call(self._shutdown(), timeout=3 * STEP)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(STEP)
-            self.loop.close()
-            logging.getLogger("ibgw.sim").removeHandler(self.errors)
-        assert not self.errors.seen, f"simulator errors: {self.errors.seen}"
+        self.close(self._shutdown(), "simulator")
 
 
 class Recorder(EWrapper):
