@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .server import Gate
+from .state import GateState
 
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192
@@ -21,7 +19,7 @@ _APP_METRICS = (
 )
 
 
-def render(gate: Gate) -> str:
+def render(gate: GateState) -> str:
     mode = gate.config.mode
     lines = ["# HELP ibgw_gate_halted 1 while the kill switch refuses new orders", "# TYPE ibgw_gate_halted gauge",
              f'ibgw_gate_halted{{mode="{mode}"}} {int(gate.halted)}',
@@ -46,7 +44,7 @@ def _response(status: str, body: str, content_type: str = "text/plain; charset=u
     return head.encode() + data
 
 
-async def _handle(gate: Gate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _handle(gate: GateState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT):
             request = await reader.readuntil(b"\r\n\r\n")
@@ -67,5 +65,5 @@ async def _handle(gate: Gate, reader: asyncio.StreamReader, writer: asyncio.Stre
             await writer.wait_closed()
 
 
-async def serve(gate: Gate, host: str, port: int) -> asyncio.Server:
+async def serve(gate: GateState, host: str, port: int) -> asyncio.Server:
     return await asyncio.start_server(lambda r, w: _handle(gate, r, w), host, port, limit=MAX_REQUEST)

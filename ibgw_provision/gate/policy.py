@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Container
 
+from ..tws.codes import Code
 from .config import App, GateConfig, IPAddress
 from .orders import NEW_ORDERS, OrderRequest
 
 REFUSED = "refused by ibgw gate: "
-CONNECT_FAILED = 502  # ibapi's "Couldn't connect to TWS": the app cannot log on
-CLIENT_ID_IN_USE = 326  # what the gateway itself answers to a duplicate client id
-REQUEST_REFUSED = 321  # "Error validating request", what a read-only API answers to orders
+CONNECT_FAILED = Code.CONNECT_FAIL  # ibapi's "Couldn't connect to TWS": the app cannot log on
+CLIENT_ID_IN_USE = Code.CLIENT_ID_IN_USE  # what the gateway itself answers to a duplicate client id
+REQUEST_REFUSED = Code.REQUEST_VALIDATION_ERROR  # what a read-only API answers to orders
 
 
 def connection_refusal(config: GateConfig, client_id: int, source: IPAddress,

@@ -11,23 +11,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import struct
 import time
-from typing import TYPE_CHECKING
 
-from ..tws import codec
-from ..tws.errors import HandshakeError, MalformedMessage, ProtocolError
-from ..tws.framing import API_PREFIX, MAX_HELLO, frame, parse_hello, parse_server_hello, read_frame
+from ..tws import codec, replies
+from ..tws.errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
+from ..tws.framing import (API_PREFIX, MAX_HELLO, FrameCounter, frame, frame_spans, parse_hello, parse_server_hello,
+                           read_frame)
 from ..tws.messages import Out
-from . import orders, policy, proxy, replies
-from .link import FrameCounter, Link
-
-if TYPE_CHECKING:
-    from .config import App
-    from .server import AppStats, Gate
+from . import orders, policy, proxy
+from .config import App
+from .link import Link
+from .state import AppStats, GateState
 
 log = logging.getLogger("ibgw.gate")
-_LENGTH = struct.Struct(">I")
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -36,7 +32,7 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 class Connection:
-    def __init__(self, gate: Gate, client: Link):
+    def __init__(self, gate: GateState, client: Link):
         self.gate, self.config, self.client = gate, gate.config, client
         host, port = client.transport.get_extra_info("peername")[:2]
         self.source = (_address(host), port)
@@ -198,22 +194,21 @@ class Connection:
     def _scan(self, buffer: bytes) -> tuple[int, int | None]:
         """(end of the frames that pass, end of the order request after them or None);
         (-1, None) after ending the connection on a frame that must not pass."""
-        pos, end = 0, len(buffer)
-        while end - pos >= 4:
-            (size,) = _LENGTH.unpack_from(buffer, pos)
-            if size > self.config.max_frame:
-                self._stop_on(f"refused a frame of {size} bytes (max_frame {self.config.max_frame})")
-                return -1, None
-            frame_end = pos + 4 + size
-            if frame_end > end:
-                break
-            msg_id = self._message_id(buffer, pos + 4, size)
-            if msg_id is None:
-                return -1, None
-            self.stats.messages_in += 1
-            if msg_id in orders.ORDER_REQUESTS:
-                return pos, frame_end
-            pos = frame_end
+        pos = 0
+        try:
+            for start, end in frame_spans(buffer, 0, self.config.max_frame):
+                if end > len(buffer):
+                    break
+                msg_id = self._message_id(buffer, start + 4, end - start - 4)
+                if msg_id is None:
+                    return -1, None
+                self.stats.messages_in += 1
+                if msg_id in orders.ORDER_REQUESTS:
+                    return start, end
+                pos = end
+        except FrameTooLarge as exc:
+            self._stop_on(f"refused a frame of {exc.size} bytes (max_frame {self.config.max_frame})")
+            return -1, None
         return pos, None
 
     def _message_id(self, buffer: bytes, start: int, size: int) -> int | None:
@@ -252,7 +247,7 @@ class Connection:
             order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
             reason = f"unreadable {order.request}: {exc}"
         try:
-            await self.gate.record_order(self, order, reason)
+            await self.gate.record_order(self.audit_id, self.app.name, self.client_id, order, reason)
         except Exception:  # no audit, no order: fail closed
             log.exception("%s: cannot write the audit log; disconnecting", self.who)
             self.end("audit log write failed")
@@ -279,7 +274,7 @@ class Connection:
             self.upstream.close()
         if self.stats is None:
             return
-        self.gate.disconnected(self)
+        self.gate.disconnected(self.client_id, self.app.name, self)
         log.info("%s disconnected: %s", self.who, self.reason)
         if self.audit_id is not None:
             try:

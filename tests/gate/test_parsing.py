@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from ibapi.order_cancel import OrderCancel
 from simkit import contract, ib_async_decode, ibapi_client, ibapi_decode, ibapi_request, order
 
-from ibgw_provision.gate import orders, proxy, replies
-from ibgw_provision.gate.link import FrameCounter
-from ibgw_provision.tws import decode, frame, versions
+from ibgw_provision.gate import orders, proxy
+from ibgw_provision.tws import decode, frame, replies, versions
+from ibgw_provision.tws.framing import FrameCounter
 from ibgw_provision.tws.codec import message_id
 from ibgw_provision.tws.errors import HandshakeError, MalformedMessage
 from ibgw_provision.tws.messages import Out
