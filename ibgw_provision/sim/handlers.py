@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
+from ..tws.codes import Code
 from ..tws.messages import Out
 from . import history
 from .broker import Execution, Margin, Order, OrderRejected, Position, account_values, commission_for
@@ -33,7 +34,7 @@ def _resolve(server: SimServer, session: Session, req_id: int, query: ContractQu
     if len(found) == 1:
         return found[0]
     text = NO_SECURITY if not found else f"The contract description specified for {query.symbol} is ambiguous."
-    session.send(session.encoder.error(req_id, 200, text))
+    session.send(session.encoder.error(req_id, Code.NO_SECURITY_DEFINITION, text))
     return None
 
 
@@ -52,7 +53,7 @@ def _managed_accounts(server: SimServer, session: Session, req: NoArgs) -> None:
 
 
 def _start_api(server: SimServer, session: Session, req: StartApi) -> None:
-    session.send(session.encoder.error(-1, 321, "Error validating request.-'bF' : cause - API already started"))
+    session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR, "Error validating request.-'bF' : cause - API already started"))
 
 
 def _req_ids(server: SimServer, session: Session, req: ReqIds) -> None:
@@ -64,7 +65,7 @@ def _req_ids(server: SimServer, session: Session, req: ReqIds) -> None:
 def _contract_details(server: SimServer, session: Session, req: ReqContractDetails) -> None:
     found = server.universe.find(req.contract)
     if not found:
-        session.send(session.encoder.error(req.req_id, 200, NO_SECURITY))
+        session.send(session.encoder.error(req.req_id, Code.NO_SECURITY_DEFINITION, NO_SECURITY))
         return
     enc = session.encoder
     session.send(b"".join(enc.contract_data(req.req_id, inst) for inst in found) + enc.contract_data_end(req.req_id))
@@ -101,13 +102,13 @@ def _ticks(server: SimServer, session: Session, req_id: int, inst: Instrument, f
 def _mkt_data(server: SimServer, session: Session, req: ReqMktData) -> None:
     enc, snapshot = session.encoder, req.snapshot or req.regulatory_snapshot
     if req.req_id in session.market_data:
-        session.send(enc.error(req.req_id, 322, "Error processing request.-'bW' : cause - Duplicate ticker id"))
+        session.send(enc.error(req.req_id, Code.REQUEST_PROCESSING_ERROR, "Error processing request.-'bW' : cause - Duplicate ticker id"))
         return
     inst = _resolve(server, session, req.req_id, req.contract)
     if inst is None:
         return
     if not snapshot and server.lines_in_use() >= MARKET_DATA_LINES:
-        session.send(enc.error(req.req_id, 101, "Max number of tickers has been reached"))
+        session.send(enc.error(req.req_id, Code.MAX_TICKERS, "Max number of tickers has been reached"))
         return
     head = enc.tick_req_params(req.req_id, inst.min_tick) + enc.market_data_type(req.req_id, 1)
     ticks = _ticks(server, session, req.req_id, inst, full=True)
@@ -120,7 +121,7 @@ def _mkt_data(server: SimServer, session: Session, req: ReqMktData) -> None:
 
 def _cancel_mkt_data(server: SimServer, session: Session, req: Cancel) -> None:
     if session.market_data.pop(req.req_id, None) is None:
-        session.send(session.encoder.error(req.req_id, 300, f"Can't find EId with tickerId:{req.req_id}"))
+        session.send(session.encoder.error(req.req_id, Code.UNKNOWN_TICKER_ID, f"Can't find EId with tickerId:{req.req_id}"))
 
 
 def _cancel_historical_data(server: SimServer, session: Session, req: Cancel) -> None:
@@ -176,7 +177,7 @@ def _what_if(server: SimServer, order: Order) -> Order:
 def _place_order(server: SimServer, session: Session, req: PlaceOrder) -> None:
     enc = session.encoder
     if server.config.read_only:
-        session.send(enc.error(req.order_id, 321, READ_ONLY))
+        session.send(enc.error(req.order_id, Code.REQUEST_VALIDATION_ERROR, READ_ONLY))
         return
     inst = _resolve(server, session, req.order_id, req.contract)
     if inst is None:
@@ -202,14 +203,14 @@ def _cancel(server: SimServer, order: Order) -> None:
     owner = server.sessions.get(order.client_id)
     if owner is not None:
         enc = owner.encoder
-        owner.send(enc.order_status(order) + enc.error(order.order_id, 202, "Order Canceled - reason:"))
+        owner.send(enc.order_status(order) + enc.error(order.order_id, Code.ORDER_CANCELED, "Order Canceled - reason:"))
 
 
 def _cancel_order(server: SimServer, session: Session, req: CancelOrder) -> None:
     order = server.broker.orders.get((session.client_id, req.order_id))
     if order is None or not order.is_open:
         session.send(session.encoder.error(
-            req.order_id, 10147, f"OrderId {req.order_id} that needs to be cancelled is not found."))
+            req.order_id, Code.ORDER_TO_CANCEL_NOT_FOUND, f"OrderId {req.order_id} that needs to be cancelled is not found."))
         return
     _cancel(server, order)
 
@@ -293,7 +294,7 @@ def _account_updates(server: SimServer, session: Session, req: ReqAccountUpdates
         return
     account = req.account or server.accounts[0]
     if account not in server.broker.accounts:
-        session.send(session.encoder.error(-1, 321, f"Error validating request.-'bm' : cause - Invalid account "
+        session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bm' : cause - Invalid account "
                                                     f"code '{account}'"))
         return
     session.account_updates = account
@@ -311,7 +312,7 @@ def _account_updates_multi(server: SimServer, session: Session, req: ReqAccountU
     accounts = [req.account] if req.account and req.account != "All" else list(server.accounts)
     unknown = [a for a in accounts if a not in server.broker.accounts]
     if unknown:
-        session.send(session.encoder.error(req.req_id, 321, f"Error validating request.-'bm' : cause - Invalid "
+        session.send(session.encoder.error(req.req_id, Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bm' : cause - Invalid "
                                                             f"account code '{unknown[0]}'"))
         return
     session.account_multi[req.req_id] = tuple(accounts)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..tws.codes import Code
 from .market import NEW_YORK, TIME_ZONE, Bar
 from .requests import ReqHistoricalData
 
@@ -32,7 +33,7 @@ class HistoryError(Exception):
 
 
 def _invalid(cause: str) -> HistoryError:
-    return HistoryError(321, f"Error validating request.-'bP' : cause - {cause}")
+    return HistoryError(Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bP' : cause - {cause}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def _daily_times(end: datetime, days: int) -> list[datetime]:
 
 def parse_request(req: ReqHistoricalData, now: datetime) -> BarSpec:
     if req.keep_up_to_date:
-        raise HistoryError(162, "Historical Market Data Service error message:keepUpToDate is not supported "
+        raise HistoryError(Code.HISTORICAL_DATA_ERROR, "Historical Market Data Service error message:keepUpToDate is not supported "
                                 "by ibgw sim")
     bar_seconds = BAR_SIZES.get(" ".join(req.bar_size.split()))
     if bar_seconds is None:
@@ -91,7 +92,7 @@ def parse_request(req: ReqHistoricalData, now: datetime) -> BarSpec:
     daily = bar_seconds >= DAY
     count = math.ceil(seconds / (RTH_SECONDS if req.use_rth else EXTENDED_SECONDS)) if daily else seconds // bar_seconds
     if count > MAX_BARS:  # also keeps one request from stalling the gateway
-        raise HistoryError(162, "Historical Market Data Service error message:Time length exceed max.")
+        raise HistoryError(Code.HISTORICAL_DATA_ERROR, "Historical Market Data Service error message:Time length exceed max.")
     if daily:
         return BarSpec(_daily_times(end, count), bar_seconds, end)
     if count == 0:

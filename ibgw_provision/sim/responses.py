@@ -8,7 +8,6 @@ written the way the Java server writes them (Double.MAX_VALUE, Integer.MAX_VALUE
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable
@@ -17,7 +16,7 @@ from ibapi.protobuf import (AccountDataEnd_pb2, AccountSummaryEnd_pb2, AccountSu
                             AccountUpdateMulti_pb2, AccountUpdateTime_pb2, AccountValue_pb2,
                             CommissionAndFeesReport_pb2, CompletedOrder_pb2, CompletedOrdersEnd_pb2,
                             ContractDataEnd_pb2, ContractData_pb2, ContractDetails_pb2, Contract_pb2,
-                            CurrentTimeInMillis_pb2, CurrentTime_pb2, ErrorMessage_pb2, ExecutionDetailsEnd_pb2,
+                            CurrentTimeInMillis_pb2, CurrentTime_pb2, ExecutionDetailsEnd_pb2,
                             ExecutionDetails_pb2, Execution_pb2, HistoricalDataBar_pb2, HistoricalDataEnd_pb2,
                             HistoricalData_pb2, ManagedAccounts_pb2, MarketDataType_pb2, NextValidId_pb2,
                             OpenOrder_pb2, OpenOrdersEnd_pb2, OrderState_pb2, OrderStatus_pb2, Order_pb2,
@@ -25,6 +24,7 @@ from ibapi.protobuf import (AccountDataEnd_pb2, AccountSummaryEnd_pb2, AccountSu
                             SecDefOptParameter_pb2, TickOptionComputation_pb2, TickPrice_pb2, TickReqParams_pb2,
                             TickSize_pb2, TickSnapshotEnd_pb2)
 
+from ..tws import replies
 from ..tws import versions as V
 from ..tws.codec import encode_protobuf, encode_text
 from ..tws.fields import UNSET_DOUBLE, UNSET_DOUBLE_TEXT, UNSET_INTEGER
@@ -108,15 +108,7 @@ class Encoder:
     # ---- connection ------------------------------------------------------------------------
 
     def error(self, req_id: int, code: int, text: str, advanced_json: str = "") -> bytes:
-        millis = int(time.time() * 1000)
-        if In.ERR_MSG in self._protobuf:
-            pb = ErrorMessage_pb2.ErrorMessage(id=req_id, errorTime=millis, errorCode=code, errorMsg=text)
-            if advanced_json:
-                pb.advancedOrderRejectJson = advanced_json
-            return self._pb(In.ERR_MSG, pb)
-        if self.version >= V.ERROR_TIME:
-            return self._text(In.ERR_MSG, (req_id, code, text, advanced_json, millis))
-        return self._text(In.ERR_MSG, (2, req_id, code, text, *self._since(V.ADVANCED_ORDER_REJECT, advanced_json)))
+        return replies.error(self.version, req_id, code, text, advanced_json)
 
     def managed_accounts(self, accounts: Iterable[str]) -> bytes:
         joined = ",".join(accounts)

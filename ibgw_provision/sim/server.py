@@ -6,6 +6,7 @@ import asyncio
 import logging
 from datetime import datetime
 
+from ..tws.codes import Code
 from . import handlers
 from .broker import Broker
 from .config import MAX_CLIENTS, MIN_VERSION, SimConfig
@@ -16,9 +17,9 @@ from .universe import Universe
 log = logging.getLogger("ibgw.sim")
 
 FARM_NOTICES = (
-    (2104, "Market data farm connection is OK:usfarm"),
-    (2106, "HMDS data farm connection is OK:ushmds"),
-    (2158, "Sec-def data farm connection is OK:secdefnj"),
+    (Code.MARKET_DATA_FARM_OK, "Market data farm connection is OK:usfarm"),
+    (Code.HISTORICAL_DATA_FARM_OK, "HMDS data farm connection is OK:ushmds"),
+    (Code.SEC_DEF_FARM_OK, "Sec-def data farm connection is OK:secdefnj"),
 )
 REOPEN_RETRY = 1.0
 DUPLICATE_CLIENT_ID = "Unable to connect as the client id is already in use. Retry with a unique client id."
@@ -91,7 +92,7 @@ class SimServer:
         holder = self.sessions.get(client_id)
         if holder is not None and not holder.closed:
             log.warning("client id %d from %s refused: already in use", client_id, session.peer)
-            session.send(session.encoder.error(-1, 326, DUPLICATE_CLIENT_ID))
+            session.send(session.encoder.error(-1, Code.CLIENT_ID_IN_USE, DUPLICATE_CLIENT_ID))
             return False
         session.client_id = client_id
         self.sessions[client_id] = session

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import versions
 from .codec import decode, encode_text
+from .codes import Code, is_notice
 from .errors import ProtocolError
 from .fields import FieldReader
 from .framing import MAX_HELLO, Hello, parse_server_hello, read_frame
@@ -20,12 +21,7 @@ from .messages import In, Out
 
 PROBE_MAX_VERSION = versions.PROTOBUF - 1
 START_API_VERSION = 2
-CONNECT_FAIL = 502  # the code ibapi reports when it cannot connect
-
-
-def is_notice(code: int) -> bool:
-    """Informational codes (farm status 2104/2106/2158 and the other 21xx warnings)."""
-    return 2100 <= code < 2200
+CONNECT_FAIL = Code.CONNECT_FAIL  # the code ibapi reports when it cannot connect
 
 
 @dataclass(frozen=True)
