@@ -18,12 +18,43 @@ import errno
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
+from typing import Collection, Protocol, Sized
 
 from .. import control
+from .config import SimConfig
 
-if TYPE_CHECKING:
-    from .server import SimServer
+
+class Delaying(Protocol):
+    @property
+    def delayed(self) -> int: ...
+
+
+class Controls(Protocol):
+    """What the admin commands need of the simulator."""
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    @property
+    def latency(self) -> float: ...
+
+    @property
+    def listening(self) -> bool: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def connections(self) -> Collection[Delaying]: ...
+
+    @property
+    def sessions(self) -> Sized: ...
+
+    def lines_in_use(self) -> int: ...
+
+    def set_latency(self, seconds: float) -> None: ...
+
+    async def restart(self, downtime: float) -> None: ...
 
 
 def _seconds(text: str, scale: float = 1.0) -> float:
@@ -33,7 +64,7 @@ def _seconds(text: str, scale: float = 1.0) -> float:
     return value
 
 
-async def execute(server: SimServer, line: str) -> str:
+async def execute(server: Controls, line: str) -> str:
     """Run one admin command; the reply starts with 'ok' or 'error'."""
     words = line.split()
     try:
@@ -57,7 +88,7 @@ async def execute(server: SimServer, line: str) -> str:
     return f"ok restarting, down for {downtime:g}s"
 
 
-async def serve(server: SimServer, path: str) -> asyncio.Server:
+async def serve(server: Controls, path: str) -> asyncio.Server:
     """Listen for admin commands on the Unix socket `path` (owner-only), replacing a stale socket there."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):

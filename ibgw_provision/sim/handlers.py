@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from ..tws.codes import Code
 from ..tws.messages import Out
 from . import history
-from .broker import Execution, Margin, Order, OrderRejected, Position, account_values, commission_for
-from .market import NEW_YORK
+from .broker import Broker, Execution, Margin, Order, OrderRejected, Position, account_values, commission_for
+from .config import SimConfig
+from .market import NEW_YORK, Market
 from .requests import (Cancel, CancelOrder, NoArgs, PlaceOrder, ReqAccountSummary, ReqAccountUpdates,
                        ReqAccountUpdatesMulti, ReqAutoOpenOrders, ReqCompletedOrders, ReqContractDetails,
                        ReqExecutions, ReqHistoricalData, ReqIds, ReqMarketDataType, ReqMktData, ReqSecDefOptParams,
                        StartApi)
-from .universe import ContractQuery, Instrument
-
-if TYPE_CHECKING:
-    from .server import SimServer
-    from .session import Session
+from .session import Session
+from .universe import ContractQuery, Instrument, Universe
 
 MARKET_DATA_LINES = 100
 SEC_DEF_EXCHANGES = ("SMART", "CBOE")
@@ -28,7 +26,24 @@ NO_SECURITY = "No security definition has been found for the request"
 READ_ONLY = "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode."
 
 
-def _resolve(server: SimServer, session: Session, req_id: int, query: ContractQuery) -> Instrument | None:
+class Simulator(Protocol):
+    """What the handlers need of the simulated gateway: its state, not its listener."""
+
+    universe: Universe
+    market: Market
+    broker: Broker
+    sessions: dict[int, Session]  # logged-on clients by client id
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    @property
+    def accounts(self) -> tuple[str, ...]: ...
+
+    def lines_in_use(self) -> int: ...
+
+
+def _resolve(server: Simulator, session: Session, req_id: int, query: ContractQuery) -> Instrument | None:
     """The single instrument a request names, or None after sending error 200."""
     found = server.universe.find(query)
     if len(found) == 1:
@@ -40,29 +55,29 @@ def _resolve(server: SimServer, session: Session, req_id: int, query: ContractQu
 
 # ---- connection-level requests -----------------------------------------------------------------
 
-def _current_time(server: SimServer, session: Session, req: NoArgs) -> None:
+def _current_time(server: Simulator, session: Session, req: NoArgs) -> None:
     session.send(session.encoder.current_time(int(time.time())))
 
 
-def _current_time_millis(server: SimServer, session: Session, req: NoArgs) -> None:
+def _current_time_millis(server: Simulator, session: Session, req: NoArgs) -> None:
     session.send(session.encoder.current_time_millis(int(time.time() * 1000)))
 
 
-def _managed_accounts(server: SimServer, session: Session, req: NoArgs) -> None:
+def _managed_accounts(server: Simulator, session: Session, req: NoArgs) -> None:
     session.send(session.encoder.managed_accounts(server.accounts))
 
 
-def _start_api(server: SimServer, session: Session, req: StartApi) -> None:
+def _start_api(server: Simulator, session: Session, req: StartApi) -> None:
     session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR, "Error validating request.-'bF' : cause - API already started"))
 
 
-def _req_ids(server: SimServer, session: Session, req: ReqIds) -> None:
+def _req_ids(server: Simulator, session: Session, req: ReqIds) -> None:
     session.send(session.encoder.next_valid_id(server.broker.next_order_id))
 
 
 # ---- contracts -----------------------------------------------------------------------------------
 
-def _contract_details(server: SimServer, session: Session, req: ReqContractDetails) -> None:
+def _contract_details(server: Simulator, session: Session, req: ReqContractDetails) -> None:
     found = server.universe.find(req.contract)
     if not found:
         session.send(session.encoder.error(req.req_id, Code.NO_SECURITY_DEFINITION, NO_SECURITY))
@@ -71,7 +86,7 @@ def _contract_details(server: SimServer, session: Session, req: ReqContractDetai
     session.send(b"".join(enc.contract_data(req.req_id, inst) for inst in found) + enc.contract_data_end(req.req_id))
 
 
-def _sec_def_opt_params(server: SimServer, session: Session, req: ReqSecDefOptParams) -> None:
+def _sec_def_opt_params(server: Simulator, session: Session, req: ReqSecDefOptParams) -> None:
     enc, under = session.encoder, server.universe.underlying(req.underlying_symbol, req.underlying_con_id)
     out = []
     if under is not None and req.underlying_sec_type.upper() in ("STK", ""):
@@ -83,7 +98,7 @@ def _sec_def_opt_params(server: SimServer, session: Session, req: ReqSecDefOptPa
 
 # ---- market data ---------------------------------------------------------------------------------
 
-def _ticks(server: SimServer, session: Session, req_id: int, inst: Instrument, full: bool) -> bytes:
+def _ticks(server: Simulator, session: Session, req_id: int, inst: Instrument, full: bool) -> bytes:
     """Quote ticks for one line; `full` adds the day's high, low and close."""
     enc, quote = session.encoder, server.market.quote(inst)
     out = [enc.tick_price(req_id, BID, quote.bid, quote.bid_size),
@@ -99,7 +114,7 @@ def _ticks(server: SimServer, session: Session, req_id: int, inst: Instrument, f
     return b"".join(out)
 
 
-def _mkt_data(server: SimServer, session: Session, req: ReqMktData) -> None:
+def _mkt_data(server: Simulator, session: Session, req: ReqMktData) -> None:
     enc, snapshot = session.encoder, req.snapshot or req.regulatory_snapshot
     if req.req_id in session.market_data:
         session.send(enc.error(req.req_id, Code.REQUEST_PROCESSING_ERROR, "Error processing request.-'bW' : cause - Duplicate ticker id"))
@@ -119,20 +134,20 @@ def _mkt_data(server: SimServer, session: Session, req: ReqMktData) -> None:
     session.send(head + ticks)
 
 
-def _cancel_mkt_data(server: SimServer, session: Session, req: Cancel) -> None:
+def _cancel_mkt_data(server: Simulator, session: Session, req: Cancel) -> None:
     if session.market_data.pop(req.req_id, None) is None:
         session.send(session.encoder.error(req.req_id, Code.UNKNOWN_TICKER_ID, f"Can't find EId with tickerId:{req.req_id}"))
 
 
-def _cancel_historical_data(server: SimServer, session: Session, req: Cancel) -> None:
+def _cancel_historical_data(server: Simulator, session: Session, req: Cancel) -> None:
     """Bars go out whole at request time, so nothing is left running to cancel."""
 
 
-def _market_data_type(server: SimServer, session: Session, req: ReqMarketDataType) -> None:
+def _market_data_type(server: Simulator, session: Session, req: ReqMarketDataType) -> None:
     """Live data is always available, so every line reports type 1 (real-time) whatever was asked."""
 
 
-def _historical_data(server: SimServer, session: Session, req: ReqHistoricalData) -> None:
+def _historical_data(server: Simulator, session: Session, req: ReqHistoricalData) -> None:
     inst = _resolve(server, session, req.req_id, req.contract)
     if inst is None:
         return
@@ -154,14 +169,14 @@ def _send_open_orders(session: Session, orders: list[Order]) -> None:
     session.send(b"".join(enc.open_order(o) + enc.order_status(o) for o in orders) + enc.open_order_end())
 
 
-def _new_order(server: SimServer, session: Session, req: PlaceOrder, inst: Instrument) -> Order:
+def _new_order(server: Simulator, session: Session, req: PlaceOrder, inst: Instrument) -> Order:
     account = req.account or server.accounts[0]
     return Order(session.client_id, req.order_id, 0, inst, req.action, req.quantity, req.order_type, req.lmt_price,
                  req.tif or "DAY", account, req.order_ref, req.oca_group, req.outside_rth, req.parent_id,
                  what_if=req.what_if)
 
 
-def _what_if(server: SimServer, order: Order) -> Order:
+def _what_if(server: Simulator, order: Order) -> Order:
     """A what-if order: margin impact and commission estimate, never placed."""
     values = _values(server, order.account)
     init, maint, equity = (float(values[k][0]) for k in ("InitMarginReq", "MaintMarginReq", "EquityWithLoanValue"))
@@ -174,7 +189,7 @@ def _what_if(server: SimServer, order: Order) -> Order:
     return order
 
 
-def _place_order(server: SimServer, session: Session, req: PlaceOrder) -> None:
+def _place_order(server: Simulator, session: Session, req: PlaceOrder) -> None:
     enc = session.encoder
     if server.config.read_only:
         session.send(enc.error(req.order_id, Code.REQUEST_VALIDATION_ERROR, READ_ONLY))
@@ -198,7 +213,7 @@ def _place_order(server: SimServer, session: Session, req: PlaceOrder) -> None:
         _publish_fill(server, execution)
 
 
-def _cancel(server: SimServer, order: Order) -> None:
+def _cancel(server: Simulator, order: Order) -> None:
     server.broker.cancel(order.client_id, order.order_id)
     owner = server.sessions.get(order.client_id)
     if owner is not None:
@@ -206,7 +221,7 @@ def _cancel(server: SimServer, order: Order) -> None:
         owner.send(enc.order_status(order) + enc.error(order.order_id, Code.ORDER_CANCELED, "Order Canceled - reason:"))
 
 
-def _cancel_order(server: SimServer, session: Session, req: CancelOrder) -> None:
+def _cancel_order(server: Simulator, session: Session, req: CancelOrder) -> None:
     order = server.broker.orders.get((session.client_id, req.order_id))
     if order is None or not order.is_open:
         session.send(session.encoder.error(
@@ -215,30 +230,30 @@ def _cancel_order(server: SimServer, session: Session, req: CancelOrder) -> None
     _cancel(server, order)
 
 
-def _open_orders(server: SimServer, session: Session, req: NoArgs) -> None:
+def _open_orders(server: Simulator, session: Session, req: NoArgs) -> None:
     _send_open_orders(session, server.broker.open_orders(session.client_id))
 
 
-def _all_open_orders(server: SimServer, session: Session, req: NoArgs) -> None:
+def _all_open_orders(server: Simulator, session: Session, req: NoArgs) -> None:
     _send_open_orders(session, server.broker.open_orders())
 
 
-def _global_cancel(server: SimServer, session: Session, req: NoArgs) -> None:
+def _global_cancel(server: Simulator, session: Session, req: NoArgs) -> None:
     for order in server.broker.open_orders():
         _cancel(server, order)
 
 
-def _auto_open_orders(server: SimServer, session: Session, req: ReqAutoOpenOrders) -> None:
+def _auto_open_orders(server: Simulator, session: Session, req: ReqAutoOpenOrders) -> None:
     """Binding manual TWS orders to client 0: there are no manual orders in the simulator."""
 
 
-def _completed_orders(server: SimServer, session: Session, req: ReqCompletedOrders) -> None:
+def _completed_orders(server: Simulator, session: Session, req: ReqCompletedOrders) -> None:
     enc = session.encoder
     session.send(b"".join(enc.completed_order(o) for o in server.broker.completed_orders())
                  + enc.completed_orders_end())
 
 
-def _executions(server: SimServer, session: Session, req: ReqExecutions) -> None:
+def _executions(server: Simulator, session: Session, req: ReqExecutions) -> None:
     enc = session.encoder
 
     def wanted(e: Execution) -> bool:
@@ -253,7 +268,7 @@ def _executions(server: SimServer, session: Session, req: ReqExecutions) -> None
                  + enc.exec_details_end(req.req_id))
 
 
-def _publish_fill(server: SimServer, execution: Execution) -> None:
+def _publish_fill(server: Simulator, execution: Execution) -> None:
     """A fill goes to the order's client; the position change goes to every subscriber."""
     order = execution.order
     owner = server.sessions.get(order.client_id)
@@ -276,11 +291,11 @@ def _publish_fill(server: SimServer, execution: Execution) -> None:
 
 # ---- accounts ------------------------------------------------------------------------------------
 
-def _values(server: SimServer, account: str) -> dict[str, tuple[str, str]]:
+def _values(server: Simulator, account: str) -> dict[str, tuple[str, str]]:
     return account_values(server.broker.accounts[account], lambda inst: server.market.quote(inst).last)
 
 
-def _account_update(server: SimServer, session: Session, *positions: Position) -> bytes:
+def _account_update(server: Simulator, session: Session, *positions: Position) -> bytes:
     enc, account = session.encoder, session.account_updates
     values = [enc.account_value(key, value, currency, account) for key, (value, currency) in
               _values(server, account).items()]
@@ -288,7 +303,7 @@ def _account_update(server: SimServer, session: Session, *positions: Position) -
     return b"".join(values + portfolio) + enc.account_time(datetime.now(NEW_YORK).strftime("%H:%M"))
 
 
-def _account_updates(server: SimServer, session: Session, req: ReqAccountUpdates) -> None:
+def _account_updates(server: Simulator, session: Session, req: ReqAccountUpdates) -> None:
     if not req.subscribe:
         session.account_updates = None
         return
@@ -302,13 +317,13 @@ def _account_updates(server: SimServer, session: Session, req: ReqAccountUpdates
     session.send(_account_update(server, session, *held) + session.encoder.account_download_end(account))
 
 
-def _account_multi(server: SimServer, session: Session, req_id: int, account: str) -> bytes:
+def _account_multi(server: Simulator, session: Session, req_id: int, account: str) -> bytes:
     enc = session.encoder
     return b"".join(enc.account_update_multi(req_id, account, key, value, currency)
                     for key, (value, currency) in _values(server, account).items())
 
 
-def _account_updates_multi(server: SimServer, session: Session, req: ReqAccountUpdatesMulti) -> None:
+def _account_updates_multi(server: Simulator, session: Session, req: ReqAccountUpdatesMulti) -> None:
     accounts = [req.account] if req.account and req.account != "All" else list(server.accounts)
     unknown = [a for a in accounts if a not in server.broker.accounts]
     if unknown:
@@ -320,23 +335,23 @@ def _account_updates_multi(server: SimServer, session: Session, req: ReqAccountU
                  + session.encoder.account_update_multi_end(req.req_id))
 
 
-def _positions(server: SimServer, session: Session, req: NoArgs) -> None:
+def _positions(server: Simulator, session: Session, req: NoArgs) -> None:
     session.positions_subscribed = True
     enc = session.encoder
     session.send(b"".join(enc.position(p) for p in server.broker.positions()) + enc.position_end())
 
 
-def _cancel_positions(server: SimServer, session: Session, req: NoArgs) -> None:
+def _cancel_positions(server: Simulator, session: Session, req: NoArgs) -> None:
     session.positions_subscribed = False
 
 
-def _summary(server: SimServer, session: Session, req_id: int, tags: frozenset[str], accounts) -> bytes:
+def _summary(server: Simulator, session: Session, req_id: int, tags: frozenset[str], accounts) -> bytes:
     return b"".join(session.encoder.account_summary(req_id, account, tag, value, currency)
                     for account in accounts for tag, (value, currency) in _values(server, account).items()
                     if tag in tags)
 
 
-def _account_summary(server: SimServer, session: Session, req: ReqAccountSummary) -> None:
+def _account_summary(server: Simulator, session: Session, req: ReqAccountSummary) -> None:
     """The requested tags for every account, then updates whenever a fill changes them."""
     tags = frozenset(t.strip() for t in req.tags.split(","))
     session.account_summaries[req.req_id] = tags
@@ -344,11 +359,11 @@ def _account_summary(server: SimServer, session: Session, req: ReqAccountSummary
                  + session.encoder.account_summary_end(req.req_id))
 
 
-def _cancel_account_summary(server: SimServer, session: Session, req: Cancel) -> None:
+def _cancel_account_summary(server: Simulator, session: Session, req: Cancel) -> None:
     session.account_summaries.pop(req.req_id, None)
 
 
-def _cancel_account_updates_multi(server: SimServer, session: Session, req: Cancel) -> None:
+def _cancel_account_updates_multi(server: Simulator, session: Session, req: Cancel) -> None:
     session.account_multi.pop(req.req_id, None)
 
 
@@ -371,11 +386,11 @@ _HANDLERS: dict[Out, Callable] = {
 HANDLED = frozenset(_HANDLERS)
 
 
-def handle(server: SimServer, session: Session, msg_id: int, request: object) -> None:
+def handle(server: Simulator, session: Session, msg_id: int, request: object) -> None:
     _HANDLERS[msg_id](server, session, request)
 
 
-def market_step(server: SimServer) -> None:
+def market_step(server: Simulator) -> None:
     """After prices move: fill resting orders that became marketable, then stream every line."""
     for order in server.broker.open_orders():
         execution = server.broker.fill(order, server.market.quote(order.instrument))

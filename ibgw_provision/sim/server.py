@@ -111,6 +111,9 @@ class SimServer:
     def handle(self, session: Session, msg_id: int, request: object) -> None:
         handlers.handle(self, session, msg_id, request)
 
+    def versions(self) -> tuple[int, int]:
+        return self.min_version, self.config.max_version
+
     def connection_time(self) -> str:
         return datetime.now().astimezone().strftime("%Y%m%d %H:%M:%S %Z")
 
