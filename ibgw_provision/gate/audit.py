@@ -78,7 +78,7 @@ class AuditLog:
 
     def _commit(self, sql: str, params: tuple) -> int:
         with self._db:
-            return self._db.execute(sql, params).lastrowid
+            return self._db.execute(sql, params).lastrowid or 0  # rowids start at 1
 
     async def _write(self, sql: str, params: tuple) -> int:
         """Run one statement and commit it (fsync'd) on the writer thread; the new row id."""

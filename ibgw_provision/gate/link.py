@@ -8,12 +8,13 @@ straight to `sink` as received: no buffering, no copy.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Callable, cast
 
 
 class Link(asyncio.Protocol):
+    transport: asyncio.Transport  # set once connected, before anything else uses the link
+
     def __init__(self, on_made: Callable[[Link], None] | None = None, buffer_limit: int = 1 << 20):
-        self.transport: asyncio.Transport | None = None
         self.on_made = on_made
         self.on_lost: Callable[[], None] = lambda: None
         self.on_pause: Callable[[], None] = lambda: None  # our outgoing buffer is full: stop feeding us
@@ -28,7 +29,7 @@ class Link(asyncio.Protocol):
     # ---- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         if self.on_made is not None:
             self.on_made(self)
 

@@ -12,7 +12,7 @@ from ..tws import requests
 from ..tws.codec import Message
 from ..tws.messages import Out
 
-ORDER_REQUESTS = {Out.PLACE_ORDER: "placeOrder", Out.CANCEL_ORDER: "cancelOrder",
+ORDER_REQUESTS: dict[int, str] = {Out.PLACE_ORDER: "placeOrder", Out.CANCEL_ORDER: "cancelOrder",
                   Out.REQ_GLOBAL_CANCEL: "reqGlobalCancel", Out.EXERCISE_OPTIONS: "exerciseOptions"}
 NEW_ORDERS = frozenset({"placeOrder", "exerciseOptions"})  # what the kill switch stops; cancels still pass
 EXERCISE_ACTIONS = {requests.EXERCISE: "EXERCISE", requests.LAPSE: "LAPSE"}

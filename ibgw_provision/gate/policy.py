@@ -36,9 +36,10 @@ def order_refusal(app: App, halted: bool, order: OrderRequest) -> str | None:
         return "trading is halted (ibgw gate halt); no new orders until ibgw gate resume"
     if order.request != "placeOrder":
         return None
-    if app.max_order_quantity is not None and order.quantity > app.max_order_quantity:
-        return f"quantity {order.quantity} is above app {app.name}'s limit of {app.max_order_quantity}"
-    if app.max_order_quantity is not None and order.quantity <= 0:
+    quantity = order.quantity or 0  # placeOrder always has one
+    if app.max_order_quantity is not None and quantity > app.max_order_quantity:
+        return f"quantity {quantity} is above app {app.name}'s limit of {app.max_order_quantity}"
+    if app.max_order_quantity is not None and quantity <= 0:
         # A cash-quantity order has no share quantity: its size cannot be held to the limit.
         return f"app {app.name} has a quantity limit: an order must give a positive quantity (not cashQty)"
     if app.allowed_sec_types is not None and order.sec_type.upper() not in app.allowed_sec_types:

@@ -77,7 +77,10 @@ class Order:
         if price <= 0:
             return None
         if self.order_type == "LMT":
-            marketable = price <= self.lmt_price if self.action == "BUY" else price >= self.lmt_price
+            limit = self.lmt_price
+            if limit is None:  # validation refuses such an order
+                return None
+            marketable = price <= limit if self.action == "BUY" else price >= limit
             return price if marketable else None
         return price
 
@@ -175,15 +178,19 @@ class Broker:
 
     def validate(self, order: Order) -> None:
         if order.order_type not in SUPPORTED_ORDER_TYPES:
-            raise OrderRejected(Code.UNSUPPORTED_ORDER_TYPE, "Unsupported order type for this exchange and security type.")
+            raise OrderRejected(Code.UNSUPPORTED_ORDER_TYPE,
+                                "Unsupported order type for this exchange and security type.")
         if order.action not in ("BUY", "SELL"):
-            raise OrderRejected(Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bN' : cause - Invalid side: {order.action}")
+            raise OrderRejected(Code.REQUEST_VALIDATION_ERROR,
+                                f"Error validating request.-'bN' : cause - Invalid side: {order.action}")
         if not order.quantity.is_finite() or order.quantity <= 0:
             raise OrderRejected(Code.ZERO_ORDER_SIZE, "The order size cannot be zero.")
         if order.order_type == "LMT" and not (order.lmt_price and math.isfinite(order.lmt_price)):
-            raise OrderRejected(Code.REQUEST_VALIDATION_ERROR, "Error validating request.-'bN' : cause - The limit price is missing.")
+            raise OrderRejected(Code.REQUEST_VALIDATION_ERROR,
+                                "Error validating request.-'bN' : cause - The limit price is missing.")
         if order.account not in self.accounts:
-            raise OrderRejected(Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bN' : cause - Unknown account {order.account}")
+            raise OrderRejected(Code.REQUEST_VALIDATION_ERROR,
+                                f"Error validating request.-'bN' : cause - Unknown account {order.account}")
 
     def _modify(self, existing: Order, new: Order) -> Order:
         if not existing.is_open:
@@ -219,7 +226,8 @@ class Broker:
     def cancel(self, client_id: int, order_id: int) -> Order:
         order = self.orders.get((client_id, order_id))
         if order is None or not order.is_open:
-            raise OrderRejected(Code.ORDER_TO_CANCEL_NOT_FOUND, f"OrderId {order_id} that needs to be cancelled is not found.")
+            raise OrderRejected(Code.ORDER_TO_CANCEL_NOT_FOUND,
+                                f"OrderId {order_id} that needs to be cancelled is not found.")
         order.status = "Cancelled"
         order.completed_time = _stamp(datetime.now(NEW_YORK))
         return order

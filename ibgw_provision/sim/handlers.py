@@ -68,7 +68,8 @@ def _managed_accounts(server: Simulator, session: Session, req: NoArgs) -> None:
 
 
 def _start_api(server: Simulator, session: Session, req: StartApi) -> None:
-    session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR, "Error validating request.-'bF' : cause - API already started"))
+    session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR,
+                                       "Error validating request.-'bF' : cause - API already started"))
 
 
 def _req_ids(server: Simulator, session: Session, req: ReqIds) -> None:
@@ -117,7 +118,8 @@ def _ticks(server: Simulator, session: Session, req_id: int, inst: Instrument, f
 def _mkt_data(server: Simulator, session: Session, req: ReqMktData) -> None:
     enc, snapshot = session.encoder, req.snapshot or req.regulatory_snapshot
     if req.req_id in session.market_data:
-        session.send(enc.error(req.req_id, Code.REQUEST_PROCESSING_ERROR, "Error processing request.-'bW' : cause - Duplicate ticker id"))
+        session.send(enc.error(req.req_id, Code.REQUEST_PROCESSING_ERROR,
+                               "Error processing request.-'bW' : cause - Duplicate ticker id"))
         return
     inst = _resolve(server, session, req.req_id, req.contract)
     if inst is None:
@@ -136,7 +138,8 @@ def _mkt_data(server: Simulator, session: Session, req: ReqMktData) -> None:
 
 def _cancel_mkt_data(server: Simulator, session: Session, req: Cancel) -> None:
     if session.market_data.pop(req.req_id, None) is None:
-        session.send(session.encoder.error(req.req_id, Code.UNKNOWN_TICKER_ID, f"Can't find EId with tickerId:{req.req_id}"))
+        session.send(session.encoder.error(req.req_id, Code.UNKNOWN_TICKER_ID,
+                                           f"Can't find EId with tickerId:{req.req_id}"))
 
 
 def _cancel_historical_data(server: Simulator, session: Session, req: Cancel) -> None:
@@ -171,7 +174,7 @@ def _send_open_orders(session: Session, orders: list[Order]) -> None:
 
 def _new_order(server: Simulator, session: Session, req: PlaceOrder, inst: Instrument) -> Order:
     account = req.account or server.accounts[0]
-    return Order(session.client_id, req.order_id, 0, inst, req.action, req.quantity, req.order_type, req.lmt_price,
+    return Order(session.client, req.order_id, 0, inst, req.action, req.quantity, req.order_type, req.lmt_price,
                  req.tif or "DAY", account, req.order_ref, req.oca_group, req.outside_rth, req.parent_id,
                  what_if=req.what_if)
 
@@ -222,10 +225,11 @@ def _cancel(server: Simulator, order: Order) -> None:
 
 
 def _cancel_order(server: Simulator, session: Session, req: CancelOrder) -> None:
-    order = server.broker.orders.get((session.client_id, req.order_id))
+    order = server.broker.orders.get((session.client, req.order_id))
     if order is None or not order.is_open:
         session.send(session.encoder.error(
-            req.order_id, Code.ORDER_TO_CANCEL_NOT_FOUND, f"OrderId {req.order_id} that needs to be cancelled is not found."))
+            req.order_id, Code.ORDER_TO_CANCEL_NOT_FOUND,
+            f"OrderId {req.order_id} that needs to be cancelled is not found."))
         return
     _cancel(server, order)
 
@@ -281,7 +285,7 @@ def _publish_fill(server: Simulator, execution: Execution) -> None:
         if session.positions_subscribed:
             session.send(session.encoder.position(position))
         if session.account_updates == order.account:
-            session.send(_account_update(server, session, position))
+            session.send(_account_update(server, session, order.account, position))
         for req_id, accounts in session.account_multi.items():
             if order.account in accounts:
                 session.send(_account_multi(server, session, req_id, order.account))
@@ -295,8 +299,8 @@ def _values(server: Simulator, account: str) -> dict[str, tuple[str, str]]:
     return account_values(server.broker.accounts[account], lambda inst: server.market.quote(inst).last)
 
 
-def _account_update(server: Simulator, session: Session, *positions: Position) -> bytes:
-    enc, account = session.encoder, session.account_updates
+def _account_update(server: Simulator, session: Session, account: str, *positions: Position) -> bytes:
+    enc = session.encoder
     values = [enc.account_value(key, value, currency, account) for key, (value, currency) in
               _values(server, account).items()]
     portfolio = [enc.portfolio_value(p, server.market.quote(p.instrument).last) for p in positions]
@@ -309,12 +313,12 @@ def _account_updates(server: Simulator, session: Session, req: ReqAccountUpdates
         return
     account = req.account or server.accounts[0]
     if account not in server.broker.accounts:
-        session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bm' : cause - Invalid account "
-                                                    f"code '{account}'"))
+        session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR,
+                                           f"Error validating request.-'bm' : cause - Invalid account code '{account}'"))
         return
     session.account_updates = account
     held = list(server.broker.accounts[account].positions.values())
-    session.send(_account_update(server, session, *held) + session.encoder.account_download_end(account))
+    session.send(_account_update(server, session, account, *held) + session.encoder.account_download_end(account))
 
 
 def _account_multi(server: Simulator, session: Session, req_id: int, account: str) -> bytes:
@@ -327,7 +331,8 @@ def _account_updates_multi(server: Simulator, session: Session, req: ReqAccountU
     accounts = [req.account] if req.account and req.account != "All" else list(server.accounts)
     unknown = [a for a in accounts if a not in server.broker.accounts]
     if unknown:
-        session.send(session.encoder.error(req.req_id, Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bm' : cause - Invalid "
+        session.send(session.encoder.error(req.req_id, Code.REQUEST_VALIDATION_ERROR,
+                                           f"Error validating request.-'bm' : cause - Invalid "
                                                             f"account code '{unknown[0]}'"))
         return
     session.account_multi[req.req_id] = tuple(accounts)
@@ -369,7 +374,7 @@ def _cancel_account_updates_multi(server: Simulator, session: Session, req: Canc
 
 # ---- dispatch and the market clock -----------------------------------------------------------------
 
-_HANDLERS: dict[Out, Callable] = {
+_HANDLERS: dict[int, Callable] = {
     Out.START_API: _start_api, Out.REQ_CURRENT_TIME: _current_time,
     Out.REQ_CURRENT_TIME_IN_MILLIS: _current_time_millis, Out.REQ_MANAGED_ACCTS: _managed_accounts,
     Out.REQ_IDS: _req_ids, Out.REQ_CONTRACT_DATA: _contract_details, Out.REQ_SEC_DEF_OPT_PARAMS: _sec_def_opt_params,

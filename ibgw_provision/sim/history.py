@@ -73,7 +73,8 @@ def _duration_seconds(duration: str, use_rth: bool) -> int:
 
 
 def _daily_times(end: datetime, days: int) -> list[datetime]:
-    times, day = [], end.replace(hour=0, minute=0, second=0, microsecond=0)
+    times: list[datetime] = []
+    day = end.replace(hour=0, minute=0, second=0, microsecond=0)
     while len(times) < days:
         if day.weekday() < 5:
             times.append(day)
@@ -83,7 +84,8 @@ def _daily_times(end: datetime, days: int) -> list[datetime]:
 
 def parse_request(req: ReqHistoricalData, now: datetime) -> BarSpec:
     if req.keep_up_to_date:
-        raise HistoryError(Code.HISTORICAL_DATA_ERROR, "Historical Market Data Service error message:keepUpToDate is not supported "
+        raise HistoryError(Code.HISTORICAL_DATA_ERROR,
+                           "Historical Market Data Service error message:keepUpToDate is not supported "
                                 "by ibgw sim")
     bar_seconds = BAR_SIZES.get(" ".join(req.bar_size.split()))
     if bar_seconds is None:
@@ -92,7 +94,8 @@ def parse_request(req: ReqHistoricalData, now: datetime) -> BarSpec:
     daily = bar_seconds >= DAY
     count = math.ceil(seconds / (RTH_SECONDS if req.use_rth else EXTENDED_SECONDS)) if daily else seconds // bar_seconds
     if count > MAX_BARS:  # also keeps one request from stalling the gateway
-        raise HistoryError(Code.HISTORICAL_DATA_ERROR, "Historical Market Data Service error message:Time length exceed max.")
+        raise HistoryError(Code.HISTORICAL_DATA_ERROR,
+                           "Historical Market Data Service error message:Time length exceed max.")
     if daily:
         return BarSpec(_daily_times(end, count), bar_seconds, end)
     if count == 0:

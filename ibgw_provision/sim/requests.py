@@ -1,7 +1,8 @@
 """Client requests the simulator understands, read from text fields or from ibapi's protobuf messages.
 
-START_API and the order requests are read by `tws.requests`, as the gate reads them. Other text layouts follow ibapi's EClient (and ib_async's Client, which agrees) for server versions
-157..212; protobuf layouts are ibapi's `*Request` messages, which it sends from the version
+START_API and the order requests are read by `tws.requests`, as the gate reads them. Other text layouts
+follow ibapi's EClient (and ib_async's Client, which agrees) for server versions 157..212; protobuf layouts
+are ibapi's `*Request` messages, which it sends from the version
 `tws.versions.PROTOBUF_REQUEST_SINCE` gives.
 """
 
@@ -238,17 +239,17 @@ _TextParser = Callable[[int, FieldReader], object]
 _Entry = tuple[_TextParser, type, Callable]
 
 
-def _no_args(msg_id: Out, proto_type: type) -> dict[Out, _Entry]:
+def _no_args(msg_id: Out, proto_type: type) -> dict[int, _Entry]:
     """The table entry of a request that carries nothing the simulator reads."""
     return {msg_id: (lambda version, r: NoArgs(msg_id), proto_type, lambda pb: NoArgs(msg_id))}
 
 
-def _cancel(msg_id: Out, proto_type: type) -> dict[Out, _Entry]:
+def _cancel(msg_id: Out, proto_type: type) -> dict[int, _Entry]:
     """The table entry of a cancel carrying its message version and a request id."""
     return {msg_id: (_versioned(lambda r: Cancel(msg_id, r.int())), proto_type, lambda pb: Cancel(msg_id, pb.reqId))}
 
 
-_PARSERS: dict[Out, _Entry] = {
+_PARSERS: dict[int, _Entry] = {
     **_no_args(Out.REQ_CURRENT_TIME, CurrentTimeRequest_pb2.CurrentTimeRequest),
     **_no_args(Out.REQ_CURRENT_TIME_IN_MILLIS, CurrentTimeInMillisRequest_pb2.CurrentTimeInMillisRequest),
     Out.REQ_IDS: (_versioned(lambda r: ReqIds(r.int())), IdsRequest_pb2.IdsRequest, lambda pb: ReqIds(pb.numIds)),

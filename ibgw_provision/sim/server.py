@@ -80,6 +80,7 @@ class SimServer:
             writer.close()
             return
         session, handler = Session(self, reader, writer), asyncio.current_task()
+        assert handler is not None  # start_server runs each client in its own task
         self.connections.add(session)
         self._handlers.add(handler)
         try:

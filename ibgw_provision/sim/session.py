@@ -194,14 +194,17 @@ class Session:
             msg_id = message.msg_id
             request = requests.parse(self.version, message)
         except MalformedMessage as exc:
-            self.send(self.encoder.error(-1, Code.REQUEST_READ_ERROR, f"Error reading request. Message id {msg_id}. {exc}"))
+            self.send(self.encoder.error(-1, Code.REQUEST_READ_ERROR,
+                                         f"Error reading request. Message id {msg_id}. {exc}"))
             return
         except requests.UnsupportedRequest as exc:
             self.send(self.encoder.error(
-                -1, Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)"))
+                -1, Code.REQUEST_VALIDATION_ERROR,
+                f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)"))
             return
         try:
             self.server.handle(self, msg_id, request)
         except Exception:  # a bug in one handler must not take the gateway down
             log.exception("client %s: failed to handle %r", self.client_id, request)
-            self.send(self.encoder.error(-1, Code.REQUEST_READ_ERROR, f"Error reading request. Message id {msg_id}. Internal error"))
+            self.send(self.encoder.error(-1, Code.REQUEST_READ_ERROR,
+                                         f"Error reading request. Message id {msg_id}. Internal error"))

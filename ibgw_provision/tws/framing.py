@@ -7,11 +7,10 @@ a 4-byte big-endian length, then the payload (see `codec`).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from .errors import FrameTooLarge, HandshakeError
 
@@ -78,7 +77,13 @@ class FrameCounter:
         return frames
 
 
-async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes:
+class ByteReader(Protocol):
+    """What frames are read from: an asyncio.StreamReader, or anything with its readexactly."""
+
+    async def readexactly(self, n: int, /) -> bytes: ...
+
+
+async def read_frame(reader: ByteReader, max_size: int = MAX_FRAME) -> bytes:
     """Read one frame; asyncio.IncompleteReadError at end of stream, FrameTooLarge on a huge prefix."""
     (size,) = _HEADER.unpack(await reader.readexactly(4))
     if size > max_size:

@@ -10,7 +10,7 @@ object. Anything unreadable raises MalformedMessage.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, TypeVar
 
@@ -264,7 +264,7 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     outside_rth = r.bool()
     r.skip()  # hidden
     legs = _combo_legs(r) if contract.sec_type == "BAG" else ()
-    contract = Contract(*_head(contract), sec_id_type, sec_id, legs)
+    contract = replace(contract, sec_id_type=sec_id_type, sec_id=sec_id, combo_legs=legs)
     what_if = _skip_middle(version, r, order_type)
     _skip_to_cash_qty(version, r, order_type)
     cash_qty = _price(r.float(None)) if version >= versions.CASH_QTY else None
@@ -272,13 +272,6 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     return PlaceOrder(order_id, contract, action, total_quantity, order_type, lmt_price, aux_price, tif, oca_group,
                       account, order_ref, transmit, parent_id, outside_rth, what_if, cash_qty,
                       unread_fields=r.remaining())
-
-
-def _head(contract: Contract) -> tuple:
-    """The 12 fields `read_contract` reads."""
-    c = contract
-    return (c.con_id, c.symbol, c.sec_type, c.last_trade_date, c.strike, c.right, c.multiplier, c.exchange,
-            c.primary_exchange, c.currency, c.local_symbol, c.trading_class)
 
 
 def _pb_place_order(pb: Any) -> PlaceOrder:

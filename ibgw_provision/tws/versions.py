@@ -139,8 +139,8 @@ def _invert(groups: dict) -> dict:
     return {msg_id: version for version, ids in groups.items() for msg_id in ids}
 
 
-PROTOBUF_REQUEST_SINCE: dict[Out, int] = _invert(_REQUEST_GROUPS)
-PROTOBUF_RESPONSE_SINCE: dict[In, int] = _invert(_RESPONSE_GROUPS)
+PROTOBUF_REQUEST_SINCE: dict[int, int] = _invert(_REQUEST_GROUPS)  # Out -> version
+PROTOBUF_RESPONSE_SINCE: dict[int, int] = _invert(_RESPONSE_GROUPS)  # In -> version
 _NEVER = 1 << 30
 
 
