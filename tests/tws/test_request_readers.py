@@ -59,18 +59,19 @@ def test_start_api(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_place_order_every_field(version):
     cash = version >= versions.CASH_QTY
-    aapl = contract("AAPL", conId=265598, primaryExchange="NASDAQ", localSymbol="AAPL", tradingClass="NMS",
-                    secIdType="ISIN", secId="US0378331005")
+    call = contract("AAPL", "OPT", conId=265598, lastTradeDateOrContractMonth="20300117", strike=200.0, right="C",
+                    multiplier="100", primaryExchange="CBOE", localSymbol="AAPL  300117C00200000",
+                    tradingClass="AAPL", secIdType="ISIN", secId="US0378331005")
     placed = read(version, lambda c: c.placeOrder(
-        42, aapl, _order(version, "SELL", "2.5", "LMT", lmtPrice=601.25, auxPrice=1.5, tif="GTC", ocaGroup="g",
+        42, call, _order(version, "SELL", "2.5", "LMT", lmtPrice=601.25, auxPrice=1.5, tif="GTC", ocaGroup="g",
                          account="DU1", orderRef="ref", transmit=False, parentId=41, outsideRth=True, whatIf=True,
-                         **({"cashQty": 1000.0} if cash else {}))))
+                         clientId=9, **({"cashQty": 1000.0} if cash else {}))))
     quantity = Decimal("2.5") if version >= versions.FRACTIONAL_POSITIONS else Decimal(2)
-    contract_read = R.Contract(265598, "AAPL", "STK", "", 0.0, "", "", "SMART", "NASDAQ", "USD", "AAPL", "NMS",
-                               "ISIN", "US0378331005")
+    contract_read = R.Contract(265598, "AAPL", "OPT", "20300117", 200.0, "C", "100", "SMART", "CBOE", "USD",
+                               "AAPL  300117C00200000", "AAPL", "ISIN", "US0378331005")
     protobuf = versions.request_is_protobuf(version, Out.PLACE_ORDER)
     assert placed == R.PlaceOrder(42, contract_read, "SELL", quantity, "LMT", 601.25, 1.5, "GTC", "g", "DU1", "ref",
-                                  False, 41, True, True, 1000.0 if cash else None, 0 if protobuf else None)
+                                  False, 41, True, True, 1000.0 if cash else None, 9 if protobuf else None)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
