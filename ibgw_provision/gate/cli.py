@@ -50,7 +50,6 @@ async def _serve(config: GateConfig) -> None:
 
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
     switching: set[asyncio.Task] = set()
-    gate: Gate  # not the click group of that name
 
     def switch(halted: bool, by: str) -> None:
         task = loop.create_task(gate.set_halted(halted, by))

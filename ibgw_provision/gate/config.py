@@ -11,19 +11,14 @@ from decimal import Decimal
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Mapping
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from .. import yamlsrc
 from ..errors import InputError
+from ..constrained import ClientId, Mode, Name
 from ..tws.framing import MAX_HELLO
-
-# The same constraints the inventory checks before it renders a gate config; the gate checks them again
-# on its own, without importing the inventory.
-Mode = Literal["paper", "live"]
-ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network

@@ -21,7 +21,6 @@ import sys
 from typing import Collection, Protocol, Sized
 
 from .. import control
-from .config import SimConfig
 
 
 class Delaying(Protocol):
@@ -33,7 +32,7 @@ class Controls(Protocol):
     """What the admin commands need of the simulator."""
 
     @property
-    def config(self) -> SimConfig: ...
+    def restart_downtime(self) -> float: ...
 
     @property
     def latency(self) -> float: ...
@@ -70,7 +69,7 @@ async def execute(server: Controls, line: str) -> str:
     try:
         match words:
             case ["restart"]:
-                downtime = server.config.restart_downtime
+                downtime = server.restart_downtime
             case ["restart", seconds]:
                 downtime = _seconds(seconds)
             case ["latency", millis]:

@@ -76,7 +76,7 @@ async def _run(config: SimConfig, admin_socket: str | None) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
-        if control is not None and admin_socket:
+        if control is not None:
             control.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(admin_socket)

@@ -49,6 +49,10 @@ class SimServer:
         return self.config.account_names
 
     @property
+    def restart_downtime(self) -> float:
+        return self.config.restart_downtime
+
+    @property
     def listening(self) -> bool:
         return self._listener is not None
 
