@@ -1,7 +1,7 @@
 from decimal import Decimal
 
 import pytest
-from ibapi import comm, errors
+from ibapi import comm
 from ibapi.common import getServerVersionForMessage
 from ibapi.decoder import Decoder
 from ibapi.message import IN, OUT
@@ -10,7 +10,6 @@ from ibapi.wrapper import EWrapper
 
 from ibgw_provision.tws import (UNSET_DOUBLE, FieldReader, In, MalformedMessage, Out, decode, encode_fields,
                                 encode_protobuf, encode_text, split_fields, versions)
-from ibgw_provision.tws.codes import Code, is_notice
 
 
 def test_message_ids_match_ibapi():
@@ -82,8 +81,3 @@ def test_every_response_with_a_protobuf_decoder_has_a_switch_version():
     decoder = Decoder(EWrapper(), versions.LATEST)
     assert set(decoder.msgId2handleInfoProtoBuf) == set(versions.PROTOBUF_RESPONSE_SINCE)
     assert all(versions.PROTOBUF <= v <= versions.LATEST for v in versions.PROTOBUF_RESPONSE_SINCE.values())
-
-
-def test_named_codes_agree_with_ibapi():
-    assert (Code.CONNECT_FAIL, Code.NOT_CONNECTED) == (errors.CONNECT_FAIL.code(), errors.NOT_CONNECTED.code())
-    assert is_notice(Code.MARKET_DATA_FARM_OK) and not is_notice(Code.CLIENT_ID_IN_USE)

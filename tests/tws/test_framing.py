@@ -5,7 +5,6 @@ from ibapi import comm
 
 from ibgw_provision.tws import (API_PREFIX, FrameTooLarge, HandshakeError, Hello, encode_server_hello, frame,
                                 negotiate, parse_hello, parse_server_hello, read_frame, unframe)
-from ibgw_provision.tws.framing import FrameCounter, frame_spans
 
 
 def test_frame_matches_ibapi_length_prefix():
@@ -82,18 +81,3 @@ def test_read_frame_refuses_an_oversized_length_and_reports_truncation():
         asyncio.run(oversized())
     with pytest.raises(asyncio.IncompleteReadError):
         asyncio.run(truncated())
-
-
-def test_frame_spans_include_a_last_frame_that_runs_past_the_buffer():
-    data = frame(b"one") + frame(b"three")
-    assert list(frame_spans(data + data[:6])) == [(0, 7), (7, 16), (16, 23)]
-    assert list(frame_spans(data, pos=7)) == [(7, 16)]
-    with pytest.raises(FrameTooLarge) as caught:
-        list(frame_spans(data + frame(b"x" * 10), max_size=9))
-    assert (caught.value.size, caught.value.limit) == (10, 9)
-
-
-def test_frame_counter_counts_frames_split_inside_a_length_prefix():
-    data = frame(b"one") + frame(b"") + frame(b"three")
-    counter = FrameCounter()
-    assert [counter.feed(data[:2]), counter.feed(data[2:9]), counter.feed(data[9:])] == [0, 1, 2]
