@@ -51,8 +51,9 @@ class GateState:
             del self.connected[client_id]
             self.stats[app].connected = False
 
-    async def record_order(self, audit_id: int, app: str, client_id: int, order: OrderRequest,
-                           reason: str | None) -> None:
+    async def record_order(
+        self, audit_id: int, app: str, client_id: int, order: OrderRequest, reason: str | None
+    ) -> None:
         """Commit the order request and the decision on it to the audit log."""
         await self.audit.order(audit_id, app, client_id, order, reason)
         stats = self.stats[app]
@@ -65,5 +66,9 @@ class GateState:
         """The kill switch: while on, new orders are refused. Persisted before this returns."""
         self.halted = halted
         await self.audit.set_halted(halted)
-        log.warning("kill switch %s by %s: %s", "ON" if halted else "OFF", by,
-                    "new orders are refused" if halted else "orders pass again")
+        log.warning(
+            "kill switch %s by %s: %s",
+            "ON" if halted else "OFF",
+            by,
+            "new orders are refused" if halted else "orders pass again",
+        )

@@ -27,7 +27,8 @@ from ..tws.codec import Message
 from ..tws.errors import MalformedMessage
 from ..tws.fields import FieldReader
 from ..tws.messages import Out
-from ..tws.requests import CancelOrder, StartApi
+from ..tws.requests import CancelOrder as CancelOrder  # re-exported: the handlers take them from here
+from ..tws.requests import StartApi as StartApi
 from .universe import ContractQuery
 
 

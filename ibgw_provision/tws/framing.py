@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from .errors import FrameTooLarge, HandshakeError
 
@@ -68,8 +69,9 @@ class FrameCounter:
                 return 0
             self._header = b""
             pos, frames = take + _HEADER.unpack(header)[0], 1
-        for _, pos in frame_spans(data, pos, ANY_SIZE):
+        for _, end in frame_spans(data, pos, ANY_SIZE):
             frames += 1
+            pos = end
         if pos < len(data):
             self._header, self._owed = bytes(data[pos:]), 0
         else:

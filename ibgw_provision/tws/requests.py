@@ -10,14 +10,20 @@ object. Anything unreadable raises MalformedMessage.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as Protobuf
-from ibapi.protobuf import (CancelOrderRequest_pb2, ExerciseOptionsRequest_pb2, GlobalCancelRequest_pb2,
-                            PlaceOrderRequest_pb2, StartApiRequest_pb2)
+from ibapi.protobuf import (
+    CancelOrderRequest_pb2,
+    ExerciseOptionsRequest_pb2,
+    GlobalCancelRequest_pb2,
+    PlaceOrderRequest_pb2,
+    StartApiRequest_pb2,
+)
 
 from . import versions
 from .codec import Message
@@ -27,7 +33,14 @@ from .messages import Out
 
 EXERCISE, LAPSE = 1, 2  # exerciseOptions actions
 COMPETE_AGAINST_BEST_UP_TO_MID = math.inf  # the competeAgainstBestOffset that adds the mid offsets
-_CONDITION_FIELDS = {1: 5, 3: 2, 4: 2, 5: 3, 6: 4, 7: 4}  # order condition type -> its fields after the connector
+_CONDITION_FIELDS = {
+    1: 5,
+    3: 2,
+    4: 2,
+    5: 3,
+    6: 4,
+    7: 4,
+}  # order condition type -> its fields after the connector
 _P = TypeVar("_P", bound=Protobuf)
 
 
@@ -112,6 +125,7 @@ class ExerciseOptions:
 
 # ---- shared pieces ---------------------------------------------------------------------------
 
+
 def protobuf(message: Message, proto_type: type[_P]) -> _P:
     """The protobuf body of `message` as `proto_type`."""
     try:
@@ -139,20 +153,47 @@ def _price(value: float | None) -> float | None:
 def read_contract(r: FieldReader) -> Contract:
     """conId, symbol, secType, lastTradeDate, strike, right, multiplier, exchange, primaryExch, currency,
     localSymbol, tradingClass: the contract prefix of most text requests."""
-    return Contract(r.int(), r.str(), r.str(), r.str(), r.float() or 0.0, r.str(), r.str(), r.str(), r.str(),
-                    r.str(), r.str(), r.str())
+    return Contract(
+        r.int(),
+        r.str(),
+        r.str(),
+        r.str(),
+        r.float() or 0.0,
+        r.str(),
+        r.str(),
+        r.str(),
+        r.str(),
+        r.str(),
+        r.str(),
+        r.str(),
+    )
 
 
 def contract_from_pb(pb: Any) -> Contract:
     """A protobuf Contract (ibapi.protobuf.Contract_pb2)."""
     multiplier = f"{pb.multiplier:g}" if pb.HasField("multiplier") else ""
     legs = tuple(ComboLeg(leg.conId, leg.ratio, leg.action, leg.exchange) for leg in pb.comboLegs)
-    return Contract(pb.conId, pb.symbol, pb.secType, pb.lastTradeDateOrContractMonth, pb.strike, pb.right,
-                    multiplier, pb.exchange, pb.primaryExch, pb.currency, pb.localSymbol, pb.tradingClass,
-                    pb.secIdType, pb.secId, legs)
+    return Contract(
+        pb.conId,
+        pb.symbol,
+        pb.secType,
+        pb.lastTradeDateOrContractMonth,
+        pb.strike,
+        pb.right,
+        multiplier,
+        pb.exchange,
+        pb.primaryExch,
+        pb.currency,
+        pb.localSymbol,
+        pb.tradingClass,
+        pb.secIdType,
+        pb.secId,
+        legs,
+    )
 
 
 # ---- START_API -------------------------------------------------------------------------------
+
 
 def read_start_api(version: int, message: Message) -> StartApi:
     if message.protobuf:
@@ -164,6 +205,7 @@ def read_start_api(version: int, message: Message) -> StartApi:
 
 
 # ---- placeOrder ------------------------------------------------------------------------------
+
 
 def _combo_legs(r: FieldReader) -> tuple[ComboLeg, ...]:
     """A BAG's legs, then the order's per-leg prices and smart combo routing params (skipped)."""
@@ -190,7 +232,9 @@ def _skip_conditions(r: FieldReader) -> None:
 
 def _skip_middle(version: int, r: FieldReader, order_type: str) -> bool:
     """The fields between `hidden` (after the legs) and `whatIf`; whatIf."""
-    r.skip(7 if version >= versions.FA_PROFILE_DESUPPORT else 8)  # "", discretionaryAmt .. faPercentage[, faProfile]
+    r.skip(
+        7 if version >= versions.FA_PROFILE_DESUPPORT else 8
+    )  # "", discretionaryAmt .. faPercentage[, faProfile]
     if version >= versions.MODELS_SUPPORT:
         r.skip()  # modelCode
     r.skip(21)  # shortSaleSlot .. overridePercentageConstraints, volatility, volatilityType
@@ -226,10 +270,19 @@ def _skip_to_cash_qty(version: int, r: FieldReader, order_type: str) -> None:
         r.skip(2)  # softDollarTier name, value
 
 
-_TAIL = ((versions.DECISION_MAKER, 2), (versions.MIFID_EXECUTION, 2), (versions.AUTO_PRICE_FOR_HEDGE, 1),
-         (versions.ORDER_CONTAINER, 1), (versions.D_PEG_ORDERS, 1), (versions.PRICE_MGMT_ALGO, 1),
-         (versions.DURATION, 1), (versions.POST_TO_ATS, 1), (versions.AUTO_CANCEL_PARENT, 1),
-         (versions.ADVANCED_ORDER_REJECT, 1), (versions.MANUAL_ORDER_TIME, 1))  # mifid2 .. manualOrderTime
+_TAIL = (
+    (versions.DECISION_MAKER, 2),
+    (versions.MIFID_EXECUTION, 2),
+    (versions.AUTO_PRICE_FOR_HEDGE, 1),
+    (versions.ORDER_CONTAINER, 1),
+    (versions.D_PEG_ORDERS, 1),
+    (versions.PRICE_MGMT_ALGO, 1),
+    (versions.DURATION, 1),
+    (versions.POST_TO_ATS, 1),
+    (versions.AUTO_CANCEL_PARENT, 1),
+    (versions.ADVANCED_ORDER_REJECT, 1),
+    (versions.MANUAL_ORDER_TIME, 1),
+)  # mifid2 .. manualOrderTime
 
 
 def _skip_tail(version: int, r: FieldReader, contract: Contract, order_type: str) -> None:
@@ -244,8 +297,13 @@ def _skip_tail(version: int, r: FieldReader, contract: Contract, order_type: str
             mid_offsets = r.float() == COMPETE_AGAINST_BEST_UP_TO_MID
         if mid_offsets:
             r.skip(2)  # midOffsetAtWhole, midOffsetAtHalf
-    since = ((versions.CUSTOMER_ACCOUNT, 1), (versions.PROFESSIONAL_CUSTOMER, 1), (versions.INCLUDE_OVERNIGHT, 1),
-             (versions.CME_TAGGING_FIELDS, 1), (versions.IMBALANCE_ONLY, 1))
+    since = (
+        (versions.CUSTOMER_ACCOUNT, 1),
+        (versions.PROFESSIONAL_CUSTOMER, 1),
+        (versions.INCLUDE_OVERNIGHT, 1),
+        (versions.CME_TAGGING_FIELDS, 1),
+        (versions.IMBALANCE_ONLY, 1),
+    )
     rfq = 2 if versions.RFQ_FIELDS <= version < versions.UNDO_RFQ_FIELDS else 0
     r.skip(rfq + sum(count for since_version, count in since if version >= since_version))
 
@@ -269,9 +327,25 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     _skip_to_cash_qty(version, r, order_type)
     cash_qty = _price(r.float(None)) if version >= versions.CASH_QTY else None
     _skip_tail(version, r, contract, order_type)
-    return PlaceOrder(order_id, contract, action, total_quantity, order_type, lmt_price, aux_price, tif, oca_group,
-                      account, order_ref, transmit, parent_id, outside_rth, what_if, cash_qty,
-                      unread_fields=r.remaining())
+    return PlaceOrder(
+        order_id,
+        contract,
+        action,
+        total_quantity,
+        order_type,
+        lmt_price,
+        aux_price,
+        tif,
+        oca_group,
+        account,
+        order_ref,
+        transmit,
+        parent_id,
+        outside_rth,
+        what_if,
+        cash_qty,
+        unread_fields=r.remaining(),
+    )
 
 
 def _pb_place_order(pb: Any) -> PlaceOrder:
@@ -281,10 +355,25 @@ def _pb_place_order(pb: Any) -> PlaceOrder:
     def optional(name: str) -> Any:
         return getattr(o, name) if o.HasField(name) else None
 
-    return PlaceOrder(pb.orderId, contract_from_pb(pb.contract), o.action, quantity(o.totalQuantity), o.orderType,
-                      _price(optional("lmtPrice")), _price(optional("auxPrice")), o.tif, o.ocaGroup, o.account,
-                      o.orderRef, o.transmit, o.parentId, o.outsideRth, o.whatIf,
-                      _price(optional("cashQty")), optional("clientId"))
+    return PlaceOrder(
+        pb.orderId,
+        contract_from_pb(pb.contract),
+        o.action,
+        quantity(o.totalQuantity),
+        o.orderType,
+        _price(optional("lmtPrice")),
+        _price(optional("auxPrice")),
+        o.tif,
+        o.ocaGroup,
+        o.account,
+        o.orderRef,
+        o.transmit,
+        o.parentId,
+        o.outsideRth,
+        o.whatIf,
+        _price(optional("cashQty")),
+        optional("clientId"),
+    )
 
 
 def read_place_order(version: int, message: Message) -> PlaceOrder:
@@ -294,6 +383,7 @@ def read_place_order(version: int, message: Message) -> PlaceOrder:
 
 
 # ---- cancels -------------------------------------------------------------------------------
+
 
 def read_cancel_order(version: int, message: Message) -> CancelOrder:
     if message.protobuf:
@@ -314,36 +404,62 @@ def read_global_cancel(version: int, message: Message) -> GlobalCancel:
 
 # ---- exerciseOptions -------------------------------------------------------------------------
 
+
 def _text_exercise(version: int, r: FieldReader) -> ExerciseOptions:
     r.skip()  # message version
     order_id = r.int()
     con_id, symbol, sec_type, last_trade_date, strike = r.int(), r.str(), r.str(), r.str(), r.float() or 0.0
     right, multiplier, exchange, currency, local_symbol, trading_class = (r.str() for _ in range(6))
-    contract = Contract(con_id, symbol, sec_type, last_trade_date, strike, right, multiplier, exchange, "", currency,
-                        local_symbol, trading_class)
+    contract = Contract(
+        con_id,
+        symbol,
+        sec_type,
+        last_trade_date,
+        strike,
+        right,
+        multiplier,
+        exchange,
+        "",
+        currency,
+        local_symbol,
+        trading_class,
+    )
     action, amount, account, override = r.int(), r.int(), r.str(), r.bool()
     manual_time = r.str() if version >= versions.MANUAL_ORDER_TIME_EXERCISE_OPTIONS else ""
     customer = r.str() if version >= versions.CUSTOMER_ACCOUNT else ""
     professional = r.bool() if version >= versions.PROFESSIONAL_CUSTOMER else False
-    return ExerciseOptions(order_id, contract, action, amount, account, override, manual_time, customer, professional)
+    return ExerciseOptions(
+        order_id, contract, action, amount, account, override, manual_time, customer, professional
+    )
 
 
 def read_exercise_options(version: int, message: Message) -> ExerciseOptions:
     if not message.protobuf:
         return _text_exercise(version, FieldReader(message.fields()))
     pb = protobuf(message, ExerciseOptionsRequest_pb2.ExerciseOptionsRequest)
-    return ExerciseOptions(pb.orderId, contract_from_pb(pb.contract), pb.exerciseAction, pb.exerciseQuantity,
-                           pb.account, pb.override, pb.manualOrderTime, pb.customerAccount, pb.professionalCustomer)
+    return ExerciseOptions(
+        pb.orderId,
+        contract_from_pb(pb.contract),
+        pb.exerciseAction,
+        pb.exerciseQuantity,
+        pb.account,
+        pb.override,
+        pb.manualOrderTime,
+        pb.customerAccount,
+        pb.professionalCustomer,
+    )
 
 
 Request = StartApi | PlaceOrder | CancelOrder | GlobalCancel | ExerciseOptions
 READERS: dict[int, Callable[[int, Message], Request]] = {
-    Out.START_API: read_start_api, Out.PLACE_ORDER: read_place_order, Out.CANCEL_ORDER: read_cancel_order,
-    Out.REQ_GLOBAL_CANCEL: read_global_cancel, Out.EXERCISE_OPTIONS: read_exercise_options,
+    Out.START_API: read_start_api,
+    Out.PLACE_ORDER: read_place_order,
+    Out.CANCEL_ORDER: read_cancel_order,
+    Out.REQ_GLOBAL_CANCEL: read_global_cancel,
+    Out.EXERCISE_OPTIONS: read_exercise_options,
 }
 
 
 def read(version: int, message: Message) -> Request:
     """The request in `message` (an id in READERS), in whichever encoding it came."""
     return READERS[message.msg_id](version, message)
-

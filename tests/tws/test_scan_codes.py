@@ -24,5 +24,8 @@ def test_frame_counter_counts_frames_split_inside_a_length_prefix():
 
 
 def test_named_codes_agree_with_ibapi():
-    assert (Code.CONNECT_FAIL, Code.NOT_CONNECTED) == (errors.CONNECT_FAIL.code(), errors.NOT_CONNECTED.code())
+    assert (Code.CONNECT_FAIL, Code.NOT_CONNECTED) == (
+        errors.CONNECT_FAIL.code(),
+        errors.NOT_CONNECTED.code(),
+    )
     assert is_notice(Code.MARKET_DATA_FARM_OK) and not is_notice(Code.CLIENT_ID_IN_USE)

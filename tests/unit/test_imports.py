@@ -9,7 +9,18 @@ import ibgw_provision
 PACKAGE = Path(ibgw_provision.__file__).parent
 # What sim/ and gate/ must never import, directly or through another module: the inventory, the
 # provisioning engine and observation, in the package layout and in today's flat modules.
-FORBIDDEN = ("inventory", "provision", "observe", "plan", "state", "render", "transport", "agent", "health", "monitor")
+FORBIDDEN = (
+    "inventory",
+    "provision",
+    "observe",
+    "plan",
+    "state",
+    "render",
+    "transport",
+    "agent",
+    "health",
+    "monitor",
+)
 SERVERS = ("ibgw_provision.sim", "ibgw_provision.gate")
 
 
@@ -30,7 +41,7 @@ def _targets(node: ast.AST, module: str, is_package: bool, modules: dict[str, Pa
         return []
     if node.level:
         base = module.split(".")
-        base = base[:len(base) - node.level + (1 if is_package else 0)]
+        base = base[: len(base) - node.level + (1 if is_package else 0)]
         source = ".".join(base + ([node.module] if node.module else []))
     else:
         source = node.module or ""
@@ -46,8 +57,12 @@ def import_graph() -> dict[str, set[str]]:
     for module, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
         is_package = path.name == "__init__.py"
-        graph[module] = {target for node in ast.walk(tree)
-                         for target in _targets(node, module, is_package, modules) if target != module}
+        graph[module] = {
+            target
+            for node in ast.walk(tree)
+            for target in _targets(node, module, is_package, modules)
+            if target != module
+        }
     return graph
 
 
@@ -61,7 +76,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (found := visit(target)):
                 return found
         path.pop()
@@ -84,8 +99,10 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 
 def _forbidden(module: str) -> bool:
-    return any(module == f"ibgw_provision.{name}" or module.startswith(f"ibgw_provision.{name}.")
-               for name in FORBIDDEN)
+    return any(
+        module == f"ibgw_provision.{name}" or module.startswith(f"ibgw_provision.{name}.")
+        for name in FORBIDDEN
+    )
 
 
 def test_the_graph_sees_type_checking_and_relative_imports():
