@@ -8,7 +8,8 @@ straight to `sink` as received: no buffering, no copy.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, cast
+from collections.abc import Callable
+from typing import cast
 
 
 class Link(asyncio.Protocol):

@@ -18,7 +18,8 @@ import errno
 import os
 import stat
 import sys
-from typing import Collection, Protocol, Sized
+from collections.abc import Collection, Sized
+from typing import Protocol
 
 from .. import control
 

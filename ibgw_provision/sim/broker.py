@@ -250,7 +250,7 @@ def account_values(account: Account, mark) -> dict[str, tuple[str, str]]:
     """Account tags -> (value, currency), marking positions with `mark(instrument) -> price`."""
     held = [p for p in account.positions.values() if p.quantity]
     values = [float(p.quantity) * mark(p.instrument) * p.instrument.size_multiplier for p in held]
-    unrealized = sum(v - float(p.quantity) * p.avg_cost for v, p in zip(values, held))
+    unrealized = sum(v - float(p.quantity) * p.avg_cost for v, p in zip(values, held, strict=True))
     gross = sum(abs(v) for v in values)
     net_liq = account.cash + sum(values)
     margin = 0.25 * gross

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..tws.codes import Code
@@ -55,7 +55,7 @@ def parse_end(text: str, now: datetime) -> datetime:
     if not match:
         raise _invalid(f"End date/time: invalid format {text!r}")
     try:
-        zone = timezone.utc if "-" in text else ZoneInfo(match[3]) if match[3] else NEW_YORK
+        zone = UTC if "-" in text else ZoneInfo(match[3]) if match[3] else NEW_YORK
         end = datetime.strptime(match[1] + match[2], "%Y%m%d%H:%M:%S").replace(tzinfo=zone).astimezone(NEW_YORK)
     except (ValueError, OverflowError, ZoneInfoNotFoundError):
         end = None

@@ -189,9 +189,9 @@ class Market:
             price = self._option_price_at(inst, start + timedelta(seconds=bar_seconds))
             ohlc = tuple(price(x) for x in ohlc)
             ohlc = (ohlc[0], max(ohlc), min(ohlc), ohlc[3])
-        o, h, l, c = (_tick(x) for x in ohlc)
+        o, h, lo, c = (_tick(x) for x in ohlc)
         volume = int(SHARES_PER_SECOND * bar_seconds * (0.5 + activity) / (100 if inst.is_option else 1))
-        return Bar(start, o, h, l, c, volume, _tick((h + l + c) / 3), max(1, volume // 100))
+        return Bar(start, o, h, lo, c, volume, _tick((h + lo + c) / 3), max(1, volume // 100))
 
     def _option_price_at(self, inst: Instrument, at: datetime):
         years = self.years_to_expiry(at)

@@ -8,9 +8,9 @@ are ibapi's `*Request` messages, which it sends from the version
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable
 
 from google.protobuf.message import DecodeError
 from ibapi.protobuf import (AccountDataRequest_pb2, AccountSummaryRequest_pb2, AccountUpdatesMultiRequest_pb2,

@@ -8,9 +8,10 @@ written the way the Java server writes them (Double.MAX_VALUE, Integer.MAX_VALUE
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from ibapi.protobuf import (AccountDataEnd_pb2, AccountSummaryEnd_pb2, AccountSummary_pb2, AccountUpdateMultiEnd_pb2,
                             AccountUpdateMulti_pb2, AccountUpdateTime_pb2, AccountValue_pb2,
@@ -222,7 +223,7 @@ class Encoder:
 
     def historical_data(self, req_id: int, bars: list[Bar], dates: list[str], start: str, end: str) -> bytes:
         """The bars and the end marker (one message below version 196, two from then on)."""
-        rows = [(d, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count) for b, d in zip(bars, dates)]
+        rows = [(d, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count) for b, d in zip(bars, dates, strict=True)]
         if In.HISTORICAL_DATA in self._protobuf:
             pb = HistoricalData_pb2.HistoricalData(reqId=req_id, historicalDataBars=[
                 HistoricalDataBar_pb2.HistoricalDataBar(date=d, open=o, high=h, low=lo, close=c, volume=str(v),

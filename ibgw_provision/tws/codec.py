@@ -8,8 +8,9 @@ means the rest is a protobuf message for id - 200, otherwise the rest is text fi
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from . import versions
 from .errors import MalformedMessage

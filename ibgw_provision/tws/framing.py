@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import FrameTooLarge, HandshakeError
