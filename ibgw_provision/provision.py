@@ -17,7 +17,7 @@ from typing import Callable
 
 from . import state, wheelhouse
 from .inventory import Inventory
-from .plan import Plan, Task, facts_request, plan
+from .plan import Plan, PlanError, Task, facts_request, plan
 from .secrets import Secrets
 from .transport import SshError, Target, Transport
 
@@ -69,7 +69,7 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     try:
         with transport:
             _converge(inv, name, transport, opts, report, secrets)
-    except (SshError, AgentError, wheelhouse.WheelhouseError) as exc:
+    except (SshError, AgentError, PlanError, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
         report.failed = secrets.mask(report.failed)
