@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import yamlsrc
 from .errors import InputError, Problem
@@ -85,7 +85,15 @@ def _single_line(text: str) -> str:
     return text
 
 
+def _ibc_value(value: object) -> object:
+    """YAML's booleans as IBC's yes/no, numbers as text."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value) if isinstance(value, int) else value
+
+
 SingleLine = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
+IbcValue = Annotated[SingleLine, BeforeValidator(_ibc_value)]
 AmPmTime = Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")]  # IBC: hh:mm AM/PM
 IBC_KEYS = tuple(line for line in (Path(__file__).parent / "data" / "ibc_keys.txt").read_text().splitlines()
                  if line and not line.startswith("#"))
@@ -135,7 +143,7 @@ class Ibc(Model):
         pattern=r"^(([0-9]{1,2}:[0-5][0-9])( +[0-9]{1,2}:[0-5][0-9])*"
                 r"|Every [0-9]+( (mins|hours))?( [0-9]{1,2}:[0-5][0-9]){0,2})$")] | None = None
     time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
-    extra: dict[str, bool | int | SingleLine] = {}  # any other IBC key (data/ibc_keys.txt) -> value
+    extra: dict[str, IbcValue] = {}  # any other IBC key (data/ibc_keys.txt) -> value
 
     @model_validator(mode="before")
     @classmethod
@@ -143,10 +151,6 @@ class Ibc(Model):
         if isinstance(data, dict) and data.get("auto_logoff_time") is not None and "auto_restart_time" not in data:
             return {**data, "auto_restart_time": None}
         return data
-
-    def extra_lines(self) -> dict[str, str]:
-        """`ibc.extra` as config.ini values: booleans as IBC's yes/no."""
-        return {k: ("yes" if v else "no") if isinstance(v, bool) else str(v) for k, v in self.extra.items()}
 
 
 class Simulator(Model):
