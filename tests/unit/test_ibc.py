@@ -246,3 +246,28 @@ def test_a_missing_jts_ini_gets_the_seed(tmp_path, monkeypatch):
     jts = tmp_path / "jts.ini"
     _converge(jts, {"Logon": {"TimeZone": "Etc/UTC"}})
     assert jts.read_text() == "[IBGateway]\n"
+
+
+# ---- installers per architecture ----------------------------------------------------------------
+
+def test_every_pinned_installer_is_checked_before_any_host(tmp_path):
+    import hashlib
+
+    from ibgw_provision.state import check_artifacts
+
+    files = {"gw.sh": b"x64 installer", "gw-arm.sh": b"arm installer", "ibc.zip": b"ibc"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    sha = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
+    text = INVENTORY.replace("IBC_OPTIONS", "{}").replace(
+        'ib_gateway: {version: "10.37.1n", file: gw.sh, sha256: "%s"}' % ("a" * 64),
+        'ib_gateway: {version: "10.37.1n", file: gw.sh, sha256: "%s", arm64: {file: gw-arm.sh, sha256: "%s"}}'
+        % (sha["gw.sh"], "c" * 64)).replace("b" * 64, sha["ibc.zip"])
+    path = tmp_path / "inv.yml"
+    path.write_text(f"artifacts:\n  cache_dir: {tmp_path}\n" + text.replace("artifacts:\n", "", 1))
+    with pytest.raises(InputError) as err:
+        check_artifacts(inventory.load(path), ["gw"])
+    (problem,) = err.value.problems
+    assert problem.field == "artifacts.ib_gateway.arm64.sha256" and "gw-arm.sh has sha256" in problem.message
+    path.write_text(path.read_text().replace("c" * 64, sha["gw-arm.sh"]))
+    check_artifacts(inventory.load(path), ["gw"])
