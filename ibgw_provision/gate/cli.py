@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .. import sdnotify
+from ..service import sdnotify
 from ..errors import InputError, exit_bad_input
 from . import admin
 from .config import GateConfig, load

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .. import sdnotify
+from ..service import sdnotify
 from ..tws import versions
 from . import admin
 from .config import MIN_VERSION, SimConfig

@@ -8,7 +8,8 @@ import time
 import pytest
 from ib_async import IB, MarketOrder, Stock
 
-from ibgw_provision import inventory, layout
+from ibgw_provision import inventory
+from ibgw_provision.provision import layout
 
 from .conftest import LOCAL, fresh_host, ibgw
 

@@ -12,14 +12,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ibgw_provision import inventory, layout, state
+from ibgw_provision import inventory
+from ibgw_provision.observe import health
+from ibgw_provision.provision import layout, state
 from ibgw_provision.tws.codec import encode_text
 from ibgw_provision.tws.framing import Hello
 from ibgw_provision.tws.messages import Out
 
 from .conftest import LOCAL, fresh_host, ibgw
 
-SCHEMA = json.loads((Path(layout.__file__).parent / "schemas" / "health.schema.json").read_text())
+SCHEMA = json.loads((Path(health.__file__).parent / "health.schema.json").read_text())
 PAPER = layout.gateway_unit("paper")
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ibgw_provision import inventory, secrets
+from ibgw_provision import inventory
+from ibgw_provision.inventory import secrets
 from ibgw_provision.cli import main
 from ibgw_provision.errors import InputError
 

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from ibgw_provision import layout, state
-from ibgw_provision.plan import plan, sha256
-from ibgw_provision.secrets import MASK, Secrets
+from ibgw_provision.provision import layout, state
+from ibgw_provision.provision.plan import plan, sha256
+from ibgw_provision.inventory.secrets import MASK, Secrets
 
 
 def converged(want) -> dict:
@@ -29,7 +29,7 @@ def converged(want) -> dict:
 
 @pytest.fixture
 def want(example, monkeypatch):
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
     return state.desired(example, "gw1", Secrets())
 
 

@@ -11,10 +11,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
-from . import layout
-from .inventory import Host, Inventory
-from .provision import call_agent, target
-from .transport import Transport
+from ..provision import layout
+from ..inventory.model import Host, Inventory
+from ..provision.remote import call_agent, target
+from ..provision.transport import Transport
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from . import layout
 from .agent import PRIVILEGED_GROUPS
 from .render import ManagedFile
-from .secrets import MASK, Secrets
+from ..inventory.secrets import MASK, Secrets
 from .state import Desired, Install
 from .wheelhouse import Wheelhouse
 

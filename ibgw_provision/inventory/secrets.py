@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import InputError
-from .inventory import Inventory, SecretRef
+from ..errors import InputError
+from .model import Inventory, SecretRef
 
 MASK = "********"
 

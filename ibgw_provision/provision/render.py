@@ -13,8 +13,8 @@ from pathlib import Path
 import jinja2
 
 from . import layout
-from .inventory import Gateway, Host, Inventory
-from .secrets import Secrets
+from ..inventory.model import Gateway, Host, Inventory
+from ..inventory.secrets import Secrets
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ class GatewayView:
 
 
 def templates_dir() -> Path:
-    packaged = Path(__file__).parent / "templates"  # in a built wheel
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "templates"  # in a built wheel
+    return packaged if packaged.is_dir() else package.parent / "templates"
 
 
 _ENV = jinja2.Environment(

@@ -13,11 +13,11 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from . import layout, state
-from .inventory import Host, Inventory
-from .provision import AgentError, call_agent, target
-from .transport import SshError, Transport
-from .tws.probe import ProbeError, ProbeResult, probe
+from ..provision import layout, state
+from ..inventory.model import Host, Inventory
+from ..provision.remote import AgentError, call_agent, target
+from ..provision.transport import SshError, Transport
+from ..tws.probe import ProbeError, ProbeResult, probe
 
 SCHEMA = "ibgw.health/1"
 EXIT = {"healthy": 0, "degraded": 1, "down": 2}
