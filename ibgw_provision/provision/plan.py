@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass, field
 
 from . import layout
-from .agent import PRIVILEGED_GROUPS
 from .render import ManagedFile
 from ..inventory.secrets import MASK, Secrets
 from .state import Desired, Install
@@ -113,7 +112,7 @@ def _user(facts: dict) -> Task:
     step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
     if info is None:
         return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
-    privileged = sorted(set(info["groups"]) & set(PRIVILEGED_GROUPS))
+    privileged = sorted(set(info["groups"]) & set(layout.PRIVILEGED_GROUPS))
     if privileged:
         return Task(f"user {layout.USER}", True, f"remove from {', '.join(privileged)}", step=step)
     return Task(f"user {layout.USER}", False)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from ibgw_provision.provision import layout, state
+from ibgw_provision.provision import agent, layout, state
 from ibgw_provision.provision.plan import plan, sha256
 from ibgw_provision.inventory.secrets import MASK, Secrets
 
@@ -120,6 +120,11 @@ def test_sudoer_ibkr_is_demoted(want):
     facts = converged(want)
     facts["user"]["groups"] = ["ibkr", "sudo"]
     assert _changed(plan(want, facts, Secrets())) == {"user ibkr": "remove from sudo"}
+
+
+def test_agent_and_plan_agree_on_privileged_groups():
+    """The agent runs alone on the host, so it keeps its own copy of the list the plan checks."""
+    assert agent.PRIVILEGED_GROUPS == layout.PRIVILEGED_GROUPS
 
 
 def test_secret_diff_masks_old_and_new_values(want, example):
