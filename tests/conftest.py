@@ -10,6 +10,8 @@ from ibgw_provision import inventory
 from ibgw_provision.provision.render import render_host
 from ibgw_provision.inventory.secrets import Secrets
 
+pytest_plugins = ["tests.kit.fixtures"]  # sim and gate fixtures, registered once
+
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORIES = ROOT / "inventories"
 

@@ -9,7 +9,7 @@ import pytest
 from ibgw_provision.errors import InputError
 from ibgw_provision.gate.config import load
 
-from .gatekit import config_data, write_config
+from ..kit.gate import config_data, write_config
 
 RENDERED = sorted((Path(__file__).resolve().parent.parent / "golden").glob("*/etc/ibgw/gate-*.yml"))
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ibapi.order_cancel import OrderCancel
-from simkit import contract, ib_async_decode, ibapi_client, ibapi_decode, ibapi_request, order
+from ..kit.sim import contract, ib_async_decode, ibapi_client, ibapi_decode, ibapi_request, order
 
 from ibgw_provision.gate import orders, proxy, replies
 from ibgw_provision.gate.link import FrameCounter
@@ -19,7 +19,7 @@ from ibgw_provision.tws.codec import message_id
 from ibgw_provision.tws.errors import HandshakeError, MalformedMessage
 from ibgw_provision.tws.messages import Out
 
-from .gatekit import proxy_v1, proxy_v2
+from ..kit.gate import proxy_v1, proxy_v2
 
 VERSIONS = [157, versions.ORDER_CONTAINER - 1, 178, versions.CME_TAGGING_FIELDS - 1, 200, versions.PROTOBUF,
             versions.PROTOBUF_PLACE_ORDER, versions.PROTOBUF_REST_MESSAGES_1, versions.LATEST]

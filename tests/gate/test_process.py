@@ -12,9 +12,9 @@ import time
 
 import pytest
 from ib_async import MarketOrder, Stock
-from simkit import STEP, contract, order, until
+from ..kit.sim import STEP, contract, order, until
 
-from .gatekit import (GATE, GateProcess, audited_connections, config_data, ib_async_app, logged_on, open_raw, run,
+from ..kit.gate import (GATE, GateProcess, audited_connections, config_data, ib_async_app, logged_on, open_raw, run,
                       write_config)
 
 

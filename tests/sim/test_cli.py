@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from simkit import STEP, LoggedProcess, RawClient
+from ..kit.sim import STEP, LoggedProcess, RawClient
 
 from ibgw_provision.tws import Out
 from ibgw_provision.tws.probe import probe

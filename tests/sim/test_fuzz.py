@@ -6,7 +6,7 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simkit import STEP, RawClient
+from ..kit.sim import STEP, RawClient
 
 from ibgw_provision.tws import API_PREFIX, Hello, Out, frame
 from ibgw_provision.tws.probe import probe

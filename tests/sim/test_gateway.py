@@ -9,7 +9,7 @@ import pytest
 from ibapi.protobuf.Contract_pb2 import Contract
 from ibapi.protobuf.Order_pb2 import Order
 from ibapi.protobuf.PlaceOrderRequest_pb2 import PlaceOrderRequest
-from simkit import STEP, RawClient, contract, order, until
+from ..kit.sim import STEP, RawClient, contract, order, until
 
 from ibgw_provision.sim import admin
 from ibgw_provision.sim import session as sim_session

@@ -4,7 +4,7 @@ import asyncio
 from datetime import datetime
 
 from ib_async import IB, LimitOrder, MarketOrder, Option, Stock
-from simkit import STEP, until
+from ..kit.sim import STEP, until
 
 from ibgw_provision.sim.market import NEW_YORK
 

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 from ibapi.order_cancel import OrderCancel
-from simkit import IbapiApp, contract, order
+from ..kit.sim import IbapiApp, contract, order
 
 from ibgw_provision.sim.market import NEW_YORK
 from ibgw_provision.tws import versions

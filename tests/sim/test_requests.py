@@ -8,7 +8,7 @@ from ib_async import LimitOrder, MarketOrder, Option, Stock
 from ibapi.execution import ExecutionFilter
 from ibapi.order_cancel import OrderCancel
 
-from simkit import contract, ibapi_client, order
+from ..kit.sim import contract, ibapi_client, order
 
 from ibgw_provision.sim import requests
 from ibgw_provision.sim.handlers import HANDLED

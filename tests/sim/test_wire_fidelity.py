@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from simkit import ib_async_decode, ibapi_decode
+from ..kit.sim import ib_async_decode, ibapi_decode
 
 from ibgw_provision.sim.broker import Execution, Margin, Order, Position
 from ibgw_provision.sim.market import NEW_YORK, Bar, Greeks

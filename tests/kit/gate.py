@@ -13,7 +13,7 @@ import time
 
 import yaml
 from ib_async import IB
-from simkit import STEP, LoggedProcess, LoopThread, RawClient, ibapi_client, until
+from .sim import STEP, LoggedProcess, LoopThread, RawClient, ibapi_client, until
 
 from ibgw_provision.gate.audit import query
 from ibgw_provision.gate.config import GateConfig
