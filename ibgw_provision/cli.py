@@ -60,7 +60,8 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
-        click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, {len(host.apps)} apps")
+        click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
+                   f"{len(host.apps)} apps")
     click.echo(f"{inventory_path}: ok")
 
 
@@ -94,7 +95,8 @@ def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, l
               accept_new: bool, verbose: bool) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
     from .inventory.preflight import check_artifacts
-    from .provision.apply import Options, provision as run
+    from .provision.apply import Options
+    from .provision.apply import provision as run
     from .provision.recap import Recap
 
     inv = inventory.load(inventory_path)
@@ -131,7 +133,8 @@ def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeou
 
     from rich.console import Console
 
-    from .observe import health as checks, views
+    from .observe import health as checks
+    from .observe import views
 
     inv = inventory.load(inventory_path)
     reports = [checks.check(inv, name, timeout) for name in select_hosts(inv, pattern, None)]
@@ -157,7 +160,8 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
     from rich.console import Console
     from rich.live import Live
 
-    from .observe import monitor as mon, views
+    from .observe import monitor as mon
+    from .observe import views
 
     inv = inventory.load(inventory_path)
     name = single_host(inv, host)
@@ -187,7 +191,8 @@ def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
 
     from rich.console import Console
 
-    from .observe import monitor as mon, views
+    from .observe import monitor as mon
+    from .observe import views
 
     inv = inventory.load(inventory_path)
     if host:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ibgw_provision import inventory
-from ibgw_provision.provision.render import render_host
 from ibgw_provision.inventory.secrets import Secrets
+from ibgw_provision.provision.render import render_host
 
 pytest_plugins = ["tests.kit.fixtures"]  # sim and gate fixtures, registered once
 

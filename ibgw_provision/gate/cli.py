@@ -8,12 +8,12 @@ import logging
 import re
 import signal
 import sqlite3
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
+from .. import timefmt
 from ..errors import InputError, exit_bad_input
 from ..service import runner
 from . import admin
@@ -104,15 +104,6 @@ def resume(ctx: click.Context, config_path: str | None) -> None:
     click.echo("resumed: orders pass")
 
 
-def _ago(epoch: float | None) -> str:
-    if epoch is None:
-        return "never"
-    seconds = max(0, int(time.time() - epoch))
-    if seconds < 120:
-        return f"{seconds}s ago"
-    return f"{seconds // 60}m ago" if seconds < 7200 else f"{seconds // 3600}h ago"
-
-
 @gate.command()
 @CONFIG
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -134,7 +125,7 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     for app in reply["apps"]:
         state = "connected" if app["connected"] else "-"
         table.add_row(app["name"] + (" (read-only)" if app["read_only"] else ""), str(app["client_id"]), state,
-                      app["source"] or "-", _ago(app["last_seen"]), str(app["messages_in"]),
+                      app["source"] or "-", timefmt.ago(app["last_seen"]), str(app["messages_in"]),
                       str(app["messages_out"]), str(app["orders_forwarded"]), str(app["orders_refused"]))
     Console().print(table)
 

@@ -12,7 +12,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .. import yamlsrc
 from ..constrained import MODES, ClientId, Mode, Name, Port
@@ -270,7 +279,8 @@ def _message(error: dict) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):
-            return "plaintext secrets are not allowed in the inventory; use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+            return ("plaintext secrets are not allowed in the inventory; "
+                    "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}")
         return "unknown field (check its spelling)"
     return msg
 

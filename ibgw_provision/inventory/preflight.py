@@ -24,8 +24,12 @@ def check_artifacts(inv: Inventory, names: list[str]) -> None:
             problems.append(inv.problem(("artifacts", key), f"cannot read {local}: {exc.strerror}"))
             continue
         if actual != artifact.sha256:
-            problems.append(inv.problem(("artifacts", key, "sha256"), f"{local} has sha256 {actual}, not the pinned "
-                                                                      "one: refusing to install it"))
+            problems.append(
+                inv.problem(
+                    ("artifacts", key, "sha256"),
+                    f"{local} has sha256 {actual}, not the pinned one: refusing to install it",
+                )
+            )
     if problems:
         raise InputError(problems)
 

@@ -13,8 +13,8 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from ..provision import layout, state
 from ..inventory.model import Host, Inventory
+from ..provision import layout, state
 from ..provision.remote import AgentError, call_agent, target
 from ..provision.transport import SshError, Transport
 from ..tws.probe import ProbeError, ProbeResult, probe

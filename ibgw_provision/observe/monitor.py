@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
 
-from ..provision import layout
 from ..inventory.model import Host, Inventory
+from ..provision import layout
 from ..provision.remote import call_agent, target
 from ..provision.transport import Transport
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from . import state, wheelhouse
 from ..inventory.model import Inventory
+from ..inventory.secrets import Secrets
+from . import state, wheelhouse
 from .plan import Plan, Task, facts_request, plan
 from .remote import AgentError, call_agent, target
-from ..inventory.secrets import Secrets
 from .transport import SshError, Transport
 
 WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "ibgw" / "wheels"

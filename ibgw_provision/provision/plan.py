@@ -12,9 +12,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..inventory.secrets import MASK, Secrets
 from . import layout
 from .render import ManagedFile
-from ..inventory.secrets import MASK, Secrets
 from .state import Desired, Install
 from .wheelhouse import Wheelhouse
 
@@ -80,9 +80,9 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
             task.step["then"] = {"restart": list(want.venv_units)}
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
-    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]
-    restart |= {u for i, t in zip(want.installs, installs) if t.changed for u in i.restart}
-    for i, t in zip(want.installs, installs):
+    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
+    restart |= {u for i, t in zip(want.installs, installs, strict=True) if t.changed for u in i.restart}
+    for i, t in zip(want.installs, installs, strict=True):
         if t.step:
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).

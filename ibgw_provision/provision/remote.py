@@ -10,7 +10,8 @@ from .transport import Target, Transport
 
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
 # Reads the agent's source, then runs it; the request follows on stdin. No argv payload.
-BOOT = "python3 -c 'import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),\"ibgw-agent\",\"exec\"))'"
+BOOT = ("python3 -c 'import sys;b=sys.stdin.buffer;"
+        "exec(compile(b.read(int(b.readline())),\"ibgw-agent\",\"exec\"))'")
 
 
 class AgentError(Exception):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import jinja2
 
-from . import layout
 from ..inventory.model import Gateway, Host, Inventory
 from ..inventory.secrets import Secrets
+from . import layout
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import layout
 from ..inventory.model import Host, Inventory
-from .render import ManagedFile, render_host
 from ..inventory.secrets import Secrets
+from . import layout
+from .render import ManagedFile, render_host
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
 FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}

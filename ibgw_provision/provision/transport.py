@@ -11,9 +11,9 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 import paramiko
 
@@ -88,7 +88,7 @@ class Transport:
                 raise SshError(f"{where}: unknown host key (not in {t.known_hosts}); verify it and add it, "
                                "or pass --accept-new-host-key for first contact") from None
             raise SshError(f"{where}: {_reason(exc)}") from None
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             raise SshError(f"{where}: unreachable: {_reason(exc)}") from None
         self._client = client
 

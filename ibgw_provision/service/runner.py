@@ -20,8 +20,11 @@ Action = Callable[[], Coroutine[Any, Any, None]]
 
 def run(main: Coroutine[Any, Any, None], name: str, verbose: bool, fast: bool = False) -> None:
     """Log to stderr as `name`, then run `main` to its end; on uvloop if `fast` and it is installed."""
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
-                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+    )
     with asyncio.Runner(loop_factory=_uvloop() if fast else None) as runner:
         runner.run(main)
 
@@ -35,8 +38,13 @@ def _uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def serve(start: Action, stop: Action, log: logging.Logger, on_signal: Mapping[signal.Signals, Action] | None = None,
-                finish_actions: bool = True) -> None:
+async def serve(
+    start: Action,
+    stop: Action,
+    log: logging.Logger,
+    on_signal: Mapping[signal.Signals, Action] | None = None,
+    finish_actions: bool = True,
+) -> None:
     """Start, tell systemd we are ready, and stop at SIGTERM or SIGINT. `stop` runs even if `start` failed.
 
     Each signal in `on_signal` runs its action as a task. At stop, actions still running are awaited

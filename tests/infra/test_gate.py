@@ -1,4 +1,4 @@
-"""`ibgw gate` as provisioned: apps -> HAProxy -> (PROXY v2) -> gate -> simulated gateway, on the real host."""
+"""`ibgw gate` as provisioned on the real host: apps -> HAProxy -> (PROXY v2) -> gate -> simulated gateway."""
 
 from __future__ import annotations
 

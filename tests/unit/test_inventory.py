@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from ibgw_provision import inventory
-from ibgw_provision.inventory import preflight, secrets
 from ibgw_provision.cli import main
 from ibgw_provision.errors import InputError
+from ibgw_provision.inventory import preflight, secrets
 
 BASE = textwrap.dedent("""\
     hosts:

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
+from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.provision import agent, layout, state
 from ibgw_provision.provision.plan import plan, sha256
-from ibgw_provision.inventory.secrets import MASK, Secrets
 
 
 def converged(want) -> dict:
@@ -18,7 +18,7 @@ def converged(want) -> dict:
     paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
                        "sha256": sha256(f.content)} for f in want.files}
     return {
-        "packages": {p: True for p in want.packages},
+        "packages": dict.fromkeys(want.packages, True),
         "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
         "paths": paths,
         "content": {},

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.provision import layout
 from ibgw_provision.provision.render import render_host
-from ibgw_provision.inventory.secrets import MASK, Secrets
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
