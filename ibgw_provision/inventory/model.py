@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from .. import yamlsrc
 from ..constrained import MODES, ClientId, Mode, Name, Port
@@ -217,6 +218,12 @@ class Artifacts(Model):
     ib_gateway: Artifact | None = None
     ibc: Artifact | None = None
 
+    def pinned(self) -> tuple[Artifact, Artifact]:
+        """(IBC, IB Gateway), which load() requires for a host on the ibgw backend."""
+        if self.ibc is None or self.ib_gateway is None:
+            raise ValueError("the ibgw backend needs artifacts.ibc and artifacts.ib_gateway")
+        return self.ibc, self.ib_gateway
+
 
 class Inventory(Model):
     hosts: dict[Name, Host] = Field(min_length=1)
@@ -275,7 +282,7 @@ def warnings(inv: Inventory) -> list[str]:
     return found
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):

@@ -36,11 +36,11 @@ def check_artifacts(inv: Inventory, names: list[str]) -> None:
 
 def _needed(inv: Inventory, names: list[str]) -> list[tuple[str, Artifact]]:
     """(field, artifact) for each install the hosts get: IBC once per host, IB Gateway per gateway."""
-    needed = []
+    needed: list[tuple[str, Artifact]] = []
     for host in (inv.hosts[name] for name in names):
         if host.backend == "ibgw":
-            needed.append(("ibc", inv.artifacts.ibc))
-            needed += [("ib_gateway", inv.artifacts.ib_gateway)] * len(host.gateways)
+            ibc, gateway = inv.artifacts.pinned()
+            needed += [("ibc", ibc)] + [("ib_gateway", gateway)] * len(host.gateways)
     return needed
 
 

@@ -60,7 +60,7 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
         report["gateways"].append({"mode": gw.mode, "api_port": gw.api_port, "front_port": gw.front_port,
                                    "direct": direct.get(gw.mode), "front": front})
         findings += _judge_gateway(gw.mode, direct.get(gw.mode), front)
-    status = max((f.severity for f in findings), key=EXIT.get, default="healthy")
+    status = max((f.severity for f in findings), key=lambda severity: EXIT[severity], default="healthy")
     report.update(status=status, exit_code=EXIT[status], findings=[asdict(f) for f in findings])
     return report
 

@@ -91,7 +91,11 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
     if the_plan.uploads:
         opts.on_event(name, f"uploading {len(the_plan.uploads)} files")
         transport.put_many(the_plan.uploads)
-    result = call_agent(transport, the_plan.request(),
-                        on_event=lambda e: e.get("event") == "start" and opts.on_event(name, e["task"]))
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "start":
+            opts.on_event(name, event["task"])
+
+    result = call_agent(transport, the_plan.request(), on_event=on_event)
     if result["failed"]:
         report.failed = f"{result['failed']}: {result['error']}"

@@ -204,7 +204,7 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
     if facts.get("firewall") is False and fw.get("active") == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
     daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(owed.get("daemon_reload"))
-    actions = {"enable": [], "start": [], "restart": [], "reload": []}
+    actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
         state = facts["units"].get(unit, {})

@@ -75,7 +75,7 @@ def needs_venv(host: Host) -> bool:
 def _installs(inv: Inventory, host: Host) -> list[Install]:
     if host.backend != "ibgw":
         return []
-    ibc, gateway, cache = inv.artifacts.ibc, inv.artifacts.ib_gateway, inv.path(inv.artifacts.cache_dir)
+    (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
     installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
     installs += [Install(cache / gateway.file, gateway.sha256, "installer",
