@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import layout
+from ibgw_provision.provision import layout
 
 from .conftest import LOCAL, fresh_host, ibgw, recap
 
@@ -163,8 +163,8 @@ def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(setup,
     jts, unit = f"{layout.settings_dir('paper')}/jts.ini", layout.gateway_unit("paper")
     host.run(f"printf 'Peer=cdc1.ibllc.com:4001\\n' >> {jts}")  # as the gateway adds its own keys
     zurich = inv.parent / "zurich.yml"
-    zurich.write_text(inv.read_text().replace("      - mode: paper\n",
-                                              "      - mode: paper\n        ibc: {time_zone: Europe/Zurich}\n", 1))
+    paper = "      - mode: paper\n"
+    zurich.write_text(inv.read_text().replace(paper, paper + "        ibc: {time_zone: Europe/Zurich}\n", 1))
     for path, zone in ((zurich, "Europe/Zurich"), (inv, "America/New_York")):
         run = ibgw("provision", "local", "-i", str(path), env=ENV)
         assert run.returncode == 0, run.stdout + run.stderr

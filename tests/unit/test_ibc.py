@@ -15,13 +15,14 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from ibgw_provision import agent, inventory, layout
+from ibgw_provision import inventory
 from ibgw_provision.cli import main
 from ibgw_provision.errors import InputError
-from ibgw_provision.inventory import IBC_KEYS
-from ibgw_provision.plan import owned_values
-from ibgw_provision.render import render_host
-from ibgw_provision.secrets import Secrets
+from ibgw_provision.inventory.model import IBC_FIXED, IBC_KEYS, IBC_OWNED
+from ibgw_provision.inventory.secrets import Secrets
+from ibgw_provision.provision import agent, layout
+from ibgw_provision.provision.plan import owned_values
+from ibgw_provision.provision.render import render_host
 
 INVENTORY = textwrap.dedent("""\
     artifacts:
@@ -73,7 +74,8 @@ def ibc_outcome(config: dict, unit: str) -> tuple[str, str]:
     if action == "restart":  # ibcstart.sh loops on exit 87
         return "re-login, a new push", "ibcstart.sh relaunches IBC in the unit"
     restarts = re.search(r"^Restart=(always|on-failure)$", unit, re.M) or re.search(
-        r"^RestartForceExitStatus=.*\b87\b", unit, re.M)
+        r"^RestartForceExitStatus=.*\b87\b", unit, re.M
+    )
     return "re-login, a new push", "systemd starts a fresh login" if restarts else "the gateway stays down"
 
 
@@ -86,7 +88,9 @@ TWOFA = [  # (twofa_timeout_action, relogin_after_twofa_timeout, IBC on a timeou
 
 @pytest.mark.parametrize("action,relogin,on_timeout,when_stuck", TWOFA)
 def test_every_2fa_combination_does_what_ibc_documents(tmp_path, action, relogin, on_timeout, when_stuck):
-    config, unit = _render(tmp_path, f"twofa_timeout_action: {action}\nrelogin_after_twofa_timeout: {relogin}")
+    config, unit = _render(
+        tmp_path, f"twofa_timeout_action: {action}\nrelogin_after_twofa_timeout: {relogin}"
+    )
     assert config["ReloginAfterSecondFactorAuthenticationTimeout"] == ("yes" if relogin == "true" else "no")
     assert "ExitAfterSecondFactorAuthenticationTimeout" not in config  # deprecated: Relogin wins
     assert f" --on2fatimeout={action} " in unit
@@ -115,7 +119,10 @@ def test_defaults(tmp_path):
 
 
 OPTIONS = [  # (inventory ibc options, config.ini keys they must give; None: the key is absent)
-    ("accept_bid_ask_last_size_notification: defer", {"AcceptBidAskLastSizeDisplayUpdateNotification": "defer"}),
+    (
+        "accept_bid_ask_last_size_notification: defer",
+        {"AcceptBidAskLastSizeDisplayUpdateNotification": "defer"},
+    ),
     ("auto_logoff_time: '10:30 PM'", {"AutoLogoffTime": "10:30 PM", "AutoRestartTime": None}),
     ("auto_restart_time: null", {"AutoLogoffTime": None, "AutoRestartTime": None}),
     ("cold_restart_time: '17:00'", {"ColdRestartTime": "17:00", "AutoRestartTime": "11:59 PM"}),
@@ -125,10 +132,18 @@ OPTIONS = [  # (inventory ibc options, config.ini keys they must give; None: the
     ("allow_blind_trading: true", {"AllowBlindTrading": "yes"}),
     ("save_tws_settings_at: 08:00 12:30 17:30", {"SaveTwsSettingsAt": "08:00 12:30 17:30"}),
     ("save_tws_settings_at: Every 90 08:00 17:43", {"SaveTwsSettingsAt": "Every 90 08:00 17:43"}),
-    ("extra: {ClosedownAt: Friday 22:00, SecondFactorAuthenticationExitInterval: 120, ReadOnlyLogin: no}",
-     {"ClosedownAt": "Friday 22:00", "SecondFactorAuthenticationExitInterval": "120", "ReadOnlyLogin": "no"}),
-    ("extra: {LoginDialogDisplayTimeout: 120, MinimizeMainWindow: yes}",
-     {"LoginDialogDisplayTimeout": "120", "MinimizeMainWindow": "yes"}),
+    (
+        "extra: {ClosedownAt: Friday 22:00, SecondFactorAuthenticationExitInterval: 120, ReadOnlyLogin: no}",
+        {
+            "ClosedownAt": "Friday 22:00",
+            "SecondFactorAuthenticationExitInterval": "120",
+            "ReadOnlyLogin": "no",
+        },
+    ),
+    (
+        "extra: {LoginDialogDisplayTimeout: 120, MinimizeMainWindow: yes}",
+        {"LoginDialogDisplayTimeout": "120", "MinimizeMainWindow": "yes"},
+    ),
 ]
 
 
@@ -144,25 +159,49 @@ def test_time_zone_reaches_jts_ini_and_the_jvm(tmp_path):
     files = {f.path: f for f in render_host(inventory.load(path), "gw", Secrets(masked=True))}
     assert "TZ=Europe/Zurich" in files[f"{layout.UNIT_DIR}/{layout.gateway_unit('live')}"].content
     jts = files[f"{layout.settings_dir('live')}/jts.ini"]
-    assert owned_values(jts) == {"IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
-                                 "Logon": {"TimeZone": "Europe/Zurich"}}
+    assert owned_values(jts) == {
+        "IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
+        "Logon": {"TimeZone": "Europe/Zurich"},
+    }
 
 
 BAD = [  # (options, field under hosts.gw.gateways[0].ibc, text on its line, message fragment)
-    ("auto_restart_time: '11:00 PM'\nauto_logoff_time: '10:00 PM'", "auto_logoff_time", "auto_logoff_time",
-     "only one of auto_restart_time and auto_logoff_time"),
+    (
+        "auto_restart_time: '11:00 PM'\nauto_logoff_time: '10:00 PM'",
+        "auto_logoff_time",
+        "auto_logoff_time",
+        "only one of auto_restart_time and auto_logoff_time",
+    ),
     ("cold_restart_time: '5:00 PM'", "cold_restart_time", "cold_restart_time", "should match pattern"),
     ("twofa_timeout_action: retry", "twofa_timeout_action", "twofa_timeout_action", "'restart' or 'exit'"),
-    ("accept_bid_ask_last_size_notification: yes", "accept_bid_ask_last_size_notification",
-     "accept_bid_ask", "'accept', 'defer' or 'ignore'"),
+    (
+        "accept_bid_ask_last_size_notification: yes",
+        "accept_bid_ask_last_size_notification",
+        "accept_bid_ask",
+        "'accept', 'defer' or 'ignore'",
+    ),
     ("save_tws_settings_at: sometimes", "save_tws_settings_at", "save_tws", "should match pattern"),
     ('twofa_device: "IB Key\\nIbPassword=x"', "twofa_device", "twofa_device", "single line"),
     ("extra:\n  ColdRestartTim: '17:00'", "extra.ColdRestartTim", "ColdRestartTim:", "not an IBC setting"),
-    ("extra:\n  AutoRestartTime: '11:00 PM'", "extra.AutoRestartTime", "AutoRestartTime:",
-     "set by ibgw: use ibc.auto_restart_time"),
-    ("extra:\n  BypassBondWarning: yes", "extra.BypassBondWarning", "BypassBondWarning:", "use ibc.bypass_warnings"),
+    (
+        "extra:\n  AutoRestartTime: '11:00 PM'",
+        "extra.AutoRestartTime",
+        "AutoRestartTime:",
+        "set by ibgw: use ibc.auto_restart_time",
+    ),
+    (
+        "extra:\n  BypassBondWarning: yes",
+        "extra.BypassBondWarning",
+        "BypassBondWarning:",
+        "use ibc.bypass_warnings",
+    ),
     ("extra:\n  IbPassword: hunter2", "extra.IbPassword", "IbPassword:", "use login.password"),
-    ("extra:\n  CommandServerPort: 7462", "extra.CommandServerPort", "CommandServerPort:", "command server stays off"),
+    (
+        "extra:\n  CommandServerPort: 7462",
+        "extra.CommandServerPort",
+        "CommandServerPort:",
+        "command server stays off",
+    ),
     ('extra:\n  ClosedownAt: "Friday 22:00\\rFIX=yes"', "extra.ClosedownAt", "ClosedownAt:", "single line"),
     ('extra:\n  ClosedownAt: "a\\0b"', "extra.ClosedownAt", "ClosedownAt:", "single line"),
 ]
@@ -185,7 +224,7 @@ def test_ibc_key_list_is_ibcs(tmp_path):
     """The shipped list holds IBC's keys once each, the ones ibgw owns among them."""
     assert len(IBC_KEYS) == len(set(IBC_KEYS)) > 50
     assert {"ColdRestartTime", "SecondFactorDevice", "ClosedownAt", "BypassOrderPrecautions"} <= set(IBC_KEYS)
-    assert set(inventory.IBC_OWNED) | set(inventory.IBC_FIXED) <= set(IBC_KEYS)
+    assert set(IBC_OWNED) | set(IBC_FIXED) <= set(IBC_KEYS)
 
 
 # ---- jts.ini: ibgw's keys converge, IB Gateway's stay -----------------------------------------
@@ -213,8 +252,15 @@ Peer=cdc1.ibllc.com:4001
 
 
 def _converge(path, want: dict) -> None:
-    step = {"kind": "ini", "path": str(path), "owner": "root", "group": "root", "mode": 0o600,
-            "values": want, "seed": base64.b64encode(b"[IBGateway]\n").decode()}
+    step = {
+        "kind": "ini",
+        "path": str(path),
+        "owner": "root",
+        "group": "root",
+        "mode": 0o600,
+        "values": want,
+        "seed": base64.b64encode(b"[IBGateway]\n").decode(),
+    }
     agent.step_ini(step)
 
 
@@ -222,7 +268,10 @@ def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(tmp_pa
     monkeypatch.setattr(agent, "set_attrs", lambda path, step: None)  # no chown to root in a test dir
     jts = tmp_path / "jts.ini"
     jts.write_text(GATEWAY_WROTE)
-    want = {"IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"}, "Logon": {"TimeZone": "Europe/Zurich"}}
+    want = {
+        "IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
+        "Logon": {"TimeZone": "Europe/Zurich"},
+    }
     _converge(jts, want)
     after = jts.read_text()
     assert after == GATEWAY_WROTE.replace("TimeZone=America/New_York", "TimeZone=Europe/Zurich")
@@ -233,11 +282,17 @@ def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(tmp_pa
 def test_missing_keys_and_sections_are_added_in_their_section(tmp_path, monkeypatch):
     monkeypatch.setattr(agent, "set_attrs", lambda path, step: None)
     jts = tmp_path / "jts.ini"
-    jts.write_text("[IBGateway]\nWriteDebug=false\nTrustedIPs=10.0.0.1,127.0.0.1\nTrustedIPs=0.0.0.0\n\n"
-                   "[Communication]\nPeer=x\n")
-    _converge(jts, {"IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"}, "Logon": {"TimeZone": "Etc/UTC"}})
-    assert jts.read_text() == ("[IBGateway]\nWriteDebug=false\nTrustedIPs=127.0.0.1\nApiOnly=true\n\n"
-                               "[Communication]\nPeer=x\n\n[Logon]\nTimeZone=Etc/UTC\n")
+    jts.write_text(
+        "[IBGateway]\nWriteDebug=false\nTrustedIPs=10.0.0.1,127.0.0.1\nTrustedIPs=0.0.0.0\n\n"
+        "[Communication]\nPeer=x\n"
+    )
+    _converge(
+        jts, {"IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"}, "Logon": {"TimeZone": "Etc/UTC"}}
+    )
+    assert jts.read_text() == (
+        "[IBGateway]\nWriteDebug=false\nTrustedIPs=127.0.0.1\nApiOnly=true\n\n"
+        "[Communication]\nPeer=x\n\n[Logon]\nTimeZone=Etc/UTC\n"
+    )
     assert agent.ini_values(jts.read_text())["IBGateway"]["TrustedIPs"] == "127.0.0.1"
 
 
@@ -250,19 +305,23 @@ def test_a_missing_jts_ini_gets_the_seed(tmp_path, monkeypatch):
 
 # ---- installers per architecture ----------------------------------------------------------------
 
+
 def test_every_pinned_installer_is_checked_before_any_host(tmp_path):
     import hashlib
 
-    from ibgw_provision.state import check_artifacts
+    from ibgw_provision.inventory.preflight import check_artifacts
 
     files = {"gw.sh": b"x64 installer", "gw-arm.sh": b"arm installer", "ibc.zip": b"ibc"}
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     sha = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
-    text = INVENTORY.replace("IBC_OPTIONS", "{}").replace(
-        'ib_gateway: {version: "10.37.1n", file: gw.sh, sha256: "%s"}' % ("a" * 64),
-        'ib_gateway: {version: "10.37.1n", file: gw.sh, sha256: "%s", arm64: {file: gw-arm.sh, sha256: "%s"}}'
-        % (sha["gw.sh"], "c" * 64)).replace("b" * 64, sha["ibc.zip"])
+    pinned = 'ib_gateway: {version: "10.37.1n", file: gw.sh, sha256: "%s"}'
+    arm = (
+        f'ib_gateway: {{version: "10.37.1n", file: gw.sh, sha256: "{sha["gw.sh"]}", '
+        f'arm64: {{file: gw-arm.sh, sha256: "{"c" * 64}"}}}}'
+    )
+    text = INVENTORY.replace("IBC_OPTIONS", "{}").replace(pinned.replace("%s", "a" * 64), arm)
+    text = text.replace("b" * 64, sha["ibc.zip"])
     path = tmp_path / "inv.yml"
     path.write_text(f"artifacts:\n  cache_dir: {tmp_path}\n" + text.replace("artifacts:\n", "", 1))
     with pytest.raises(InputError) as err:

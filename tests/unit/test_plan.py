@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from ibgw_provision import layout, state
-from ibgw_provision.plan import PlanError, plan, sha256
-from ibgw_provision.secrets import MASK, Secrets
+from ibgw_provision.inventory.secrets import MASK, Secrets
+from ibgw_provision.provision import agent, layout, state
+from ibgw_provision.provision.plan import PlanError, plan, sha256
 
 
 def converged(want) -> dict:
@@ -19,7 +19,7 @@ def converged(want) -> dict:
     paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
                        "sha256": sha256(f.content)} for f in want.files}
     return {
-        "packages": {p: True for p in want.packages},
+        "packages": dict.fromkeys(want.packages, True),
         "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
         "paths": paths,
         "content": {},
@@ -30,7 +30,7 @@ def converged(want) -> dict:
 
 @pytest.fixture
 def want(example, monkeypatch):
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
     return state.desired(example, "gw1", Secrets())
 
 
@@ -115,7 +115,7 @@ def test_jts_ini_keeps_the_gateways_keys_and_converges_ibgws(want):
     facts["paths"][jts]["sha256"] = "rewritten-by-ib-gateway"
     facts["content"][jts] = rendered.replace("WriteDebug=false", "WriteDebug=true") + "LastLogin=today\n"
     assert plan(want, facts, Secrets()).changed == []
-    facts["content"][jts] = facts["content"][jts].replace("TimeZone=America/New_York", "TimeZone=Europe/Paris")
+    facts["content"][jts] = facts["content"][jts].replace("=America/New_York", "=Europe/Paris")
     result = plan(want, facts, Secrets())
     assert _changed(result) == {f"file {jts}": "ibgw's keys differ", f"service {unit}": "restart"}
     (step,) = [s for s in result.steps() if s["kind"] == "ini"]
@@ -123,7 +123,8 @@ def test_jts_ini_keeps_the_gateways_keys_and_converges_ibgws(want):
                               "Logon": {"TimeZone": "America/New_York"}}
     assert step["stop"] == [unit] and step["mode"] == 0o600 and step["owner"] == "ibkr"
     (task,) = [t for t in result.changed if t.name == f"file {jts}"]
-    assert "-TimeZone=Europe/Paris\n+TimeZone=America/New_York\n" in task.diff and "WriteDebug" not in task.diff
+    assert "-TimeZone=Europe/Paris\n+TimeZone=America/New_York\n" in task.diff
+    assert "WriteDebug" not in task.diff
     del facts["paths"][jts]
     assert _changed(plan(want, facts, Secrets())) == {f"file {jts}": "create", f"service {unit}": "restart"}
 
@@ -132,6 +133,11 @@ def test_sudoer_ibkr_is_demoted(want):
     facts = converged(want)
     facts["user"]["groups"] = ["ibkr", "sudo"]
     assert _changed(plan(want, facts, Secrets())) == {"user ibkr": "remove from sudo"}
+
+
+def test_agent_and_plan_agree_on_privileged_groups():
+    """The agent runs alone on the host, so it keeps its own copy of the list the plan checks."""
+    assert agent.PRIVILEGED_GROUPS == layout.PRIVILEGED_GROUPS
 
 
 def test_secret_diff_masks_old_and_new_values(want, example):

@@ -12,10 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 
+from ..inventory.secrets import MASK, Secrets
 from . import layout
-from .agent import PRIVILEGED_GROUPS, ini_merge, ini_values
+from .agent import ini_merge, ini_values
 from .render import ManagedFile
-from .secrets import MASK, Secrets
 from .state import Desired, Install
 from .wheelhouse import Wheelhouse
 
@@ -82,9 +82,9 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
     want = _for_arch(want, facts.get("arch", "x86_64"))
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
-    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]
-    restart |= {u for i, t in zip(want.installs, installs) if t.changed for u in i.restart}
-    for i, t in zip(want.installs, installs):
+    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
+    restart |= {u for i, t in zip(want.installs, installs, strict=True) if t.changed for u in i.restart}
+    for i, t in zip(want.installs, installs, strict=True):
         if t.step:
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
@@ -106,7 +106,7 @@ def _for_arch(want: Desired, machine: str) -> Desired:
     if missing:
         raise PlanError(f"the host is {machine}, but artifacts.ib_gateway pins no arm64 installer "
                         f"(only {', '.join(missing)}): add artifacts.ib_gateway.arm64 {{file, sha256}}")
-    return replace(want, installs=[chosen for _, chosen in installs])
+    return replace(want, installs=[chosen for _, chosen in installs if chosen is not None])
 
 
 def sha256(text: str) -> str:
@@ -127,7 +127,7 @@ def _user(facts: dict) -> Task:
     step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
     if info is None:
         return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
-    privileged = sorted(set(info["groups"]) & set(PRIVILEGED_GROUPS))
+    privileged = sorted(set(info["groups"]) & set(layout.PRIVILEGED_GROUPS))
     if privileged:
         return Task(f"user {layout.USER}", True, f"remove from {', '.join(privileged)}", step=step)
     return Task(f"user {layout.USER}", False)
@@ -166,14 +166,16 @@ def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
 def owned_values(f: ManagedFile) -> dict[str, dict[str, str]]:
     """The values ibgw owns in an INI file the program rewrites, as rendered."""
     rendered = ini_values(f.content)
-    return {section: {key: rendered[section][key] for key in keys} for section, keys in f.owned.items()}
+    owned = f.owned or {}
+    return {section: {key: rendered[section][key] for key in keys} for section, keys in owned.items()}
 
 
 def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
     """Only ibgw's keys are compared and converged; the rest is the program's own."""
     name, want = f"file {f.path}", owned_values(f)
     current = ini_values(old)
-    if all(current.get(section, {}).get(key) == value for section, keys in want.items() for key, value in keys.items()):
+    if all(current.get(section, {}).get(key) == value for section, keys in want.items()
+           for key, value in keys.items()):
         return _attrs(name, f, have, "attrs")
     merged = ini_merge(old, want)
     diff = "".join(difflib.unified_diff(old.splitlines(True), merged.splitlines(True), f"{f.path} (host)",
@@ -241,7 +243,7 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
     if facts.get("firewall") is False and fw.get("active") == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
     daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(owed.get("daemon_reload"))
-    actions = {"enable": [], "start": [], "restart": [], "reload": []}
+    actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
         state = facts["units"].get(unit, {})

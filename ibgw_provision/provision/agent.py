@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 
+# The same as layout.PRIVILEGED_GROUPS (a test checks): this file runs alone on the host.
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
 
 
@@ -324,7 +325,7 @@ INI_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
 
 
 def ini_values(text):
-    """{section: {key: value}} of an INI file as IB Gateway writes jts.ini (the last of a repeated key wins)."""
+    """{section: {key: value}} of an INI file as IB Gateway writes jts.ini (a repeated key: the last)."""
     values, section = {}, None
     for line in text.splitlines():
         header = INI_SECTION.match(line)
@@ -471,7 +472,8 @@ def note_pending(path, then):
     os.replace(tmp, path)
 
 
-STEPS = {"apt": step_apt, "user": step_user, "dir": step_dir, "file": step_file, "ini": step_ini, "attrs": step_attrs,
+STEPS = {"apt": step_apt, "user": step_user, "dir": step_dir, "file": step_file, "ini": step_ini,
+         "attrs": step_attrs,
          "venv": step_venv, "install": step_install, "systemd": step_systemd}
 
 

@@ -12,13 +12,23 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
-from . import yamlsrc
-from .errors import InputError, Problem
+from .. import yamlsrc
+from ..constrained import MODES, ClientId, Mode, Name, Port
+from ..errors import InputError, Problem
 
-Mode = Literal["paper", "live"]
-MODES: tuple[Mode, ...] = ("paper", "live")
 # IB's own conventions: the gateway listens on 4001 (live) / 4002 (paper);
 # ib-gateway-docker relays them on 4003 / 4004, which users know as the front.
 DEFAULT_API_PORT = {"live": 4001, "paper": 4002}
@@ -26,9 +36,6 @@ DEFAULT_FRONT_PORT = {"live": 4003, "paper": 4004}
 # With front.gate: the front hands connections to `ibgw gate` on these, which relays to the gateway.
 DEFAULT_GATE_PORT = {"live": 4101, "paper": 4102}
 DEFAULT_GATE_METRICS_PORT = {"live": 9101, "paper": 9102}
-Port = Annotated[int, Field(ge=1, le=65535)]
-ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 Duration = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
 SECRET_KEY = re.compile(r"pass|secret|token", re.I)
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -95,8 +102,8 @@ def _ibc_value(value: object) -> object:
 SingleLine = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
 IbcValue = Annotated[SingleLine, BeforeValidator(_ibc_value)]
 AmPmTime = Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")]  # IBC: hh:mm AM/PM
-IBC_KEYS = tuple(line for line in (Path(__file__).parent / "data" / "ibc_keys.txt").read_text().splitlines()
-                 if line and not line.startswith("#"))
+_IBC_KEYS_FILE = Path(__file__).parent.parent / "data" / "ibc_keys.txt"
+IBC_KEYS = tuple(key for key in _IBC_KEYS_FILE.read_text().splitlines() if key and not key.startswith("#"))
 # IBC keys ibgw renders itself: `ibc.extra` may not set them (the field that does, or why not).
 IBC_OWNED = {
     "IbLoginId": "login.username", "IbPassword": "login.password", "TradingMode": "mode",
@@ -117,8 +124,10 @@ IBC_FIXED = {  # kept as ibgw sets them: the API gateway only, dialogs refused, 
     "FIXPassword": "ibgw runs no FIX gateway",
     "IbDir": "ibgw passes the settings directory to ibcstart.sh (IBC: a different IbDir breaks auto-restart)",
     "AcceptIncomingConnectionAction": "API clients other than the trusted 127.0.0.1 are always rejected",
-    **{key: "IBC's command server stays off" for key in
-       ("CommandServerPort", "ControlFrom", "BindAddress", "CommandPrompt", "SuppressInfoMessages")},
+    **dict.fromkeys(
+        ("CommandServerPort", "ControlFrom", "BindAddress", "CommandPrompt", "SuppressInfoMessages"),
+        "IBC's command server stays off",
+    ),
 }
 
 
@@ -148,9 +157,9 @@ class Ibc(Model):
     @model_validator(mode="before")
     @classmethod
     def _logoff_drops_default_restart(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("auto_logoff_time") is not None and "auto_restart_time" not in data:
-            return {**data, "auto_restart_time": None}
-        return data
+        if not isinstance(data, dict) or data.get("auto_logoff_time") is None or "auto_restart_time" in data:
+            return data
+        return {**data, "auto_restart_time": None}
 
 
 class Simulator(Model):
@@ -286,6 +295,12 @@ class Artifacts(Model):
     ib_gateway: Artifact | None = None
     ibc: Artifact | None = None
 
+    def pinned(self) -> tuple[Artifact, Artifact]:
+        """(IBC, IB Gateway), which load() requires for a host on the ibgw backend."""
+        if self.ibc is None or self.ib_gateway is None:
+            raise ValueError("the ibgw backend needs artifacts.ibc and artifacts.ib_gateway")
+        return self.ibc, self.ib_gateway
+
 
 class Inventory(Model):
     hosts: dict[Name, Host] = Field(min_length=1)
@@ -344,11 +359,12 @@ def warnings(inv: Inventory) -> list[str]:
     return found
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):
-            return "plaintext secrets are not allowed in the inventory; use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+            return ("plaintext secrets are not allowed in the inventory; "
+                    "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}")
         return "unknown field (check its spelling)"
     return msg
 
