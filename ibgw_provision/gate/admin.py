@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from .. import control
+from ..service import control
 
 MAX_REPLY = 1 << 20
 COMMANDS = ("halt", "resume", "status")

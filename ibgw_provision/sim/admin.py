@@ -21,7 +21,7 @@ import sys
 from collections.abc import Collection, Sized
 from typing import Protocol
 
-from .. import control
+from ..service import control
 
 
 class Delaying(Protocol):
