@@ -138,7 +138,8 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an ISO time (2025-06-02T14:30) nor relative (15m, 2h, 1d)")
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO time (2025-06-02T14:30) nor relative (15m, 2h, 1d)") from None
 
 
 _CONNECTION_COLUMNS = ("started", "app", "client_id", "source", "version", "outcome", "ended", "reason")

@@ -14,11 +14,19 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from .. import yamlsrc
-from ..errors import InputError
 from ..constrained import ClientId, Mode, Name
+from ..errors import InputError
 from ..tws.framing import MAX_HELLO
 
 IPAddress = IPv4Address | IPv6Address

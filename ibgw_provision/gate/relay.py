@@ -15,8 +15,16 @@ import time
 
 from ..tws import codec, replies
 from ..tws.errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
-from ..tws.framing import (API_PREFIX, MAX_HELLO, FrameCounter, frame, frame_spans, parse_hello, parse_server_hello,
-                           read_frame)
+from ..tws.framing import (
+    API_PREFIX,
+    MAX_HELLO,
+    FrameCounter,
+    frame,
+    frame_spans,
+    parse_hello,
+    parse_server_hello,
+    read_frame,
+)
 from ..tws.messages import Out
 from . import orders, policy, proxy
 from .config import App

@@ -13,10 +13,25 @@ from . import history
 from .broker import Broker, Execution, Margin, Order, OrderRejected, Position, account_values, commission_for
 from .config import SimConfig
 from .market import NEW_YORK, Market
-from .requests import (Cancel, CancelOrder, NoArgs, PlaceOrder, ReqAccountSummary, ReqAccountUpdates,
-                       ReqAccountUpdatesMulti, ReqAutoOpenOrders, ReqCompletedOrders, ReqContractDetails,
-                       ReqExecutions, ReqHistoricalData, ReqIds, ReqMarketDataType, ReqMktData, ReqSecDefOptParams,
-                       StartApi)
+from .requests import (
+    Cancel,
+    CancelOrder,
+    NoArgs,
+    PlaceOrder,
+    ReqAccountSummary,
+    ReqAccountUpdates,
+    ReqAccountUpdatesMulti,
+    ReqAutoOpenOrders,
+    ReqCompletedOrders,
+    ReqContractDetails,
+    ReqExecutions,
+    ReqHistoricalData,
+    ReqIds,
+    ReqMarketDataType,
+    ReqMktData,
+    ReqSecDefOptParams,
+    StartApi,
+)
 from .session import Session
 from .universe import ContractQuery, Instrument, Universe
 

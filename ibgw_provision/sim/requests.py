@@ -13,14 +13,31 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from google.protobuf.message import DecodeError
-from ibapi.protobuf import (AccountDataRequest_pb2, AccountSummaryRequest_pb2, AccountUpdatesMultiRequest_pb2,
-                            AllOpenOrdersRequest_pb2, AutoOpenOrdersRequest_pb2, CancelAccountSummary_pb2,
-                            CancelAccountUpdatesMulti_pb2, CancelHistoricalData_pb2, CancelMarketData_pb2,
-                            CancelPositions_pb2, CompletedOrdersRequest_pb2, ContractDataRequest_pb2,
-                            CurrentTimeInMillisRequest_pb2, CurrentTimeRequest_pb2, ExecutionRequest_pb2,
-                            HistoricalDataRequest_pb2, IdsRequest_pb2, ManagedAccountsRequest_pb2,
-                            MarketDataRequest_pb2, MarketDataTypeRequest_pb2, OpenOrdersRequest_pb2,
-                            PositionsRequest_pb2, SecDefOptParamsRequest_pb2)
+from ibapi.protobuf import (
+    AccountDataRequest_pb2,
+    AccountSummaryRequest_pb2,
+    AccountUpdatesMultiRequest_pb2,
+    AllOpenOrdersRequest_pb2,
+    AutoOpenOrdersRequest_pb2,
+    CancelAccountSummary_pb2,
+    CancelAccountUpdatesMulti_pb2,
+    CancelHistoricalData_pb2,
+    CancelMarketData_pb2,
+    CancelPositions_pb2,
+    CompletedOrdersRequest_pb2,
+    ContractDataRequest_pb2,
+    CurrentTimeInMillisRequest_pb2,
+    CurrentTimeRequest_pb2,
+    ExecutionRequest_pb2,
+    HistoricalDataRequest_pb2,
+    IdsRequest_pb2,
+    ManagedAccountsRequest_pb2,
+    MarketDataRequest_pb2,
+    MarketDataTypeRequest_pb2,
+    OpenOrdersRequest_pb2,
+    PositionsRequest_pb2,
+    SecDefOptParamsRequest_pb2,
+)
 
 from ..tws import requests as tws
 from ..tws.codec import Message

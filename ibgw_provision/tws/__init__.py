@@ -7,8 +7,18 @@ share one implementation.
 from .codec import Message, decode, encode_protobuf, encode_text, text_payload
 from .errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
 from .fields import UNSET_DOUBLE, UNSET_INTEGER, FieldReader, encode_fields, split_fields
-from .framing import (API_PREFIX, MAX_FRAME, Hello, encode_server_hello, frame, negotiate, parse_hello,
-                      parse_server_hello, read_frame, unframe)
+from .framing import (
+    API_PREFIX,
+    MAX_FRAME,
+    Hello,
+    encode_server_hello,
+    frame,
+    negotiate,
+    parse_hello,
+    parse_server_hello,
+    read_frame,
+    unframe,
+)
 from .messages import PROTOBUF_MSG_ID, In, Out
 
 __all__ = [

@@ -13,9 +13,9 @@ from ibapi.order_cancel import OrderCancel
 
 from ibgw_provision.gate import orders, proxy
 from ibgw_provision.tws import decode, frame, replies, versions
-from ibgw_provision.tws.framing import FrameCounter
 from ibgw_provision.tws.codec import message_id
 from ibgw_provision.tws.errors import HandshakeError, MalformedMessage
+from ibgw_provision.tws.framing import FrameCounter
 from ibgw_provision.tws.messages import Out
 
 from ..kit.gate import proxy_v1, proxy_v2
