@@ -98,8 +98,9 @@ class AuditLog:
                     reason: str | None) -> None:
         quantity = None if order.quantity is None else str(order.quantity)
         await self._write(
-            "INSERT INTO orders (at, connection_id, app, client_id, request, order_id, symbol, sec_type, action, "
-            "quantity, order_type, limit_price, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO orders (at, connection_id, app, client_id, request, order_id, symbol, sec_type, "
+            "action, quantity, order_type, limit_price, decision, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (now(), connection_id, app, client_id, order.request, order.order_id, order.symbol, order.sec_type,
              order.action, quantity, order.order_type, order.limit_price,
              "forwarded" if reason is None else "refused", reason))

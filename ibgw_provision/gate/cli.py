@@ -171,7 +171,8 @@ def _print_table(title: str, rows: list[dict], columns: tuple[str, ...]) -> None
               help="From T: ISO time (local unless it has a zone) or 15m, 2h, 1d.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def audit(config_path: str, app: str | None, since: datetime | None, as_json: bool) -> None:
-    """Show the gate's audit log: connections (accepted and refused) and order requests (forwarded and refused)."""
+    """Show the gate's audit log: connections (accepted and refused) and order requests
+    (forwarded and refused)."""
     from .audit import query
 
     config = _load(config_path)

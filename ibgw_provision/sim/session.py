@@ -130,7 +130,8 @@ class Session:
         return self.pending_bytes > CONGESTED_BYTES
 
     async def close(self) -> None:
-        """Unregister, write out everything already sent (latency-delayed messages at once), close the socket."""
+        """Unregister, write out everything already sent (latency-delayed messages at once), close the
+        socket."""
         self.server.forget(self)
         if self.closed:
             if not self.writer.transport.is_closing():
