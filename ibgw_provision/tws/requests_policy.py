@@ -5,7 +5,7 @@ the table below is an explicit allow list, and an id it does not hold (a newer A
 or garbage) is refused. Keys are message ids as `codec.message_id` returns them: a protobuf
 request (wire id above 200) has the same id as its text form. Names are the official client's
 method names, for audit and log texts. tests/tws/test_requests_policy.py checks the table
-against every request id the installed ibapi defines or sends.
+against every request id the installed ibapi defines or sends, and ib_async sends.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ REQUESTS: dict[int, tuple[str, str, Kind]] = {
     49: ("REQ_CURRENT_TIME", "reqCurrentTime", READ),
     50: ("REQ_REAL_TIME_BARS", "reqRealTimeBars", READ),
     51: ("CANCEL_REAL_TIME_BARS", "cancelRealTimeBars", READ),
+    # Gone from ibapi-latest (IB ended the service), still sent by older clients such as ib_async.
+    52: ("REQ_FUNDAMENTAL_DATA", "reqFundamentalData", READ),
+    53: ("CANCEL_FUNDAMENTAL_DATA", "cancelFundamentalData", READ),
     54: ("REQ_CALC_IMPLIED_VOLAT", "calculateImpliedVolatility", READ),  # a model computation
     55: ("REQ_CALC_OPTION_PRICE", "calculateOptionPrice", READ),  # a model computation
     56: ("CANCEL_CALC_IMPLIED_VOLAT", "cancelCalculateImpliedVolatility", READ),
@@ -120,6 +123,9 @@ REQUESTS: dict[int, tuple[str, str, Kind]] = {
 # Reads that, sent by client id 0, also bind the manual TWS orders to it, for later sessions too.
 BINDS_FOR_CLIENT_ZERO = frozenset({5})
 
+# Ids older clients send that ibapi-latest no longer defines.
+LEGACY = frozenset({52, 53})
+
 
 def kind(msg_id: int) -> Kind | None:
     """The kind of request `msg_id`, or None for an id this table does not know."""
@@ -148,7 +154,8 @@ def refusal(msg_id: int, *, read_only: bool, halted: bool, client_id: int | None
     """
     if is_read(msg_id, client_id):
         return None
-    what = f"{name(msg_id)} ({kind(msg_id).value if kind(msg_id) else 'unknown'} request)"
+    known = kind(msg_id)
+    what = f"{name(msg_id)} ({known.value if known else 'unknown'} request)"
     if read_only:
         return f"{what} is not allowed for a read-only app"
     if halted:

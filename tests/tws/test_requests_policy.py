@@ -7,6 +7,8 @@ import inspect
 import re
 
 import pytest
+from ib_async import client as ib_async_client
+from ib_async.client import Client as IBAsyncClient
 from ibapi import client as ibapi_client
 from ibapi.client import EClient
 from ibapi.common import getServerVersionForMessage
@@ -22,13 +24,25 @@ TEXT_VERSION = MIN_SERVER_VER_PROTOBUF - 1  # the newest version where every req
 
 
 def test_every_ibapi_request_id_is_classified_under_its_ibapi_name():
-    assert {m.value: m.name for m in OUT} == {msg_id: constant for msg_id, (constant, _, _) in REQUESTS.items()}
+    assert {m.value: m.name for m in OUT} == {msg_id: constant for msg_id, (constant, _, _) in REQUESTS.items()
+                                              if msg_id not in requests_policy.LEGACY}
+    assert requests_policy.LEGACY <= REQUESTS.keys()
     assert all(isinstance(entry[2], Kind) for entry in REQUESTS.values())
 
 
 def test_names_are_the_official_clients_methods():
-    for constant, method, _ in REQUESTS.values():
-        assert hasattr(EClient, method) or hasattr(EClient, method + "ProtoBuf"), (constant, method)
+    for msg_id, (constant, method, _) in REQUESTS.items():
+        client = IBAsyncClient if msg_id in requests_policy.LEGACY else EClient
+        assert hasattr(client, method) or hasattr(client, method + "ProtoBuf"), (constant, method)
+
+
+def test_every_id_ib_async_sends_is_classified():
+    """ib_async writes each request's id as the first literal of its send call."""
+    source = inspect.getsource(ib_async_client)
+    sent = {int(i) for i in re.findall(r"self\.send\(\s*(\d+)", source)}
+    assert len(sent) > 70
+    assert sent <= REQUESTS.keys(), sorted(sent - REQUESTS.keys())
+    assert requests_policy.LEGACY <= sent  # still needed
 
 
 def test_every_id_the_client_sends_is_classified():
@@ -55,7 +69,7 @@ def test_the_classes():
                                  OUT.UPDATE_DISPLAY_GROUP, OUT.UPDATE_CONFIG}
     assert by_kind[SESSION] == {OUT.START_API, OUT.VERIFY_REQUEST, OUT.VERIFY_MESSAGE,
                                 OUT.VERIFY_AND_AUTH_REQUEST, OUT.VERIFY_AND_AUTH_MESSAGE}
-    assert len(by_kind[READ]) == len(OUT) - 14
+    assert len(by_kind[READ]) == len(OUT) - 14 + len(requests_policy.LEGACY)
 
 
 class _Wire:
