@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import layout
+from ibgw_provision.provision import layout
 
 from .conftest import LOCAL, fresh_host, ibgw, recap
 

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from ibgw_provision import layout, state
-from ibgw_provision.plan import plan, sha256
-from ibgw_provision.secrets import MASK, Secrets
+from ibgw_provision.inventory.secrets import MASK, Secrets
+from ibgw_provision.provision import agent, layout, state
+from ibgw_provision.provision.plan import plan, sha256
 
 
 def converged(want) -> dict:
@@ -18,7 +18,7 @@ def converged(want) -> dict:
     paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
                        "sha256": sha256(f.content)} for f in want.files}
     return {
-        "packages": {p: True for p in want.packages},
+        "packages": dict.fromkeys(want.packages, True),
         "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
         "paths": paths,
         "content": {},
@@ -29,7 +29,7 @@ def converged(want) -> dict:
 
 @pytest.fixture
 def want(example, monkeypatch):
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
     return state.desired(example, "gw1", Secrets())
 
 
@@ -120,6 +120,11 @@ def test_sudoer_ibkr_is_demoted(want):
     facts = converged(want)
     facts["user"]["groups"] = ["ibkr", "sudo"]
     assert _changed(plan(want, facts, Secrets())) == {"user ibkr": "remove from sudo"}
+
+
+def test_agent_and_plan_agree_on_privileged_groups():
+    """The agent runs alone on the host, so it keeps its own copy of the list the plan checks."""
+    assert agent.PRIVILEGED_GROUPS == layout.PRIVILEGED_GROUPS
 
 
 def test_secret_diff_masks_old_and_new_values(want, example):

@@ -12,13 +12,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
-from . import yamlsrc
-from .errors import InputError, Problem
+from .. import yamlsrc
+from ..constrained import MODES, ClientId, Mode, Name, Port
+from ..errors import InputError, Problem
 
-Mode = Literal["paper", "live"]
-MODES: tuple[Mode, ...] = ("paper", "live")
 # IB's own conventions: the gateway listens on 4001 (live) / 4002 (paper);
 # ib-gateway-docker relays them on 4003 / 4004, which users know as the front.
 DEFAULT_API_PORT = {"live": 4001, "paper": 4002}
@@ -26,9 +35,6 @@ DEFAULT_FRONT_PORT = {"live": 4003, "paper": 4004}
 # With front.gate: the front hands connections to `ibgw gate` on these, which relays to the gateway.
 DEFAULT_GATE_PORT = {"live": 4101, "paper": 4102}
 DEFAULT_GATE_METRICS_PORT = {"live": 9101, "paper": 9102}
-Port = Annotated[int, Field(ge=1, le=65535)]
-ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 Duration = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
 SECRET_KEY = re.compile(r"pass|secret|token", re.I)
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -212,6 +218,12 @@ class Artifacts(Model):
     ib_gateway: Artifact | None = None
     ibc: Artifact | None = None
 
+    def pinned(self) -> tuple[Artifact, Artifact]:
+        """(IBC, IB Gateway), which load() requires for a host on the ibgw backend."""
+        if self.ibc is None or self.ib_gateway is None:
+            raise ValueError("the ibgw backend needs artifacts.ibc and artifacts.ib_gateway")
+        return self.ibc, self.ib_gateway
+
 
 class Inventory(Model):
     hosts: dict[Name, Host] = Field(min_length=1)
@@ -270,11 +282,12 @@ def warnings(inv: Inventory) -> list[str]:
     return found
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):
-            return "plaintext secrets are not allowed in the inventory; use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+            return ("plaintext secrets are not allowed in the inventory; "
+                    "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}")
         return "unknown field (check its spelling)"
     return msg
 

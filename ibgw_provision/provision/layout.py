@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 USER = GROUP = "ibkr"
+# Groups USER is never in. agent.py, which runs alone on the host, keeps its own copy (a test checks).
+PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
 HOME = "/var/lib/ibgw"  # the ibkr user's home: gateway settings live below it
 ETC = "/etc/ibgw"
 LOG = "/var/log/ibgw"

@@ -12,10 +12,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..inventory.secrets import MASK, Secrets
 from . import layout
-from .agent import PRIVILEGED_GROUPS
 from .render import ManagedFile
-from .secrets import MASK, Secrets
 from .state import Desired, Install
 from .wheelhouse import Wheelhouse
 
@@ -81,9 +80,9 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
             task.step["then"] = {"restart": list(want.venv_units)}
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
-    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]
-    restart |= {u for i, t in zip(want.installs, installs) if t.changed for u in i.restart}
-    for i, t in zip(want.installs, installs):
+    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
+    restart |= {u for i, t in zip(want.installs, installs, strict=True) if t.changed for u in i.restart}
+    for i, t in zip(want.installs, installs, strict=True):
         if t.step:
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
@@ -113,7 +112,7 @@ def _user(facts: dict) -> Task:
     step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
     if info is None:
         return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
-    privileged = sorted(set(info["groups"]) & set(PRIVILEGED_GROUPS))
+    privileged = sorted(set(info["groups"]) & set(layout.PRIVILEGED_GROUPS))
     if privileged:
         return Task(f"user {layout.USER}", True, f"remove from {', '.join(privileged)}", step=step)
     return Task(f"user {layout.USER}", False)
@@ -205,7 +204,7 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
     if facts.get("firewall") is False and fw.get("active") == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
     daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(owed.get("daemon_reload"))
-    actions = {"enable": [], "start": [], "restart": [], "reload": []}
+    actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
         state = facts["units"].get(unit, {})

@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 
+# The same as layout.PRIVILEGED_GROUPS (a test checks): this file runs alone on the host.
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
 
 

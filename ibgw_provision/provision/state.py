@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..inventory.model import Host, Inventory
+from ..inventory.secrets import Secrets
 from . import layout
-from .errors import InputError
-from .inventory import Host, Inventory
 from .render import ManagedFile, render_host
-from .secrets import Secrets
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
 FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}
@@ -77,41 +75,13 @@ def needs_venv(host: Host) -> bool:
 def _installs(inv: Inventory, host: Host) -> list[Install]:
     if host.backend != "ibgw":
         return []
-    ibc, gateway, cache = inv.artifacts.ibc, inv.artifacts.ib_gateway, inv.path(inv.artifacts.cache_dir)
+    (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
     installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
     installs += [Install(cache / gateway.file, gateway.sha256, "installer",
                          layout.ib_gateway_dir(g.mode, gateway.version), layout.USER, (layout.gateway_unit(g.mode),))
                  for g in host.gateways]
     return installs
-
-
-def check_artifacts(inv: Inventory, names: list[str]) -> None:
-    """Every installer a host needs is in the cache with its pinned sha256: checked before any change."""
-    problems, seen = [], set()
-    for install in (i for name in names for i in _installs(inv, inv.hosts[name])):
-        if install.local in seen:
-            continue
-        seen.add(install.local)
-        field = ("artifacts", "ibc" if install.kind == "zip" else "ib_gateway", "sha256")
-        try:
-            actual = file_sha256(install.local)
-        except OSError as exc:
-            problems.append(inv.problem(field[:2], f"cannot read {install.local}: {exc.strerror}"))
-            continue
-        if actual != install.sha256:
-            problems.append(inv.problem(field, f"{install.local} has sha256 {actual}, not the pinned one: "
-                                               "refusing to install it"))
-    if problems:
-        raise InputError(problems)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _packages(host: Host) -> list[str]:
