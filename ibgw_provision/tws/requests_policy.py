@@ -10,10 +10,10 @@ against every request id the installed ibapi defines or sends, and ib_async send
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     READ = "read"  # reads data or ends a read subscription; changes nothing on the gateway or account
     ORDER = "order"  # creates, changes or cancels orders, or exercises options (positions)
     SETTINGS = "settings"  # changes the gateway's settings, the account's FA setup, or what others see

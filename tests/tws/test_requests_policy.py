@@ -24,8 +24,11 @@ TEXT_VERSION = MIN_SERVER_VER_PROTOBUF - 1  # the newest version where every req
 
 
 def test_every_ibapi_request_id_is_classified_under_its_ibapi_name():
-    assert {m.value: m.name for m in OUT} == {msg_id: constant for msg_id, (constant, _, _) in REQUESTS.items()
-                                              if msg_id not in requests_policy.LEGACY}
+    assert {m.value: m.name for m in OUT} == {
+        msg_id: constant
+        for msg_id, (constant, _, _) in REQUESTS.items()
+        if msg_id not in requests_policy.LEGACY
+    }
     assert requests_policy.LEGACY <= REQUESTS.keys()
     assert all(isinstance(entry[2], Kind) for entry in REQUESTS.values())
 
@@ -65,10 +68,20 @@ def test_every_id_with_a_protobuf_form_is_classified():
 def test_the_classes():
     by_kind = {k: {m for m, (_, _, kind) in REQUESTS.items() if kind is k} for k in Kind}
     assert by_kind[ORDER] == {OUT.PLACE_ORDER, OUT.CANCEL_ORDER, OUT.REQ_GLOBAL_CANCEL, OUT.EXERCISE_OPTIONS}
-    assert by_kind[SETTINGS] == {OUT.SET_SERVER_LOGLEVEL, OUT.REQ_AUTO_OPEN_ORDERS, OUT.REPLACE_FA,
-                                 OUT.UPDATE_DISPLAY_GROUP, OUT.UPDATE_CONFIG}
-    assert by_kind[SESSION] == {OUT.START_API, OUT.VERIFY_REQUEST, OUT.VERIFY_MESSAGE,
-                                OUT.VERIFY_AND_AUTH_REQUEST, OUT.VERIFY_AND_AUTH_MESSAGE}
+    assert by_kind[SETTINGS] == {
+        OUT.SET_SERVER_LOGLEVEL,
+        OUT.REQ_AUTO_OPEN_ORDERS,
+        OUT.REPLACE_FA,
+        OUT.UPDATE_DISPLAY_GROUP,
+        OUT.UPDATE_CONFIG,
+    }
+    assert by_kind[SESSION] == {
+        OUT.START_API,
+        OUT.VERIFY_REQUEST,
+        OUT.VERIFY_MESSAGE,
+        OUT.VERIFY_AND_AUTH_REQUEST,
+        OUT.VERIFY_AND_AUTH_MESSAGE,
+    }
     assert len(by_kind[READ]) == len(OUT) - 14 + len(requests_policy.LEGACY)
 
 
@@ -88,7 +101,12 @@ class _Wire:
 def _sent(version: int, call) -> Message:
     """The one message `call` makes ibapi send, as the gate decodes it."""
     client = EClient(EWrapper())
-    client.conn, client.connState, client.serverVersion_, client.extraAuth = _Wire(), EClient.CONNECTED, version, True
+    client.conn, client.connState, client.serverVersion_, client.extraAuth = (
+        _Wire(),
+        EClient.CONNECTED,
+        version,
+        True,
+    )
     call(client)
     (frame,) = client.conn.frames
     return decode(version, frame[4:])
@@ -107,9 +125,15 @@ ATTACKS = {
 }
 
 
-@pytest.mark.parametrize(("request_name", "version"), [
-    (request, version) for request in ATTACKS for version in (TEXT_VERSION, MAX_CLIENT_VER)
-    if (request, version) != ("updateConfig", TEXT_VERSION)])  # updateConfig exists only as protobuf
+@pytest.mark.parametrize(
+    ("request_name", "version"),
+    [
+        (request, version)
+        for request in ATTACKS
+        for version in (TEXT_VERSION, MAX_CLIENT_VER)
+        if (request, version) != ("updateConfig", TEXT_VERSION)  # updateConfig exists only as protobuf
+    ],
+)
 def test_what_the_attack_run_sent_is_not_a_read(request_name, version):
     message = _sent(version, ATTACKS[request_name])
     # ibapi has no protobuf form of verifyAndAuth*; every other one is protobuf at the top version.
@@ -134,8 +158,10 @@ def test_a_read_passes_in_both_encodings(version):
 def test_unknown_ids_are_refused_to_read_only_apps_and_while_halted(msg_id):
     assert requests_policy.kind(msg_id) is None and not requests_policy.is_read(msg_id)
     assert requests_policy.name(msg_id) == f"request {msg_id}"
-    assert requests_policy.refusal(msg_id, read_only=True, halted=False) == \
-        f"request {msg_id} (unknown request) is not allowed for a read-only app"
+    assert (
+        requests_policy.refusal(msg_id, read_only=True, halted=False)
+        == f"request {msg_id} (unknown request) is not allowed for a read-only app"
+    )
     assert requests_policy.refusal(msg_id, read_only=False, halted=True) is not None
     assert requests_policy.refusal(msg_id, read_only=False, halted=False) is None
 
