@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..inventory.model import Host, Inventory
@@ -12,8 +12,9 @@ from .render import ManagedFile, render_host
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
 FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}
-# IB Gateway's bundled JRE draws its window on Xvfb through these.
-IBGW_PACKAGES = ["xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
+# IB Gateway's bundled JRE draws its window on Xvfb through these; python3 waits for the display.
+ARM64_MACHINES = ("aarch64", "arm64")
+IBGW_PACKAGES = ["python3", "xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,20 @@ class Install:
     dest: str
     owner: str
     restart: tuple[str, ...]
+    arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
 
     @property
     def upload(self) -> str:
         return f"{layout.UPLOADS}/{self.sha256[:16]}-{self.local.name}"
+
+    def builds(self) -> list[tuple[Path, str]]:
+        return [(self.local, self.sha256)] + ([self.arm64] if self.arm64 else [])
+
+    def for_arch(self, machine: str) -> Install | None:
+        """The installer for a host's `uname -m`; None when none is pinned for it."""
+        if self.kind == "zip" or machine not in ARM64_MACHINES:
+            return self
+        return replace(self, local=self.arm64[0], sha256=self.arm64[1], arm64=None) if self.arm64 else None
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,10 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
     (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
     installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
+    arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
     installs += [Install(cache / gateway.file, gateway.sha256, "installer",
-                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER, (layout.gateway_unit(g.mode),))
+                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER,
+                         (layout.gateway_unit(g.mode),), arm64)
                  for g in host.gateways]
     return installs
 

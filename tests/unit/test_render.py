@@ -130,7 +130,7 @@ def test_gateway_units(rendered, example, local):
         assert f"User={layout.USER}\n" in unit
     for gw in example.hosts["gw1"].gateways:
         unit = rendered["example"][f"{layout.UNIT_DIR}/{layout.gateway_unit(gw.mode)}"].read_text()
-        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1030 --gateway --mode=" + gw.mode, unit)
+        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1037 --gateway --mode=" + gw.mode, unit)
         assert f"--on2fatimeout={gw.ibc.twofa_timeout_action}" in unit
         assert f"Requires={layout.xvfb_unit(gw.mode)}" in unit
         for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StartLimitBurst="):
