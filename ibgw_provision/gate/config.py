@@ -70,8 +70,9 @@ class App(Model):
     sources: list[Annotated[Network, BeforeValidator(_network)]] = Field(min_length=1)
     read_only: StrictBool
     max_order_quantity: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)] | None = None
-    allowed_sec_types: list[Annotated[str, BeforeValidator(_sec_type), Field(pattern=r"^[A-Z]{2,8}$")]] | None = \
-        Field(default=None, min_length=1)
+    allowed_sec_types: (
+        list[Annotated[str, BeforeValidator(_sec_type), Field(pattern=r"^[A-Z]{2,8}$")]] | None
+    ) = Field(default=None, min_length=1)
 
     def allows(self, address: IPAddress) -> bool:
         return any(address in network for network in self.sources)

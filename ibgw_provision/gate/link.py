@@ -113,4 +113,3 @@ class Link(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
-

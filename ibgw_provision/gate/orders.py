@@ -12,8 +12,12 @@ from ..tws import requests
 from ..tws.codec import Message
 from ..tws.messages import Out
 
-ORDER_REQUESTS: dict[int, str] = {Out.PLACE_ORDER: "placeOrder", Out.CANCEL_ORDER: "cancelOrder",
-                  Out.REQ_GLOBAL_CANCEL: "reqGlobalCancel", Out.EXERCISE_OPTIONS: "exerciseOptions"}
+ORDER_REQUESTS: dict[int, str] = {
+    Out.PLACE_ORDER: "placeOrder",
+    Out.CANCEL_ORDER: "cancelOrder",
+    Out.REQ_GLOBAL_CANCEL: "reqGlobalCancel",
+    Out.EXERCISE_OPTIONS: "exerciseOptions",
+}
 NEW_ORDERS = frozenset({"placeOrder", "exerciseOptions"})  # what the kill switch stops; cancels still pass
 EXERCISE_ACTIONS = {requests.EXERCISE: "EXERCISE", requests.LAPSE: "LAPSE"}
 
@@ -46,13 +50,27 @@ def audited(request: requests.Request) -> OrderRequest:
     """The audit log's view of an order-affecting request."""
     match request:
         case requests.PlaceOrder(order_id=order_id, contract=contract):
-            return OrderRequest("placeOrder", order_id, contract.symbol, contract.sec_type, request.action,
-                                request.total_quantity, request.order_type, request.lmt_price)
+            return OrderRequest(
+                "placeOrder",
+                order_id,
+                contract.symbol,
+                contract.sec_type,
+                request.action,
+                request.total_quantity,
+                request.order_type,
+                request.lmt_price,
+            )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)
         case requests.ExerciseOptions(order_id=order_id, contract=contract, action=action):
-            return OrderRequest("exerciseOptions", order_id, contract.symbol, contract.sec_type,
-                                EXERCISE_ACTIONS.get(action, str(action)), Decimal(request.quantity))
+            return OrderRequest(
+                "exerciseOptions",
+                order_id,
+                contract.symbol,
+                contract.sec_type,
+                EXERCISE_ACTIONS.get(action, str(action)),
+                Decimal(request.quantity),
+            )
         case requests.GlobalCancel():
             return OrderRequest("reqGlobalCancel")
     raise ValueError(f"not an order request: {request!r}")

@@ -14,8 +14,9 @@ CLIENT_ID_IN_USE = Code.CLIENT_ID_IN_USE  # what the gateway itself answers to a
 REQUEST_REFUSED = Code.REQUEST_VALIDATION_ERROR  # what a read-only API answers to orders
 
 
-def connection_refusal(config: GateConfig, client_id: int, source: IPAddress,
-                       connected: Container[int]) -> tuple[int, str] | None:
+def connection_refusal(
+    config: GateConfig, client_id: int, source: IPAddress, connected: Container[int]
+) -> tuple[int, str] | None:
     """(error code, reason) to refuse a START_API for `client_id` from `source`; None admits it."""
     app = config.apps_by_client_id.get(client_id)
     if app is None:
@@ -23,8 +24,10 @@ def connection_refusal(config: GateConfig, client_id: int, source: IPAddress,
     if not app.allows(source):
         return CONNECT_FAILED, f"client id {client_id} (app {app.name}) may not connect from {source}"
     if client_id in connected:
-        return CLIENT_ID_IN_USE, (f"client id {client_id} (app {app.name}) is already connected through this gate; "
-                                  "the client id is already in use")
+        return CLIENT_ID_IN_USE, (
+            f"client id {client_id} (app {app.name}) is already connected through this gate; "
+            "the client id is already in use"
+        )
     return None
 
 
@@ -43,6 +46,8 @@ def order_refusal(app: App, halted: bool, order: OrderRequest) -> str | None:
         # A cash-quantity order has no share quantity: its size cannot be held to the limit.
         return f"app {app.name} has a quantity limit: an order must give a positive quantity (not cashQty)"
     if app.allowed_sec_types is not None and order.sec_type.upper() not in app.allowed_sec_types:
-        return (f"secType {order.sec_type or '(none)'} is not allowed for app {app.name} "
-                f"(allowed: {', '.join(app.allowed_sec_types)})")
+        return (
+            f"secType {order.sec_type or '(none)'} is not allowed for app {app.name} "
+            f"(allowed: {', '.join(app.allowed_sec_types)})"
+        )
     return None

@@ -145,7 +145,9 @@ class Connection:
             log.warning("connection from %s dropped: %s", self.peer, exc)
             return False
         self.app = app = self.config.apps_by_client_id.get(client_id)
-        refusal = policy.connection_refusal(self.config, client_id, self.source[0], self.gate.connected.keys())
+        refusal = policy.connection_refusal(
+            self.config, client_id, self.source[0], self.gate.connected.keys()
+        )
         if refusal is not None:
             await self._refuse(client_id, *refusal)
             return False
@@ -153,7 +155,9 @@ class Connection:
         self.gate.connected[client_id] = self
         self.stats = stats = self.gate.stats[app.name]
         stats.connect(self.peer)
-        self.audit_id = await self.gate.audit.connection(app.name, client_id, self.peer, self.version, "accepted")
+        self.audit_id = await self.gate.audit.connection(
+            app.name, client_id, self.peer, self.version, "accepted"
+        )
         assert self.upstream is not None  # the handshake connected it
         self.upstream.write(frame(start_api))
         stats.messages_in += 1
@@ -163,9 +167,12 @@ class Connection:
     async def _refuse(self, client_id: int, code: int, reason: str) -> None:
         self.client.write(replies.error(self.version, -1, code, policy.REFUSED + reason))
         self.gate.refused_connections += 1
-        log.warning("refused client %d from %s (server version %d): %s", client_id, self.peer, self.version, reason)
-        await self.gate.audit.connection(self.app.name if self.app else None, client_id, self.peer,
-                                         self.version, "refused", reason)
+        log.warning(
+            "refused client %d from %s (server version %d): %s", client_id, self.peer, self.version, reason
+        )
+        await self.gate.audit.connection(
+            self.app.name if self.app else None, client_id, self.peer, self.version, "refused", reason
+        )
 
     # ---- relay -----------------------------------------------------------------------------
 
@@ -226,7 +233,7 @@ class Connection:
     def _message_id(self, buffer: bytes, start: int, size: int) -> int | None:
         """The id of the message at `start`, or None after ending the connection on one that must not pass."""
         try:
-            msg_id, _, _ = codec.message_id(self.version, buffer[start:start + min(size, codec.ID_BYTES)])
+            msg_id, _, _ = codec.message_id(self.version, buffer[start : start + min(size, codec.ID_BYTES)])
         except MalformedMessage as exc:
             self._stop_on(f"unreadable message: {exc}")
             return None
@@ -250,7 +257,7 @@ class Connection:
         self._backlog = bytearray(buffer[end:])
         self._partial = b""
         self.client.hold("order")
-        message = codec.decode(self.version, buffer[start + 4:end])
+        message = codec.decode(self.version, buffer[start + 4 : end])
         self._deciding = asyncio.create_task(self._decide(message, buffer[start:end]))
 
     async def _decide(self, message: codec.Message, original: bytes) -> None:
@@ -272,10 +279,16 @@ class Connection:
         if reason is None:
             upstream.write(original)
         else:
-            log.warning("%s: refused %s%s: %s", self.who, order.request,
-                        "" if order.order_id is None else f" (order {order.order_id})", reason)
-            self.client.write(replies.error(self.version, order.reply_id, policy.REQUEST_REFUSED,
-                                            policy.REFUSED + reason))
+            log.warning(
+                "%s: refused %s%s: %s",
+                self.who,
+                order.request,
+                "" if order.order_id is None else f" (order {order.order_id})",
+                reason,
+            )
+            self.client.write(
+                replies.error(self.version, order.reply_id, policy.REQUEST_REFUSED, policy.REFUSED + reason)
+            )
         backlog, self._backlog = self._backlog or bytearray(), None
         self._from_client(bytes(backlog))
         if self._backlog is None:

@@ -45,18 +45,26 @@ class Gate:
         self._admin = await admin.serve(self, self.config.admin_socket)
         self._servers.append(self._admin)
         self.audit.end_orphans()
-        listener = await loop.create_server(lambda: Link(self._accept, self.config.max_frame + 4),
-                                            listen.host, listen.port)
+        listener = await loop.create_server(
+            lambda: Link(self._accept, self.config.max_frame + 4), listen.host, listen.port
+        )
         self._servers.append(listener)
         self.port = listener.sockets[0].getsockname()[1]
         if self.config.metrics is not None:
             endpoint = await metrics.serve(self.state, self.config.metrics.host, self.config.metrics.port)
             self._servers.append(endpoint)
             self.metrics_port = endpoint.sockets[0].getsockname()[1]
-        log.info("%s gate listening on %s:%d for %s, %d apps%s, trading %s (%s event loop)", self.config.mode,
-                 listen.host, self.port, self.config.upstream, len(self.config.apps),
-                 ", PROXY protocol" if self.config.proxy_protocol else "", "HALTED" if self.halted else "open",
-                 type(loop).__module__.split(".")[0])
+        log.info(
+            "%s gate listening on %s:%d for %s, %d apps%s, trading %s (%s event loop)",
+            self.config.mode,
+            listen.host,
+            self.port,
+            self.config.upstream,
+            len(self.config.apps),
+            ", PROXY protocol" if self.config.proxy_protocol else "",
+            "HALTED" if self.halted else "open",
+            type(loop).__module__.split(".")[0],
+        )
 
     def _accept(self, link: Link) -> None:
         if link.transport.get_extra_info("peername") is None:  # gone before we saw it (a TCP check)
@@ -72,11 +80,24 @@ class Gate:
         await self.state.set_halted(halted, by)
 
     def status(self) -> dict:
-        apps = [{"name": app.name, "client_id": app.client_id, "read_only": app.read_only,
-                 **asdict(self.stats[app.name])} for app in self.config.apps]
-        return {"mode": self.config.mode, "listen": f"{self.config.listen.host}:{self.port}",
-                "upstream": str(self.config.upstream), "halted": self.halted,
-                "connections": len(self._tasks), "refused_connections": self.state.refused_connections, "apps": apps}
+        apps = [
+            {
+                "name": app.name,
+                "client_id": app.client_id,
+                "read_only": app.read_only,
+                **asdict(self.stats[app.name]),
+            }
+            for app in self.config.apps
+        ]
+        return {
+            "mode": self.config.mode,
+            "listen": f"{self.config.listen.host}:{self.port}",
+            "upstream": str(self.config.upstream),
+            "halted": self.halted,
+            "connections": len(self._tasks),
+            "refused_connections": self.state.refused_connections,
+            "apps": apps,
+        }
 
     async def stop(self) -> None:
         """Stop listening, end every connection (recording why), close the audit log."""

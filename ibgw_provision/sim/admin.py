@@ -78,8 +78,10 @@ async def execute(server: Controls, line: str) -> str:
                 return f"ok latency {server.latency * 1000:g} ms"
             case ["status"]:
                 delayed = sum(s.delayed for s in server.connections)
-                return (f"ok listening={int(server.listening)} port={server.port} clients={len(server.sessions)} "
-                        f"lines={server.lines_in_use()} latency_ms={server.latency * 1000:g} delayed={delayed}")
+                return (
+                    f"ok listening={int(server.listening)} port={server.port} clients={len(server.sessions)} "
+                    f"lines={server.lines_in_use()} latency_ms={server.latency * 1000:g} delayed={delayed}"
+                )
             case _:
                 return "error commands: restart [SECONDS] | latency MS | status"
     except ValueError as exc:
@@ -111,8 +113,10 @@ async def command(path: str, line: str, timeout: float = 10.0) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: python -m ibgw_provision.sim.admin SOCKET restart [SECONDS] | latency MS | status",
-              file=sys.stderr)
+        print(
+            "usage: python -m ibgw_provision.sim.admin SOCKET restart [SECONDS] | latency MS | status",
+            file=sys.stderr,
+        )
         return 2
     try:
         reply = asyncio.run(command(argv[0], " ".join(argv[1:])))

@@ -64,12 +64,15 @@ def _resolve(server: Simulator, session: Session, req_id: int, query: ContractQu
     found = server.universe.find(query)
     if len(found) == 1:
         return found[0]
-    text = NO_SECURITY if not found else f"The contract description specified for {query.symbol} is ambiguous."
+    text = (
+        NO_SECURITY if not found else f"The contract description specified for {query.symbol} is ambiguous."
+    )
     session.send(session.encoder.error(req_id, Code.NO_SECURITY_DEFINITION, text))
     return None
 
 
 # ---- connection-level requests -----------------------------------------------------------------
+
 
 def _current_time(server: Simulator, session: Session, req: NoArgs) -> None:
     session.send(session.encoder.current_time(int(time.time())))
@@ -84,8 +87,11 @@ def _managed_accounts(server: Simulator, session: Session, req: NoArgs) -> None:
 
 
 def _start_api(server: Simulator, session: Session, req: StartApi) -> None:
-    session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR,
-                                       "Error validating request.-'bF' : cause - API already started"))
+    session.send(
+        session.encoder.error(
+            -1, Code.REQUEST_VALIDATION_ERROR, "Error validating request.-'bF' : cause - API already started"
+        )
+    )
 
 
 def _req_ids(server: Simulator, session: Session, req: ReqIds) -> None:
@@ -94,13 +100,16 @@ def _req_ids(server: Simulator, session: Session, req: ReqIds) -> None:
 
 # ---- contracts -----------------------------------------------------------------------------------
 
+
 def _contract_details(server: Simulator, session: Session, req: ReqContractDetails) -> None:
     found = server.universe.find(req.contract)
     if not found:
         session.send(session.encoder.error(req.req_id, Code.NO_SECURITY_DEFINITION, NO_SECURITY))
         return
     enc = session.encoder
-    session.send(b"".join(enc.contract_data(req.req_id, inst) for inst in found) + enc.contract_data_end(req.req_id))
+    session.send(
+        b"".join(enc.contract_data(req.req_id, inst) for inst in found) + enc.contract_data_end(req.req_id)
+    )
 
 
 def _sec_def_opt_params(server: Simulator, session: Session, req: ReqSecDefOptParams) -> None:
@@ -108,34 +117,48 @@ def _sec_def_opt_params(server: Simulator, session: Session, req: ReqSecDefOptPa
     out = []
     if under is not None and req.underlying_sec_type.upper() in ("STK", ""):
         strikes = list(server.universe.strikes[under.symbol])
-        out = [enc.sec_def_opt_params(req.req_id, exchange, under.con_id, under.symbol, "100",
-                                      [server.universe.expiry], strikes) for exchange in SEC_DEF_EXCHANGES]
+        out = [
+            enc.sec_def_opt_params(
+                req.req_id, exchange, under.con_id, under.symbol, "100", [server.universe.expiry], strikes
+            )
+            for exchange in SEC_DEF_EXCHANGES
+        ]
     session.send(b"".join(out) + enc.sec_def_opt_params_end(req.req_id))
 
 
 # ---- market data ---------------------------------------------------------------------------------
 
+
 def _ticks(server: Simulator, session: Session, req_id: int, inst: Instrument, full: bool) -> bytes:
     """Quote ticks for one line; `full` adds the day's high, low and close."""
     enc, quote = session.encoder, server.market.quote(inst)
-    out = [enc.tick_price(req_id, BID, quote.bid, quote.bid_size),
-           enc.tick_price(req_id, ASK, quote.ask, quote.ask_size),
-           enc.tick_price(req_id, LAST, quote.last, quote.last_size),
-           enc.tick_size(req_id, VOLUME, enc.volume(quote.volume))]
+    out = [
+        enc.tick_price(req_id, BID, quote.bid, quote.bid_size),
+        enc.tick_price(req_id, ASK, quote.ask, quote.ask_size),
+        enc.tick_price(req_id, LAST, quote.last, quote.last_size),
+        enc.tick_size(req_id, VOLUME, enc.volume(quote.volume)),
+    ]
     if inst.is_option:
         out.append(enc.tick_option(req_id, MODEL_OPTION, server.market.greeks(inst)))
     elif full:
         walk = server.market.walk(inst)
-        out += [enc.tick_price(req_id, tick, round(price, 2), None)
-                for tick, price in ((HIGH, walk.high), (LOW, walk.low), (CLOSE, walk.close))]
+        out += [
+            enc.tick_price(req_id, tick, round(price, 2), None)
+            for tick, price in ((HIGH, walk.high), (LOW, walk.low), (CLOSE, walk.close))
+        ]
     return b"".join(out)
 
 
 def _mkt_data(server: Simulator, session: Session, req: ReqMktData) -> None:
     enc, snapshot = session.encoder, req.snapshot or req.regulatory_snapshot
     if req.req_id in session.market_data:
-        session.send(enc.error(req.req_id, Code.REQUEST_PROCESSING_ERROR,
-                               "Error processing request.-'bW' : cause - Duplicate ticker id"))
+        session.send(
+            enc.error(
+                req.req_id,
+                Code.REQUEST_PROCESSING_ERROR,
+                "Error processing request.-'bW' : cause - Duplicate ticker id",
+            )
+        )
         return
     inst = _resolve(server, session, req.req_id, req.contract)
     if inst is None:
@@ -154,8 +177,11 @@ def _mkt_data(server: Simulator, session: Session, req: ReqMktData) -> None:
 
 def _cancel_mkt_data(server: Simulator, session: Session, req: Cancel) -> None:
     if session.market_data.pop(req.req_id, None) is None:
-        session.send(session.encoder.error(req.req_id, Code.UNKNOWN_TICKER_ID,
-                                           f"Can't find EId with tickerId:{req.req_id}"))
+        session.send(
+            session.encoder.error(
+                req.req_id, Code.UNKNOWN_TICKER_ID, f"Can't find EId with tickerId:{req.req_id}"
+            )
+        )
 
 
 def _cancel_historical_data(server: Simulator, session: Session, req: Cancel) -> None:
@@ -177,11 +203,15 @@ def _historical_data(server: Simulator, session: Session, req: ReqHistoricalData
         return
     bars = server.market.bars(inst, spec.times, spec.bar_seconds)
     dates = [history.bar_date(bar, spec.bar_seconds, req.format_date) for bar in bars]
-    session.send(session.encoder.historical_data(req.req_id, bars, dates, history.range_text(spec.start),
-                                                 history.range_text(spec.end)))
+    session.send(
+        session.encoder.historical_data(
+            req.req_id, bars, dates, history.range_text(spec.start), history.range_text(spec.end)
+        )
+    )
 
 
 # ---- orders ----------------------------------------------------------------------------------
+
 
 def _send_open_orders(session: Session, orders: list[Order]) -> None:
     enc = session.encoder
@@ -190,21 +220,39 @@ def _send_open_orders(session: Session, orders: list[Order]) -> None:
 
 def _new_order(server: Simulator, session: Session, req: PlaceOrder, inst: Instrument) -> Order:
     account = req.account or server.accounts[0]
-    return Order(session.client, req.order_id, 0, inst, req.action, req.quantity, req.order_type, req.lmt_price,
-                 req.tif or "DAY", account, req.order_ref, req.oca_group, req.outside_rth, req.parent_id,
-                 what_if=req.what_if)
+    return Order(
+        session.client,
+        req.order_id,
+        0,
+        inst,
+        req.action,
+        req.quantity,
+        req.order_type,
+        req.lmt_price,
+        req.tif or "DAY",
+        account,
+        req.order_ref,
+        req.oca_group,
+        req.outside_rth,
+        req.parent_id,
+        what_if=req.what_if,
+    )
 
 
 def _what_if(server: Simulator, order: Order) -> Order:
     """A what-if order: margin impact and commission estimate, never placed."""
     values = _values(server, order.account)
-    init, maint, equity = (float(values[k][0]) for k in ("InitMarginReq", "MaintMarginReq", "EquityWithLoanValue"))
+    init, maint, equity = (
+        float(values[k][0]) for k in ("InitMarginReq", "MaintMarginReq", "EquityWithLoanValue")
+    )
     price = server.market.quote(order.instrument).last
     notional = float(order.quantity) * price * order.instrument.size_multiplier
     commission = commission_for(order.instrument, order.quantity, price)
     change = (0.25 * notional, 0.25 * notional, -commission)
     order.status, order.commission = "PreSubmitted", commission
-    order.margin = Margin((init, maint, equity), change, (init + change[0], maint + change[1], equity + change[2]))
+    order.margin = Margin(
+        (init, maint, equity), change, (init + change[0], maint + change[1], equity + change[2])
+    )
     return order
 
 
@@ -237,15 +285,22 @@ def _cancel(server: Simulator, order: Order) -> None:
     owner = server.sessions.get(order.client_id)
     if owner is not None:
         enc = owner.encoder
-        owner.send(enc.order_status(order) + enc.error(order.order_id, Code.ORDER_CANCELED, "Order Canceled - reason:"))
+        owner.send(
+            enc.order_status(order)
+            + enc.error(order.order_id, Code.ORDER_CANCELED, "Order Canceled - reason:")
+        )
 
 
 def _cancel_order(server: Simulator, session: Session, req: CancelOrder) -> None:
     order = server.broker.orders.get((session.client, req.order_id))
     if order is None or not order.is_open:
-        session.send(session.encoder.error(
-            req.order_id, Code.ORDER_TO_CANCEL_NOT_FOUND,
-            f"OrderId {req.order_id} that needs to be cancelled is not found."))
+        session.send(
+            session.encoder.error(
+                req.order_id,
+                Code.ORDER_TO_CANCEL_NOT_FOUND,
+                f"OrderId {req.order_id} that needs to be cancelled is not found.",
+            )
+        )
         return
     _cancel(server, order)
 
@@ -269,8 +324,10 @@ def _auto_open_orders(server: Simulator, session: Session, req: ReqAutoOpenOrder
 
 def _completed_orders(server: Simulator, session: Session, req: ReqCompletedOrders) -> None:
     enc = session.encoder
-    session.send(b"".join(enc.completed_order(o) for o in server.broker.completed_orders())
-                 + enc.completed_orders_end())
+    session.send(
+        b"".join(enc.completed_order(o) for o in server.broker.completed_orders())
+        + enc.completed_orders_end()
+    )
 
 
 def _executions(server: Simulator, session: Session, req: ReqExecutions) -> None:
@@ -278,14 +335,19 @@ def _executions(server: Simulator, session: Session, req: ReqExecutions) -> None
 
     def wanted(e: Execution) -> bool:
         o = e.order
-        return ((not req.client_id or o.client_id == req.client_id) and (not req.account or o.account == req.account)
-                and (not req.symbol or o.instrument.symbol == req.symbol.upper())
-                and (not req.sec_type or o.instrument.sec_type == req.sec_type.upper())
-                and (not req.side or e.side == req.side.upper() or o.action == req.side.upper()))
+        return (
+            (not req.client_id or o.client_id == req.client_id)
+            and (not req.account or o.account == req.account)
+            and (not req.symbol or o.instrument.symbol == req.symbol.upper())
+            and (not req.sec_type or o.instrument.sec_type == req.sec_type.upper())
+            and (not req.side or e.side == req.side.upper() or o.action == req.side.upper())
+        )
 
     found = [e for e in server.broker.executions if wanted(e)]
-    session.send(b"".join(enc.exec_details(req.req_id, e) + enc.commission_report(e) for e in found)
-                 + enc.exec_details_end(req.req_id))
+    session.send(
+        b"".join(enc.exec_details(req.req_id, e) + enc.commission_report(e) for e in found)
+        + enc.exec_details_end(req.req_id)
+    )
 
 
 def _publish_fill(server: Simulator, execution: Execution) -> None:
@@ -294,8 +356,12 @@ def _publish_fill(server: Simulator, execution: Execution) -> None:
     owner = server.sessions.get(order.client_id)
     if owner is not None:
         enc = owner.encoder
-        owner.send(enc.exec_details(-1, execution) + enc.order_status(order) + enc.open_order(order)
-                   + enc.commission_report(execution))
+        owner.send(
+            enc.exec_details(-1, execution)
+            + enc.order_status(order)
+            + enc.open_order(order)
+            + enc.commission_report(execution)
+        )
     position = server.broker.accounts[order.account].position(order.instrument)
     for session in list(server.sessions.values()):
         if session.positions_subscribed:
@@ -311,14 +377,17 @@ def _publish_fill(server: Simulator, execution: Execution) -> None:
 
 # ---- accounts ------------------------------------------------------------------------------------
 
+
 def _values(server: Simulator, account: str) -> dict[str, tuple[str, str]]:
     return account_values(server.broker.accounts[account], lambda inst: server.market.quote(inst).last)
 
 
 def _account_update(server: Simulator, session: Session, account: str, *positions: Position) -> bytes:
     enc = session.encoder
-    values = [enc.account_value(key, value, currency, account) for key, (value, currency) in
-              _values(server, account).items()]
+    values = [
+        enc.account_value(key, value, currency, account)
+        for key, (value, currency) in _values(server, account).items()
+    ]
     portfolio = [enc.portfolio_value(p, server.market.quote(p.instrument).last) for p in positions]
     return b"".join(values + portfolio) + enc.account_time(datetime.now(NEW_YORK).strftime("%H:%M"))
 
@@ -329,31 +398,46 @@ def _account_updates(server: Simulator, session: Session, req: ReqAccountUpdates
         return
     account = req.account or server.accounts[0]
     if account not in server.broker.accounts:
-        session.send(session.encoder.error(-1, Code.REQUEST_VALIDATION_ERROR,
-                                           f"Error validating request.-'bm' : cause - Invalid account code '{account}'"))
+        session.send(
+            session.encoder.error(
+                -1,
+                Code.REQUEST_VALIDATION_ERROR,
+                f"Error validating request.-'bm' : cause - Invalid account code '{account}'",
+            )
+        )
         return
     session.account_updates = account
     held = list(server.broker.accounts[account].positions.values())
-    session.send(_account_update(server, session, account, *held) + session.encoder.account_download_end(account))
+    session.send(
+        _account_update(server, session, account, *held) + session.encoder.account_download_end(account)
+    )
 
 
 def _account_multi(server: Simulator, session: Session, req_id: int, account: str) -> bytes:
     enc = session.encoder
-    return b"".join(enc.account_update_multi(req_id, account, key, value, currency)
-                    for key, (value, currency) in _values(server, account).items())
+    return b"".join(
+        enc.account_update_multi(req_id, account, key, value, currency)
+        for key, (value, currency) in _values(server, account).items()
+    )
 
 
 def _account_updates_multi(server: Simulator, session: Session, req: ReqAccountUpdatesMulti) -> None:
     accounts = [req.account] if req.account and req.account != "All" else list(server.accounts)
     unknown = [a for a in accounts if a not in server.broker.accounts]
     if unknown:
-        session.send(session.encoder.error(req.req_id, Code.REQUEST_VALIDATION_ERROR,
-                                           f"Error validating request.-'bm' : cause - Invalid "
-                                                            f"account code '{unknown[0]}'"))
+        session.send(
+            session.encoder.error(
+                req.req_id,
+                Code.REQUEST_VALIDATION_ERROR,
+                f"Error validating request.-'bm' : cause - Invalid account code '{unknown[0]}'",
+            )
+        )
         return
     session.account_multi[req.req_id] = tuple(accounts)
-    session.send(b"".join(_account_multi(server, session, req.req_id, account) for account in accounts)
-                 + session.encoder.account_update_multi_end(req.req_id))
+    session.send(
+        b"".join(_account_multi(server, session, req.req_id, account) for account in accounts)
+        + session.encoder.account_update_multi_end(req.req_id)
+    )
 
 
 def _positions(server: Simulator, session: Session, req: NoArgs) -> None:
@@ -367,17 +451,22 @@ def _cancel_positions(server: Simulator, session: Session, req: NoArgs) -> None:
 
 
 def _summary(server: Simulator, session: Session, req_id: int, tags: frozenset[str], accounts) -> bytes:
-    return b"".join(session.encoder.account_summary(req_id, account, tag, value, currency)
-                    for account in accounts for tag, (value, currency) in _values(server, account).items()
-                    if tag in tags)
+    return b"".join(
+        session.encoder.account_summary(req_id, account, tag, value, currency)
+        for account in accounts
+        for tag, (value, currency) in _values(server, account).items()
+        if tag in tags
+    )
 
 
 def _account_summary(server: Simulator, session: Session, req: ReqAccountSummary) -> None:
     """The requested tags for every account, then updates whenever a fill changes them."""
     tags = frozenset(t.strip() for t in req.tags.split(","))
     session.account_summaries[req.req_id] = tags
-    session.send(_summary(server, session, req.req_id, tags, server.accounts)
-                 + session.encoder.account_summary_end(req.req_id))
+    session.send(
+        _summary(server, session, req.req_id, tags, server.accounts)
+        + session.encoder.account_summary_end(req.req_id)
+    )
 
 
 def _cancel_account_summary(server: Simulator, session: Session, req: Cancel) -> None:
@@ -391,17 +480,32 @@ def _cancel_account_updates_multi(server: Simulator, session: Session, req: Canc
 # ---- dispatch and the market clock -----------------------------------------------------------------
 
 _HANDLERS: dict[int, Callable] = {
-    Out.START_API: _start_api, Out.REQ_CURRENT_TIME: _current_time,
-    Out.REQ_CURRENT_TIME_IN_MILLIS: _current_time_millis, Out.REQ_MANAGED_ACCTS: _managed_accounts,
-    Out.REQ_IDS: _req_ids, Out.REQ_CONTRACT_DATA: _contract_details, Out.REQ_SEC_DEF_OPT_PARAMS: _sec_def_opt_params,
-    Out.REQ_MKT_DATA: _mkt_data, Out.CANCEL_MKT_DATA: _cancel_mkt_data, Out.REQ_MARKET_DATA_TYPE: _market_data_type,
-    Out.REQ_HISTORICAL_DATA: _historical_data, Out.CANCEL_HISTORICAL_DATA: _cancel_historical_data,
-    Out.PLACE_ORDER: _place_order, Out.CANCEL_ORDER: _cancel_order, Out.REQ_GLOBAL_CANCEL: _global_cancel,
-    Out.REQ_OPEN_ORDERS: _open_orders, Out.REQ_ALL_OPEN_ORDERS: _all_open_orders,
-    Out.REQ_AUTO_OPEN_ORDERS: _auto_open_orders, Out.REQ_COMPLETED_ORDERS: _completed_orders,
-    Out.REQ_EXECUTIONS: _executions, Out.REQ_POSITIONS: _positions, Out.CANCEL_POSITIONS: _cancel_positions,
-    Out.REQ_ACCOUNT_SUMMARY: _account_summary, Out.CANCEL_ACCOUNT_SUMMARY: _cancel_account_summary,
-    Out.REQ_ACCT_DATA: _account_updates, Out.REQ_ACCOUNT_UPDATES_MULTI: _account_updates_multi,
+    Out.START_API: _start_api,
+    Out.REQ_CURRENT_TIME: _current_time,
+    Out.REQ_CURRENT_TIME_IN_MILLIS: _current_time_millis,
+    Out.REQ_MANAGED_ACCTS: _managed_accounts,
+    Out.REQ_IDS: _req_ids,
+    Out.REQ_CONTRACT_DATA: _contract_details,
+    Out.REQ_SEC_DEF_OPT_PARAMS: _sec_def_opt_params,
+    Out.REQ_MKT_DATA: _mkt_data,
+    Out.CANCEL_MKT_DATA: _cancel_mkt_data,
+    Out.REQ_MARKET_DATA_TYPE: _market_data_type,
+    Out.REQ_HISTORICAL_DATA: _historical_data,
+    Out.CANCEL_HISTORICAL_DATA: _cancel_historical_data,
+    Out.PLACE_ORDER: _place_order,
+    Out.CANCEL_ORDER: _cancel_order,
+    Out.REQ_GLOBAL_CANCEL: _global_cancel,
+    Out.REQ_OPEN_ORDERS: _open_orders,
+    Out.REQ_ALL_OPEN_ORDERS: _all_open_orders,
+    Out.REQ_AUTO_OPEN_ORDERS: _auto_open_orders,
+    Out.REQ_COMPLETED_ORDERS: _completed_orders,
+    Out.REQ_EXECUTIONS: _executions,
+    Out.REQ_POSITIONS: _positions,
+    Out.CANCEL_POSITIONS: _cancel_positions,
+    Out.REQ_ACCOUNT_SUMMARY: _account_summary,
+    Out.CANCEL_ACCOUNT_SUMMARY: _cancel_account_summary,
+    Out.REQ_ACCT_DATA: _account_updates,
+    Out.REQ_ACCOUNT_UPDATES_MULTI: _account_updates_multi,
     Out.CANCEL_ACCOUNT_UPDATES_MULTI: _cancel_account_updates_multi,
 }
 HANDLED = frozenset(_HANDLERS)
@@ -419,5 +523,9 @@ def market_step(server: Simulator) -> None:
             _publish_fill(server, execution)
     for session in list(server.sessions.values()):
         if session.market_data and not session.congested:
-            session.send(b"".join(_ticks(server, session, req_id, inst, full=False)
-                                  for req_id, inst in session.market_data.items()))
+            session.send(
+                b"".join(
+                    _ticks(server, session, req_id, inst, full=False)
+                    for req_id, inst in session.market_data.items()
+                )
+            )

@@ -179,10 +179,23 @@ class ReqExecutions:
 
 # ---- text ------------------------------------------------------------------------------------
 
+
 def _query(contract: tws.Contract) -> ContractQuery:
     c = contract
-    return ContractQuery(c.con_id, c.symbol, c.sec_type, c.last_trade_date, c.strike, c.right, c.multiplier,
-                         c.exchange, c.primary_exchange, c.currency, c.local_symbol, c.trading_class)
+    return ContractQuery(
+        c.con_id,
+        c.symbol,
+        c.sec_type,
+        c.last_trade_date,
+        c.strike,
+        c.right,
+        c.multiplier,
+        c.exchange,
+        c.primary_exchange,
+        c.currency,
+        c.local_symbol,
+        c.trading_class,
+    )
 
 
 def _contract(r: FieldReader) -> ContractQuery:
@@ -223,13 +236,16 @@ def _text_executions(version: int, r: FieldReader) -> ReqExecutions:
 
 def _versioned(build: Callable[[FieldReader], object]) -> Callable[[int, FieldReader], object]:
     """A text parser for a request whose first field is its own message version."""
+
     def parse(version: int, r: FieldReader) -> object:
         r.skip()
         return build(r)
+
     return parse
 
 
 # ---- protobuf --------------------------------------------------------------------------------
+
 
 def _pb_contract(pb) -> ContractQuery:
     return _query(tws.contract_from_pb(pb))
@@ -238,9 +254,22 @@ def _pb_contract(pb) -> ContractQuery:
 def _place_order(order: tws.PlaceOrder) -> PlaceOrder:
     """The simulator's view of an order: action and order type in upper case."""
     o = order
-    return PlaceOrder(o.order_id, _query(o.contract), o.action.upper(), o.total_quantity, o.order_type.upper(),
-                      o.lmt_price, o.tif, o.account, o.oca_group, o.order_ref, o.transmit, o.parent_id, o.outside_rth,
-                      o.what_if)
+    return PlaceOrder(
+        o.order_id,
+        _query(o.contract),
+        o.action.upper(),
+        o.total_quantity,
+        o.order_type.upper(),
+        o.lmt_price,
+        o.tif,
+        o.account,
+        o.oca_group,
+        o.order_ref,
+        o.transmit,
+        o.parent_id,
+        o.outside_rth,
+        o.what_if,
+    )
 
 
 def _pb_executions(pb) -> ReqExecutions:
@@ -249,8 +278,17 @@ def _pb_executions(pb) -> ReqExecutions:
 
 
 def _pb_historical(pb) -> ReqHistoricalData:
-    return ReqHistoricalData(pb.reqId, _pb_contract(pb.contract), pb.endDateTime, pb.barSizeSetting, pb.duration,
-                             pb.useRTH, pb.whatToShow, pb.formatDate, pb.keepUpToDate)
+    return ReqHistoricalData(
+        pb.reqId,
+        _pb_contract(pb.contract),
+        pb.endDateTime,
+        pb.barSizeSetting,
+        pb.duration,
+        pb.useRTH,
+        pb.whatToShow,
+        pb.formatDate,
+        pb.keepUpToDate,
+    )
 
 
 _TextParser = Callable[[int, FieldReader], object]
@@ -264,55 +302,88 @@ def _no_args(msg_id: Out, proto_type: type) -> dict[int, _Entry]:
 
 def _cancel(msg_id: Out, proto_type: type) -> dict[int, _Entry]:
     """The table entry of a cancel carrying its message version and a request id."""
-    return {msg_id: (_versioned(lambda r: Cancel(msg_id, r.int())), proto_type, lambda pb: Cancel(msg_id, pb.reqId))}
+    return {
+        msg_id: (
+            _versioned(lambda r: Cancel(msg_id, r.int())),
+            proto_type,
+            lambda pb: Cancel(msg_id, pb.reqId),
+        )
+    }
 
 
 _PARSERS: dict[int, _Entry] = {
     **_no_args(Out.REQ_CURRENT_TIME, CurrentTimeRequest_pb2.CurrentTimeRequest),
     **_no_args(Out.REQ_CURRENT_TIME_IN_MILLIS, CurrentTimeInMillisRequest_pb2.CurrentTimeInMillisRequest),
-    Out.REQ_IDS: (_versioned(lambda r: ReqIds(r.int())), IdsRequest_pb2.IdsRequest, lambda pb: ReqIds(pb.numIds)),
+    Out.REQ_IDS: (
+        _versioned(lambda r: ReqIds(r.int())),
+        IdsRequest_pb2.IdsRequest,
+        lambda pb: ReqIds(pb.numIds),
+    ),
     **_no_args(Out.REQ_MANAGED_ACCTS, ManagedAccountsRequest_pb2.ManagedAccountsRequest),
-    Out.REQ_CONTRACT_DATA: (_versioned(lambda r: ReqContractDetails(r.int(), _contract(r))),
-                            ContractDataRequest_pb2.ContractDataRequest,
-                            lambda pb: ReqContractDetails(pb.reqId, _pb_contract(pb.contract))),
-    Out.REQ_SEC_DEF_OPT_PARAMS: (lambda v, r: ReqSecDefOptParams(r.int(), r.str(), r.str(), r.str(), r.int()),
-                                 SecDefOptParamsRequest_pb2.SecDefOptParamsRequest,
-                                 lambda pb: ReqSecDefOptParams(pb.reqId, pb.underlyingSymbol, pb.futFopExchange,
-                                                               pb.underlyingSecType, pb.underlyingConId)),
-    Out.REQ_MKT_DATA: (_text_mkt_data, MarketDataRequest_pb2.MarketDataRequest,
-                       lambda pb: ReqMktData(pb.reqId, _pb_contract(pb.contract), pb.genericTickList, pb.snapshot,
-                                             pb.regulatorySnapshot)),
+    Out.REQ_CONTRACT_DATA: (
+        _versioned(lambda r: ReqContractDetails(r.int(), _contract(r))),
+        ContractDataRequest_pb2.ContractDataRequest,
+        lambda pb: ReqContractDetails(pb.reqId, _pb_contract(pb.contract)),
+    ),
+    Out.REQ_SEC_DEF_OPT_PARAMS: (
+        lambda v, r: ReqSecDefOptParams(r.int(), r.str(), r.str(), r.str(), r.int()),
+        SecDefOptParamsRequest_pb2.SecDefOptParamsRequest,
+        lambda pb: ReqSecDefOptParams(
+            pb.reqId, pb.underlyingSymbol, pb.futFopExchange, pb.underlyingSecType, pb.underlyingConId
+        ),
+    ),
+    Out.REQ_MKT_DATA: (
+        _text_mkt_data,
+        MarketDataRequest_pb2.MarketDataRequest,
+        lambda pb: ReqMktData(
+            pb.reqId, _pb_contract(pb.contract), pb.genericTickList, pb.snapshot, pb.regulatorySnapshot
+        ),
+    ),
     **_cancel(Out.CANCEL_MKT_DATA, CancelMarketData_pb2.CancelMarketData),
-    Out.REQ_MARKET_DATA_TYPE: (_versioned(lambda r: ReqMarketDataType(r.int())),
-                               MarketDataTypeRequest_pb2.MarketDataTypeRequest,
-                               lambda pb: ReqMarketDataType(pb.marketDataType)),
-    Out.REQ_HISTORICAL_DATA: (_text_historical, HistoricalDataRequest_pb2.HistoricalDataRequest, _pb_historical),
+    Out.REQ_MARKET_DATA_TYPE: (
+        _versioned(lambda r: ReqMarketDataType(r.int())),
+        MarketDataTypeRequest_pb2.MarketDataTypeRequest,
+        lambda pb: ReqMarketDataType(pb.marketDataType),
+    ),
+    Out.REQ_HISTORICAL_DATA: (
+        _text_historical,
+        HistoricalDataRequest_pb2.HistoricalDataRequest,
+        _pb_historical,
+    ),
     **_cancel(Out.CANCEL_HISTORICAL_DATA, CancelHistoricalData_pb2.CancelHistoricalData),
     **_no_args(Out.REQ_OPEN_ORDERS, OpenOrdersRequest_pb2.OpenOrdersRequest),
     **_no_args(Out.REQ_ALL_OPEN_ORDERS, AllOpenOrdersRequest_pb2.AllOpenOrdersRequest),
-    Out.REQ_AUTO_OPEN_ORDERS: (_versioned(lambda r: ReqAutoOpenOrders(r.bool())),
-                               AutoOpenOrdersRequest_pb2.AutoOpenOrdersRequest,
-                               lambda pb: ReqAutoOpenOrders(pb.autoBind)),
-    Out.REQ_COMPLETED_ORDERS: (lambda v, r: ReqCompletedOrders(r.bool()),
-                               CompletedOrdersRequest_pb2.CompletedOrdersRequest,
-                               lambda pb: ReqCompletedOrders(pb.apiOnly)),
+    Out.REQ_AUTO_OPEN_ORDERS: (
+        _versioned(lambda r: ReqAutoOpenOrders(r.bool())),
+        AutoOpenOrdersRequest_pb2.AutoOpenOrdersRequest,
+        lambda pb: ReqAutoOpenOrders(pb.autoBind),
+    ),
+    Out.REQ_COMPLETED_ORDERS: (
+        lambda v, r: ReqCompletedOrders(r.bool()),
+        CompletedOrdersRequest_pb2.CompletedOrdersRequest,
+        lambda pb: ReqCompletedOrders(pb.apiOnly),
+    ),
     **_no_args(Out.REQ_POSITIONS, PositionsRequest_pb2.PositionsRequest),
     **_no_args(Out.CANCEL_POSITIONS, CancelPositions_pb2.CancelPositions),
-    Out.REQ_ACCOUNT_SUMMARY: (_versioned(lambda r: ReqAccountSummary(r.int(), r.str(), r.str())),
-                              AccountSummaryRequest_pb2.AccountSummaryRequest,
-                              lambda pb: ReqAccountSummary(pb.reqId, pb.group, pb.tags)),
+    Out.REQ_ACCOUNT_SUMMARY: (
+        _versioned(lambda r: ReqAccountSummary(r.int(), r.str(), r.str())),
+        AccountSummaryRequest_pb2.AccountSummaryRequest,
+        lambda pb: ReqAccountSummary(pb.reqId, pb.group, pb.tags),
+    ),
     **_cancel(Out.CANCEL_ACCOUNT_SUMMARY, CancelAccountSummary_pb2.CancelAccountSummary),
-    Out.REQ_ACCT_DATA: (_versioned(lambda r: ReqAccountUpdates(r.bool(), r.str())),
-                        AccountDataRequest_pb2.AccountDataRequest,
-                        lambda pb: ReqAccountUpdates(pb.subscribe, pb.acctCode)),
-    Out.REQ_ACCOUNT_UPDATES_MULTI: (_versioned(lambda r: ReqAccountUpdatesMulti(r.int(), r.str(), r.str())),
-                                    AccountUpdatesMultiRequest_pb2.AccountUpdatesMultiRequest,
-                                    lambda pb: ReqAccountUpdatesMulti(pb.reqId, pb.account, pb.modelCode)),
+    Out.REQ_ACCT_DATA: (
+        _versioned(lambda r: ReqAccountUpdates(r.bool(), r.str())),
+        AccountDataRequest_pb2.AccountDataRequest,
+        lambda pb: ReqAccountUpdates(pb.subscribe, pb.acctCode),
+    ),
+    Out.REQ_ACCOUNT_UPDATES_MULTI: (
+        _versioned(lambda r: ReqAccountUpdatesMulti(r.int(), r.str(), r.str())),
+        AccountUpdatesMultiRequest_pb2.AccountUpdatesMultiRequest,
+        lambda pb: ReqAccountUpdatesMulti(pb.reqId, pb.account, pb.modelCode),
+    ),
     **_cancel(Out.CANCEL_ACCOUNT_UPDATES_MULTI, CancelAccountUpdatesMulti_pb2.CancelAccountUpdatesMulti),
     Out.REQ_EXECUTIONS: (_text_executions, ExecutionRequest_pb2.ExecutionRequest, _pb_executions),
 }
-
-
 
 
 def _global_cancel(version: int, message: Message) -> NoArgs:

@@ -63,8 +63,14 @@ class SimServer:
     async def _listen(self) -> None:
         self._listener = await asyncio.start_server(self._accept, self.config.host, self.port)
         self.port = self._listener.sockets[0].getsockname()[1]
-        log.info("listening on %s:%d (%s mode, accounts %s, max version %d)", self.config.host, self.port,
-                 self.config.mode, ",".join(self.accounts), self.config.max_version)
+        log.info(
+            "listening on %s:%d (%s mode, accounts %s, max version %d)",
+            self.config.host,
+            self.port,
+            self.config.mode,
+            ",".join(self.accounts),
+            self.config.max_version,
+        )
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -79,8 +85,11 @@ class SimServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.connections) >= MAX_CLIENTS or self._stopped:
-            log.warning("refusing %s: %s", writer.get_extra_info("peername"),
-                        "shutting down" if self._stopped else f"{MAX_CLIENTS} clients connected")
+            log.warning(
+                "refusing %s: %s",
+                writer.get_extra_info("peername"),
+                "shutting down" if self._stopped else f"{MAX_CLIENTS} clients connected",
+            )
             writer.close()
             return
         session, handler = Session(self, reader, writer), asyncio.current_task()
@@ -103,8 +112,11 @@ class SimServer:
         self.sessions[client_id] = session
         log.info("client %d connected from %s, server version %d", client_id, session.peer, session.version)
         enc = session.encoder
-        session.send(enc.managed_accounts(self.accounts) + enc.next_valid_id(self.broker.next_order_id)
-                     + b"".join(enc.error(-1, code, text) for code, text in FARM_NOTICES))
+        session.send(
+            enc.managed_accounts(self.accounts)
+            + enc.next_valid_id(self.broker.next_order_id)
+            + b"".join(enc.error(-1, code, text) for code, text in FARM_NOTICES)
+        )
         return True
 
     def forget(self, session: Session) -> None:

@@ -88,7 +88,9 @@ class Session:
         if self.closed or not data:
             return
         if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
-            log.warning("client %s (%s): %d bytes unread; dropping it", self.client_id, self.peer, self.pending_bytes)
+            log.warning(
+                "client %s (%s): %d bytes unread; dropping it", self.client_id, self.peer, self.pending_bytes
+            )
             self.closed = True
             self.writer.transport.abort()
             return
@@ -157,7 +159,11 @@ class Session:
                 start = await self._read_start_api()
             if self.server.admit(self, start.client_id):
                 await self._serve()
-        except (ProtocolError, asyncio.IncompleteReadError, OSError) as exc:  # OSError covers resets, timeouts
+        except (
+            ProtocolError,
+            asyncio.IncompleteReadError,
+            OSError,
+        ) as exc:  # OSError covers resets, timeouts
             log.debug("%s: closing: %s", self.peer, exc or type(exc).__name__)
         except Exception:  # a bug must cost one connection, never the gateway
             log.exception("client %s (%s): unexpected error; closing", self.client_id, self.peer)
@@ -195,17 +201,27 @@ class Session:
             msg_id = message.msg_id
             request = requests.parse(self.version, message)
         except MalformedMessage as exc:
-            self.send(self.encoder.error(-1, Code.REQUEST_READ_ERROR,
-                                         f"Error reading request. Message id {msg_id}. {exc}"))
+            self.send(
+                self.encoder.error(
+                    -1, Code.REQUEST_READ_ERROR, f"Error reading request. Message id {msg_id}. {exc}"
+                )
+            )
             return
         except requests.UnsupportedRequest as exc:
-            self.send(self.encoder.error(
-                -1, Code.REQUEST_VALIDATION_ERROR,
-                f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)"))
+            self.send(
+                self.encoder.error(
+                    -1,
+                    Code.REQUEST_VALIDATION_ERROR,
+                    f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)",
+                )
+            )
             return
         try:
             self.server.handle(self, msg_id, request)
         except Exception:  # a bug in one handler must not take the gateway down
             log.exception("client %s: failed to handle %r", self.client_id, request)
-            self.send(self.encoder.error(-1, Code.REQUEST_READ_ERROR,
-                                         f"Error reading request. Message id {msg_id}. Internal error"))
+            self.send(
+                self.encoder.error(
+                    -1, Code.REQUEST_READ_ERROR, f"Error reading request. Message id {msg_id}. Internal error"
+                )
+            )

@@ -33,7 +33,9 @@ class Message:
         return split_fields(self.body)
 
 
-ID_BYTES = 10  # a payload's first ID_BYTES always hold its message id: 4 raw bytes, or up to 9 digits and a NUL
+ID_BYTES = (
+    10  # a payload's first ID_BYTES always hold its message id: 4 raw bytes, or up to 9 digits and a NUL
+)
 
 
 def message_id(version: int, payload: bytes) -> tuple[int, bool, int]:

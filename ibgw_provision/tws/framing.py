@@ -46,7 +46,7 @@ def unframe(buffer: bytes, max_size: int = MAX_FRAME) -> tuple[list[bytes], byte
     for start, end in frame_spans(buffer, 0, max_size):
         if end > len(buffer):
             break
-        frames.append(buffer[start + 4:end])
+        frames.append(buffer[start + 4 : end])
         pos = end
     return frames, buffer[pos:]
 
@@ -123,7 +123,8 @@ def negotiate(hello: Hello, server_min: int, server_max: int) -> int:
     if version < max(hello.min_version, server_min):
         raise HandshakeError(
             f"no common version: client v{hello.min_version}..{hello.max_version}, "
-            f"server v{server_min}..{server_max}")
+            f"server v{server_min}..{server_max}"
+        )
     return version
 
 

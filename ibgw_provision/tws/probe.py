@@ -83,8 +83,9 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     except asyncio.IncompleteReadError:
         raise ProbeError("server closed the connection during the handshake", CONNECT_FAIL) from None
     if not versions.MIN_CLIENT <= version <= PROBE_MAX_VERSION:
-        raise ProbeError(f"server chose version {version}, outside the offered "
-                         f"v{versions.MIN_CLIENT}..{PROBE_MAX_VERSION}")
+        raise ProbeError(
+            f"server chose version {version}, outside the offered v{versions.MIN_CLIENT}..{PROBE_MAX_VERSION}"
+        )
     return version, connection_time
 
 
@@ -122,7 +123,9 @@ async def _connect(host: str, port: int, source: str | None, sock: socket.socket
         raise
 
 
-async def _probe(host: str, port: int, client_id: int, source: str | None, sock: socket.socket | None) -> ProbeResult:
+async def _probe(
+    host: str, port: int, client_id: int, source: str | None, sock: socket.socket | None
+) -> ProbeResult:
     reader, writer = await _connect(host, port, source, sock)
     try:
         version, connection_time = await _handshake(reader, writer)
@@ -130,8 +133,16 @@ async def _probe(host: str, port: int, client_id: int, source: str | None, sock:
         inbox = _Inbox(reader, version)
         next_id, accounts = await _log_on(inbox)
         server_time, round_trip = await _current_time(inbox, writer)
-        return ProbeResult(version, connection_time, client_id, next_id, accounts, server_time, round_trip,
-                           tuple(inbox.notices))
+        return ProbeResult(
+            version,
+            connection_time,
+            client_id,
+            next_id,
+            accounts,
+            server_time,
+            round_trip,
+            tuple(inbox.notices),
+        )
     except BaseException:
         writer.transport.abort()  # on failure or timeout: drop at once, no waiting for a flush
         raise
@@ -141,8 +152,14 @@ async def _probe(host: str, port: int, client_id: int, source: str | None, sock:
             await writer.wait_closed()
 
 
-async def probe(host: str, port: int, client_id: int, timeout: float = 5.0, source: str | None = None,
-                sock: socket.socket | None = None) -> ProbeResult:
+async def probe(
+    host: str,
+    port: int,
+    client_id: int,
+    timeout: float = 5.0,
+    source: str | None = None,
+    sock: socket.socket | None = None,
+) -> ProbeResult:
     """Connect, hand-shake, START_API as `client_id`, time reqCurrentTime, disconnect.
 
     `source` binds the local address (e.g. a distinct 127.x address); `sock`, an already
