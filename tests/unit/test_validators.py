@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import layout
+from ibgw_provision.provision import layout
 
 VARIANTS = ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"]
 
