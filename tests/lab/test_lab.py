@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
-from labkit import ROOT, read_env, run_lab
 
 from ibgw_provision import inventory
+from tests.kit.lab import ROOT, read_env, run_lab
 
 pytestmark = pytest.mark.lab
 RESERVED = ipaddress.ip_network("198.18.0.0/15")
@@ -82,10 +82,12 @@ def test_apt_in_gw_reaches_the_mirror_through_the_lab_proxy_only(lab):
 
 
 def test_the_proxy_serves_only_the_mirror(lab):
-    code = ("import urllib.request as u\n"
-            f"o = u.build_opener(u.ProxyHandler({{'http': 'http://{lab.addr('operator')}:3128'}}))\n"
-            "try:\n    o.open('http://lab-outside.invalid/', timeout=5)\n"
-            "except u.HTTPError as e:\n    print(e.code)\n")
+    code = (
+        "import urllib.request as u\n"
+        f"o = u.build_opener(u.ProxyHandler({{'http': 'http://{lab.addr('operator')}:3128'}}))\n"
+        "try:\n    o.open('http://lab-outside.invalid/', timeout=5)\n"
+        "except u.HTTPError as e:\n    print(e.code)\n"
+    )
     proc = lab.exec("outsider", ["python3", "-c", code])
     assert proc.stdout.strip() == "403", proc.stdout + proc.stderr
 
@@ -96,8 +98,10 @@ def listeners(lab):
     gw = lab.addr("gw")
     for port in (4002, 4003):
         unit = f"labtest-{port}"
-        proc = lab.exec("gw", ["systemd-run", "-q", f"--unit={unit}", "python3", "-m", "http.server",
-                               "--bind", gw, str(port)])
+        proc = lab.exec(
+            "gw",
+            ["systemd-run", "-q", f"--unit={unit}", "python3", "-m", "http.server", "--bind", gw, str(port)],
+        )
         assert proc.returncode == 0, proc.stderr
     deadline = time.monotonic() + 15
     while lab.connects("app-a", gw, 4003).returncode or lab.connects("app-a", gw, 4002).returncode:
@@ -108,9 +112,11 @@ def listeners(lab):
 
 
 def test_an_nftables_rule_in_gw_applies_to_gw_alone(lab, listeners):
-    rules = ("nft add table inet labtest && "
-             "nft add chain inet labtest input '{ type filter hook input priority 0; }' && "
-             "nft add rule inet labtest input tcp dport 4002 drop")
+    rules = (
+        "nft add table inet labtest && "
+        "nft add chain inet labtest input '{ type filter hook input priority 0; }' && "
+        "nft add rule inet labtest input tcp dport 4002 drop"
+    )
     proc = lab.exec("gw", rules)
     assert proc.returncode == 0, proc.stderr
     dropped = lab.connects("app-a", listeners, 4002, timeout=2)
@@ -177,9 +183,11 @@ def lab_leftovers() -> list[str]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, timeout=10).stdout
     lab_dir = str(ROOT / "build" / "lab")
-    return ([line for line in netns.splitlines() if line.startswith("ibgwlab-")]
-            + re.findall(r"^\d+: (ibgwlab-\S+?)[@:]", links, flags=re.M)
-            + [line for line in procs.splitlines() if lab_dir in line or "ibgwlab-gw" in line])
+    return (
+        [line for line in netns.splitlines() if line.startswith("ibgwlab-")]
+        + re.findall(r"^\d+: (ibgwlab-\S+?)[@:]", links, flags=re.M)
+        + [line for line in procs.splitlines() if lab_dir in line or "ibgwlab-gw" in line]
+    )
 
 
 def test_down_leaves_nothing_behind(lab):

@@ -1,7 +1,7 @@
 """The lab (tests/lab/lab) for tests: its nodes' addresses, `exec` on a node, SSH to gw.
 
-Use the session fixture `lab` (tests/lab/conftest.py). Outside tests/lab, a conftest can
-import it: `from labkit import lab` with tests/lab on sys.path.
+The session fixture `lab` (registered in tests/conftest.py) brings the lab up, or reuses a
+running one, and takes it down at the end if it started it. It skips unless run as root.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run_lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def read_env(path: Path = ENV) -> dict[str, str]:
     """build/lab/lab.env: KEY=VALUE lines."""
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k: v for k, v in pairs}
+    return dict(pairs)
 
 
 @dataclass
@@ -47,17 +47,28 @@ class Lab:
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else cmd
         return run_lab("exec", node, *argv, timeout=timeout)
 
-    def ssh(self, cmd: str, user: str = "admin", host: str = "lab-gw", timeout: float = 30,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def ssh(
+        self,
+        cmd: str,
+        user: str = "admin",
+        host: str = "lab-gw",
+        timeout: float = 30,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         """Real OpenSSH with the lab's ssh_config (gw: through the bastion, pinned host keys)."""
         argv = ["ssh", "-F", str(self.ssh_config), "-l", user, host, cmd]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
 
     def connects(self, node: str, addr: str, port: int, timeout: float = 3) -> subprocess.CompletedProcess:
         """A TCP connect from node to addr:port; rc 0 if it connected, and stderr names the error."""
-        code = ("import socket, sys\n"
-                f"socket.create_connection(({addr!r}, {port}), timeout={timeout})\n")
+        code = f"import socket\nsocket.create_connection(({addr!r}, {port}), timeout={timeout})\n"
         return self.exec(node, ["python3", "-c", code], timeout=timeout + 10)
 
     def reset(self) -> None:
