@@ -156,6 +156,17 @@ def test_every_lab_address_is_reserved_for_network_tests(lab):
         assert f"inet {lab.addr(node)}/" in proc.stdout
 
 
+def test_lab_ssh_and_exec_reach_every_node(lab):
+    for node in ("bastion", "gw", "app-a", "app-b", "outsider"):
+        for how in ("ssh", "exec"):
+            proc = run_lab(how, node, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+            assert proc.returncode == 0, (how, node, proc.stderr)
+            assert f"inet {lab.addr(node)}/22" in proc.stdout, (how, node, proc.stdout)
+    assert run_lab("ssh", "gw", "id", "-un").stdout.strip() == "admin"
+    operator = run_lab("exec", "operator", "ip", "-4", "-o", "addr", "show", "dev", "ibgwlab-op")
+    assert f"inet {lab.addr('operator')}/22" in operator.stdout, operator.stderr
+
+
 def test_up_is_idempotent(lab):
     proc = run_lab("up")
     assert proc.returncode == 0 and "already up" in proc.stderr, proc.stderr
