@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import asdict
 
-from . import admin, metrics
+from . import admin, interlock, metrics
 from .config import GateConfig
 from .link import Link
 from .relay import Connection
@@ -26,6 +26,7 @@ class Gate:
         self._tasks: dict[Connection, asyncio.Task] = {}
         self._servers: list[asyncio.Server] = []
         self._admin: asyncio.Server | None = None
+        self._probe: asyncio.Task | None = None
 
     @property
     def halted(self) -> bool:
@@ -45,6 +46,7 @@ class Gate:
         self._admin = await admin.serve(self, self.config.admin_socket)
         self._servers.append(self._admin)
         self.audit.end_orphans()
+        self._probe = asyncio.create_task(interlock.probe_at_start(self.state))  # paper/live check
         listener = await loop.create_server(
             lambda: Link(self._accept, self.config.max_frame + 4), listen.host, listen.port
         )
@@ -94,6 +96,7 @@ class Gate:
             "listen": f"{self.config.listen.host}:{self.port}",
             "upstream": str(self.config.upstream),
             "halted": self.halted,
+            "interlock": self.state.interlock,
             "connections": len(self._tasks),
             "refused_connections": self.state.refused_connections,
             "apps": apps,
@@ -103,6 +106,8 @@ class Gate:
         """Stop listening, end every connection (recording why), close the audit log."""
         for server in self._servers:
             server.close()
+        if self._probe is not None:
+            self._probe.cancel()
         for connection in list(self._tasks):
             connection.stop("gate stopped")
         if self._tasks:
