@@ -36,7 +36,7 @@ def trip(gate: GateState, reason: str) -> None:
     """Refuse every app from now on and end every connection."""
     if gate.interlock is None:
         gate.interlock = reason
-        log.error("paper/live interlock tripped: %s; every app is refused until the gate restarts", reason)
+        log.warning("paper/live interlock tripped: %s; every app is refused until the gate restarts", reason)
     for connection in list(gate.connected.values()):
         end = getattr(connection, "end", None)
         if end is not None:

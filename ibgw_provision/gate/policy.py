@@ -90,7 +90,7 @@ def _place_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
 
 
 def _exercise_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
-    for check in (_quantity, _sec_types, _rate):
+    for check in (_sec_types, _quantity, _rate):
         reason = check(app, order, ctx)
         if reason is not None:
             return reason
