@@ -100,6 +100,7 @@ def _request(host: Host) -> dict:
         "disk_paths": ["/", "/var"],
         "log_minutes": host.health.log_minutes,
         "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways],
+        "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
     }
 
 
@@ -154,6 +155,7 @@ def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
         findings.append(
             Finding("degraded", "firewall", "inet ibgw", "the nftables table inet ibgw is not loaded")
         )
+    findings += judge_gates(facts.get("gates") or {})
     report["resources"] = facts["resources"]
     findings += _judge_resources(host, facts["resources"])
     findings += _judge_logs(facts, report)
@@ -202,6 +204,21 @@ def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding
                 )
             )
     return findings
+
+
+def judge_gates(gates: dict[str, dict | None]) -> list[Finding]:
+    """A gate whose paper/live interlock tripped refuses every app: down."""
+    return [
+        Finding(
+            "down",
+            "interlock",
+            f"{mode} gate",
+            f"paper/live interlock tripped: the {mode} gateway reports accounts of the other mode; "
+            "the gate refuses every app (see ibgw gate status)",
+        )
+        for mode, flags in sorted(gates.items())
+        if flags and flags.get("interlock_tripped")
+    ]
 
 
 def _judge_resources(host: Host, res: dict) -> list[Finding]:

@@ -2,7 +2,6 @@
 with requests built by ibapi's own encoder at a text (200) and a protobuf (226) version."""
 
 import json
-import urllib.request
 
 import pytest
 from ibapi.contract import ComboLeg
@@ -10,6 +9,8 @@ from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf.UpdateConfigRequest_pb2 import UpdateConfigRequest
 
 from ibgw_provision.gate.audit import query
+from ibgw_provision.observe import health
+from ibgw_provision.provision import agent
 from ibgw_provision.tws import versions
 from ibgw_provision.tws.messages import In
 
@@ -527,16 +528,18 @@ def test_the_start_up_probe_trips_the_interlock(start_sim, short_dir):
         gate.stop()
 
 
-def test_the_interlock_shows_in_the_metrics(start_gate, start_sim):
+def test_the_interlock_shows_in_the_metrics_and_ibgw_health(start_gate, start_sim):
     sim = start_sim(mode="live")
     gate = start_gate(sim.port)  # a paper gate
+    assert agent.gate_flags(gate.gate.metrics_port) == {"halted": False, "interlock_tripped": False}
 
     async def scenario():
         client = await open_raw(gate.port, 1)
         await client.read_until_closed()
 
     run(scenario())
-    url = f"http://127.0.0.1:{gate.gate.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=STEP) as response:
-        text = response.read().decode()
-    assert 'ibgw_gate_interlock_tripped{mode="paper"} 1' in text
+    flags = agent.gate_flags(gate.gate.metrics_port)  # what `ibgw health` reads on the host
+    assert flags == {"halted": False, "interlock_tripped": True}
+    [finding] = health.judge_gates({"paper": flags, "live": None})
+    assert (finding.severity, finding.check, finding.subject) == ("down", "interlock", "paper gate")
+    assert health.EXIT[finding.severity] == 2
