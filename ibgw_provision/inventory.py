@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool,
+                      StrictFloat, StrictInt, ValidationError, field_validator, model_validator)
 
 from . import yamlsrc
 from .errors import InputError, Problem
@@ -26,19 +27,40 @@ DEFAULT_FRONT_PORT = {"live": 4003, "paper": 4004}
 # With front.gate: the front hands connections to `ibgw gate` on these, which relays to the gateway.
 DEFAULT_GATE_PORT = {"live": 4101, "paper": 4102}
 DEFAULT_GATE_METRICS_PORT = {"live": 9101, "paper": 9102}
-Port = Annotated[int, Field(ge=1, le=65535)]
-ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+# Strict numbers and booleans: YAML's `true` is not client id 1, nor "1" a port.
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+ClientId = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]  # TWS client ids: positive 32-bit signed ints
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 Duration = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
 SECRET_KEY = re.compile(r"pass|secret|token", re.I)
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# Versions become directory names under /opt/ibgw and files are bare names in the cache: never `.` or `..`.
+Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]
+PROBE_APP = "ibgw-health"  # the name of the health probe's entry in each gate's registry
+MIN_HEAP_MB, MAX_HEAP_MB = 256, 64 * 1024
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _path(value: object) -> object:
+    if isinstance(value, str) and any(not c.isprintable() for c in value):
+        raise ValueError("a path must not hold control characters")
+    return value
+
+
+SafePath = Annotated[Path, BeforeValidator(_path)]
 
 
 def _cidr(text: str) -> str:
     try:
-        return str(ipaddress.ip_network(text, strict=True))
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(f"malformed CIDR {text!r}: {exc}") from None
+    if network.version == 6 and network.subnet_of(IPV4_MAPPED):
+        # The firewall and the front see IPv4 clients as IPv4: this would match no one.
+        mapped = ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+        raise ValueError(f"{text!r} is an IPv4-mapped IPv6 network, which no IPv4 client matches; write {mapped}")
+    return str(network)
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
@@ -52,7 +74,7 @@ class SecretRef(Model):
     """A secret kept on the operator machine: an environment variable or a file."""
 
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
-    file: Path | None = None
+    file: SafePath | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -85,7 +107,7 @@ class Ibc(Model):
     auto_restart_time: Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")] = "11:59 PM"
     twofa_timeout_action: Literal["restart", "exit"] = "restart"
     existing_session_detected_action: Literal["primary", "primaryoverride", "secondary", "manual"] = "primary"
-    read_only_api: bool = False
+    read_only_api: StrictBool = False
     master_client_id: ClientId | None = None
     time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
 
@@ -94,7 +116,18 @@ class Simulator(Model):
     """Options for `ibgw sim` when the host's backend is `simulator`."""
 
     accounts: list[Annotated[str, Field(pattern=r"^[A-Z]{1,3}[0-9]{1,12}$")]] = []
-    seed: int = 1
+    seed: StrictInt = 1
+
+
+def _heap(size: str) -> str:
+    """-Xmx for IB Gateway: the JVM's size syntax, at least enough for it to log in."""
+    match = re.fullmatch(r"([1-9][0-9]{0,6})([mMgG])", size)
+    if not match:
+        raise ValueError(f"java_heap must be a JVM size such as 768m or 2g, got {size!r}")
+    mb = int(match[1]) * (1024 if match[2] in "gG" else 1)
+    if not MIN_HEAP_MB <= mb <= MAX_HEAP_MB:
+        raise ValueError(f"java_heap must be between {MIN_HEAP_MB}m and {MAX_HEAP_MB // 1024}g, got {size}")
+    return size
 
 
 class Gateway(Model):
@@ -105,7 +138,7 @@ class Gateway(Model):
     gate_metrics_port: Port  # its Prometheus text, on 127.0.0.1
     login: Login | None = None
     ibc: Ibc = Ibc()
-    java_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "768m"
+    java_heap: Annotated[str, AfterValidator(_heap)] = "768m"
     simulator: Simulator = Simulator()
 
     @model_validator(mode="before")
@@ -125,10 +158,25 @@ class App(Model):
     client_id: ClientId
     modes: list[Mode] = Field(min_length=1)
     sources: list[Cidr] = Field(min_length=1)
-    read_only: bool = False
-    # Order limits, enforced by `ibgw gate` (front.gate: true).
-    max_order_quantity: float | None = Field(default=None, gt=0)
+    read_only: StrictBool = False
+    # Order limits, enforced by `ibgw gate` (front.gate: true), which refuses the same values.
+    max_order_quantity: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
     allowed_sec_types: list[Annotated[str, Field(pattern=r"^[A-Z]{2,6}$")]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_probe(cls, name: str) -> str:
+        if name == PROBE_APP:
+            raise ValueError(f"{PROBE_APP!r} is the name of `ibgw health`'s probe in the gate; pick another")
+        return name
+
+    @field_validator("allowed_sec_types")
+    @classmethod
+    def _some_sec_type(cls, types: list[str] | None) -> list[str] | None:
+        if types == []:
+            raise ValueError("list at least one security type, or leave the key out to allow any "
+                             "(read_only: true allows no orders)")
+        return types
 
 
 class Timeouts(Model):
@@ -142,11 +190,11 @@ class Front(Model):
 
     kind: Literal["haproxy", "nginx"] = "haproxy"
     bind: str = "0.0.0.0"
-    maxconn: int = Field(default=256, ge=1, le=100000)
-    per_source_limit: int = Field(default=16, ge=1, le=10000)
+    maxconn: StrictInt = Field(default=256, ge=1, le=100000)
+    per_source_limit: StrictInt = Field(default=16, ge=1, le=10000)
     timeouts: Timeouts = Timeouts()
     metrics_port: Port = 8405  # HAProxy's Prometheus exporter, on 127.0.0.1 only
-    gate: bool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
+    gate: StrictBool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
 
     @field_validator("bind")
     @classmethod
@@ -161,24 +209,24 @@ class Health(Model):
     """What `ibgw health` uses and how it judges."""
 
     # Reserved, with the next id: the probes on the host and through the front.
-    probe_client_id: Annotated[int, Field(ge=0, le=2**31 - 2)] = 9998
-    log_minutes: int = Field(default=15, ge=1, le=1440)
-    disk_max_pct: int = Field(default=90, ge=1, le=100)
-    restart_loop: int = Field(default=3, ge=1)  # restarts within the last 10 minutes
+    probe_client_id: Annotated[StrictInt, Field(ge=0, le=2**31 - 2)] = 9998
+    log_minutes: StrictInt = Field(default=15, ge=1, le=1440)
+    disk_max_pct: StrictInt = Field(default=90, ge=1, le=100)
+    restart_loop: StrictInt = Field(default=3, ge=1, le=1000)  # restarts within the last 10 minutes
 
 
 class Firewall(Model):
     """nftables: SSH from admin CIDRs, front ports from app CIDRs, nothing else."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     admin_cidrs: list[Cidr] = []
 
 
 class Ssh(Model):
-    user: str = "root"
+    user: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")] = "root"  # POSIX portable names
     port: Port = 22
-    key: Path | None = None
-    known_hosts: Path = Path("~/.ssh/known_hosts")
+    key: SafePath | None = None
+    known_hosts: SafePath = Path("~/.ssh/known_hosts")
     host_key: Literal["verify", "accept-new"] = "verify"
 
 
@@ -200,15 +248,15 @@ class Host(Model):
 
 
 class Artifact(Model):
-    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
-    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+    version: Version
+    file: FileName
     sha256: Sha256
 
 
 class Artifacts(Model):
     """Pinned installers, read from a local cache on the operator machine."""
 
-    cache_dir: Path = Path("~/.cache/ibgw/artifacts")
+    cache_dir: SafePath = Path("~/.cache/ibgw/artifacts")
     ib_gateway: Artifact | None = None
     ibc: Artifact | None = None
 
