@@ -34,6 +34,7 @@ class Install:
     sha256: str
     kind: str  # "zip" (IBC) or "installer" (IB Gateway's install4j script)
     dest: str
+    base: str  # dest must lie strictly inside it: the agent refuses anything else
     owner: str
     restart: tuple[str, ...]
 
@@ -79,9 +80,11 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
         return []
     ibc, gateway, cache = inv.artifacts.ibc, inv.artifacts.ib_gateway, inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
-    installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
+    installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), f"{layout.OPT}/ibc",
+                        "root", units)]
     installs += [Install(cache / gateway.file, gateway.sha256, "installer",
-                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER, (layout.gateway_unit(g.mode),))
+                         layout.ib_gateway_dir(g.mode, gateway.version), layout.tws_path(g.mode), layout.USER,
+                         (layout.gateway_unit(g.mode),))
                  for g in host.gateways]
     return installs
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import getpass
+import hashlib
+import zipfile
+from pathlib import Path
 
 import pytest
 
-from ibgw_provision import layout, state
+from ibgw_provision import agent, layout, state
 from ibgw_provision.plan import plan, sha256
 from ibgw_provision.secrets import MASK, Secrets
 
@@ -190,3 +194,94 @@ def test_a_flushed_firewall_table_is_loaded_again(want):
         pytest.skip("the example host has no firewall")
     facts = converged(want) | {"firewall": False}
     assert _systemd_step(plan(want, facts, Secrets()))["reload"] == [layout.FIREWALL_UNIT]
+
+
+# ---- issue 13: --diff shows no secret, old or new; installs stay inside their base ----------------
+
+@pytest.fixture
+def ibc_diff(example, monkeypatch):
+    """The paper config.ini's diff against an old host copy, with the current login user-1 / pw-1."""
+    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: "user-1" if "USER" in (ref.env or "") else "pw-1")
+
+    def diff(old: str) -> str:
+        resolver = Secrets()
+        desired = state.desired(example, "gw1", resolver)
+        facts, path = converged(desired), layout.ibc_ini("paper")
+        facts["paths"][path]["sha256"] = "0" * 64
+        facts["content"][path] = old
+        (task,) = [t for t in plan(desired, facts, resolver).changed if t.name == f"file {path}"]
+        return task.diff
+
+    return diff
+
+
+@pytest.mark.parametrize("old_line", [
+    "IbPassword = old-pw", "ibpassword=old-pw", "IBPASSWORD\t=\told-pw", "# IbPassword=old-pw", "#old-pw",
+    "old-pw", "IbPasswrd=old-pw", "IbPassword=old-pw\n# the password was old-pw", "  IbPassword=old-pw\r",
+    "[section] old-pw", "TradingMode=live\nIbPassword=pw-1-old-pw",
+])
+def test_a_secret_files_diff_shows_no_secret_however_the_host_spells_it(ibc_diff, old_line):
+    diff = ibc_diff(f"IbLoginId = old-user\n{old_line}\nTradingMode=live\n")
+    assert "old-pw" not in diff and "old-user" not in diff and "pw-1" not in diff and "user-1" not in diff
+    assert "-TradingMode=live" in diff and "+TradingMode=paper" in diff  # what is no secret still shows
+    assert f"+IbPassword={MASK} (changed)\n" in diff and f"+IbLoginId={MASK} (changed)\n" in diff
+
+
+def test_an_unchanged_secret_is_not_marked_and_our_comments_show(ibc_diff):
+    diff = ibc_diff("# Holds the IB login: mode 0600, owned by ibkr.\nIbLoginId=user-1\nIbPassword=pw-1\n")
+    assert f" IbPassword={MASK}\n" in diff and f" IbLoginId={MASK}\n" in diff and "(changed)" not in diff
+    assert " # Holds the IB login: mode 0600, owned by ibkr.\n" in diff
+
+
+def test_other_files_diffs_are_not_masked_where_a_short_secret_is_a_common_word(example, monkeypatch):
+    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: "paper" if "USER" in (ref.env or "") else "pw-1")
+    resolver = Secrets()
+    desired = state.desired(example, "gw1", resolver)
+    facts = converged(desired)
+    facts["paths"]["/etc/haproxy/haproxy.cfg"]["sha256"] = "0" * 64
+    facts["content"]["/etc/haproxy/haproxy.cfg"] = "# the login was paper / pw-1\nfrontend paper\n"
+    (task,) = [t for t in plan(desired, facts, resolver).changed if t.name == "file /etc/haproxy/haproxy.cfg"]
+    assert "\n frontend paper\n" in task.diff and "default_backend paper_gateway\n" in task.diff
+    assert f"-# the login was {MASK} / {MASK}\n" in task.diff  # a line only the host has may hold one
+    assert task.diff.count(MASK) == 2
+
+
+def test_masking_free_text_masks_whole_tokens_only():
+    resolver = Secrets()
+    resolver.values |= {"per", "p@ss!"}
+    assert resolver.mask("paper per per. per_x p@ss! x-p@ss!y") == f"paper {MASK} {MASK}. per_x {MASK} x-{MASK}y"
+
+
+def _install_step(tmp_path, dest: str, base: Path) -> dict:
+    upload = tmp_path / "ibc.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        archive.writestr("scripts/ibcstart.sh", "#!/bin/sh\n")
+    return {"upload": str(upload), "sha256": hashlib.sha256(upload.read_bytes()).hexdigest(), "type": "zip",
+            "dest": dest, "base": str(base), "owner": getpass.getuser(), "stamp": layout.INSTALL_STAMP}
+
+
+@pytest.mark.parametrize("dest", ["{base}/..", "{base}/.", "{base}", "{base}/../ibc-2", "{base}/v/../..",
+                                  "{base}/link", "ibc/3.20.0"])
+def test_the_agent_installs_only_strictly_inside_its_base(tmp_path, monkeypatch, dest):
+    monkeypatch.chdir(tmp_path)  # for the relative dest
+    opt = tmp_path / "opt"
+    base = opt / "ibc"
+    base.mkdir(parents=True)
+    (opt / "keep").write_text("not ibgw's to delete")
+    (base / "link").symlink_to(opt)
+    step = _install_step(tmp_path, dest.format(base=base), base)
+    with pytest.raises(agent.StepError, match="not strictly inside"):
+        agent.step_install(step)
+    assert (opt / "keep").exists() and (base / "link").is_symlink()
+
+
+def test_the_agent_installs_inside_its_base_and_plans_say_which(tmp_path, want):
+    base = tmp_path / "ibc"
+    base.mkdir()
+    agent.step_install(_install_step(tmp_path, f"{base}/3.20.0", base))
+    assert (base / "3.20.0" / "scripts" / "ibcstart.sh").exists()
+    installs = [s for s in plan(want, {**converged(want), "markers": {}}, Secrets()).steps() if s["kind"] == "install"]
+    assert len(installs) == 3
+    for step in installs:
+        agent.inside(step["dest"], step["base"])
+        assert step["base"] in (f"{layout.OPT}/ibc", layout.tws_path("paper"), layout.tws_path("live"))
