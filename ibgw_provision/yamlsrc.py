@@ -45,8 +45,9 @@ class _Loader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                  self.peek_event().start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -68,11 +69,18 @@ def load(path: str | Path) -> Source:
         data = loader.construct_document(node)
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
-        raise InputError([Problem(file, line, "", f"bad YAML: unacceptable character #x{exc.character:04x} "
-                                                  f"({exc.reason})")]) from None
+        raise InputError(
+            [
+                Problem(
+                    file, line, "", f"bad YAML: unacceptable character #x{exc.character:04x} ({exc.reason})"
+                )
+            ]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise InputError([Problem(file, mark.line + 1 if mark else None, "", f"bad YAML: {exc.problem}")]) from None
+        raise InputError(
+            [Problem(file, mark.line + 1 if mark else None, "", f"bad YAML: {exc.problem}")]
+        ) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. !!timestamp 2024-13-45
         raise InputError([Problem(file, None, "", f"bad YAML: {exc}")]) from None
     finally:
@@ -84,13 +92,17 @@ def load(path: str | Path) -> Source:
 def _index(root: yaml.Node, file: str) -> dict[Path_, int]:
     """The line of every key and item, walking aliases as the data will have them, within bounds."""
     lines: dict[Path_, int] = {(): root.start_mark.line + 1}
-    stack, count = [(root, (), 1)], 0
+    stack: list[tuple[yaml.Node, Path_, int]] = [(root, (), 1)]
+    count = 0
     while stack:
         node, path, depth = stack.pop()
         count += 1
         if count > MAX_NODES or depth > MAX_DEPTH:
-            why = (f"more than {MAX_NODES} values once aliases are expanded" if count > MAX_NODES
-                   else f"nested deeper than {MAX_DEPTH} levels once aliases are expanded")
+            why = (
+                f"more than {MAX_NODES} values once aliases are expanded"
+                if count > MAX_NODES
+                else f"nested deeper than {MAX_DEPTH} levels once aliases are expanded"
+            )
             top = path[:1]  # the deep path itself can be as long as the bound
             raise InputError([Problem(file, lines.get(top, node.start_mark.line + 1), field_name(top), why)])
         if isinstance(node, yaml.MappingNode):
@@ -106,12 +118,22 @@ def _mapping_children(node: yaml.MappingNode, path: Path_, depth: int, lines: di
     children, seen = [], set()
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
-            raise InputError([Problem(file, key_node.start_mark.line + 1, field_name(path),
-                                      "a key must be a plain value, not a list or mapping")])
+            raise InputError(
+                [
+                    Problem(
+                        file,
+                        key_node.start_mark.line + 1,
+                        field_name(path),
+                        "a key must be a plain value, not a list or mapping",
+                    )
+                ]
+            )
         key = key_node.value
         child = path + (key,)  # a merge (<<) is walked too: its values count like any others
         if key in seen and key != "<<":
-            raise InputError([Problem(file, key_node.start_mark.line + 1, field_name(child), "duplicate key")])
+            raise InputError(
+                [Problem(file, key_node.start_mark.line + 1, field_name(child), "duplicate key")]
+            )
         seen.add(key)
         if key != "<<":
             lines[child] = key_node.start_mark.line + 1

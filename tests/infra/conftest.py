@@ -27,15 +27,21 @@ SSH_CONFIG = SSH_DIR / "ssh_config"
 
 def ibgw(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI, as a user would."""
-    return subprocess.run([sys.executable, "-m", "ibgw_provision", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ibgw_provision", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def recap(proc: subprocess.CompletedProcess, host: str = "local") -> dict[str, int]:
     """The PLAY RECAP row of one host: ok, changed, failed, round trips."""
     match = re.search(rf"^{host}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s", proc.stdout, flags=re.M)
     assert match, proc.stdout + proc.stderr
-    return dict(zip(("ok", "changed", "failed", "round_trips"), map(int, match.groups())))
+    return dict(zip(("ok", "changed", "failed", "round_trips"), map(int, match.groups()), strict=True))
 
 
 def _testhost(command: str) -> None:

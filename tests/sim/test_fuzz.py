@@ -6,10 +6,11 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simkit import STEP, RawClient
 
 from ibgw_provision.tws import API_PREFIX, Hello, Out, frame
 from ibgw_provision.tws.probe import probe
+
+from ..kit.sim import STEP, RawClient
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLIENT_IDS = itertools.count(1000)  # a fresh id per connection: the last one may not be released yet
@@ -45,8 +46,12 @@ def test_random_bytes_instead_of_a_handshake(sim):
 
 def test_random_and_truncated_frames_after_logon(sim):
     lengths = st.integers(0, 2**32 - 1).map(lambda n: struct.pack(">I", n))
-    frames = st.lists(st.binary(max_size=200).map(frame) | st.binary(max_size=60).map(lambda b: frame(b)[:-1] or b)
-                      | lengths, max_size=8)
+    frames = st.lists(
+        st.binary(max_size=200).map(frame)
+        | st.binary(max_size=60).map(lambda b: frame(b)[:-1] or b)
+        | lengths,
+        max_size=8,
+    )
 
     @FUZZ
     @given(version=st.sampled_from([178, 200, 226]), payloads=frames)

@@ -3,8 +3,19 @@ import asyncio
 import pytest
 from ibapi import comm
 
-from ibgw_provision.tws import (API_PREFIX, FrameTooLarge, HandshakeError, Hello, encode_server_hello, frame,
-                                negotiate, parse_hello, parse_server_hello, read_frame, unframe)
+from ibgw_provision.tws import (
+    API_PREFIX,
+    FrameTooLarge,
+    HandshakeError,
+    Hello,
+    encode_server_hello,
+    frame,
+    negotiate,
+    parse_hello,
+    parse_server_hello,
+    read_frame,
+    unframe,
+)
 
 
 def test_frame_matches_ibapi_length_prefix():
@@ -27,7 +38,7 @@ def test_hello_round_trip_with_connect_options():
     hello = Hello(100, 226, "+PACEAPI")
     data = hello.encode()
     assert data.startswith(API_PREFIX)
-    assert parse_hello(unframe(data[len(API_PREFIX):])[0][0]) == hello
+    assert parse_hello(unframe(data[len(API_PREFIX) :])[0][0]) == hello
 
 
 def test_hello_is_what_ibapi_sends():

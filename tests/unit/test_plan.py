@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import getpass
 import hashlib
 import zipfile
@@ -10,19 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import agent, layout, state
-from ibgw_provision.plan import plan, sha256
-from ibgw_provision.secrets import MASK, Secrets
+from ibgw_provision.inventory.secrets import MASK, Secrets
+from ibgw_provision.provision import agent, layout, state
+from ibgw_provision.provision.plan import PlanError, plan, sha256
 
 
 def converged(want) -> dict:
     """The facts of a host that already is what `want` describes."""
-    paths = {d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
-             for d in want.dirs}
-    paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
-                       "sha256": sha256(f.content)} for f in want.files}
+    paths = {
+        d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
+        for d in want.dirs
+    }
+    paths |= {
+        f.path: {
+            "kind": "file",
+            "mode": f.mode,
+            "owner": f.owner,
+            "group": f.group,
+            "sha256": sha256(f.content),
+        }
+        for f in want.files
+    }
     return {
-        "packages": {p: True for p in want.packages},
+        "packages": dict.fromkeys(want.packages, True),
         "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
         "paths": paths,
         "content": {},
@@ -33,7 +44,7 @@ def converged(want) -> dict:
 
 @pytest.fixture
 def want(example, monkeypatch):
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
     return state.desired(example, "gw1", Secrets())
 
 
@@ -72,7 +83,11 @@ def test_drift_in_haproxy_cfg_reloads_haproxy_only(want):
     result = plan(want, facts, Secrets())
     assert list(_changed(result)) == ["file /etc/haproxy/haproxy.cfg", "service haproxy.service"]
     systemd = _systemd_step(result)
-    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (["haproxy.service"], [], False)
+    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (
+        ["haproxy.service"],
+        [],
+        False,
+    )
     (step,) = [s for s in result.steps() if s["kind"] == "file"]
     assert step["validate"][0] == "haproxy"
     diff = result.changed[0].diff
@@ -111,19 +126,38 @@ def test_mode_and_owner_drift(want):
     assert changed[f"file {layout.ibc_ini('paper')}"] == "owner root -> ibkr, mode 0644 -> 0600"
 
 
-def test_seed_file_is_written_once_then_left_to_the_gateway(want):
+def test_jts_ini_keeps_the_gateways_keys_and_converges_ibgws(want):
     facts = converged(want)
-    jts = f"{layout.settings_dir('paper')}/jts.ini"
+    jts, unit = f"{layout.settings_dir('paper')}/jts.ini", layout.gateway_unit("paper")
+    rendered = next(f.content for f in want.files if f.path == jts)
     facts["paths"][jts]["sha256"] = "rewritten-by-ib-gateway"
+    facts["content"][jts] = rendered.replace("WriteDebug=false", "WriteDebug=true") + "LastLogin=today\n"
     assert plan(want, facts, Secrets()).changed == []
+    facts["content"][jts] = facts["content"][jts].replace("=America/New_York", "=Europe/Paris")
+    result = plan(want, facts, Secrets())
+    assert _changed(result) == {f"file {jts}": "ibgw's keys differ", f"service {unit}": "restart"}
+    (step,) = [s for s in result.steps() if s["kind"] == "ini"]
+    assert step["values"] == {
+        "IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
+        "Logon": {"TimeZone": "America/New_York"},
+    }
+    assert step["stop"] == [unit] and step["mode"] == 0o600 and step["owner"] == "ibkr"
+    (task,) = [t for t in result.changed if t.name == f"file {jts}"]
+    assert "-TimeZone=Europe/Paris\n+TimeZone=America/New_York\n" in task.diff
+    assert "WriteDebug" not in task.diff
     del facts["paths"][jts]
-    assert _changed(plan(want, facts, Secrets())) == {f"file {jts}": "create"}
+    assert _changed(plan(want, facts, Secrets())) == {f"file {jts}": "create", f"service {unit}": "restart"}
 
 
 def test_sudoer_ibkr_is_demoted(want):
     facts = converged(want)
     facts["user"]["groups"] = ["ibkr", "sudo"]
     assert _changed(plan(want, facts, Secrets())) == {"user ibkr": "remove from sudo"}
+
+
+def test_agent_and_plan_agree_on_privileged_groups():
+    """The agent runs alone on the host, so it keeps its own copy of the list the plan checks."""
+    assert agent.PRIVILEGED_GROUPS == layout.PRIVILEGED_GROUPS
 
 
 def test_secret_diff_masks_old_and_new_values(want, example):
@@ -142,15 +176,37 @@ def test_secret_diff_masks_old_and_new_values(want, example):
 
 def test_new_gateway_version_installs_and_rewrites_the_heap(want):
     facts = converged(want)
-    live = next(i for i in want.installs if i.dest == layout.ib_gateway_dir("live", "10.30.1t"))
+    live = next(i for i in want.installs if i.dest == layout.ib_gateway_dir("live", "10.37.1n"))
     facts["markers"][f"{live.dest}/{layout.INSTALL_STAMP}"] = "an older installer"
     result = plan(want, facts, Secrets())
     assert _changed(result) == {
-        f"install {live.dest}": "ibgateway-10.30.1t-standalone-linux-x64.sh (sha256 000000000000…)",
+        f"install {live.dest}": "ibgateway-10.37.1n-standalone-linux-x64.sh (sha256 000000000000…)",
         f"file {live.dest}/ibgateway.vmoptions": "create",
         f"service {layout.gateway_unit('live')}": "restart",
     }
     assert result.uploads == [(live.local, live.upload)]
+
+
+def test_an_arm64_host_gets_the_arm_installer(want, example):
+    facts = converged(want) | {"arch": "aarch64"}
+    for install in want.installs:
+        facts["markers"][f"{install.dest}/{layout.INSTALL_STAMP}"] = "none yet"
+    result = plan(want, facts, Secrets())
+    installs = {s["dest"]: s for s in result.steps() if s["kind"] == "install"}
+    arm = example.artifacts.ib_gateway.arm64
+    for mode in ("paper", "live"):
+        step = installs[layout.ib_gateway_dir(mode, "10.37.1n")]
+        assert step["upload"].endswith("-" + arm.file) and step["sha256"] == arm.sha256
+    ibc = installs[layout.ibc_dir("3.24.1")]
+    assert ibc["upload"].endswith("-IBCLinux-3.24.1.zip")
+    assert {local.name for local, _ in result.uploads} == {arm.file, "IBCLinux-3.24.1.zip"}
+
+
+def test_an_arm64_host_without_a_pinned_arm_installer_is_refused(want):
+    unpinned = dataclasses.replace(want, installs=[dataclasses.replace(i, arm64=None) for i in want.installs])
+    with pytest.raises(PlanError, match=r"aarch64.*artifacts\.ib_gateway\.arm64"):
+        plan(unpinned, converged(want) | {"arch": "aarch64"}, Secrets())
+    assert plan(unpinned, converged(want) | {"arch": "x86_64"}, Secrets()).changed == []
 
 
 def test_plan_does_not_mutate_facts(want):
@@ -164,8 +220,11 @@ def test_plan_does_not_mutate_facts(want):
 def test_actions_owed_by_a_failed_run_are_still_taken(want):
     """A run wrote the files, then failed before systemd: the next run finds the files converged."""
     facts = converged(want)
-    owed = {"daemon_reload": True, "restart": [layout.gateway_unit("paper"), "not-ours.service"],
-            "reload": ["haproxy.service"]}
+    owed = {
+        "daemon_reload": True,
+        "restart": [layout.gateway_unit("paper"), "not-ours.service"],
+        "reload": ["haproxy.service"],
+    }
     facts["markers"][layout.PENDING] = __import__("json").dumps(owed)
     systemd = _systemd_step(plan(want, facts, Secrets()))
     assert systemd["daemon_reload"] and systemd["restart"] == [layout.gateway_unit("paper")]
@@ -198,10 +257,14 @@ def test_a_flushed_firewall_table_is_loaded_again(want):
 
 # ---- issue 13: --diff shows no secret, old or new; installs stay inside their base ----------------
 
+
 @pytest.fixture
 def ibc_diff(example, monkeypatch):
     """The paper config.ini's diff against an old host copy, with the current login user-1 / pw-1."""
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: "user-1" if "USER" in (ref.env or "") else "pw-1")
+    monkeypatch.setattr(
+        "ibgw_provision.inventory.secrets._read",
+        lambda ref: "user-1" if "USER" in (ref.env or "") else "pw-1",
+    )
 
     def diff(old: str) -> str:
         resolver = Secrets()
@@ -215,11 +278,22 @@ def ibc_diff(example, monkeypatch):
     return diff
 
 
-@pytest.mark.parametrize("old_line", [
-    "IbPassword = old-pw", "ibpassword=old-pw", "IBPASSWORD\t=\told-pw", "# IbPassword=old-pw", "#old-pw",
-    "old-pw", "IbPasswrd=old-pw", "IbPassword=old-pw\n# the password was old-pw", "  IbPassword=old-pw\r",
-    "[section] old-pw", "TradingMode=live\nIbPassword=pw-1-old-pw",
-])
+@pytest.mark.parametrize(
+    "old_line",
+    [
+        "IbPassword = old-pw",
+        "ibpassword=old-pw",
+        "IBPASSWORD\t=\told-pw",
+        "# IbPassword=old-pw",
+        "#old-pw",
+        "old-pw",
+        "IbPasswrd=old-pw",
+        "IbPassword=old-pw\n# the password was old-pw",
+        "  IbPassword=old-pw\r",
+        "[section] old-pw",
+        "TradingMode=live\nIbPassword=pw-1-old-pw",
+    ],
+)
 def test_a_secret_files_diff_shows_no_secret_however_the_host_spells_it(ibc_diff, old_line):
     diff = ibc_diff(f"IbLoginId = old-user\n{old_line}\nTradingMode=live\n")
     assert "old-pw" not in diff and "old-user" not in diff and "pw-1" not in diff and "user-1" not in diff
@@ -234,7 +308,9 @@ def test_an_unchanged_secret_is_not_marked_and_our_comments_show(ibc_diff):
 
 
 def test_other_files_diffs_are_not_masked_where_a_short_secret_is_a_common_word(example, monkeypatch):
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: "paper" if "USER" in (ref.env or "") else "pw-1")
+    monkeypatch.setattr(
+        "ibgw_provision.inventory.secrets._read", lambda ref: "paper" if "USER" in (ref.env or "") else "pw-1"
+    )
     resolver = Secrets()
     desired = state.desired(example, "gw1", resolver)
     facts = converged(desired)
@@ -249,19 +325,30 @@ def test_other_files_diffs_are_not_masked_where_a_short_secret_is_a_common_word(
 def test_masking_free_text_masks_whole_tokens_only():
     resolver = Secrets()
     resolver.values |= {"per", "p@ss!"}
-    assert resolver.mask("paper per per. per_x p@ss! x-p@ss!y") == f"paper {MASK} {MASK}. per_x {MASK} x-{MASK}y"
+    assert (
+        resolver.mask("paper per per. per_x p@ss! x-p@ss!y") == f"paper {MASK} {MASK}. per_x {MASK} x-{MASK}y"
+    )
 
 
 def _install_step(tmp_path, dest: str, base: Path) -> dict:
     upload = tmp_path / "ibc.zip"
     with zipfile.ZipFile(upload, "w") as archive:
         archive.writestr("scripts/ibcstart.sh", "#!/bin/sh\n")
-    return {"upload": str(upload), "sha256": hashlib.sha256(upload.read_bytes()).hexdigest(), "type": "zip",
-            "dest": dest, "base": str(base), "owner": getpass.getuser(), "stamp": layout.INSTALL_STAMP}
+    return {
+        "upload": str(upload),
+        "sha256": hashlib.sha256(upload.read_bytes()).hexdigest(),
+        "type": "zip",
+        "dest": dest,
+        "base": str(base),
+        "owner": getpass.getuser(),
+        "stamp": layout.INSTALL_STAMP,
+    }
 
 
-@pytest.mark.parametrize("dest", ["{base}/..", "{base}/.", "{base}", "{base}/../ibc-2", "{base}/v/../..",
-                                  "{base}/link", "ibc/3.20.0"])
+@pytest.mark.parametrize(
+    "dest",
+    ["{base}/..", "{base}/.", "{base}", "{base}/../ibc-2", "{base}/v/../..", "{base}/link", "ibc/3.20.0"],
+)
 def test_the_agent_installs_only_strictly_inside_its_base(tmp_path, monkeypatch, dest):
     monkeypatch.chdir(tmp_path)  # for the relative dest
     opt = tmp_path / "opt"
@@ -280,7 +367,9 @@ def test_the_agent_installs_inside_its_base_and_plans_say_which(tmp_path, want):
     base.mkdir()
     agent.step_install(_install_step(tmp_path, f"{base}/3.20.0", base))
     assert (base / "3.20.0" / "scripts" / "ibcstart.sh").exists()
-    installs = [s for s in plan(want, {**converged(want), "markers": {}}, Secrets()).steps() if s["kind"] == "install"]
+    installs = [
+        s for s in plan(want, {**converged(want), "markers": {}}, Secrets()).steps() if s["kind"] == "install"
+    ]
     assert len(installs) == 3
     for step in installs:
         agent.inside(step["dest"], step["base"])

@@ -1,0 +1,260 @@
+"""Render every file a host gets from the Jinja2 templates in templates/.
+
+Output is the desired state: paths, contents, owners, modes, and which units
+must reload or restart when a file changes. Nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from ..inventory.model import IBC_KEYS, Gateway, Host, Inventory
+from ..inventory.secrets import Secrets
+from . import layout
+
+BYPASS = [key for key in IBC_KEYS if key.startswith("Bypass")]  # IBC's API precautions
+
+
+# jts.ini keys ibgw owns: who may connect, API-only mode, the time zone (also the JVM's TZ).
+JTS_OWNED = {"IBGateway": ("TrustedIPs", "ApiOnly"), "Logon": ("TimeZone",)}
+
+
+@dataclass(frozen=True)
+class ManagedFile:
+    path: str  # absolute path on the host
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    secret: bool = False  # holds a secret: never shown, never world-readable
+    # An INI file the program rewrites itself (jts.ini): written whole only if missing; after
+    # that only these keys of its sections are ibgw's, and converge. {section: (key, ...)}
+    owned: dict[str, tuple[str, ...]] | None = None
+    reload: tuple[str, ...] = ()  # units to reload when it changes
+    restart: tuple[str, ...] = ()  # units to restart when it changes
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    """A gateway with what the host derives for it (display, install tree)."""
+
+    gw: Gateway
+    display: int
+    tws_path: str
+    tws_version: str
+
+    def __getattr__(self, name: str):
+        return getattr(self.gw, name)
+
+
+def templates_dir() -> Path:
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "templates"  # in a built wheel
+    return packaged if packaged.is_dir() else package.parent / "templates"
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(templates_dir()),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+def render_host(inv: Inventory, name: str, secrets: Secrets) -> list[ManagedFile]:
+    host = inv.hosts[name]
+    ctx = _context(inv, name, host)
+    files = _front(host, ctx) + _logrotate(ctx) + _firewall(host, ctx)
+    for view in ctx["gateways"]:
+        files += _gateway(host, view, {**ctx, "gw": view}, secrets)
+    return files
+
+
+def _render(template: str, ctx: dict) -> str:
+    return _ENV.get_template(template).render(ctx)
+
+
+def _context(inv: Inventory, name: str, host: Host) -> dict:
+    gw_art, ibc_art = inv.artifacts.ib_gateway, inv.artifacts.ibc
+    tws_version = layout.tws_version(gw_art.version) if gw_art else ""
+    views = [
+        GatewayView(gw, layout.FIRST_DISPLAY + i, layout.tws_path(gw.mode), tws_version)
+        for i, gw in enumerate(host.gateways)
+    ]
+    apps = {gw.mode: host.apps_for(gw.mode) for gw in host.gateways}
+    return {
+        "name": name,
+        "host": host,
+        "layout": layout,
+        "front": host.front,
+        "gateways": views,
+        "apps": apps,
+        "allow": {mode: _union(a.sources for a in mode_apps) for mode, mode_apps in apps.items()},
+        "front_listen": f"[{host.front.bind}]" if ":" in host.front.bind else host.front.bind,
+        "stream_timeout": max(host.front.timeouts.client, host.front.timeouts.server, key=_seconds),
+        "firewall_rules": firewall_rules(host, apps),
+        "gate_apps": {mode: _gate_apps(host, mode_apps) for mode, mode_apps in apps.items()},
+        "ib_gateway": gw_art,
+        "display_wait_s": layout.DISPLAY_WAIT_S,
+        "ibc": {"version": ibc_art.version, "dir": layout.ibc_dir(ibc_art.version)} if ibc_art else None,
+    }
+
+
+def _gate_apps(host: Host, apps: list) -> list[dict]:
+    """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
+    entries = [
+        a.model_dump(
+            include={"name", "client_id", "sources", "read_only", "max_order_quantity", "allowed_sec_types"}
+        )
+        for a in apps
+    ]
+    probe = {
+        "name": "ibgw-health",
+        "client_id": host.health.probe_client_id + 1,
+        "read_only": True,
+        "sources": host.firewall.admin_cidrs + ["127.0.0.0/8"],
+        "max_order_quantity": None,
+        "allowed_sec_types": None,
+    }
+    return entries + [probe]
+
+
+def _union(source_lists) -> list[str]:
+    return sorted({cidr for sources in source_lists for cidr in sources})
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
+    if match is None:  # the inventory's Duration type admits only these
+        raise ValueError(f"not a duration: {duration!r}")
+    value, unit = match.groups()
+    return int(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def firewall_rules(host: Host, apps: dict) -> list[dict]:
+    """nftables allow rules: SSH from admin CIDRs, each front port from its apps' CIDRs."""
+    wanted = [("admin", host.ssh.port, host.firewall.admin_cidrs, "SSH from the admin CIDRs")]
+    wanted += [
+        (
+            f"{gw.mode}_apps",
+            gw.front_port,
+            _union(a.sources for a in apps[gw.mode]),
+            f"the {gw.mode} front from its apps",
+        )
+        for gw in host.gateways
+    ]
+    rules = []
+    for set_name, port, cidrs, why in wanted:
+        for family, suffix in (("ipv4", "v4"), ("ipv6", "v6")):
+            members = [c for c in cidrs if (":" in c) == (family == "ipv6")]
+            if members:
+                rules.append(
+                    {
+                        "set": f"{set_name}_{suffix}",
+                        "family": family,
+                        "port": port,
+                        "cidrs": members,
+                        "why": why,
+                    }
+                )
+    return rules
+
+
+def _front(host: Host, ctx: dict) -> list[ManagedFile]:
+    if host.front.kind == "haproxy":
+        return [
+            ManagedFile(
+                "/etc/haproxy/haproxy.cfg",
+                _render("haproxy/haproxy.cfg.j2", ctx),
+                reload=("haproxy.service",),
+            )
+        ]
+    return [
+        ManagedFile("/etc/nginx/nginx.conf", _render("nginx/nginx.conf.j2", ctx), reload=("nginx.service",))
+    ]
+
+
+def _logrotate(ctx: dict) -> list[ManagedFile]:
+    return [ManagedFile("/etc/logrotate.d/ibgw", _render("logrotate/ibgw.j2", ctx))]
+
+
+def _firewall(host: Host, ctx: dict) -> list[ManagedFile]:
+    if not host.firewall.enabled:
+        return []
+    unit = layout.FIREWALL_UNIT
+    return [
+        ManagedFile(
+            f"{layout.ETC}/firewall.nft", _render("nftables/ibgw.nft.j2", ctx), mode=0o600, reload=(unit,)
+        ),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-firewall.service.j2", ctx), restart=(unit,)
+        ),
+    ]
+
+
+def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list[ManagedFile]:
+    mode, unit = view.mode, layout.gateway_unit(view.mode)
+    files = _gate(view, ctx) if host.front.gate else []
+    if host.backend == "simulator":
+        return files + [
+            ManagedFile(
+                f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-sim.service.j2", ctx), restart=(unit,)
+            )
+        ]
+    xvfb = layout.xvfb_unit(mode)
+    login = {"username": secrets.value(view.login.username), "password": secrets.value(view.login.password)}
+    return files + [
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{xvfb}", _render("systemd/ibgw-xvfb.service.j2", ctx), restart=(xvfb, unit)
+        ),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gateway.service.j2", ctx), restart=(unit,)
+        ),
+        ManagedFile(
+            layout.ibc_ini(mode),
+            _render("ibc/config.ini.j2", {**ctx, "login": login, "bypass_keys": BYPASS}),
+            mode=0o600,
+            secret=True,
+            restart=(unit,),
+            owner=layout.USER,
+            group=layout.GROUP,
+        ),
+        ManagedFile(
+            f"{layout.settings_dir(mode)}/jts.ini",
+            _render("ibc/jts.ini.j2", ctx),
+            mode=0o600,
+            owned=JTS_OWNED,
+            restart=(unit,),
+            owner=layout.USER,
+            group=layout.GROUP,
+        ),
+        ManagedFile(
+            f"{view.tws_path}/ibgateway/{view.tws_version}/ibgateway.vmoptions",
+            _render("ibc/ibgateway.vmoptions.j2", ctx),
+            restart=(unit,),
+            owner=layout.USER,
+            group=layout.GROUP,
+        ),
+    ]
+
+
+def _gate(view: GatewayView, ctx: dict) -> list[ManagedFile]:
+    unit = layout.gate_unit(view.mode)
+    return [
+        ManagedFile(
+            layout.gate_config(view.mode),
+            _render("gate/gate.yml.j2", ctx),
+            mode=0o640,
+            group=layout.GROUP,
+            restart=(unit,),
+        ),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gate.service.j2", ctx), restart=(unit,)
+        ),
+    ]
