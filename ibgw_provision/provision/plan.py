@@ -244,7 +244,10 @@ def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
     )
 
 
-SECRET_NAME = re.compile(r"pass|secret|token|loginid|user|cred", re.I)
+# A key named like a secret (IbPassword, FIXLoginId), not merely containing one (BypassOrderPrecautions).
+SECRET_NAME = re.compile(
+    r"(password|passwd|passphrase|secret|token|loginid|username|userid|credentials?)$", re.I
+)
 KEY_VALUE = re.compile(r"^\s*([^=\s#;][^=]*?)\s*=\s*(.*?)\s*$")
 COMMENT = re.compile(r"^\s*[#;]\s*")
 

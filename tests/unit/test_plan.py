@@ -13,7 +13,7 @@ import pytest
 
 from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.provision import agent, layout, state
-from ibgw_provision.provision.plan import PlanError, plan, sha256
+from ibgw_provision.provision.plan import PlanError, _secret_file_lines, plan, sha256
 
 
 def converged(want) -> dict:
@@ -320,6 +320,18 @@ def test_other_files_diffs_are_not_masked_where_a_short_secret_is_a_common_word(
     assert "\n frontend paper\n" in task.diff and "default_backend paper_gateway\n" in task.diff
     assert f"-# the login was {MASK} / {MASK}\n" in task.diff  # a line only the host has may hold one
     assert task.diff.count(MASK) == 2
+
+
+def test_a_key_that_merely_contains_pass_is_no_secret():
+    resolver = Secrets()
+    resolver.values.add("pw-1")
+    old, new = _secret_file_lines(
+        "BypassOrderPrecautions=no\nIbPassword=pw-0\n",
+        "BypassOrderPrecautions=yes\nIbPassword=pw-1\n",
+        resolver,
+    )
+    assert old == f"BypassOrderPrecautions=no\nIbPassword={MASK}\n"
+    assert new == f"BypassOrderPrecautions=yes\nIbPassword={MASK} (changed)\n"
 
 
 def test_masking_free_text_masks_whole_tokens_only():
