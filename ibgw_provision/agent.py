@@ -292,12 +292,14 @@ def step_user(step):
 
 
 def step_dir(step):
+    refuse_planted_links(step["path"])
     os.makedirs(step["path"], exist_ok=True)
     set_attrs(step["path"], step)
 
 
 def step_file(step):
     path = step["path"]
+    refuse_planted_links(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ibgw-")
     try:
@@ -317,7 +319,18 @@ def step_file(step):
 
 
 def step_attrs(step):
+    refuse_planted_links(step["path"])
     set_attrs(step["path"], step)
+
+
+def refuse_planted_links(path):
+    """A symlink in a parent of `path` that root does not own was planted (the ibkr user owns its home):
+    never create, write or chown through it."""
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        if os.path.islink(parent) and os.lstat(parent).st_uid != 0:
+            raise StepError(f"{path}: {parent} is a symlink root does not own (refusing to follow it)")
+        parent = os.path.dirname(parent)
 
 
 def set_attrs(path, step):
