@@ -138,8 +138,11 @@ def run_command(chan: paramiko.Channel, command: str) -> None:
                             stderr=subprocess.PIPE)
 
     def copy(src, send):
-        while data := src.read1(65536):
-            send(data)
+        try:
+            while data := src.read1(65536):
+                send(data)
+        except OSError:  # the client went away (a timed-out run)
+            pass
 
     pumps = [threading.Thread(target=copy, args=(proc.stdout, chan.sendall), daemon=True),
              threading.Thread(target=copy, args=(proc.stderr, chan.sendall_stderr), daemon=True)]

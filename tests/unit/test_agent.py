@@ -471,17 +471,18 @@ def test_a_failing_installer_leaves_no_stamp(tmp_path):
 
 def build_wheel(wheels: Path) -> None:
     """A minimal wheel of a one-module project, made by hand: pip installs it offline."""
-    name, files = "ibgwdemo-1.0", {
-        "ibgwdemo.py": "VALUE = 42\n",
-        "ibgwdemo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: ibgwdemo\nVersion: 1.0\n",
-        "ibgwdemo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
-                     f"{len(text.encode())}\n" for path, text in files.items())
+    info = "ibgwdemo-1.0.dist-info"
+    files = {"ibgwdemo.py": b"VALUE = 42\n",
+             f"{info}/METADATA": b"Metadata-Version: 2.1\nName: ibgwdemo\nVersion: 1.0\n",
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    digest = {path: base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+              for path, data in files.items()}
+    record = "".join(f"{path},sha256={digest[path]},{len(data)}\n" for path, data in files.items())
     wheels.mkdir()
-    with zipfile.ZipFile(wheels / f"{name}-py3-none-any.whl", "w") as z:
-        for path, text in files.items():
-            z.writestr(path, text)
-        z.writestr("ibgwdemo-1.0.dist-info/RECORD", record + "ibgwdemo-1.0.dist-info/RECORD,,\n")
+    with zipfile.ZipFile(wheels / "ibgwdemo-1.0-py3-none-any.whl", "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+        z.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
 
 
 def test_venv_is_built_from_shipped_wheels_and_stamped(tmp_path):
@@ -686,14 +687,14 @@ def haproxy_socket(tmp_path):
     server.settimeout(10)
 
     def serve():
-        try:
-            while True:
+        for _ in range(100):
+            try:
                 conn, _ = server.accept()
-                with conn:
-                    asked.append(conn.recv(1024).decode())
-                    conn.sendall(STICK_TABLE if asked[-1] == "show table live\n" else b"No such table\n")
-        except OSError:
-            pass
+            except OSError:  # closed, or 10 s without a client
+                return
+            with conn:
+                asked.append(conn.recv(1024).decode())
+                conn.sendall(STICK_TABLE if asked[-1] == "show table live\n" else b"No such table\n")
 
     threading.Thread(target=serve, daemon=True).start()
     yield path, asked

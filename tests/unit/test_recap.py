@@ -46,7 +46,8 @@ def test_changes_are_listed_per_host_then_counted():
     lines = [line.rstrip() for line in out.splitlines()]
     assert lines[:2] == ["[gw2] changed: file /etc/haproxy/haproxy.cfg (content differs (drift or a new render))",
                          "[gw2] changed: service haproxy.service (reload)"]
-    assert lines[-2:] == ["gw1    2        0       0            2  0.8s", "gw2    1        2       0            3  4.1s"]
+    assert lines[-2:] == ["gw1    2        0       0            2  0.8s",
+                          "gw2    1        2       0            3  4.1s"]
     assert "maxconn" not in out  # diffs only when asked
 
 
@@ -79,7 +80,8 @@ def test_check_mode_says_what_would_change_and_that_nothing_did():
     report.checked_only = True
     code, out = shown([report])
     assert code == 0
-    assert out.splitlines()[0] == "[gw2] would change: file /etc/haproxy/haproxy.cfg (content differs (drift or a new render))"
+    assert out.splitlines()[0] == ("[gw2] would change: file /etc/haproxy/haproxy.cfg "
+                                   "(content differs (drift or a new render))")
     assert out.splitlines()[-1] == "check mode: nothing was changed"
 
 

@@ -175,8 +175,10 @@ def test_the_agent_runs_over_ssh(sshd, known, tmp_path):
 
 @pytest.fixture
 def echo_server():
+    """An echo server on 127.0.0.1 for one connection: its port, and an event set when that connection ends."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(TIMEOUT)
+    ended = threading.Event()
 
     def echo():
         try:
@@ -187,25 +189,52 @@ def echo_server():
             conn.settimeout(TIMEOUT)
             while data := conn.recv(65536):
                 conn.sendall(data)
+        ended.set()
 
     threading.Thread(target=echo, daemon=True).start()
-    yield listener.getsockname()[1]
+    yield listener.getsockname()[1], ended
     listener.close()
 
 
+def receive(sock: socket.socket, size: int) -> bytes:
+    got = b""
+    for _ in range(100):
+        chunk = sock.recv(65536)
+        got += chunk
+        if not chunk or len(got) >= size:
+            break
+    return got
+
+
 def test_forward_reaches_a_port_as_the_host_sees_it(sshd, known, echo_server):
+    port, ended = echo_server
     with connect(sshd.target(known)) as transport:
-        local = transport.forward("127.0.0.1", echo_server)
+        local = transport.forward("127.0.0.1", port)
         local.settimeout(TIMEOUT)
         for message in (b"ping", b"x" * 5000):
             local.sendall(message)
-            got = b""
-            while len(got) < len(message):
-                got += local.recv(65536)
-            assert got == message
-        local.close()
+            assert receive(local, len(message)) == message
         assert transport.round_trips == 1
-    assert [destination for _, destination, _ in sshd.forwarded] == [("127.0.0.1", echo_server)]
+        local.close()  # the app hangs up: so does the connection on the host
+        assert ended.wait(TIMEOUT)
+    assert [destination for _, destination, _ in sshd.forwarded] == [("127.0.0.1", port)]
+
+
+def test_forward_ends_when_the_far_side_closes(sshd, known):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+
+    def greet_and_hang_up():
+        with listener, listener.accept()[0] as conn:
+            conn.sendall(b"bye")
+
+    threading.Thread(target=greet_and_hang_up, daemon=True).start()
+    with connect(sshd.target(known)) as transport:
+        local = transport.forward("127.0.0.1", listener.getsockname()[1])
+        local.settimeout(TIMEOUT)
+        assert receive(local, 3) == b"bye"
+        assert local.recv(1) == b""  # end of stream, not a hang
+        local.close()
 
 
 def test_forward_to_a_closed_port_is_one_line(sshd, known):
