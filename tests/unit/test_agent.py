@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from ibgw_provision import agent
+from ibgw_provision.plan import VALIDATORS
 from ibgw_provision.provision import AGENT, BOOT
 
 AS_ROOT = os.geteuid() == 0
@@ -257,6 +259,37 @@ def test_a_failing_validator_leaves_the_old_file(tmp_path, fakebin):
     assert leftovers(tmp_path) == []
 
 
+BROKEN = {  # per validated file: a broken version, and what its validator must say about it
+    "haproxy.cfg": ("global\n    maxconnn 100\n", "unknown keyword 'maxconnn' in 'global' section"),
+    "nginx.conf": ("events {}\nstrem {}\n", 'unknown directive "strem"'),
+    "firewall.nft": ("table inet ibgw {\n  chain input { type filter hook input priority 0; polcy drop; }\n}\n",
+                     "syntax error"),
+}
+
+
+@pytest.mark.parametrize("target", sorted(VALIDATORS))
+def test_the_real_validators_refuse_a_broken_file_and_say_why(tmp_path, target):
+    argv = VALIDATORS[target]
+    if not shutil.which(argv[0]):
+        pytest.skip(f"{argv[0]} is not installed")
+    path = tmp_path / os.path.basename(target)
+    path.write_text("old\n")
+    broken, reason = BROKEN[path.name]
+    with pytest.raises(agent.StepError) as failed:
+        agent.step_file(file_step(path, broken, validate=argv))
+    assert reason in str(failed.value)
+    assert path.read_text() == "old\n" and leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy is not installed")
+def test_a_config_the_real_validator_accepts_replaces_the_old(tmp_path):
+    path = tmp_path / "haproxy.cfg"
+    good = ("global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
+            "    timeout server 1s\nlisten paper\n    bind 127.0.0.1:14004\n    server gw 127.0.0.1:14002\n")
+    agent.step_file(file_step(path, good, validate=VALIDATORS["/etc/haproxy/haproxy.cfg"]))
+    assert path.read_text() == good
+
+
 def test_a_missing_validator_program_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     path = tmp_path / "firewall.nft"
@@ -406,7 +439,7 @@ def zip_upload(tmp_path: Path) -> tuple[Path, str]:
 
 
 def install_step(upload: Path, sha: str, dest: Path, kind: str = "zip") -> dict:
-    return {"upload": str(upload), "sha256": sha, "type": kind, "dest": str(dest), "owner": "nobody",
+    return {"upload": str(upload), "sha256": sha, "type": kind, "dest": str(dest), "owner": "nobody" if AS_ROOT else ME,
             "stamp": ".ibgw-installed"}
 
 
