@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: demo demo-down test vm-test deps venv clean
+.PHONY: demo demo-down test check lint types vm-test deps venv clean
 
 # Boot the disposable local host, provision it (simulator backend), have three
 # real ib_async clients use it through the front, then report its health.
@@ -19,8 +19,19 @@ demo: deps venv
 demo-down:
 	tests/host/testhost.sh down
 
-test: deps venv
+test: deps venv lint types
 	$(BIN)/pytest
+
+# What needs no host: lint, format, types and the host-free suites (a minute or two).
+check: venv lint types
+	$(BIN)/pytest -q tests/unit tests/sim tests/gate tests/tws
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: venv
+	$(BIN)/mypy ibgw_provision
 
 # The testinfra suite against the Vagrant VM instead (needs Vagrant and a provider).
 vm-test: venv

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ibgw_provision import inventory
-from ibgw_provision.provision import Options, provision_host
+from ibgw_provision.provision.apply import Options, provision_host
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTHOST = ROOT / "tests" / "host" / "testhost.sh"

@@ -28,7 +28,7 @@ _LISTENING = re.compile(rb"listening on [^ ]+:(\d+)")
 
 
 def start_sim(interval: float) -> tuple[subprocess.Popen, int]:
-    """The simulator and its port; its log is read on a thread throughout, so it never blocks on a full pipe."""
+    """The simulator and its port; a thread reads its log throughout, so it never blocks on a full pipe."""
     proc = subprocess.Popen([sys.executable, "-m", "ibgw_provision.sim", "--listen", "127.0.0.1:0", "--mode",
                              "paper", "--tick-interval", str(interval)], stderr=subprocess.PIPE)
     lines: queue.Queue[bytes] = queue.Queue()
@@ -47,8 +47,8 @@ def start_sim(interval: float) -> tuple[subprocess.Popen, int]:
 
 def mkt_data_request(version: int, req_id: int, con_id: int) -> bytes:
     if request_is_protobuf(version, Out.REQ_MKT_DATA):
-        from ibapi.protobuf.MarketDataRequest_pb2 import MarketDataRequest
         from ibapi.protobuf.Contract_pb2 import Contract
+        from ibapi.protobuf.MarketDataRequest_pb2 import MarketDataRequest
         data = MarketDataRequest(reqId=req_id, contract=Contract(conId=con_id, exchange="SMART")).SerializeToString()
         return codec.encode_protobuf(Out.REQ_MKT_DATA, data)
     contract = (con_id, "", "", "", "", "", "", "SMART", "", "", "", "")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
-from . import inventory, secrets
+from . import inventory
 from .errors import InputError, exit_bad_input
-from .provision import AgentError
-from .render import render_host
-from .transport import SshError
 from .gate.cli import audit, gate
+from .inventory import secrets
+from .provision.remote import AgentError
+from .provision.render import render_host
+from .provision.transport import SshError
 from .sim.cli import sim
 
 
@@ -59,7 +60,8 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
-        click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, {len(host.apps)} apps")
+        click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
+                   f"{len(host.apps)} apps")
     click.echo(f"{inventory_path}: ok")
 
 
@@ -92,9 +94,10 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
 def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, limit: str | None,
               accept_new: bool, verbose: bool) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
-    from .provision import Options, provision as run
-    from .recap import Recap
-    from .state import check_artifacts
+    from .inventory.preflight import check_artifacts
+    from .provision.apply import Options
+    from .provision.apply import provision as run
+    from .provision.recap import Recap
 
     inv = inventory.load(inventory_path)
     names = select_hosts(inv, pattern, limit)
@@ -130,7 +133,8 @@ def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeou
 
     from rich.console import Console
 
-    from . import health as checks, views
+    from .observe import health as checks
+    from .observe import views
 
     inv = inventory.load(inventory_path)
     reports = [checks.check(inv, name, timeout) for name in select_hosts(inv, pattern, None)]
@@ -156,7 +160,8 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
     from rich.console import Console
     from rich.live import Live
 
-    from . import monitor as mon, views
+    from .observe import monitor as mon
+    from .observe import views
 
     inv = inventory.load(inventory_path)
     name = single_host(inv, host)
@@ -186,7 +191,8 @@ def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
 
     from rich.console import Console
 
-    from . import monitor as mon, views
+    from .observe import monitor as mon
+    from .observe import views
 
     inv = inventory.load(inventory_path)
     if host:

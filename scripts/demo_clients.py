@@ -30,7 +30,8 @@ def main(path: str = "inventories/local.yml", name: str = "local") -> None:
             clients.append((app, ib))
         for app, ib in clients:
             print(f"  {app.name}: connected as client {app.client_id}, server version "
-                  f"{ib.client.serverVersion()}, accounts {ib.managedAccounts()}, gateway time {ib.reqCurrentTime()}")
+                  f"{ib.client.serverVersion()}, accounts {ib.managedAccounts()}, "
+                  f"gateway time {ib.reqCurrentTime()}")
     finally:
         for _, ib in clients:
             ib.disconnect()

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from ibgw_provision import inventory
-from ibgw_provision.render import render_host
-from ibgw_provision.secrets import Secrets
+from ibgw_provision.inventory.secrets import Secrets
+from ibgw_provision.provision.render import render_host
+
+pytest_plugins = ["tests.kit.fixtures"]  # sim and gate fixtures, registered once
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORIES = ROOT / "inventories"

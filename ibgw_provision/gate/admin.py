@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import control
+from ..service import control
 
 if TYPE_CHECKING:
     from .server import Gate

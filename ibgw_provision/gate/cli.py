@@ -8,15 +8,14 @@ import logging
 import re
 import signal
 import sqlite3
-import sys
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
-from .. import sdnotify
+from .. import timefmt
 from ..errors import InputError, exit_bad_input
+from ..service import runner
 from . import admin
 from .config import GateConfig, load
 
@@ -36,46 +35,22 @@ def _load(path: str | None) -> GateConfig:
         exit_bad_input(exc)
 
 
-def _loop_factory():
-    """uvloop's event loop when it is installed, asyncio's otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 async def _serve(config: GateConfig) -> None:
     from .server import Gate  # loads ibapi's protobuf modules: only when the relay runs
-
-    loop, stop = asyncio.get_running_loop(), asyncio.Event()
-    switching: set[asyncio.Task] = set()
-
-    def switch(halted: bool, by: str) -> None:
-        task = loop.create_task(gate.set_halted(halted, by))
-        switching.add(task)
-        task.add_done_callback(switching.discard)
 
     try:
         gate = Gate(config)
     except (OSError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the audit log {config.audit_db}: {exc}") from None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, switch, True, "SIGUSR1")
-    loop.add_signal_handler(signal.SIGUSR2, switch, False, "SIGUSR2")
-    try:
+
+    async def start() -> None:
         try:
             await gate.start()
         except OSError as exc:
             raise click.ClickException(f"cannot start the gate: {exc}") from None
-        sdnotify.ready()
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        if switching:
-            await asyncio.wait(switching)
-        await gate.stop()
+
+    await runner.serve(start, gate.stop, log, {signal.SIGUSR1: lambda: gate.set_halted(True, "SIGUSR1"),
+                                               signal.SIGUSR2: lambda: gate.set_halted(False, "SIGUSR2")})
 
 
 @click.group(invoke_without_command=True)
@@ -93,10 +68,7 @@ def gate(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     config = _load(config_path)
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s ibgw-gate %(levelname)s %(message)s")
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(config))
+    runner.run(_serve(config), "ibgw-gate", verbose, fast=True)
 
 
 def _ask(ctx: click.Context, config_path: str | None, command: str) -> dict:
@@ -132,15 +104,6 @@ def resume(ctx: click.Context, config_path: str | None) -> None:
     click.echo("resumed: orders pass")
 
 
-def _ago(epoch: float | None) -> str:
-    if epoch is None:
-        return "never"
-    seconds = max(0, int(time.time() - epoch))
-    if seconds < 120:
-        return f"{seconds}s ago"
-    return f"{seconds // 60}m ago" if seconds < 7200 else f"{seconds // 3600}h ago"
-
-
 @gate.command()
 @CONFIG
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -162,7 +125,7 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     for app in reply["apps"]:
         state = "connected" if app["connected"] else "-"
         table.add_row(app["name"] + (" (read-only)" if app["read_only"] else ""), str(app["client_id"]), state,
-                      app["source"] or "-", _ago(app["last_seen"]), str(app["messages_in"]),
+                      app["source"] or "-", timefmt.ago(app["last_seen"]), str(app["messages_in"]),
                       str(app["messages_out"]), str(app["orders_forwarded"]), str(app["orders_refused"]))
     Console().print(table)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from .. import yamlsrc
 from ..errors import InputError
-from ..inventory import ClientId, Mode, Name
+from ..constrained import ClientId, Mode, Name
 from ..tws.framing import MAX_HELLO
 
 IPAddress = IPv4Address | IPv6Address

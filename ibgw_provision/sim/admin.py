@@ -20,7 +20,7 @@ import stat
 import sys
 from typing import TYPE_CHECKING
 
-from .. import control
+from ..service import control
 
 if TYPE_CHECKING:
     from .server import SimServer

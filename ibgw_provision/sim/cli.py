@@ -8,11 +8,10 @@ import logging
 import os
 import re
 import signal
-import sys
 
 import click
 
-from .. import sdnotify
+from ..service import runner
 from ..tws import versions
 from . import admin
 from .config import MIN_VERSION, SimConfig
@@ -55,32 +54,24 @@ async def _run(config: SimConfig, admin_socket: str | None) -> None:
     from .server import SimServer  # loads ibapi's protobuf modules: only when the simulator runs
 
     server = SimServer(config)
-    loop, stop = asyncio.get_running_loop(), asyncio.Event()
-    restarts: set[asyncio.Task] = set()
+    control: list[asyncio.Server] = []
 
-    def restart() -> None:
-        task = loop.create_task(server.restart(config.restart_downtime))
-        restarts.add(task)
-        task.add_done_callback(restarts.discard)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):  # handlers first: a signal may follow the first log line
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, restart)
-    control = None
-    try:
-        with _listen_errors("'--admin-socket'", admin_socket):
-            control = await admin.serve(server, admin_socket) if admin_socket else None
+    async def start() -> None:
+        if admin_socket:
+            with _listen_errors("'--admin-socket'", admin_socket):
+                control.append(await admin.serve(server, admin_socket))
         with _listen_errors("'--listen'", f"{config.host}:{config.port}"):
             await server.start()
-        sdnotify.ready()
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        if control is not None:
-            control.close()
+
+    async def stop() -> None:
+        if control and admin_socket:
+            control[0].close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(admin_socket)
         await server.stop()
+
+    await runner.serve(start, stop, log, {signal.SIGUSR1: lambda: server.restart(config.restart_downtime)},
+                       finish_actions=False)
 
 
 @click.command("sim")
@@ -108,6 +99,4 @@ def sim(listen: tuple[str, int], mode: str, accounts: str | None, max_version: i
     config = SimConfig(host=listen[0], port=listen[1], mode=mode, accounts=_accounts(mode, accounts),
                        max_version=max_version, seed=seed, read_only=read_only, tick_interval=tick_interval,
                        restart_downtime=restart_downtime)
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s ibgw-sim %(levelname)s %(message)s")
-    asyncio.run(_run(config, admin_socket))
+    runner.run(_run(config, admin_socket), "ibgw-sim", verbose)

@@ -7,12 +7,12 @@ import threading
 import pytest
 from ib_async import LimitOrder, MarketOrder, Stock
 from ibapi.order_cancel import OrderCancel
-from simkit import IbapiApp, contract, order, until
 
 from ibgw_provision.gate.audit import query
 from ibgw_provision.tws import versions
 
-from .gatekit import UNREGISTERED, ib_async_app, ib_async_refused, run
+from ..kit.gate import UNREGISTERED, ib_async_app, ib_async_refused, run
+from ..kit.sim import IbapiApp, contract, order, until
 
 SPY = Stock("SPY", "SMART", "USD")
 NOT_REGISTERED = "refused by ibgw gate: client id 9 is not registered for the paper gateway"

@@ -9,7 +9,7 @@ import pytest
 from ibgw_provision.errors import InputError
 from ibgw_provision.gate.config import load
 
-from .gatekit import config_data, write_config
+from ..kit.gate import config_data, write_config
 
 RENDERED = sorted((Path(__file__).resolve().parent.parent / "golden").glob("*/etc/ibgw/gate-*.yml"))
 
@@ -43,8 +43,8 @@ def test_each_problem_names_its_line_and_field(short_dir):
     assert problems == [
         "apps[0].client_id: Input should be greater than or equal to 0",
         "apps[0].color: unknown field (check its spelling)",
-        "apps[0].sources[0]: malformed CIDR '10.0.0.300/32': '10.0.0.300/32' does not appear to be an IPv4 or "
-        "IPv6 network",
+        "apps[0].sources[0]: malformed CIDR '10.0.0.300/32': '10.0.0.300/32' does not appear to be "
+        "an IPv4 or IPv6 network",
         "upstream.port: Input should be greater than or equal to 1",
     ]
     assert {str(p).split(":")[1] for p in caught.value.problems} == {"3", "8"}

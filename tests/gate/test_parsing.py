@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ibapi.order_cancel import OrderCancel
-from simkit import contract, ib_async_decode, ibapi_client, ibapi_decode, ibapi_request, order
 
 from ibgw_provision.gate import orders, proxy, replies
 from ibgw_provision.gate.link import FrameCounter
@@ -19,7 +18,8 @@ from ibgw_provision.tws.codec import message_id
 from ibgw_provision.tws.errors import HandshakeError, MalformedMessage
 from ibgw_provision.tws.messages import Out
 
-from .gatekit import proxy_v1, proxy_v2
+from ..kit.gate import proxy_v1, proxy_v2
+from ..kit.sim import contract, ib_async_decode, ibapi_client, ibapi_decode, ibapi_request, order
 
 VERSIONS = [157, versions.ORDER_CONTAINER - 1, 178, versions.CME_TAGGING_FIELDS - 1, 200, versions.PROTOBUF,
             versions.PROTOBUF_PLACE_ORDER, versions.PROTOBUF_REST_MESSAGES_1, versions.LATEST]
@@ -100,7 +100,7 @@ def test_frame_counter_counts_frames_however_they_are_split(payloads, data):
     stream = b"".join(frame(p) for p in payloads)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     counter, counted = FrameCounter(), 0
-    for start, end in zip([0] + cuts, cuts + [len(stream)]):
+    for start, end in zip([0] + cuts, cuts + [len(stream)], strict=True):
         counted += counter.feed(stream[start:end])
     assert counted == len(payloads)
 

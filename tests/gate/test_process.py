@@ -12,10 +12,19 @@ import time
 
 import pytest
 from ib_async import MarketOrder, Stock
-from simkit import STEP, contract, order, until
 
-from .gatekit import (GATE, GateProcess, audited_connections, config_data, ib_async_app, logged_on, open_raw, run,
-                      write_config)
+from ..kit.gate import (
+    GATE,
+    GateProcess,
+    audited_connections,
+    config_data,
+    ib_async_app,
+    logged_on,
+    open_raw,
+    run,
+    write_config,
+)
+from ..kit.sim import STEP, contract, order, until
 
 
 @pytest.fixture
@@ -65,8 +74,7 @@ def test_kill_9_loses_no_forwarded_order(gate_process, sim):
     assert received and received <= forwarded
     restarted = GateProcess(gate_process.config_path)  # a restart closes the dead gate's connection rows
     assert restarted.stop() == 0
-    [row] = [r for r in sqlite3.connect(gate_process.dir / "audit.sqlite").execute(
-        "SELECT reason FROM connections")]
+    [row] = list(sqlite3.connect(gate_process.dir / "audit.sqlite").execute("SELECT reason FROM connections"))
     assert row == ("gate exited without closing",)
 
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ibapi.order_cancel import OrderCancel
-from simkit import STEP, contract, ibapi_request, order, until
 
 from ibgw_provision.gate import admin
 from ibgw_provision.gate.audit import query
 from ibgw_provision.tws import API_PREFIX, Hello, frame, parse_server_hello, read_frame
 
-from .gatekit import APPS, audited_connections, current_time, logged_on, open_raw, proxy_v1, proxy_v2, run
+from ..kit.gate import APPS, audited_connections, current_time, logged_on, open_raw, proxy_v1, proxy_v2, run
+from ..kit.sim import STEP, contract, ibapi_request, order, until
 
 
 async def _refusal(client) -> tuple[int, int, str]:
@@ -244,7 +244,7 @@ def test_fuzz_any_split_of_requests_is_relayed_exactly(gate, requests, cuts):
             else:
                 stream += frame(b"49\x001\x00" if request == "time" else b"105\x00")
         points = sorted({cut % len(stream) for cut in cuts} - {0})
-        for start, end in zip([0] + points, points + [len(stream)]):
+        for start, end in zip([0] + points, points + [len(stream)], strict=True):
             client.writer.write(stream[start:end])
             await client.writer.drain()
         answers = []

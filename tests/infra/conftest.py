@@ -35,7 +35,7 @@ def recap(proc: subprocess.CompletedProcess, host: str = "local") -> dict[str, i
     """The PLAY RECAP row of one host: ok, changed, failed, round trips."""
     match = re.search(rf"^{host}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s", proc.stdout, flags=re.M)
     assert match, proc.stdout + proc.stderr
-    return dict(zip(("ok", "changed", "failed", "round_trips"), map(int, match.groups())))
+    return dict(zip(("ok", "changed", "failed", "round_trips"), map(int, match.groups()), strict=True))
 
 
 def _testhost(command: str) -> None:

@@ -1,4 +1,4 @@
-"""`ibgw gate` as provisioned: apps -> HAProxy -> (PROXY v2) -> gate -> simulated gateway, on the real host."""
+"""`ibgw gate` as provisioned on the real host: apps -> HAProxy -> (PROXY v2) -> gate -> simulated gateway."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 import pytest
 from ib_async import IB, MarketOrder, Stock
 
-from ibgw_provision import inventory, layout
+from ibgw_provision import inventory
+from ibgw_provision.provision import layout
 
 from .conftest import LOCAL, fresh_host, ibgw
 

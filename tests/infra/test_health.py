@@ -12,14 +12,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ibgw_provision import inventory, layout, state
+from ibgw_provision import inventory
+from ibgw_provision.observe import health
+from ibgw_provision.provision import layout, state
 from ibgw_provision.tws.codec import encode_text
 from ibgw_provision.tws.framing import Hello
 from ibgw_provision.tws.messages import Out
 
 from .conftest import LOCAL, fresh_host, ibgw
 
-SCHEMA = json.loads((Path(layout.__file__).parent / "schemas" / "health.schema.json").read_text())
+SCHEMA = json.loads((Path(health.__file__).parent / "health.schema.json").read_text())
 PAPER = layout.gateway_unit("paper")
 
 
@@ -48,13 +50,19 @@ def _report(inv_path: str) -> tuple[int, dict]:
 
 def test_a_provisioned_host_is_healthy_and_the_json_fits_its_schema(inv_path):
     code, report = _report(inv_path)
-    assert (code, report["status"], report["findings"]) == (0, "healthy", [])
+    # The test host shares the build machine's kernel, so its load average is the machine's:
+    # a busy machine may add a load finding (degraded), and nothing else may appear.
+    busy = [f for f in report["findings"] if f["check"] == "load"]
+    others = [f for f in report["findings"] if f["check"] != "load"]
+    assert others == []
+    assert (code, report["status"]) == ((1, "degraded") if busy else (0, "healthy"))
     for gw in report["gateways"]:
         for where in ("direct", "front"):
             assert gw[where]["ok"] and gw[where]["accounts"], (gw["mode"], where)
     assert [u["name"] for u in report["units"]] == state.units(inventory.load(LOCAL).hosts["local"])
     brief = _health(inv_path, "--brief")
-    assert brief.returncode == 0 and brief.stdout.startswith("IBGW OK - local: 2/2 gateways answer")
+    expected = {0: "IBGW OK - local: 2/2 gateways answer", 1: "IBGW WARNING - local: load "}  # as above
+    assert brief.stdout.startswith(expected[brief.returncode])
 
 
 def test_a_stopped_gateway_is_down_and_named(inv_path, host):

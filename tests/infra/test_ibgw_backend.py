@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import layout
+from ibgw_provision.provision import layout
 
 from .conftest import LOCAL, fresh_host, ibgw, recap
 
@@ -155,3 +155,23 @@ def test_a_tampered_installer_is_refused_before_connecting(setup, tmp_path):
     proc = ibgw("provision", "local", "-i", str(bad), env=ENV)
     assert proc.returncode == 2
     assert f"{bad}:4: artifacts.ibc.sha256: " in proc.stderr and "refusing to install it" in proc.stderr
+
+
+def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(setup, host):
+    """IB Gateway rewrites jts.ini: ibgw converges only its own keys there, on every run."""
+    inv, _ = setup
+    jts, unit = f"{layout.settings_dir('paper')}/jts.ini", layout.gateway_unit("paper")
+    host.run(f"printf 'Peer=cdc1.ibllc.com:4001\\n' >> {jts}")  # as the gateway adds its own keys
+    zurich = inv.parent / "zurich.yml"
+    paper = "      - mode: paper\n"
+    zurich.write_text(inv.read_text().replace(paper, paper + "        ibc: {time_zone: Europe/Zurich}\n", 1))
+    for path, zone in ((zurich, "Europe/Zurich"), (inv, "America/New_York")):
+        run = ibgw("provision", "local", "-i", str(path), env=ENV)
+        assert run.returncode == 0, run.stdout + run.stderr
+        content = host.file(jts).content_string
+        assert f"TimeZone={zone}\n" in content and content.endswith("Peer=cdc1.ibllc.com:4001\n")
+        assert (host.file(jts).user, host.file(jts).mode) == ("ibkr", 0o600)
+        assert f" TZ={zone}\n" in host.file(f"{layout.UNIT_DIR}/{unit}").content_string
+        assert host.service(unit).is_running
+    again = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    assert recap(again)["changed"] == 0

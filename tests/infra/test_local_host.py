@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from ibgw_provision import inventory, layout
-from ibgw_provision.render import render_host
-from ibgw_provision.secrets import Secrets
+from ibgw_provision import inventory
+from ibgw_provision.inventory.secrets import Secrets
+from ibgw_provision.provision import layout
+from ibgw_provision.provision.render import render_host
 
 from .conftest import LOCAL, fresh_host, ibgw, recap
 

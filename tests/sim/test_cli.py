@@ -8,10 +8,11 @@ import sys
 import time
 
 import pytest
-from simkit import STEP, LoggedProcess, RawClient
 
 from ibgw_provision.tws import Out
 from ibgw_provision.tws.probe import probe
+
+from ..kit.sim import STEP, LoggedProcess, RawClient
 
 SIM = [sys.executable, "-m", "ibgw_provision.sim"]
 ADMIN = [sys.executable, "-m", "ibgw_provision.sim.admin"]

@@ -6,10 +6,11 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simkit import STEP, RawClient
 
 from ibgw_provision.tws import API_PREFIX, Hello, Out, frame
 from ibgw_provision.tws.probe import probe
+
+from ..kit.sim import STEP, RawClient
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLIENT_IDS = itertools.count(1000)  # a fresh id per connection: the last one may not be released yet

@@ -9,13 +9,14 @@ import pytest
 from ibapi.protobuf.Contract_pb2 import Contract
 from ibapi.protobuf.Order_pb2 import Order
 from ibapi.protobuf.PlaceOrderRequest_pb2 import PlaceOrderRequest
-from simkit import STEP, RawClient, contract, order, until
 
 from ibgw_provision.sim import admin
 from ibgw_provision.sim import session as sim_session
 from ibgw_provision.sim.config import MAX_CLIENTS
 from ibgw_provision.tws import Hello, Out, encode_protobuf, encode_server_hello, read_frame, versions
 from ibgw_provision.tws.probe import ProbeError, probe
+
+from ..kit.sim import STEP, RawClient, contract, order, until
 
 
 def run(coro, timeout: float = 30):
@@ -183,7 +184,7 @@ def test_a_client_that_does_not_read_is_not_served_more(sim):
     async def scenario():
         greedy, other = await RawClient.connect(sim.port, 1), await RawClient.connect(sim.port, 2)
         for req_id in range(100):  # about 7 MB of option contract details
-            greedy.send_ibapi(lambda c: c.reqContractDetails(req_id, contract(sec_type="OPT")))
+            greedy.send_ibapi(lambda c, req_id=req_id: c.reqContractDetails(req_id, contract(sec_type="OPT")))
         other.send(Out.REQ_CURRENT_TIME, 1)
         assert int((await other.expect(49))[1]) > 0
         assert await _max_pending(sim.server.sessions[1]) < 1 << 20

@@ -4,9 +4,10 @@ import asyncio
 from datetime import datetime
 
 from ib_async import IB, LimitOrder, MarketOrder, Option, Stock
-from simkit import STEP, until
 
 from ibgw_provision.sim.market import NEW_YORK
+
+from ..kit.sim import STEP, until
 
 
 def trading_app(port: int, scenario, client_id: int = 1):

@@ -5,10 +5,11 @@ from decimal import Decimal
 
 import pytest
 from ibapi.order_cancel import OrderCancel
-from simkit import IbapiApp, contract, order
 
 from ibgw_provision.sim.market import NEW_YORK
 from ibgw_provision.tws import versions
+
+from ..kit.sim import IbapiApp, contract, order
 
 SPY_CON_ID = 756733
 

@@ -8,13 +8,13 @@ from ib_async import LimitOrder, MarketOrder, Option, Stock
 from ibapi.execution import ExecutionFilter
 from ibapi.order_cancel import OrderCancel
 
-from simkit import contract, ibapi_client, order
-
 from ibgw_provision.sim import requests
-from ibgw_provision.sim.handlers import HANDLED
 from ibgw_provision.sim.config import MIN_VERSION
+from ibgw_provision.sim.handlers import HANDLED
 from ibgw_provision.sim.universe import ContractQuery
 from ibgw_provision.tws import Out, codec, unframe, versions
+
+from ..kit.sim import contract, ibapi_client, order
 
 
 def _parse(version: int, data: bytes):

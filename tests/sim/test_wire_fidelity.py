@@ -8,14 +8,15 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from simkit import ib_async_decode, ibapi_decode
 
 from ibgw_provision.sim.broker import Execution, Margin, Order, Position
+from ibgw_provision.sim.config import MIN_VERSION
 from ibgw_provision.sim.market import NEW_YORK, Bar, Greeks
 from ibgw_provision.sim.responses import Encoder
-from ibgw_provision.sim.config import MIN_VERSION
 from ibgw_provision.sim.universe import ContractQuery, Universe
 from ibgw_provision.tws import versions
+
+from ..kit.sim import ib_async_decode, ibapi_decode
 
 UNIVERSE = Universe("20250117")
 SPY = UNIVERSE.find(ContractQuery(symbol="SPY", sec_type="STK"))[0]

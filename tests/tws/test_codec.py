@@ -8,8 +8,19 @@ from ibapi.message import IN, OUT
 from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
-from ibgw_provision.tws import (UNSET_DOUBLE, FieldReader, In, MalformedMessage, Out, decode, encode_fields,
-                                encode_protobuf, encode_text, split_fields, versions)
+from ibgw_provision.tws import (
+    UNSET_DOUBLE,
+    FieldReader,
+    In,
+    MalformedMessage,
+    Out,
+    decode,
+    encode_fields,
+    encode_protobuf,
+    encode_text,
+    split_fields,
+    versions,
+)
 
 
 def test_message_ids_match_ibapi():

@@ -3,8 +3,19 @@ import asyncio
 import pytest
 from ibapi import comm
 
-from ibgw_provision.tws import (API_PREFIX, FrameTooLarge, HandshakeError, Hello, encode_server_hello, frame,
-                                negotiate, parse_hello, parse_server_hello, read_frame, unframe)
+from ibgw_provision.tws import (
+    API_PREFIX,
+    FrameTooLarge,
+    HandshakeError,
+    Hello,
+    encode_server_hello,
+    frame,
+    negotiate,
+    parse_hello,
+    parse_server_hello,
+    read_frame,
+    unframe,
+)
 
 
 def test_frame_matches_ibapi_length_prefix():

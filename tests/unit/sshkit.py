@@ -11,16 +11,16 @@ import select
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ibgw_provision.transport import Target
+from ibgw_provision.provision.transport import Target
 
 TIMEOUT = 10  # seconds: the bound of every wait in these tests
 
@@ -28,7 +28,8 @@ TIMEOUT = 10  # seconds: the bound of every wait in these tests
 def ed25519_key(path: Path) -> paramiko.PKey:
     """A new ed25519 key, written in OpenSSH's format as ssh-keygen would."""
     pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     path.write_bytes(pem)
     path.chmod(0o600)
     return paramiko.Ed25519Key.from_private_key_file(str(path))
@@ -70,8 +71,9 @@ class DirSFTP(paramiko.SFTPServerInterface):
             return paramiko.SFTPServer.convert_errno(exc.errno)
         handle = paramiko.SFTPHandle(flags)
         handle.filename = self._real(path)
-        handle.readfile = handle.writefile = os.fdopen(fd, "r+b" if flags & os.O_RDWR else
-                                                       "wb" if flags & os.O_WRONLY else "rb")
+        handle.readfile = handle.writefile = os.fdopen(
+            fd, "r+b" if flags & os.O_RDWR else "wb" if flags & os.O_WRONLY else "rb"
+        )
         return handle
 
 
@@ -114,7 +116,9 @@ class Server(paramiko.ServerInterface):
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind, chanid):
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return (
+            paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        )
 
     def check_channel_exec_request(self, channel, command):
         threading.Thread(target=run_command, args=(channel, command.decode()), daemon=True).start()
@@ -134,8 +138,9 @@ class Server(paramiko.ServerInterface):
 def run_command(chan: paramiko.Channel, command: str) -> None:
     """What sshd does for `exec`: sh -c, stdin from the channel, exit status back."""
     chan.settimeout(TIMEOUT)
-    proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
     def copy(src, send):
         try:
@@ -144,8 +149,10 @@ def run_command(chan: paramiko.Channel, command: str) -> None:
         except OSError:  # the client went away (a timed-out run)
             pass
 
-    pumps = [threading.Thread(target=copy, args=(proc.stdout, chan.sendall), daemon=True),
-             threading.Thread(target=copy, args=(proc.stderr, chan.sendall_stderr), daemon=True)]
+    pumps = [
+        threading.Thread(target=copy, args=(proc.stdout, chan.sendall), daemon=True),
+        threading.Thread(target=copy, args=(proc.stderr, chan.sendall_stderr), daemon=True),
+    ]
     for p in pumps:
         p.start()
     try:
@@ -180,7 +187,9 @@ def pump(chan: paramiko.Channel, sock: socket.socket) -> None:
         sock.close()
 
 
-def serve_connection(sshd: Sshd, conn: socket.socket, allowed: paramiko.PKey, host_key: paramiko.PKey) -> None:
+def serve_connection(
+    sshd: Sshd, conn: socket.socket, allowed: paramiko.PKey, host_key: paramiko.PKey
+) -> None:
     t = paramiko.Transport(conn)
     sshd.transports.append(t)
     t.add_server_key(host_key)
@@ -193,7 +202,7 @@ def serve_connection(sshd: Sshd, conn: socket.socket, allowed: paramiko.PKey, ho
         chan = t.accept(0.2)
         if not t.is_active():
             return
-        for chanid, destination, sock in list(sshd.forwarded):
+        for chanid, _destination, sock in list(sshd.forwarded):
             if chan is not None and chan.get_id() == chanid:
                 threading.Thread(target=pump, args=(chan, sock), daemon=True).start()
 
@@ -218,7 +227,9 @@ def running_sshd(tmp_path: Path) -> Iterator[Sshd]:
                 continue
             except OSError:
                 return
-            threading.Thread(target=serve_connection, args=(server, conn, allowed, host_key), daemon=True).start()
+            threading.Thread(
+                target=serve_connection, args=(server, conn, allowed, host_key), daemon=True
+            ).start()
 
     loop = threading.Thread(target=accept_loop, daemon=True)
     loop.start()

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import agent
-from ibgw_provision.plan import VALIDATORS
-from ibgw_provision.provision import AGENT, BOOT
+from ibgw_provision.provision import agent
+from ibgw_provision.provision.plan import VALIDATORS
+from ibgw_provision.provision.remote import AGENT, BOOT
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="chown to another user needs root")
@@ -66,7 +66,9 @@ def systemd(fakebin, tmp_path, monkeypatch):
     state = tmp_path / "units"
     state.mkdir()
     (state / "dies").touch()
-    fakebin.add("systemctl", f"""
+    fakebin.add(
+        "systemctl",
+        f"""
 S="{state}"
 case "$1" in
   is-active) cat "$S/$2.active" 2>/dev/null || {{ echo inactive; exit 3; }} ;;
@@ -75,7 +77,8 @@ case "$1" in
   start|restart) grep -qx "$2" "$S/dies" && echo failed > "$S/$2.active" || echo active > "$S/$2.active" ;;
   show) echo "ActiveState=$(cat "$S/$2.active" 2>/dev/null || echo inactive)"; echo SubState=running
         echo NRestarts=2; echo ActiveEnterTimestampMonotonic=5000000; echo Result=success ;;
-esac""")
+esac""",
+    )
     fakebin.add("journalctl", 'echo "boom: cannot bind"')
     real = agent.stays_up
     monkeypatch.setattr(agent, "stays_up", lambda units: real(units, seconds=0.05))
@@ -87,8 +90,16 @@ def b64(text: str) -> str:
 
 
 def file_step(path: Path, content: str, mode: int = 0o640, owner: str = ME, group: str = MY_GROUP, **extra):
-    return {"kind": "file", "task": f"file {path}", "path": str(path), "content": b64(content), "mode": mode,
-            "owner": owner, "group": group, **extra}
+    return {
+        "kind": "file",
+        "task": f"file {path}",
+        "path": str(path),
+        "content": b64(content),
+        "mode": mode,
+        "owner": owner,
+        "group": group,
+        **extra,
+    }
 
 
 def events(capsys) -> list[dict]:
@@ -108,6 +119,7 @@ def plant_link(link: Path, target: Path) -> None:
 
 # ---- facts ---------------------------------------------------------------
 
+
 def test_facts_reads_packages_user_paths_units_and_markers(tmp_path, fakebin, systemd):
     fakebin.add("dpkg-query", 'echo "haproxy installed"; echo "nginx config-files"', rc=1)
     fakebin.add("nft", rc=0)
@@ -122,30 +134,44 @@ def test_facts_reads_packages_user_paths_units_and_markers(tmp_path, fakebin, sy
     marker = tmp_path / "stamp"
     marker.write_text("abc")
     want = hashlib.sha256(b"want\n").hexdigest()
-    req = {"packages": ["haproxy", "nginx", "nftables"], "user": "root",
-           "paths": [str(p) for p in (same, drifted, folder, tmp_path / "link", tmp_path / "missing")],
-           "content_unless": {str(same): want, str(drifted): want, str(tmp_path / "missing"): want},
-           "units": ["a.service", "b.service"], "markers": [str(marker), str(tmp_path / "nomarker")],
-           "firewall": True}
+    req = {
+        "packages": ["haproxy", "nginx", "nftables"],
+        "user": "root",
+        "paths": [str(p) for p in (same, drifted, folder, tmp_path / "link", tmp_path / "missing")],
+        "content_unless": {str(same): want, str(drifted): want, str(tmp_path / "missing"): want},
+        "units": ["a.service", "b.service"],
+        "markers": [str(marker), str(tmp_path / "nomarker")],
+        "firewall": True,
+    }
 
     got = agent.facts(req)
 
     assert got["packages"] == {"haproxy": True, "nginx": False, "nftables": False}
     assert got["user"]["uid"] == 0 and "root" in got["user"]["groups"]
-    assert got["paths"][str(same)] == {"kind": "file", "mode": same.stat().st_mode & 0o7777, "owner": ME,
-                                       "group": MY_GROUP, "sha256": want}
+    assert got["paths"][str(same)] == {
+        "kind": "file",
+        "mode": same.stat().st_mode & 0o7777,
+        "owner": ME,
+        "group": MY_GROUP,
+        "sha256": want,
+    }
     assert got["paths"][str(folder)]["kind"] == "dir" and got["paths"][str(folder)]["mode"] == 0o750
     assert got["paths"][str(folder)]["sha256"] is None
     assert got["paths"][str(tmp_path / "link")]["kind"] == "link"
     assert got["paths"][str(tmp_path / "link")]["sha256"] is None  # never hashed through the link
     assert got["paths"][str(tmp_path / "missing")] is None
     assert got["content"] == {str(drifted): "old\n"}  # only what drifted is sent back
-    assert got["units"] == {"a.service": {"enabled": "enabled", "active": "active"},
-                            "b.service": {"enabled": "disabled", "active": "inactive"}}
+    assert got["units"] == {
+        "a.service": {"enabled": "enabled", "active": "active"},
+        "b.service": {"enabled": "disabled", "active": "inactive"},
+    }
     assert got["markers"] == {str(marker): "abc", str(tmp_path / "nomarker"): None}
     assert got["firewall"] is True
     assert got["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert fakebin.calls()[:2] == ["dpkg-query -W -f ${Package} ${db:Status-Status}", " haproxy nginx nftables"]
+    assert fakebin.calls()[:2] == [
+        "dpkg-query -W -f ${Package} ${db:Status-Status}",
+        " haproxy nginx nftables",
+    ]
 
 
 def test_facts_without_packages_user_or_firewall(tmp_path, fakebin):
@@ -205,6 +231,7 @@ def test_read_and_hash_report_other_errors(tmp_path):
 
 # ---- file writes ---------------------------------------------------------
 
+
 @needs_root
 def test_file_is_written_with_its_content_mode_and_owner(tmp_path):
     path = tmp_path / "etc" / "ibgw" / "live" / "config.ini"  # parents are created
@@ -262,8 +289,10 @@ def test_a_failing_validator_leaves_the_old_file(tmp_path, fakebin):
 BROKEN = {  # per validated file: a broken version, and what its validator must say about it
     "haproxy.cfg": ("global\n    maxconnn 100\n", "unknown keyword 'maxconnn' in 'global' section"),
     "nginx.conf": ("events {}\nstrem {}\n", 'unknown directive "strem"'),
-    "firewall.nft": ("table inet ibgw {\n  chain input { type filter hook input priority 0; polcy drop; }\n}\n",
-                     "syntax error"),
+    "firewall.nft": (
+        "table inet ibgw {\n  chain input { type filter hook input priority 0; polcy drop; }\n}\n",
+        "syntax error",
+    ),
 }
 
 
@@ -284,8 +313,10 @@ def test_the_real_validators_refuse_a_broken_file_and_say_why(tmp_path, target):
 @pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy is not installed")
 def test_a_config_the_real_validator_accepts_replaces_the_old(tmp_path):
     path = tmp_path / "haproxy.cfg"
-    good = ("global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
-            "    timeout server 1s\nlisten paper\n    bind 127.0.0.1:14004\n    server gw 127.0.0.1:14002\n")
+    good = (
+        "global\n    maxconn 100\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
+        "    timeout server 1s\nlisten paper\n    bind 127.0.0.1:14004\n    server gw 127.0.0.1:14002\n"
+    )
     agent.step_file(file_step(path, good, validate=VALIDATORS["/etc/haproxy/haproxy.cfg"]))
     assert path.read_text() == good
 
@@ -308,6 +339,7 @@ def test_unknown_owner_fails_before_anything_is_replaced(tmp_path):
 
 
 # ---- symlink safety ----------------------------------------------------------
+
 
 def test_a_symlink_at_the_target_is_replaced_not_written_through(tmp_path):
     victim = tmp_path / "victim"
@@ -335,8 +367,14 @@ def test_attrs_never_follow_a_symlink(tmp_path, kind):
 
 def test_attrs_refuse_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "fifo", 0o600)
-    step = {"kind": "attrs", "task": "t", "path": str(tmp_path / "fifo"), "owner": ME, "group": MY_GROUP,
-            "mode": 0o666}
+    step = {
+        "kind": "attrs",
+        "task": "t",
+        "path": str(tmp_path / "fifo"),
+        "owner": ME,
+        "group": MY_GROUP,
+        "mode": 0o666,
+    }
     with pytest.raises(agent.StepError, match="not a regular file"):
         agent.step_attrs(step)
     assert (tmp_path / "fifo").stat().st_mode & 0o7777 == 0o600
@@ -352,8 +390,18 @@ def test_a_symlink_planted_in_a_parent_is_not_followed(tmp_path, kind):
     (victim / "jts.ini").write_text("keep\n")
     plant_link(home / "live", victim)
     path = home / "live" / ("jts.ini" if kind != "dir" else "sub")
-    step = file_step(path, "ours\n") if kind == "file" else {
-        "kind": kind, "task": "t", "path": str(path), "owner": "nobody", "group": NOGROUP, "mode": 0o777}
+    step = (
+        file_step(path, "ours\n")
+        if kind == "file"
+        else {
+            "kind": kind,
+            "task": "t",
+            "path": str(path),
+            "owner": "nobody",
+            "group": NOGROUP,
+            "mode": 0o777,
+        }
+    )
     with pytest.raises(agent.StepError, match="symlink"):
         agent.STEPS[kind](step)
     assert sorted(p.name for p in victim.iterdir()) == ["jts.ini"]
@@ -372,10 +420,18 @@ def test_a_symlinked_parent_root_made_is_followed(tmp_path):
 
 # ---- directories, users, packages -------------------------------------------
 
+
 @needs_root
 def test_dir_is_created_or_fixed(tmp_path):
     path = tmp_path / "var" / "lib" / "ibgw"
-    step = {"kind": "dir", "task": "t", "path": str(path), "owner": "nobody", "group": NOGROUP, "mode": 0o2750}
+    step = {
+        "kind": "dir",
+        "task": "t",
+        "path": str(path),
+        "owner": "nobody",
+        "group": NOGROUP,
+        "mode": 0o2750,
+    }
     agent.step_dir(step)
     st = path.stat()
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o2750, NOBODY.pw_uid, NOBODY.pw_gid)
@@ -388,27 +444,40 @@ def test_dir_is_created_or_fixed(tmp_path):
 def test_apt_installs_without_questions(fakebin):
     fakebin.add("apt-get", 'echo "DEBIAN_FRONTEND=$DEBIAN_FRONTEND" >> "$0.env"')
     agent.step_apt({"packages": ["haproxy", "xvfb"]})
-    assert fakebin.calls() == ["apt-get update -qq", "apt-get install -y -qq --no-install-recommends haproxy xvfb"]
+    assert fakebin.calls() == [
+        "apt-get update -qq",
+        "apt-get install -y -qq --no-install-recommends haproxy xvfb",
+    ]
     assert (fakebin.dir / "apt-get.env").read_text() == "DEBIAN_FRONTEND=noninteractive\n" * 2
 
 
 def test_apt_failure_names_the_command_and_its_error(fakebin):
-    fakebin.add("apt-get", 'echo "E: Unable to locate package xvfbb" >&2; [ "$1" = update ] && exit 0', rc=100)
+    fakebin.add(
+        "apt-get", 'echo "E: Unable to locate package xvfbb" >&2; [ "$1" = update ] && exit 0', rc=100
+    )
     with pytest.raises(agent.StepError) as failed:
         agent.step_apt({"packages": ["xvfbb"]})
-    assert str(failed.value) == ("apt-get install -y -qq --no-install-recommends xvfbb exited 100: "
-                                 "E: Unable to locate package xvfbb")
+    assert str(failed.value) == (
+        "apt-get install -y -qq --no-install-recommends xvfbb exited 100: E: Unable to locate package xvfbb"
+    )
 
 
 def test_user_is_created_as_a_system_user_without_login(fakebin, tmp_path, monkeypatch):
     accounts = tmp_path / "passwd"  # the host's user database, as the fake useradd leaves it
     fakebin.add("useradd", f'for last; do :; done; echo "$last" >> "{accounts}"')
     fakebin.add("gpasswd")
-    monkeypatch.setattr(agent, "user", lambda name: {"groups": [name]} if accounts.exists() and name in
-                        accounts.read_text().split() else None)
+    monkeypatch.setattr(
+        agent,
+        "user",
+        lambda name: (
+            {"groups": [name]} if accounts.exists() and name in accounts.read_text().split() else None
+        ),
+    )
     agent.step_user({"name": "ibkr", "home": "/var/lib/ibgw"})
-    assert fakebin.calls() == ["useradd --system --user-group --home-dir /var/lib/ibgw --no-create-home "
-                               "--shell /usr/sbin/nologin ibkr"]
+    assert fakebin.calls() == [
+        "useradd --system --user-group --home-dir /var/lib/ibgw --no-create-home "
+        "--shell /usr/sbin/nologin ibkr"
+    ]
     agent.step_user({"name": "ibkr", "home": "/var/lib/ibgw"})  # it exists now: nothing to do
     assert len(fakebin.calls()) == 1
 
@@ -429,6 +498,7 @@ def test_user_without_privileged_groups_is_left_alone(fakebin):
 
 # ---- installs and their stamps ---------------------------------------------
 
+
 def zip_upload(tmp_path: Path) -> tuple[Path, str]:
     upload = tmp_path / "uploads" / "IBCLinux-3.20.0.zip"
     upload.parent.mkdir()
@@ -439,8 +509,14 @@ def zip_upload(tmp_path: Path) -> tuple[Path, str]:
 
 
 def install_step(upload: Path, sha: str, dest: Path, kind: str = "zip") -> dict:
-    return {"upload": str(upload), "sha256": sha, "type": kind, "dest": str(dest), "owner": "nobody" if AS_ROOT else ME,
-            "stamp": ".ibgw-installed"}
+    return {
+        "upload": str(upload),
+        "sha256": sha,
+        "type": kind,
+        "dest": str(dest),
+        "owner": "nobody" if AS_ROOT else ME,
+        "stamp": ".ibgw-installed",
+    }
 
 
 def test_zip_install_replaces_the_dest_and_writes_the_stamp_last(tmp_path):
@@ -450,12 +526,17 @@ def test_zip_install_replaces_the_dest_and_writes_the_stamp_last(tmp_path):
     (dest / "stale").write_text("from the old version")
     agent.step_install(install_step(upload, sha, dest))
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == [
-        ".ibgw-installed", "config.ini", "scripts", "scripts/ibcstart.sh"]
+        ".ibgw-installed",
+        "config.ini",
+        "scripts",
+        "scripts/ibcstart.sh",
+    ]
     assert (dest / "scripts" / "ibcstart.sh").stat().st_mode & 0o777 == 0o755
     assert (dest / ".ibgw-installed").read_text() == sha
     if AS_ROOT:
         assert {p.stat().st_uid for p in [dest, *dest.rglob("*")] if p.name != ".ibgw-installed"} == {
-            NOBODY.pw_uid}
+            NOBODY.pw_uid
+        }
 
 
 def test_install_refuses_an_upload_whose_sha256_differs(tmp_path):
@@ -481,8 +562,10 @@ def test_installer_runs_and_links_it_makes_are_not_followed_by_chown(tmp_path):
     outside = tmp_path / "outside"
     outside.write_text("root's\n")
     installer = tmp_path / "ibgateway-10.30-standalone-linux-x64.sh"
-    installer.write_text('[ "$1" = -q ] && [ "$2" = -dir ] || exit 9\n'
-                         f'mkdir -p "$3/jars" && echo jar > "$3/jars/a.jar" && ln -s "{outside}" "$3/link"\n')
+    installer.write_text(
+        '[ "$1" = -q ] && [ "$2" = -dir ] || exit 9\n'
+        f'mkdir -p "$3/jars" && echo jar > "$3/jars/a.jar" && ln -s "{outside}" "$3/link"\n'
+    )
     sha = hashlib.sha256(installer.read_bytes()).hexdigest()
     dest = tmp_path / "gateway-live"
     agent.step_install(install_step(installer, sha, dest, kind="sh"))
@@ -505,11 +588,15 @@ def test_a_failing_installer_leaves_no_stamp(tmp_path):
 def build_wheel(wheels: Path) -> None:
     """A minimal wheel of a one-module project, made by hand: pip installs it offline."""
     info = "ibgwdemo-1.0.dist-info"
-    files = {"ibgwdemo.py": b"VALUE = 42\n",
-             f"{info}/METADATA": b"Metadata-Version: 2.1\nName: ibgwdemo\nVersion: 1.0\n",
-             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    digest = {path: base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-              for path, data in files.items()}
+    files = {
+        "ibgwdemo.py": b"VALUE = 42\n",
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: ibgwdemo\nVersion: 1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    digest = {
+        path: base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        for path, data in files.items()
+    }
     record = "".join(f"{path},sha256={digest[path]},{len(data)}\n" for path, data in files.items())
     wheels.mkdir()
     with zipfile.ZipFile(wheels / "ibgwdemo-1.0-py3-none-any.whl", "w") as z:
@@ -523,38 +610,73 @@ def test_venv_is_built_from_shipped_wheels_and_stamped(tmp_path):
     venv = tmp_path / "venv"
     venv.mkdir()
     (venv / "stale").write_text("x")
-    step = {"path": str(venv), "wheels": str(tmp_path / "wheels"), "requirement": "ibgwdemo==1.0",
-            "marker": ".ibgw-wheels", "stamp": "sha-of-wheels"}
+    step = {
+        "path": str(venv),
+        "wheels": str(tmp_path / "wheels"),
+        "requirement": "ibgwdemo==1.0",
+        "marker": ".ibgw-wheels",
+        "stamp": "sha-of-wheels",
+    }
     agent.step_venv(step)
-    out = subprocess.run([venv / "bin" / "python", "-c", "import ibgwdemo; print(ibgwdemo.VALUE)"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [venv / "bin" / "python", "-c", "import ibgwdemo; print(ibgwdemo.VALUE)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout == "42\n"
     assert (venv / ".ibgw-wheels").read_text() == "sha-of-wheels" and not (venv / "stale").exists()
 
 
 def test_a_venv_that_cannot_be_built_has_no_stamp(tmp_path):
     (tmp_path / "file").write_text("x")
-    step = {"path": str(tmp_path / "file" / "venv"), "wheels": str(tmp_path), "requirement": "ibgw",
-            "marker": ".ibgw-wheels", "stamp": "s"}
+    step = {
+        "path": str(tmp_path / "file" / "venv"),
+        "wheels": str(tmp_path),
+        "requirement": "ibgw",
+        "marker": ".ibgw-wheels",
+        "stamp": "s",
+    }
     with pytest.raises(agent.StepError, match="-m venv"):
         agent.step_venv(step)
 
 
 # ---- systemd -------------------------------------------------------------
 
+
 def systemd_step(**actions) -> dict:
-    return {"kind": "systemd", "task": "systemd", "daemon_reload": False, "enable": [], "start": [], "restart": [],
-            "reload": []} | actions
+    return {
+        "kind": "systemd",
+        "task": "systemd",
+        "daemon_reload": False,
+        "enable": [],
+        "start": [],
+        "restart": [],
+        "reload": [],
+    } | actions
 
 
 def test_systemd_acts_in_order_then_checks_units_stay_up(fakebin, systemd):
-    agent.step_systemd(systemd_step(daemon_reload=True, enable=["gw.service", "front.service"],
-                                    start=["gw.service"], restart=["front.service"], reload=["fw.service"]))
-    assert fakebin.calls() == ["systemctl daemon-reload", "systemctl enable gw.service front.service",
-                               "systemctl start gw.service", "systemctl restart front.service",
-                               "systemctl reload fw.service",
-                               "systemctl is-enabled gw.service", "systemctl is-active gw.service",
-                               "systemctl is-enabled front.service", "systemctl is-active front.service"]
+    agent.step_systemd(
+        systemd_step(
+            daemon_reload=True,
+            enable=["gw.service", "front.service"],
+            start=["gw.service"],
+            restart=["front.service"],
+            reload=["fw.service"],
+        )
+    )
+    assert fakebin.calls() == [
+        "systemctl daemon-reload",
+        "systemctl enable gw.service front.service",
+        "systemctl start gw.service",
+        "systemctl restart front.service",
+        "systemctl reload fw.service",
+        "systemctl is-enabled gw.service",
+        "systemctl is-active gw.service",
+        "systemctl is-enabled front.service",
+        "systemctl is-active front.service",
+    ]
 
 
 def test_a_unit_that_dies_after_start_fails_the_step_with_its_log(fakebin, systemd):
@@ -567,11 +689,14 @@ def test_a_unit_that_dies_after_start_fails_the_step_with_its_log(fakebin, syste
 
 def test_a_failing_systemctl_fails_the_step(fakebin):
     fakebin.add("systemctl", 'echo "Unit nope.service not found." >&2', rc=5)
-    with pytest.raises(agent.StepError, match="systemctl restart nope.service exited 5: Unit nope.service not found"):
+    with pytest.raises(
+        agent.StepError, match="systemctl restart nope.service exited 5: Unit nope.service not found"
+    ):
         agent.step_systemd(systemd_step(restart=["nope.service"]))
 
 
 # ---- apply: events, errors, pending unit actions ---------------------------------
+
 
 def test_apply_reports_each_step_and_stops_at_the_first_failure(tmp_path, capsys):
     ok, bad = tmp_path / "ok", tmp_path / "missing" / "dir-is-a-file"
@@ -581,22 +706,51 @@ def test_apply_reports_each_step_and_stops_at_the_first_failure(tmp_path, capsys
     assert result["applied"] == 1 and result["failed"] == f"file {bad}"
     assert "File exists" in result["error"] or "Not a directory" in result["error"]
     assert [(e["event"], e["task"]) for e in events(capsys)] == [
-        ("start", f"file {ok}"), ("done", f"file {ok}"), ("start", f"file {bad}"), ("failed", f"file {bad}")]
+        ("start", f"file {ok}"),
+        ("done", f"file {ok}"),
+        ("start", f"file {bad}"),
+        ("failed", f"file {bad}"),
+    ]
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.parametrize("step, error", [
-    ({"kind": "bogus"}, "KeyError: 'bogus'"),
-    ({"kind": "file"}, "KeyError: 'path'"),
-    ({"kind": "install", "upload": "{tmp}/none", "sha256": "x", "dest": "{tmp}/d"},
-     "{tmp}/none: sha256 differs from the pinned one after upload"),
-    ({"kind": "dir", "path": "{tmp}/file/x", "owner": ME, "group": MY_GROUP, "mode": 0o755},
-     "[Errno 20] Not a directory: '{tmp}/file/x'"),
-    ({"kind": "file", "path": "{tmp}/x", "content": "not base64!", "owner": ME, "group": MY_GROUP, "mode": 0o600},
-     "Error: Invalid base64-encoded string"),
-    ({"kind": "systemd", "daemon_reload": False, "enable": [], "start": [], "restart": ["x"], "reload": []},
-     "systemctl restart x exited 1: "),
-])
+@pytest.mark.parametrize(
+    "step, error",
+    [
+        ({"kind": "bogus"}, "KeyError: 'bogus'"),
+        ({"kind": "file"}, "KeyError: 'path'"),
+        (
+            {"kind": "install", "upload": "{tmp}/none", "sha256": "x", "dest": "{tmp}/d"},
+            "{tmp}/none: sha256 differs from the pinned one after upload",
+        ),
+        (
+            {"kind": "dir", "path": "{tmp}/file/x", "owner": ME, "group": MY_GROUP, "mode": 0o755},
+            "[Errno 20] Not a directory: '{tmp}/file/x'",
+        ),
+        (
+            {
+                "kind": "file",
+                "path": "{tmp}/x",
+                "content": "not base64!",
+                "owner": ME,
+                "group": MY_GROUP,
+                "mode": 0o600,
+            },
+            "Error: Invalid base64-encoded string",
+        ),
+        (
+            {
+                "kind": "systemd",
+                "daemon_reload": False,
+                "enable": [],
+                "start": [],
+                "restart": ["x"],
+                "reload": [],
+            },
+            "systemctl restart x exited 1: ",
+        ),
+    ],
+)
 def test_any_step_error_is_a_reported_failure(step, error, tmp_path, fakebin, capsys):
     fakebin.add("systemctl", rc=1)
     (tmp_path / "file").write_text("a file where a directory belongs")
@@ -605,7 +759,11 @@ def test_any_step_error_is_a_reported_failure(step, error, tmp_path, fakebin, ca
     assert result["failed"] == "t" and result["applied"] == 0
     assert error.replace("{tmp}", str(tmp_path)) in result["error"]
     assert events(capsys)[-1] == {"event": "failed", "task": "t", "error": result["error"]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.log", "fakebin", "file"]  # nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "calls.log",
+        "fakebin",
+        "file",
+    ]  # nothing left behind
 
 
 def test_pending_unit_actions_survive_a_failed_run(tmp_path, fakebin, systemd, capsys):
@@ -613,16 +771,38 @@ def test_pending_unit_actions_survive_a_failed_run(tmp_path, fakebin, systemd, c
     unit = tmp_path / "ibgw-gate-live.service"
     cfg = tmp_path / "haproxy.cfg"
     fail = {"kind": "bogus", "task": "boom"}
-    first = agent.apply({"pending": str(pending), "steps": [
-        file_step(unit, "[Unit]\n", then={"daemon_reload": True, "restart": ["ibgw-gate-live.service"]}), fail]})
+    first = agent.apply(
+        {
+            "pending": str(pending),
+            "steps": [
+                file_step(
+                    unit, "[Unit]\n", then={"daemon_reload": True, "restart": ["ibgw-gate-live.service"]}
+                ),
+                fail,
+            ],
+        }
+    )
     assert first["failed"] == "boom" and unit.exists()
-    assert json.loads(pending.read_text()) == {"daemon_reload": True, "restart": ["ibgw-gate-live.service"],
-                                               "reload": []}
-    second = agent.apply({"pending": str(pending), "steps": [
-        file_step(cfg, "global\n", then={"reload": ["haproxy.service"], "restart": ["a.service"]}), fail]})
+    assert json.loads(pending.read_text()) == {
+        "daemon_reload": True,
+        "restart": ["ibgw-gate-live.service"],
+        "reload": [],
+    }
+    second = agent.apply(
+        {
+            "pending": str(pending),
+            "steps": [
+                file_step(cfg, "global\n", then={"reload": ["haproxy.service"], "restart": ["a.service"]}),
+                fail,
+            ],
+        }
+    )
     assert second["failed"] == "boom"
-    assert json.loads(pending.read_text()) == {"daemon_reload": True, "reload": ["haproxy.service"],
-                                               "restart": ["a.service", "ibgw-gate-live.service"]}
+    assert json.loads(pending.read_text()) == {
+        "daemon_reload": True,
+        "reload": ["haproxy.service"],
+        "restart": ["a.service", "ibgw-gate-live.service"],
+    }
     assert agent.read(str(pending)) is not None and pending.stat().st_mode & 0o077 == 0  # root-only
     third = agent.apply({"pending": str(pending), "steps": [systemd_step(daemon_reload=True)]})
     assert third == {"applied": 1, "failed": None} and not pending.exists()
@@ -660,6 +840,7 @@ def test_a_step_without_then_or_without_a_pending_path_records_nothing(tmp_path)
 
 # ---- health and monitoring ---------------------------------------------------
 
+
 def test_listeners_decode_proc_addresses():
     assert agent.proc_address("0100007F", 8) == "127.0.0.1"
     assert agent.proc_address("00000000000000000000000001000000", 32) == "::1"
@@ -672,8 +853,10 @@ def test_health_reads_units_listeners_resources_and_recent_errors(tmp_path, fake
     log = tmp_path / "ibc-live.txt"
     now, old = time.time(), time.time() - 3600
     fresh, iso = (time.strftime(f"%Y-%m-%d{sep}%H:%M:%S", time.localtime(now)) for sep in " T")
-    log.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(old))} old line\nno timestamp\n"
-                   f"{fresh} Login has completed\n{iso} iso line\n")
+    log.write_text(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(old))} old line\nno timestamp\n"
+        f"{fresh} Login has completed\n{iso} iso line\n"
+    )
     stale = tmp_path / "stale.txt"
     stale.write_text(f"{fresh} in a file untouched for an hour\n")
     os.utime(stale, (old, old))
@@ -681,17 +864,27 @@ def test_health_reads_units_listeners_resources_and_recent_errors(tmp_path, fake
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        got = agent.health({"units": ["gw.service"], "firewall": True, "disk_paths": [str(tmp_path)],
-                            "log_files": [str(tmp_path / "*.txt")], "log_minutes": 10})
-    assert got["units"] == {"gw.service": {"active": "active", "sub": "running", "restarts": 2,
-                                           "result": "success", "since": 5.0}}
+        got = agent.health(
+            {
+                "units": ["gw.service"],
+                "firewall": True,
+                "disk_paths": [str(tmp_path)],
+                "log_files": [str(tmp_path / "*.txt")],
+                "log_minutes": 10,
+            }
+        )
+    assert got["units"] == {
+        "gw.service": {"active": "active", "sub": "running", "restarts": 2, "result": "success", "since": 5.0}
+    }
     assert "127.0.0.1" in got["listeners"][port]
     assert got["firewall"] is False and got["uptime"] > 0
     res = got["resources"]
     assert 0 < res["mem_available_mb"] <= res["mem_total_mb"] and res["cpus"] >= 1
     assert 0 <= res["disk_used_pct"][str(tmp_path)] <= 100
-    assert got["log_lines"] == [{"file": str(log), "line": f"{fresh} Login has completed"},
-                                {"file": str(log), "line": f"{iso} iso line"}]
+    assert got["log_lines"] == [
+        {"file": str(log), "line": f"{fresh} Login has completed"},
+        {"file": str(log), "line": f"{iso} iso line"},
+    ]
     assert got["journal_errors"] == ["boom: cannot bind"]
     assert "journalctl --no-pager -o cat -p err --since=-10min --unit=gw.service" in fakebin.calls()
 
@@ -702,11 +895,13 @@ def test_health_without_firewall_does_not_ask_nft(fakebin, systemd):
     assert got["firewall"] is None and not any(c.startswith("nft") for c in fakebin.calls())
 
 
-STICK_TABLE = (b"# table: live, type: ip, size:102400, used:2\n"
-               b"0x55d0c4a3a0f0: key=198.51.100.7 use=1 exp=86390000 shard=0 conn_cnt=3 conn_cur=1 "
-               b"bytes_in_cnt=1200 bytes_out_cnt=3400\n"
-               b"0x55d0c4a3a1f0: key=::ffff:10.0.0.9 use=0 exp=1000 shard=0 conn_cnt=1 conn_cur=0 "
-               b"bytes_in_cnt=0 bytes_out_cnt=0\n\n")
+STICK_TABLE = (
+    b"# table: live, type: ip, size:102400, used:2\n"
+    b"0x55d0c4a3a0f0: key=198.51.100.7 use=1 exp=86390000 shard=0 conn_cnt=3 conn_cur=1 "
+    b"bytes_in_cnt=1200 bytes_out_cnt=3400\n"
+    b"0x55d0c4a3a1f0: key=::ffff:10.0.0.9 use=0 exp=1000 shard=0 conn_cnt=1 conn_cur=0 "
+    b"bytes_in_cnt=0 bytes_out_cnt=0\n\n"
+)
 
 
 @pytest.fixture
@@ -736,12 +931,14 @@ def haproxy_socket(tmp_path):
 
 @pytest.fixture
 def gate_metrics():
-    text = ('# HELP ibgw_gate_app_connected Is the app connected\n'
-            'ibgw_gate_app_connected{mode="live",app="algo1"} 1\n'
-            'ibgw_gate_app_messages_in_total{mode="live",app="algo1"} 17\n'
-            'ibgw_gate_app_last_seen_seconds{mode="live",app="algo1"} 1700000000.5\n'
-            'ibgw_gate_app_connected{mode="live",app="report"} 0\n'
-            'ibgw_gate_up 1\n')
+    text = (
+        "# HELP ibgw_gate_app_connected Is the app connected\n"
+        'ibgw_gate_app_connected{mode="live",app="algo1"} 1\n'
+        'ibgw_gate_app_messages_in_total{mode="live",app="algo1"} 17\n'
+        'ibgw_gate_app_last_seen_seconds{mode="live",app="algo1"} 1700000000.5\n'
+        'ibgw_gate_app_connected{mode="live",app="report"} 0\n'
+        "ibgw_gate_up 1\n"
+    )
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -768,19 +965,37 @@ def free_port() -> int:
 
 def test_monitor_streams_stick_tables_and_gate_figures(haproxy_socket, gate_metrics, capsys):
     path, asked = haproxy_socket
-    result = agent.monitor({"socket": str(path), "tables": ["live"], "interval": 0, "count": 2,
-                            "gates": {"live": gate_metrics, "paper": free_port()}})
+    result = agent.monitor(
+        {
+            "socket": str(path),
+            "tables": ["live"],
+            "interval": 0,
+            "count": 2,
+            "gates": {"live": gate_metrics, "paper": free_port()},
+        }
+    )
     assert result == {"samples": 2}
     samples = events(capsys)
     assert len(samples) == 2 and asked == ["show table live\n"] * 2
     rows = samples[0]["sample"]["live"]
-    assert rows[0] == {"key": "198.51.100.7", "use": 1, "exp": 86390000, "shard": 0, "conn_cnt": 3, "conn_cur": 1,
-                       "bytes_in_cnt": 1200, "bytes_out_cnt": 3400}
+    assert rows[0] == {
+        "key": "198.51.100.7",
+        "use": 1,
+        "exp": 86390000,
+        "shard": 0,
+        "conn_cnt": 3,
+        "conn_cur": 1,
+        "bytes_in_cnt": 1200,
+        "bytes_out_cnt": 3400,
+    }
     assert rows[1]["key"] == "::ffff:10.0.0.9" and rows[1]["conn_cur"] == 0
-    assert samples[0]["gates"] == {"live": {"algo1": {"connected": 1.0, "messages_in": 17.0,
-                                                      "last_seen": 1700000000.5},
-                                            "report": {"connected": 0.0}},
-                                   "paper": None}  # a gate that is down
+    assert samples[0]["gates"] == {
+        "live": {
+            "algo1": {"connected": 1.0, "messages_in": 17.0, "last_seen": 1700000000.5},
+            "report": {"connected": 0.0},
+        },
+        "paper": None,
+    }  # a gate that is down
     assert samples[1]["at"] >= samples[0]["at"]
 
 
@@ -791,10 +1006,17 @@ def test_an_unknown_table_has_no_rows(haproxy_socket):
 
 # ---- the program as the host runs it -----------------------------------------------
 
+
 def test_main_answers_one_request_with_a_result_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "m").write_text("stamp")
-    req = {"op": "facts", "packages": [], "user": "root", "paths": [str(tmp_path / "m")], "units": [],
-           "markers": [str(tmp_path / "m")]}
+    req = {
+        "op": "facts",
+        "packages": [],
+        "user": "root",
+        "paths": [str(tmp_path / "m")],
+        "units": [],
+        "markers": [str(tmp_path / "m")],
+    }
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(req).encode())))
     agent.main()
     (line,) = capsys.readouterr().out.splitlines()
@@ -805,11 +1027,14 @@ def test_boot_runs_the_agent_from_stdin_as_the_host_does(tmp_path):
     """The exact command sent over SSH: the agent's source, then the request, on stdin only."""
     req = {"op": "apply", "steps": [file_step(tmp_path / "f", "hello\n", 0o600)]}
     stdin = f"{len(AGENT)}\n".encode() + AGENT + json.dumps(req).encode()
-    proc = subprocess.run(["sh", "-c", BOOT.replace("python3", sys.executable, 1)], input=stdin, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["sh", "-c", BOOT.replace("python3", sys.executable, 1)], input=stdin, capture_output=True, timeout=60
+    )
     lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert proc.returncode == 0, proc.stderr
-    assert lines == [{"event": "start", "task": f"file {tmp_path / 'f'}"},
-                     {"event": "done", "task": f"file {tmp_path / 'f'}"},
-                     {"result": {"applied": 1, "failed": None}}]
+    assert lines == [
+        {"event": "start", "task": f"file {tmp_path / 'f'}"},
+        {"event": "done", "task": f"file {tmp_path / 'f'}"},
+        {"result": {"applied": 1, "failed": None}},
+    ]
     assert (tmp_path / "f").read_text() == "hello\n"

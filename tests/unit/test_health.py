@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ibgw_provision import health, views
+from ibgw_provision.observe import health, views
 
 
 @pytest.mark.parametrize("line,kind", [

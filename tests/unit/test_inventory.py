@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ibgw_provision import inventory, secrets
+from ibgw_provision import inventory
 from ibgw_provision.cli import main
 from ibgw_provision.errors import InputError
+from ibgw_provision.inventory import preflight, secrets
 
 BASE = textwrap.dedent("""\
     hosts:
@@ -146,6 +147,23 @@ def test_ibgw_backend_needs_pinned_artifacts(tmp_path):
     assert [p.field for p in err.value.problems] == ["artifacts.ib_gateway", "artifacts.ibc"]
     path.write_text(ARTIFACTS + text)
     assert inventory.load(path).artifacts.ibc.version == "3.20.0"
+
+
+def test_preflight_refuses_a_missing_or_unpinned_installer(tmp_path):
+    login = "login: {username: {env: U}, password: {env: P}}"
+    text = ARTIFACTS + BASE.replace("backend: simulator", "backend: ibgw").replace(
+        "- mode: paper\n", f"- mode: paper\n        {login}\n").replace("- mode: live\n", f"- mode: live\n        {login}\n")
+    path = tmp_path / "inv.yml"
+    text = text.replace("artifacts:\n", f"artifacts:\n  cache_dir: {tmp_path}\n")
+    path.write_text(text)
+    (tmp_path / "ibc.zip").write_bytes(b"not the pinned one")
+    inv = inventory.load(path)
+    with pytest.raises(InputError) as err:
+        preflight.check_artifacts(inv, ["gw"])
+    ibc, gateway = err.value.problems  # one problem per file, though both gateways need gw.sh
+    assert (ibc.field, gateway.field) == ("artifacts.ibc.sha256", "artifacts.ib_gateway")
+    assert "not the pinned one: refusing to install it" in ibc.message and "cannot read" in gateway.message
+    assert ibc.line == next(n for n, line in enumerate(text.splitlines(), 1) if "sha256: \"bbb" in line)
 
 
 def test_same_client_id_on_different_gateways_is_fine(tmp_path):

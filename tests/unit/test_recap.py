@@ -8,12 +8,14 @@ import re
 import pytest
 from rich.console import Console
 
-from ibgw_provision.plan import Task
-from ibgw_provision.provision import Report
-from ibgw_provision.recap import Recap
+from ibgw_provision.provision.apply import Report
+from ibgw_provision.provision.plan import Task
+from ibgw_provision.provision.recap import Recap
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-DIFF = "--- /etc/haproxy/haproxy.cfg (host)\n+++ /etc/haproxy/haproxy.cfg (ibgw)\n-maxconn 128\n+maxconn 256\n"
+DIFF = (
+    "--- /etc/haproxy/haproxy.cfg (host)\n+++ /etc/haproxy/haproxy.cfg (ibgw)\n-maxconn 128\n+maxconn 256\n"
+)
 
 
 def shown(reports: list[Report], **options) -> tuple[int, str]:
@@ -23,31 +25,46 @@ def shown(reports: list[Report], **options) -> tuple[int, str]:
 
 
 def converged() -> Report:
-    return Report("gw1", [Task("package haproxy", False), Task("user ibkr", False)], round_trips=2, seconds=0.83)
+    return Report(
+        "gw1", [Task("package haproxy", False), Task("user ibkr", False)], round_trips=2, seconds=0.83
+    )
 
 
 def changed() -> Report:
-    return Report("gw2", [Task("package haproxy", False),
-                          Task("file /etc/haproxy/haproxy.cfg", True, "content differs (drift or a new render)", DIFF),
-                          Task("service haproxy.service", True, "reload")], round_trips=3, seconds=4.06)
+    return Report(
+        "gw2",
+        [
+            Task("package haproxy", False),
+            Task("file /etc/haproxy/haproxy.cfg", True, "content differs (drift or a new render)", DIFF),
+            Task("service haproxy.service", True, "reload"),
+        ],
+        round_trips=3,
+        seconds=4.06,
+    )
 
 
 def test_a_converged_host_prints_only_the_recap():
     code, out = shown([converged()])
     assert code == 0
-    assert out.splitlines() == ["PLAY RECAP                                  ",
-                                "host  ok  changed  failed  round trips  time",
-                                "gw1    2        0       0            2  0.8s"]
+    assert out.splitlines() == [
+        "PLAY RECAP                                  ",
+        "host  ok  changed  failed  round trips  time",
+        "gw1    2        0       0            2  0.8s",
+    ]
 
 
 def test_changes_are_listed_per_host_then_counted():
     code, out = shown([converged(), changed()])
     assert code == 0
     lines = [line.rstrip() for line in out.splitlines()]
-    assert lines[:2] == ["[gw2] changed: file /etc/haproxy/haproxy.cfg (content differs (drift or a new render))",
-                         "[gw2] changed: service haproxy.service (reload)"]
-    assert lines[-2:] == ["gw1    2        0       0            2  0.8s",
-                          "gw2    1        2       0            3  4.1s"]
+    assert lines[:2] == [
+        "[gw2] changed: file /etc/haproxy/haproxy.cfg (content differs (drift or a new render))",
+        "[gw2] changed: service haproxy.service (reload)",
+    ]
+    assert lines[-2:] == [
+        "gw1    2        0       0            2  0.8s",
+        "gw2    1        2       0            3  4.1s",
+    ]
     assert "maxconn" not in out  # diffs only when asked
 
 
@@ -57,18 +74,30 @@ def test_diffs_and_ok_tasks_on_request():
         "[gw2] ok: package haproxy",
         "[gw2] changed: file /etc/haproxy/haproxy.cfg (content differs (drift or a new render))",
         *DIFF.splitlines(),
-        "[gw2] changed: service haproxy.service (reload)"]
+        "[gw2] changed: service haproxy.service (reload)",
+    ]
 
 
 def test_a_diff_without_a_final_newline_is_ended():
-    report = Report("gw1", [Task("file /etc/x", True, "create", "+x"), Task("file /etc/y", True, "create", "")])
+    report = Report(
+        "gw1", [Task("file /etc/x", True, "create", "+x"), Task("file /etc/y", True, "create", "")]
+    )
     _, out = shown([report], show_diff=True)
-    assert out.splitlines()[:3] == ["[gw1] changed: file /etc/x (create)", "+x", "[gw1] changed: file /etc/y (create)"]
+    assert out.splitlines()[:3] == [
+        "[gw1] changed: file /etc/x (create)",
+        "+x",
+        "[gw1] changed: file /etc/y (create)",
+    ]
 
 
 def test_a_failed_host_is_named_counted_and_fails_the_run():
-    failed = Report("gw3", [Task("user ibkr", True, "create")], failed="file /etc/x: haproxy -c exited 1: bad",
-                    round_trips=3, seconds=2.0)
+    failed = Report(
+        "gw3",
+        [Task("user ibkr", True, "create")],
+        failed="file /etc/x: haproxy -c exited 1: bad",
+        round_trips=3,
+        seconds=2.0,
+    )
     code, out = shown([converged(), failed])
     assert code == 1
     assert "[gw3] FAILED: file /etc/x: haproxy -c exited 1: bad" in out.splitlines()
@@ -80,8 +109,9 @@ def test_check_mode_says_what_would_change_and_that_nothing_did():
     report.checked_only = True
     code, out = shown([report])
     assert code == 0
-    assert out.splitlines()[0] == ("[gw2] would change: file /etc/haproxy/haproxy.cfg "
-                                   "(content differs (drift or a new render))")
+    assert out.splitlines()[0] == (
+        "[gw2] would change: file /etc/haproxy/haproxy.cfg (content differs (drift or a new render))"
+    )
     assert out.splitlines()[-1] == "check mode: nothing was changed"
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ibgw_provision import layout
-from ibgw_provision.render import render_host
-from ibgw_provision.secrets import MASK, Secrets
+from ibgw_provision.inventory.secrets import MASK, Secrets
+from ibgw_provision.provision import layout
+from ibgw_provision.provision.render import render_host
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -109,7 +109,7 @@ def test_secret_files_are_private_to_ibkr_and_hold_real_values_only_when_provisi
     monkeypatch.setenv("IB_PAPER_USER", "paperuser")
     monkeypatch.setenv("IB_PAPER_PASSWORD", "pp-secret")
     monkeypatch.setenv("IB_LIVE_USER", "liveuser")
-    monkeypatch.setattr("ibgw_provision.secrets._read", lambda ref: f"value-of-{ref.env or 'file'}")
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"value-of-{ref.env or 'file'}")
     resolver = Secrets()
     files = render_host(example, "gw1", resolver)
     secret_files = [f for f in files if f.secret]
@@ -130,7 +130,7 @@ def test_gateway_units(rendered, example, local):
         assert f"User={layout.USER}\n" in unit
     for gw in example.hosts["gw1"].gateways:
         unit = rendered["example"][f"{layout.UNIT_DIR}/{layout.gateway_unit(gw.mode)}"].read_text()
-        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1030 --gateway --mode=" + gw.mode, unit)
+        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1037 --gateway --mode=" + gw.mode, unit)
         assert f"--on2fatimeout={gw.ibc.twofa_timeout_action}" in unit
         assert f"Requires={layout.xvfb_unit(gw.mode)}" in unit
         for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StartLimitBurst="):

@@ -10,10 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from sshkit import TIMEOUT, ed25519_key, running_sshd
 
-from ibgw_provision.provision import call_agent
-from ibgw_provision.transport import SshError, Target, Transport
+from ibgw_provision.provision.remote import call_agent
+from ibgw_provision.provision.transport import SshError, Target, Transport
+
+from .sshkit import TIMEOUT, ed25519_key, running_sshd
 
 
 @pytest.fixture
@@ -37,12 +38,15 @@ def connect(target: Target) -> Transport:
 
 # ---- host keys and authentication --------------------------------------------------
 
+
 def test_an_unknown_host_is_refused(sshd, tmp_path):
     known_hosts = tmp_path / "ssh" / "known_hosts"
     with pytest.raises(SshError) as refused:
         connect(sshd.target(known_hosts))
-    assert str(refused.value) == (f"root@127.0.0.1:{sshd.port}: unknown host key (not in {known_hosts}); verify it "
-                                  "and add it, or pass --accept-new-host-key for first contact")
+    assert str(refused.value) == (
+        f"root@127.0.0.1:{sshd.port}: unknown host key (not in {known_hosts}); verify it "
+        "and add it, or pass --accept-new-host-key for first contact"
+    )
     assert not known_hosts.exists()
 
 
@@ -62,8 +66,10 @@ def test_a_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path, acce
     before = known_hosts.read_text()
     with pytest.raises(SshError) as refused:
         connect(sshd.target(known_hosts, accept_new=accept_new))
-    assert str(refused.value) == (f"root@127.0.0.1:{sshd.port}: host key does not match {known_hosts}: refusing "
-                                  "(possible man-in-the-middle); if the host was rebuilt, remove its old entry")
+    assert str(refused.value) == (
+        f"root@127.0.0.1:{sshd.port}: host key does not match {known_hosts}: refusing "
+        "(possible man-in-the-middle); if the host was rebuilt, remove its old entry"
+    )
     assert known_hosts.read_text() == before
 
 
@@ -118,6 +124,7 @@ def test_a_server_that_is_not_ssh_is_one_line(tmp_path):
 
 # ---- commands ------------------------------------------------------------------
 
+
 def test_run_feeds_stdin_and_returns_exit_code_output_and_lines(sshd, known):
     lines = []
     with connect(sshd.target(known)) as transport:
@@ -142,13 +149,19 @@ def test_run_times_out(sshd, known):
             transport.run("sleep 3", timeout=0.5)
 
 
-@pytest.mark.parametrize("operation, error", [
-    (lambda t, tmp: t.run("true", timeout=TIMEOUT), "^gw1: connection lost: "),
-    (lambda t, tmp: t.forward("127.0.0.1", 9), "^gw1: cannot reach 127.0.0.1:9 on the host: "),
-    (lambda t, tmp: t.put_many([(tmp / "known_hosts", "/k")]), "^gw1: upload failed: "),
-], ids=["run", "forward", "put_many"])
+@pytest.mark.parametrize(
+    "operation, error",
+    [
+        (lambda t, tmp: t.run("true", timeout=TIMEOUT), "^gw1: connection lost: "),
+        (lambda t, tmp: t.forward("127.0.0.1", 9), "^gw1: cannot reach 127.0.0.1:9 on the host: "),
+        (lambda t, tmp: t.put_many([(tmp / "known_hosts", "/k")]), "^gw1: upload failed: "),
+    ],
+    ids=["run", "forward", "put_many"],
+)
 @pytest.mark.parametrize("clean", [False, True], ids=["reset", "eof"])
-def test_every_operation_after_the_connection_is_lost_is_one_line(sshd, known, tmp_path, operation, error, clean):
+def test_every_operation_after_the_connection_is_lost_is_one_line(
+    sshd, known, tmp_path, operation, error, clean
+):
     with connect(sshd.target(known)) as transport:
         sshd.drop_all(clean)
         with pytest.raises(SshError, match=error):
@@ -161,21 +174,35 @@ def test_the_agent_runs_over_ssh(sshd, known, tmp_path):
     (tmp_path / "stamp").write_text("installed")
     events = []
     with connect(sshd.target(known)) as transport:
-        facts = call_agent(transport, {"op": "facts", "packages": [], "user": "root", "paths": [str(tmp_path)],
-                                       "units": [], "markers": [str(tmp_path / "stamp")]})
-        result = call_agent(transport, {"op": "apply", "steps": [{"kind": "bogus", "task": "t"}]},
-                            on_event=events.append)
+        facts = call_agent(
+            transport,
+            {
+                "op": "facts",
+                "packages": [],
+                "user": "root",
+                "paths": [str(tmp_path)],
+                "units": [],
+                "markers": [str(tmp_path / "stamp")],
+            },
+        )
+        result = call_agent(
+            transport, {"op": "apply", "steps": [{"kind": "bogus", "task": "t"}]}, on_event=events.append
+        )
     assert facts["markers"] == {str(tmp_path / "stamp"): "installed"}
     assert facts["paths"][str(tmp_path)]["kind"] == "dir"
     assert result == {"applied": 0, "failed": "t", "error": "KeyError: 'bogus'"}
-    assert events == [{"event": "start", "task": "t"}, {"event": "failed", "task": "t", "error": "KeyError: 'bogus'"}]
+    assert events == [
+        {"event": "start", "task": "t"},
+        {"event": "failed", "task": "t", "error": "KeyError: 'bogus'"},
+    ]
 
 
 # ---- forwarding ----------------------------------------------------------------
 
+
 @pytest.fixture
 def echo_server():
-    """An echo server on 127.0.0.1 for one connection: its port, and an event set when that connection ends."""
+    """An echo server on 127.0.0.1 for one connection: its port, and an event set when it ends."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(TIMEOUT)
     ended = threading.Event()
@@ -248,13 +275,16 @@ def test_forward_to_a_closed_port_is_one_line(sshd, known):
 
 # ---- uploads -------------------------------------------------------------------
 
+
 def test_put_many_uploads_over_sftp_making_parent_directories(sshd, known, tmp_path):
     wheel, zipped = tmp_path / "ibgw-0.1.0-py3-none-any.whl", tmp_path / "IBCLinux.zip"
     wheel.write_bytes(os.urandom(70000))
     zipped.write_bytes(b"PK\x03\x04zip")
     (sshd.root / "opt").mkdir()  # exists already: only what is missing is made
     with connect(sshd.target(known)) as transport:
-        transport.put_many([(wheel, "/opt/ibgw/wheels/ibgw.whl"), (zipped, "/opt/ibgw/uploads/ibc/IBCLinux.zip")])
+        transport.put_many(
+            [(wheel, "/opt/ibgw/wheels/ibgw.whl"), (zipped, "/opt/ibgw/uploads/ibc/IBCLinux.zip")]
+        )
         assert transport.round_trips == 2
     assert (sshd.root / "opt/ibgw/wheels/ibgw.whl").read_bytes() == wheel.read_bytes()
     assert (sshd.root / "opt/ibgw/uploads/ibc/IBCLinux.zip").read_bytes() == b"PK\x03\x04zip"

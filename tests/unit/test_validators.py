@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ibgw_provision import layout
+from ibgw_provision.provision import layout
 
 VARIANTS = ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"]
 
@@ -106,3 +106,26 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     unit.write_text("[Service]\nExecStart=/bin/true\nRestartt=always\n")
     proc = _run(["systemd-analyze", "verify", "--man=no", str(unit)])
     assert "Unknown key 'Restartt'" in proc.stderr
+
+
+MAX_EXPOSURE = 2.0  # the README lists the directives no unit can set, and why
+
+
+def _exposure(unit: Path) -> float:
+    """systemd-analyze's overall exposure score of a unit file, 0.0 (safe) .. 10.0 (unsafe)."""
+    proc = _run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)])
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_unit_is_sandboxed(rendered, variant):
+    scores = {u.name: _exposure(u) for u in _files(rendered, variant, r"\.service$")}
+    assert scores and max(scores.values()) <= MAX_EXPOSURE, scores
+
+
+def test_exposure_check_can_fail(tmp_path):
+    unit = tmp_path / "bare.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    assert _exposure(unit) > 9

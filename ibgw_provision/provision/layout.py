@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 USER = GROUP = "ibkr"
+# Groups USER is never in. agent.py, which runs alone on the host, keeps its own copy (a test checks).
+PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
 HOME = "/var/lib/ibgw"  # the ibkr user's home: gateway settings live below it
 ETC = "/etc/ibgw"
 LOG = "/var/log/ibgw"
@@ -20,6 +22,14 @@ FIREWALL_UNIT = "ibgw-firewall.service"
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"  # runtime API, root only
 STICK_EXPIRE_S = 86400  # how long the front remembers a source's counters
 FIRST_DISPLAY = 101  # Xvfb displays :101, :102, ... one per gateway
+
+
+DISPLAY_WAIT_S = 30  # how long a gateway waits for its Xvfb display
+
+
+def x11_socket(display: int) -> str:
+    """Xvfb's socket, in the private /tmp its unit shares with the gateway's."""
+    return f"/tmp/.X11-unix/X{display}"
 
 
 def settings_dir(mode: str) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from .. import timefmt
 
 STATUS_STYLE = {"healthy": "green", "degraded": "yellow", "down": "red"}
 NAGIOS = {"healthy": "OK", "degraded": "WARNING", "down": "CRITICAL"}
@@ -27,7 +27,7 @@ def health(console: Console, report: dict) -> None:
     units = Table("unit", "state", "restarts", "up", box=None, pad_edge=False)
     for u in report["units"]:
         style = "green" if u["active"] == "active" else "red"
-        units.add_row(u["name"], Text(f"{u['active']} ({u['sub']})", style), str(u["restarts"]), _age(u["up_for_s"]))
+        units.add_row(u["name"], Text(f"{u['active']} ({u['sub']})", style), str(u["restarts"]), timefmt.uptime(u["up_for_s"]))
     console.print(units)
     gateways = Table("gateway", "probe", "version", "accounts", "reqCurrentTime", box=None, pad_edge=False)
     for g in report["gateways"]:
@@ -48,26 +48,13 @@ def health(console: Console, report: dict) -> None:
         console.print(Text(f"{f['severity'].upper()}: {f['subject']}: {f['message']}", STATUS_STYLE[f["severity"]]))
 
 
-def _age(seconds: float) -> str:
-    if not seconds:
-        return "-"
-    return time.strftime("%Hh%Mm", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f}d"
-
-
-def _ago(when: float | None) -> str:
-    if when is None:
-        return "never"
-    seconds = max(0.0, time.time() - when)
-    return "now" if seconds < 2 else f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
-
-
 def monitor_table(host: str, found: list) -> Table:
     table = Table("mode", "source", "app", "open", "total", "bytes in", "bytes out", "last seen",
                   title=f"{host}: connections through the front (Ctrl-C to stop)", title_justify="left")
     for s in found:
         app = Text(", ".join(s.apps)) if s.apps else Text("unknown (refused)", "red")
         table.add_row(s.mode, s.address, app, Text(str(s.connections), "green" if s.connections else ""),
-                      str(s.total), f"{s.bytes_in:,}", f"{s.bytes_out:,}", _ago(s.last_seen))
+                      str(s.total), f"{s.bytes_in:,}", f"{s.bytes_out:,}", timefmt.ago(s.last_seen))
     return table
 
 
@@ -80,6 +67,6 @@ def apps_table(rows: list[dict], live: bool) -> Table:
                  "yes" if r["read_only"] else "no"]
         if live:
             messages = f"{r['messages_in']}/{r['messages_out']}" if r["seen_by"] == "gate" else "-"
-            cells += [Text("yes", "green") if r["connected"] else "no", _ago(r["last_seen"]), messages, r["seen_by"]]
+            cells += [Text("yes", "green") if r["connected"] else "no", timefmt.ago(r["last_seen"]), messages, r["seen_by"]]
         table.add_row(*cells)
     return table

@@ -10,7 +10,7 @@ import re
 import subprocess
 import threading
 import time
-from datetime import timezone
+from datetime import UTC
 from decimal import Decimal
 
 from ib_async.decoder import Decoder as IbAsyncDecoder
@@ -176,7 +176,7 @@ class _RaisingLogger:
 class IbAsyncRecorder:
     """Stands in for ib_async's Wrapper: records calls by name."""
 
-    defaultTimezone = timezone.utc
+    defaultTimezone = UTC
 
     def __init__(self):
         self.calls: list[tuple[str, tuple]] = []
@@ -254,7 +254,7 @@ class RawClient:
         self.next_valid_id = 0
 
     @classmethod
-    async def connect(cls, port: int, client_id: int, max_version: int = 200, sock=None) -> "RawClient":
+    async def connect(cls, port: int, client_id: int, max_version: int = 200, sock=None) -> RawClient:
         """Log on as `client_id` (over `sock` if given), within STEP seconds."""
         async with asyncio.timeout(STEP):
             reader, writer = await (asyncio.open_connection(sock=sock) if sock
@@ -340,7 +340,7 @@ class IbapiApp(Recorder):
         self.client = EClient(self)
         self.thread: threading.Thread | None = None
 
-    def start(self, port: int, client_id: int) -> "IbapiApp":
+    def start(self, port: int, client_id: int) -> IbapiApp:
         self.client.connect("127.0.0.1", port, client_id)
         self.thread = threading.Thread(target=self.client.run, daemon=True)
         self.thread.start()

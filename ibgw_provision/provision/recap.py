@@ -9,7 +9,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from .provision import Report
+from .. import timefmt
+from .apply import Report
 
 
 class Recap:
@@ -35,7 +36,7 @@ class Recap:
         for r in reports:
             table.add_row(r.host, Text(str(r.ok), "green"), Text(str(r.changed), "yellow" if r.changed else ""),
                           Text(str(int(bool(r.failed))), "red" if r.failed else ""), str(r.round_trips),
-                          f"{r.seconds:.1f}s")
+                          timefmt.elapsed(r.seconds))
         self.console.print(table)
         if any(r.checked_only for r in reports):
             self.console.print("check mode: nothing was changed")

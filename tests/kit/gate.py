@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import struct
 import signal
+import struct
 import subprocess
 import sys
 import time
 
 import yaml
 from ib_async import IB
-from simkit import STEP, LoggedProcess, LoopThread, RawClient, ibapi_client, until
 
 from ibgw_provision.gate.audit import query
 from ibgw_provision.gate.config import GateConfig
 from ibgw_provision.gate.proxy import V2_SIGNATURE
 from ibgw_provision.gate.server import Gate
 from ibgw_provision.tws import Hello, parse_server_hello, read_frame
+
+from .sim import STEP, LoggedProcess, LoopThread, RawClient, ibapi_client, until
 
 LOOPBACK = "127.0.0.0/8"
 APPS = [  # every app a test needs; each test uses the client ids it is about
@@ -112,7 +113,7 @@ def proxy_v2(source: str, port: int = 40000, command: int = 1) -> bytes:
 
 async def open_raw(port: int, client_id: int, *, max_version: int = 200, source: str = "127.0.0.1",
                    proxy: bytes = b"") -> RawClient:
-    """Hand-shake through the gate from `source` (after a PROXY header) and send START_API; no wait for logon."""
+    """Hand-shake through the gate from `source` (after a PROXY header), send START_API; no wait for logon."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(proxy + Hello(100, max_version).encode())
     version, _ = parse_server_hello(await asyncio.wait_for(read_frame(reader), STEP))
@@ -164,7 +165,7 @@ def ib_async_app(port: int, client_id: int, scenario):
 
 
 async def ib_async_refused(port: int, client_id: int) -> list[tuple[int, int, str]]:
-    """The errors ib_async reports when the gate refuses its logon (it would otherwise wait out its timeout)."""
+    """The errors ib_async reports when the gate refuses its logon (else it would wait out its timeout)."""
     ib, errors = IB(), []
     ib.errorEvent += lambda req_id, code, text, contract: is_notice(code) or errors.append((req_id, code, text))
     connecting = asyncio.create_task(ib.connectAsync("127.0.0.1", port, clientId=client_id, timeout=STEP))

@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import InputError
-from .inventory import Inventory, SecretRef
+from ..errors import InputError
+from .model import Inventory, SecretRef
 
 MASK = "********"
 
@@ -38,6 +38,7 @@ def _read(ref: SecretRef) -> str:
         if not value:
             raise SecretError(f"environment variable {ref.env} is not set")
         return _one_line(value, f"environment variable {ref.env}")
+    assert ref.file is not None  # a SecretRef has exactly one of env and file
     path = Path(ref.file).expanduser()
     try:
         info = path.stat()

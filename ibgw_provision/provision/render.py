@@ -12,9 +12,15 @@ from pathlib import Path
 
 import jinja2
 
+from ..inventory.model import IBC_KEYS, Gateway, Host, Inventory
+from ..inventory.secrets import Secrets
 from . import layout
-from .inventory import Gateway, Host, Inventory
-from .secrets import Secrets
+
+BYPASS = [key for key in IBC_KEYS if key.startswith("Bypass")]  # IBC's API precautions
+
+
+# jts.ini keys ibgw owns: who may connect, API-only mode, the time zone (also the JVM's TZ).
+JTS_OWNED = {"IBGateway": ("TrustedIPs", "ApiOnly"), "Logon": ("TimeZone",)}
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,9 @@ class ManagedFile:
     owner: str = "root"
     group: str = "root"
     secret: bool = False  # holds a secret: never shown, never world-readable
-    seed: bool = False  # written only if missing: the program rewrites it itself
+    # An INI file the program rewrites itself (jts.ini): written whole only if missing; after
+    # that only these keys of its sections are ibgw's, and converge. {section: (key, ...)}
+    owned: dict[str, tuple[str, ...]] | None = None
     reload: tuple[str, ...] = ()  # units to reload when it changes
     restart: tuple[str, ...] = ()  # units to restart when it changes
 
@@ -44,8 +52,9 @@ class GatewayView:
 
 
 def templates_dir() -> Path:
-    packaged = Path(__file__).parent / "templates"  # in a built wheel
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "templates"  # in a built wheel
+    return packaged if packaged.is_dir() else package.parent / "templates"
 
 
 _ENV = jinja2.Environment(
@@ -90,6 +99,7 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
         "firewall_rules": firewall_rules(host, apps),
         "gate_apps": {mode: _gate_apps(host, mode_apps) for mode, mode_apps in apps.items()},
         "ib_gateway": gw_art,
+        "display_wait_s": layout.DISPLAY_WAIT_S,
         "ibc": {"version": ibc_art.version, "dir": layout.ibc_dir(ibc_art.version)} if ibc_art else None,
     }
 
@@ -109,7 +119,10 @@ def _union(source_lists) -> list[str]:
 
 
 def _seconds(duration: str) -> float:
-    value, unit = re.match(r"^(\d+)(ms|s|m|h)$", duration).groups()
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
+    if match is None:  # the inventory's Duration type admits only these
+        raise ValueError(f"not a duration: {duration!r}")
+    value, unit = match.groups()
     return int(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
@@ -157,16 +170,17 @@ def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list
                                     restart=(unit,))]
     xvfb = layout.xvfb_unit(mode)
     login = {"username": secrets.value(view.login.username), "password": secrets.value(view.login.password)}
-    ibkr = {"owner": layout.USER, "group": layout.GROUP}
     return files + [
         ManagedFile(f"{layout.UNIT_DIR}/{xvfb}", _render("systemd/ibgw-xvfb.service.j2", ctx), restart=(xvfb, unit)),
         ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gateway.service.j2", ctx), restart=(unit,)),
-        ManagedFile(layout.ibc_ini(mode), _render("ibc/config.ini.j2", {**ctx, "login": login}),
-                    mode=0o600, secret=True, restart=(unit,), **ibkr),
+        ManagedFile(layout.ibc_ini(mode),
+                    _render("ibc/config.ini.j2", {**ctx, "login": login, "bypass_keys": BYPASS}),
+                    mode=0o600, secret=True, restart=(unit,), owner=layout.USER, group=layout.GROUP),
         ManagedFile(f"{layout.settings_dir(mode)}/jts.ini", _render("ibc/jts.ini.j2", ctx),
-                    mode=0o600, seed=True, **ibkr),
+                    mode=0o600, owned=JTS_OWNED, restart=(unit,), owner=layout.USER, group=layout.GROUP),
         ManagedFile(f"{view.tws_path}/ibgateway/{view.tws_version}/ibgateway.vmoptions",
-                    _render("ibc/ibgateway.vmoptions.j2", ctx), restart=(unit,), **ibkr),
+                    _render("ibc/ibgateway.vmoptions.j2", ctx), restart=(unit,), owner=layout.USER,
+                    group=layout.GROUP),
     ]
 
 

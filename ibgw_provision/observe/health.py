@@ -13,11 +13,11 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from . import layout, state
-from .inventory import Host, Inventory
-from .provision import AgentError, call_agent, target
-from .transport import SshError, Transport
-from .tws.probe import ProbeError, ProbeResult, probe
+from ..inventory.model import Host, Inventory
+from ..provision import layout, state
+from ..provision.remote import AgentError, call_agent, target
+from ..provision.transport import SshError, Transport
+from ..tws.probe import ProbeError, ProbeResult, probe
 
 SCHEMA = "ibgw.health/1"
 EXIT = {"healthy": 0, "degraded": 1, "down": 2}
@@ -60,7 +60,7 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
         report["gateways"].append({"mode": gw.mode, "api_port": gw.api_port, "front_port": gw.front_port,
                                    "direct": direct.get(gw.mode), "front": front})
         findings += _judge_gateway(gw.mode, direct.get(gw.mode), front)
-    status = max((f.severity for f in findings), key=EXIT.get, default="healthy")
+    status = max((f.severity for f in findings), key=lambda severity: EXIT[severity], default="healthy")
     report.update(status=status, exit_code=EXIT[status], findings=[asdict(f) for f in findings])
     return report
 

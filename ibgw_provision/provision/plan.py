@@ -10,12 +10,12 @@ import base64
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..inventory.secrets import MASK, Secrets
 from . import layout
-from .agent import PRIVILEGED_GROUPS
+from .agent import ini_merge, ini_values
 from .render import ManagedFile
-from .secrets import MASK, Secrets
 from .state import Desired, Install
 from .wheelhouse import Wheelhouse
 
@@ -79,11 +79,12 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
         restart |= set(want.venv_units) if task.changed else set()
         if task.step:
             task.step["then"] = {"restart": list(want.venv_units)}
+    want = _for_arch(want, facts.get("arch", "x86_64"))
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
-    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs) if t.changed]
-    restart |= {u for i, t in zip(want.installs, installs) if t.changed for u in i.restart}
-    for i, t in zip(want.installs, installs):
+    reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
+    restart |= {u for i, t in zip(want.installs, installs, strict=True) if t.changed for u in i.restart}
+    for i, t in zip(want.installs, installs, strict=True):
         if t.step:
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
@@ -93,6 +94,19 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
     changed_files = [f for f, t in file_tasks if t.changed]
     result.tasks += _units(want, facts, changed_files, restart)
     return result
+
+
+class PlanError(Exception):
+    """The host cannot get what the inventory pins (no installer for its architecture)."""
+
+
+def _for_arch(want: Desired, machine: str) -> Desired:
+    installs = [(i, i.for_arch(machine)) for i in want.installs]
+    missing = sorted({str(i.local.name) for i, chosen in installs if chosen is None})
+    if missing:
+        raise PlanError(f"the host is {machine}, but artifacts.ib_gateway pins no arm64 installer "
+                        f"(only {', '.join(missing)}): add artifacts.ib_gateway.arm64 {{file, sha256}}")
+    return replace(want, installs=[chosen for _, chosen in installs if chosen is not None])
 
 
 def sha256(text: str) -> str:
@@ -113,7 +127,7 @@ def _user(facts: dict) -> Task:
     step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
     if info is None:
         return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
-    privileged = sorted(set(info["groups"]) & set(PRIVILEGED_GROUPS))
+    privileged = sorted(set(info["groups"]) & set(layout.PRIVILEGED_GROUPS))
     if privileged:
         return Task(f"user {layout.USER}", True, f"remove from {', '.join(privileged)}", step=step)
     return Task(f"user {layout.USER}", False)
@@ -141,10 +155,34 @@ def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
         return Task(name, True, "create", _diff(f, "", secrets), step)
     if have.get("kind", "file") != "file":  # a symlink (or a directory) where our file belongs
         return Task(name, True, f"replace a {have['kind']}", _diff(f, "", secrets), step)
-    if f.seed or have["sha256"] == sha256(f.content):
+    if have["sha256"] == sha256(f.content):
         return _attrs(name, f, have, "attrs")
     old = facts["content"].get(f.path) or ""
+    if f.owned is not None:
+        return _owned_keys(f, old, have, step)
     return Task(name, True, "content differs (drift or a new render)", _diff(f, old, secrets), step)
+
+
+def owned_values(f: ManagedFile) -> dict[str, dict[str, str]]:
+    """The values ibgw owns in an INI file the program rewrites, as rendered."""
+    rendered = ini_values(f.content)
+    owned = f.owned or {}
+    return {section: {key: rendered[section][key] for key in keys} for section, keys in owned.items()}
+
+
+def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
+    """Only ibgw's keys are compared and converged; the rest is the program's own."""
+    name, want = f"file {f.path}", owned_values(f)
+    current = ini_values(old)
+    if all(current.get(section, {}).get(key) == value for section, keys in want.items()
+           for key, value in keys.items()):
+        return _attrs(name, f, have, "attrs")
+    merged = ini_merge(old, want)
+    diff = "".join(difflib.unified_diff(old.splitlines(True), merged.splitlines(True), f"{f.path} (host)",
+                                        f"{f.path} (ibgw)"))
+    step = {**{k: file_step[k] for k in ("task", "path", "owner", "group", "mode", "then")}, "kind": "ini",
+            "values": want, "seed": file_step["content"], "stop": list(f.restart)}
+    return Task(name, True, "ibgw's keys differ", diff, step)
 
 
 def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
@@ -205,7 +243,7 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
     if facts.get("firewall") is False and fw.get("active") == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
     daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(owed.get("daemon_reload"))
-    actions = {"enable": [], "start": [], "restart": [], "reload": []}
+    actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
         state = facts["units"].get(unit, {})

@@ -7,23 +7,20 @@ must be (re)installed, one upload per wheel.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from ..inventory.model import Inventory
+from ..inventory.secrets import Secrets
 from . import state, wheelhouse
-from .inventory import Inventory
-from .plan import Plan, Task, facts_request, plan
-from .secrets import Secrets
-from .transport import SshError, Target, Transport
+from .plan import Plan, PlanError, Task, facts_request, plan
+from .remote import AgentError, call_agent, target
+from .transport import SshError, Transport
 
-AGENT = (Path(__file__).parent / "agent.py").read_bytes()
-# Reads the agent's source, then runs it; the request follows on stdin. No argv payload.
-BOOT = "python3 -c 'import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),\"ibgw-agent\",\"exec\"))'"
 WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "ibgw" / "wheels"
 
 
@@ -52,10 +49,6 @@ class Options:
     on_event: Callable[[str, str], None] = lambda host, message: None
 
 
-class AgentError(Exception):
-    pass
-
-
 def provision(inv: Inventory, names: list[str], opts: Options) -> list[Report]:
     """Provision each host in parallel; one host's failure does not stop the others."""
     with ThreadPoolExecutor(max_workers=min(8, len(names)) or 1) as pool:
@@ -69,19 +62,12 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     try:
         with transport:
             _converge(inv, name, transport, opts, report, secrets)
-    except (SshError, AgentError, wheelhouse.WheelhouseError) as exc:
+    except (SshError, AgentError, PlanError, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
         report.failed = secrets.mask(report.failed)
     report.round_trips, report.seconds = transport.round_trips, time.monotonic() - started
     return report
-
-
-def target(inv: Inventory, name: str, accept_new: bool) -> Target:
-    host = inv.hosts[name]
-    ssh = host.ssh
-    return Target(name, host.address, ssh.port, ssh.user, inv.path(ssh.key) if ssh.key else None,
-                  inv.path(ssh.known_hosts), accept_new or ssh.host_key == "accept-new")
 
 
 def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report,
@@ -105,35 +91,11 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
     if the_plan.uploads:
         opts.on_event(name, f"uploading {len(the_plan.uploads)} files")
         transport.put_many(the_plan.uploads)
-    result = call_agent(transport, the_plan.request(),
-                        on_event=lambda e: e.get("event") == "start" and opts.on_event(name, e["task"]))
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "start":
+            opts.on_event(name, event["task"])
+
+    result = call_agent(transport, the_plan.request(), on_event=on_event)
     if result["failed"]:
         report.failed = f"{result['failed']}: {result['error']}"
-
-
-def call_agent(transport: Transport, request: dict, on_event=lambda message: None) -> dict:
-    """Run the agent on the host with one request; return its result. on_event sees what comes before."""
-    sudo = "" if transport.target.user == "root" else "sudo -n "
-    stdin = f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
-    result: dict = {}
-
-    def on_line(line: str) -> None:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            return
-        if "result" in message:
-            result["value"] = message["result"]
-        else:
-            on_event(message)
-
-    proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
-    if proc.rc == 127 and not result:  # a minimal Debian has no python3 yet
-        boot = transport.run(sudo + "sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                             "apt-get install -y -qq python3 >/dev/null'")
-        if boot.rc != 0:
-            raise AgentError(f"{transport.target.name}: cannot install python3: {boot.stderr.strip()[-300:]}")
-        proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
-    if proc.rc != 0 or "value" not in result:
-        raise AgentError(f"{transport.target.name}: agent failed (exit {proc.rc}): {proc.stderr.strip()[-500:]}")
-    return result["value"]

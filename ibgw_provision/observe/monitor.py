@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
 
-from . import layout
-from .inventory import Host, Inventory
-from .provision import call_agent, target
-from .transport import Transport
+from ..constrained import Mode
+from ..inventory.model import Host, Inventory
+from ..provision import layout
+from ..provision.remote import call_agent, target
+from ..provision.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,16 @@ def samples(inv: Inventory, name: str, count: int, on_sample: Callable[[list[Sou
     request = {"op": "monitor", "socket": layout.HAPROXY_SOCKET, "tables": [g.mode for g in host.gateways],
                "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
                "interval": 1.0, "count": count}
+
+    def on_event(message: dict) -> None:
+        if "sample" in message:
+            on_sample(sources(host, message["sample"], message["at"]), message["gates"])
+
     with Transport(target(inv, name, accept_new=False)) as transport:
-        call_agent(transport, request, on_event=lambda m: "sample" in m and on_sample(
-            sources(host, m["sample"], m["at"]), m["gates"]))
+        call_agent(transport, request, on_event=on_event)
 
 
-def sources(host: Host, tables: dict[str, list[dict]], now: float) -> list[Source]:
+def sources(host: Host, tables: dict[Mode, list[dict]], now: float) -> list[Source]:
     out = []
     for mode, rows in tables.items():
         for row in rows:
@@ -53,7 +58,7 @@ def sources(host: Host, tables: dict[str, list[dict]], now: float) -> list[Sourc
     return sorted(out, key=lambda s: (s.mode, s.apps == (), s.apps, s.address))
 
 
-def owners(host: Host, mode: str, address: str) -> tuple[str, ...]:
+def owners(host: Host, mode: Mode, address: str) -> tuple[str, ...]:
     ip = ipaddress.ip_address(address)
     nets = {c: ipaddress.ip_network(c) for a in host.apps_for(mode) for c in a.sources}
     return tuple(a.name for a in host.apps_for(mode)

@@ -11,9 +11,9 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 import paramiko
 
@@ -88,7 +88,7 @@ class Transport:
                 raise SshError(f"{where}: unknown host key (not in {t.known_hosts}); verify it and add it, "
                                "or pass --accept-new-host-key for first contact") from None
             raise SshError(f"{where}: {_reason(exc)}") from None
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             raise SshError(f"{where}: unreachable: {_reason(exc)}") from None
         self._client = client
 
@@ -97,13 +97,24 @@ class Transport:
             self._client.close()
             self._client = None
 
+    def _connected(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise SshError(f"{self.target.name}: not connected")
+        return self._client
+
+    def _ssh(self) -> paramiko.Transport:
+        transport = self._connected().get_transport()
+        if transport is None:
+            raise SshError(f"{self.target.name}: connection lost")
+        return transport
+
     def run(self, command: str, stdin: bytes = b"", on_line: Callable[[str], None] | None = None,
             timeout: float = 1800) -> Result:
         """Run one command, feeding stdin; one round trip. on_line sees stdout lines as they come."""
         self.round_trips += 1
-        chan = None
+        chan: paramiko.Channel | None = None
         try:
-            chan = self._client.get_transport().open_session()
+            chan = self._ssh().open_session()
             chan.exec_command(command)
             chan.sendall(stdin)
             chan.shutdown_write()
@@ -136,8 +147,8 @@ class Transport:
         """A local socket connected to host:port as seen from the remote host (ssh -L, one connection)."""
         self.round_trips += 1
         try:
-            chan = self._client.get_transport().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
-                                                             timeout=self.connect_timeout)
+            chan = self._ssh().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                            timeout=self.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}") from None
         ours, theirs = socket.socketpair()
@@ -147,7 +158,7 @@ class Transport:
     def put_many(self, files: list[tuple[Path, str]]) -> None:
         """Copy files over one SFTP session, creating parent directories; a round trip per file."""
         try:
-            with self._client.open_sftp() as sftp:
+            with self._connected().open_sftp() as sftp:
                 for local, remote in files:
                     self.round_trips += 1
                     _makedirs(sftp, str(PurePosixPath(remote).parent))
@@ -160,7 +171,8 @@ def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
     """Copy bytes both ways between an SSH channel and a socket until either side closes."""
     try:
         while True:
-            readable, _, _ = select.select([chan, sock], [], [], 1.0)
+            both: list[paramiko.Channel | socket.socket] = [chan, sock]
+            readable, _, _ = select.select(both, [], [], 1.0)
             if chan in readable:
                 data = chan.recv(65536)
                 if not data:

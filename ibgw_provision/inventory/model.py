@@ -12,13 +12,23 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
-from . import yamlsrc
-from .errors import InputError, Problem
+from .. import yamlsrc
+from ..constrained import MODES, ClientId, Mode, Name, Port
+from ..errors import InputError, Problem
 
-Mode = Literal["paper", "live"]
-MODES: tuple[Mode, ...] = ("paper", "live")
 # IB's own conventions: the gateway listens on 4001 (live) / 4002 (paper);
 # ib-gateway-docker relays them on 4003 / 4004, which users know as the front.
 DEFAULT_API_PORT = {"live": 4001, "paper": 4002}
@@ -26,9 +36,6 @@ DEFAULT_FRONT_PORT = {"live": 4003, "paper": 4004}
 # With front.gate: the front hands connections to `ibgw gate` on these, which relays to the gateway.
 DEFAULT_GATE_PORT = {"live": 4101, "paper": 4102}
 DEFAULT_GATE_METRICS_PORT = {"live": 9101, "paper": 9102}
-Port = Annotated[int, Field(ge=1, le=65535)]
-ClientId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 Duration = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
 SECRET_KEY = re.compile(r"pass|secret|token", re.I)
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -79,15 +86,80 @@ class Login(Model):
     _plain = field_validator("username", "password", mode="before")(_no_plaintext)
 
 
+def _single_line(text: str) -> str:
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("must be a single line (no line break or NUL)")
+    return text
+
+
+def _ibc_value(value: object) -> object:
+    """YAML's booleans as IBC's yes/no, numbers as text."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value) if isinstance(value, int) else value
+
+
+SingleLine = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
+IbcValue = Annotated[SingleLine, BeforeValidator(_ibc_value)]
+AmPmTime = Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")]  # IBC: hh:mm AM/PM
+_IBC_KEYS_FILE = Path(__file__).parent.parent / "data" / "ibc_keys.txt"
+IBC_KEYS = tuple(key for key in _IBC_KEYS_FILE.read_text().splitlines() if key and not key.startswith("#"))
+# IBC keys ibgw renders itself: `ibc.extra` may not set them (the field that does, or why not).
+IBC_OWNED = {
+    "IbLoginId": "login.username", "IbPassword": "login.password", "TradingMode": "mode",
+    "OverrideTwsApiPort": "api_port", "ReadOnlyApi": "ibc.read_only_api",
+    "OverrideTwsMasterClientID": "ibc.master_client_id",
+    "ExistingSessionDetectedAction": "ibc.existing_session_detected_action",
+    "ReloginAfterSecondFactorAuthenticationTimeout": "ibc.relogin_after_twofa_timeout",
+    "ExitAfterSecondFactorAuthenticationTimeout": "ibc.relogin_after_twofa_timeout",
+    "SecondFactorDevice": "ibc.twofa_device",
+    "AcceptBidAskLastSizeDisplayUpdateNotification": "ibc.accept_bid_ask_last_size_notification",
+    "AutoRestartTime": "ibc.auto_restart_time", "AutoLogoffTime": "ibc.auto_logoff_time",
+    "ColdRestartTime": "ibc.cold_restart_time", "AllowBlindTrading": "ibc.allow_blind_trading",
+    "SaveTwsSettingsAt": "ibc.save_tws_settings_at",
+    **{key: "ibc.bypass_warnings" for key in IBC_KEYS if key.startswith("Bypass")},
+}
+IBC_FIXED = {  # kept as ibgw sets them: the API gateway only, dialogs refused, no command server
+    "FIX": "ibgw runs the API gateway, not the FIX gateway", "FIXLoginId": "ibgw runs no FIX gateway",
+    "FIXPassword": "ibgw runs no FIX gateway",
+    "IbDir": "ibgw passes the settings directory to ibcstart.sh (IBC: a different IbDir breaks auto-restart)",
+    "AcceptIncomingConnectionAction": "API clients other than the trusted 127.0.0.1 are always rejected",
+    **dict.fromkeys(
+        ("CommandServerPort", "ControlFrom", "BindAddress", "CommandPrompt", "SuppressInfoMessages"),
+        "IBC's command server stays off",
+    ),
+}
+
+
 class Ibc(Model):
     """IBC options, named after ib-gateway-docker's variables (lower-cased)."""
 
-    auto_restart_time: Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")] = "11:59 PM"
+    # IBC allows one of the daily pair: set auto_logoff_time and the default restart time is dropped.
+    auto_restart_time: AmPmTime | None = "11:59 PM"
+    auto_logoff_time: AmPmTime | None = None
+    # Every Sunday at HH:MM (24h, the gateway's time zone): a full login, 2FA included.
+    cold_restart_time: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
     twofa_timeout_action: Literal["restart", "exit"] = "restart"
+    relogin_after_twofa_timeout: bool = True
+    twofa_device: SingleLine | None = None
     existing_session_detected_action: Literal["primary", "primaryoverride", "secondary", "manual"] = "primary"
+    accept_bid_ask_last_size_notification: Literal["accept", "defer", "ignore"] = "accept"
     read_only_api: bool = False
     master_client_id: ClientId | None = None
+    bypass_warnings: bool | None = None  # None: the gateway's own precaution settings stay as they are
+    allow_blind_trading: bool = False
+    save_tws_settings_at: Annotated[SingleLine, Field(
+        pattern=r"^(([0-9]{1,2}:[0-5][0-9])( +[0-9]{1,2}:[0-5][0-9])*"
+                r"|Every [0-9]+( (mins|hours))?( [0-9]{1,2}:[0-5][0-9]){0,2})$")] | None = None
     time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
+    extra: dict[str, IbcValue] = {}  # any other IBC key (data/ibc_keys.txt) -> value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _logoff_drops_default_restart(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("auto_logoff_time") is None or "auto_restart_time" in data:
+            return data
+        return {**data, "auto_restart_time": None}
 
 
 class Simulator(Model):
@@ -199,10 +271,21 @@ class Host(Model):
         return [a for a in self.apps if mode in a.modes]
 
 
+ArtifactFile = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+
+
+class Build(Model):
+    """One architecture's installer."""
+
+    file: ArtifactFile
+    sha256: Sha256
+
+
 class Artifact(Model):
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
-    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+    file: ArtifactFile  # the x86_64 installer (IBC's zip serves every architecture)
     sha256: Sha256
+    arm64: Build | None = None  # IB Gateway's ...-standalone-linux-arm.sh, for aarch64 hosts
 
 
 class Artifacts(Model):
@@ -211,6 +294,12 @@ class Artifacts(Model):
     cache_dir: Path = Path("~/.cache/ibgw/artifacts")
     ib_gateway: Artifact | None = None
     ibc: Artifact | None = None
+
+    def pinned(self) -> tuple[Artifact, Artifact]:
+        """(IBC, IB Gateway), which load() requires for a host on the ibgw backend."""
+        if self.ibc is None or self.ib_gateway is None:
+            raise ValueError("the ibgw backend needs artifacts.ibc and artifacts.ib_gateway")
+        return self.ibc, self.ib_gateway
 
 
 class Inventory(Model):
@@ -270,11 +359,12 @@ def warnings(inv: Inventory) -> list[str]:
     return found
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):
-            return "plaintext secrets are not allowed in the inventory; use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+            return ("plaintext secrets are not allowed in the inventory; "
+                    "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}")
         return "unknown field (check its spelling)"
     return msg
 
@@ -315,11 +405,33 @@ def _check_gateways(host: Host, base: tuple) -> list[tuple[tuple, str]]:
         if host.backend == "ibgw" and gw.login is None:
             found.append((path + ("login",), "missing secret reference: the ibgw backend needs login.username "
                           "and login.password, each as {env: VAR} or {file: PATH}"))
+        found += _check_ibc(gw.ibc, path + ("ibc",))
         prefix = "DU" if gw.mode == "paper" else "U"
         for j, account in enumerate(gw.simulator.accounts):
             if not account.startswith(prefix):
                 found.append((path + ("simulator", "accounts", j),
                               f"a {gw.mode} account must start with {prefix!r}, got {account!r}"))
+    return found
+
+
+def _check_ibc(ibc: Ibc, path: tuple) -> list[tuple[tuple, str]]:
+    """What IBC itself would ignore or contradict: both daily times, restart without re-login, extra keys."""
+    found = []
+    if ibc.auto_logoff_time and ibc.auto_restart_time:
+        found.append((path + ("auto_logoff_time",), "IBC applies only one of auto_restart_time and "
+                      "auto_logoff_time (it ignores the logoff time); remove one"))
+    if ibc.twofa_timeout_action == "restart" and not ibc.relogin_after_twofa_timeout:
+        found.append((path + ("twofa_timeout_action",), "'restart' needs relogin_after_twofa_timeout: true "
+                      "(IBC exits to be restarted only when re-login is allowed); use 'exit' to wait at "
+                      "the 2FA dialog"))
+    for key in ibc.extra:
+        if key in IBC_OWNED:
+            found.append((path + ("extra", key), f"{key} is set by ibgw: use {IBC_OWNED[key]}"))
+        elif key in IBC_FIXED:
+            found.append((path + ("extra", key), f"{key} is fixed by ibgw: {IBC_FIXED[key]}"))
+        elif key not in IBC_KEYS:
+            found.append((path + ("extra", key), f"{key} is not an IBC setting (see IBC's config.ini; "
+                          "keys are case-sensitive)"))
     return found
 
 

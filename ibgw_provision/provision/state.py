@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..inventory.model import Host, Inventory
+from ..inventory.secrets import Secrets
 from . import layout
-from .errors import InputError
-from .inventory import Host, Inventory
 from .render import ManagedFile, render_host
-from .secrets import Secrets
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
 FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}
-# IB Gateway's bundled JRE draws its window on Xvfb through these.
-IBGW_PACKAGES = ["xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
+# IB Gateway's bundled JRE draws its window on Xvfb through these; python3 waits for the display.
+ARM64_MACHINES = ("aarch64", "arm64")
+IBGW_PACKAGES = ["python3", "xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,20 @@ class Install:
     dest: str
     owner: str
     restart: tuple[str, ...]
+    arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
 
     @property
     def upload(self) -> str:
         return f"{layout.UPLOADS}/{self.sha256[:16]}-{self.local.name}"
+
+    def builds(self) -> list[tuple[Path, str]]:
+        return [(self.local, self.sha256)] + ([self.arm64] if self.arm64 else [])
+
+    def for_arch(self, machine: str) -> Install | None:
+        """The installer for a host's `uname -m`; None when none is pinned for it."""
+        if self.kind == "zip" or machine not in ARM64_MACHINES:
+            return self
+        return replace(self, local=self.arm64[0], sha256=self.arm64[1], arm64=None) if self.arm64 else None
 
 
 @dataclass(frozen=True)
@@ -77,41 +86,15 @@ def needs_venv(host: Host) -> bool:
 def _installs(inv: Inventory, host: Host) -> list[Install]:
     if host.backend != "ibgw":
         return []
-    ibc, gateway, cache = inv.artifacts.ibc, inv.artifacts.ib_gateway, inv.path(inv.artifacts.cache_dir)
+    (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
     installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
+    arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
     installs += [Install(cache / gateway.file, gateway.sha256, "installer",
-                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER, (layout.gateway_unit(g.mode),))
+                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER,
+                         (layout.gateway_unit(g.mode),), arm64)
                  for g in host.gateways]
     return installs
-
-
-def check_artifacts(inv: Inventory, names: list[str]) -> None:
-    """Every installer a host needs is in the cache with its pinned sha256: checked before any change."""
-    problems, seen = [], set()
-    for install in (i for name in names for i in _installs(inv, inv.hosts[name])):
-        if install.local in seen:
-            continue
-        seen.add(install.local)
-        field = ("artifacts", "ibc" if install.kind == "zip" else "ib_gateway", "sha256")
-        try:
-            actual = file_sha256(install.local)
-        except OSError as exc:
-            problems.append(inv.problem(field[:2], f"cannot read {install.local}: {exc.strerror}"))
-            continue
-        if actual != install.sha256:
-            problems.append(inv.problem(field, f"{install.local} has sha256 {actual}, not the pinned one: "
-                                               "refusing to install it"))
-    if problems:
-        raise InputError(problems)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _packages(host: Host) -> list[str]:

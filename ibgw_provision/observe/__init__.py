@@ -1,0 +1,1 @@
+"""Is a provisioned host serving? Health checks, the live connection monitor and how both are shown."""

@@ -1,0 +1,1 @@
+"""What the long-running ibgw services (sim, gate) share: start-up, signals, readiness, admin socket."""
