@@ -32,8 +32,14 @@ def input_errors(func):
     return wrapper
 
 
-INVENTORY = click.option("-i", "--inventory", "inventory_path", required=True,
-                         type=click.Path(dir_okay=False), help="Inventory YAML file.")
+INVENTORY = click.option(
+    "-i",
+    "--inventory",
+    "inventory_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Inventory YAML file.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +54,12 @@ for command in (sim, gate, audit):
 
 @main.command()
 @INVENTORY
-@click.option("--secrets", "check_secrets", is_flag=True,
-              help="Also resolve every secret reference (env vars, files) on this machine.")
+@click.option(
+    "--secrets",
+    "check_secrets",
+    is_flag=True,
+    help="Also resolve every secret reference (env vars, files) on this machine.",
+)
 @input_errors
 def validate(inventory_path: str, check_secrets: bool) -> None:
     """Check an inventory; every error names its file, line and field."""
@@ -60,15 +70,19 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
-        click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
-                   f"{len(host.apps)} apps")
+        click.echo(
+            f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
+            f"{len(host.apps)} apps"
+        )
     click.echo(f"{inventory_path}: ok")
 
 
 @main.command()
 @click.argument("host")
 @INVENTORY
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into."
+)
 @input_errors
 def render(host: str, inventory_path: str, out_dir: str) -> None:
     """Write every file HOST gets under DIR, at its target path. Secrets are masked."""
@@ -87,12 +101,23 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
 @click.option("--check", is_flag=True, help="Change nothing; list what would change.")
 @click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of files (secrets masked).")
 @click.option("--limit", help="Only hosts matching this name or glob, within PATTERN.")
-@click.option("--accept-new-host-key", "accept_new", is_flag=True,
-              help="Trust an unknown host key on first contact (a changed key is still refused).")
+@click.option(
+    "--accept-new-host-key",
+    "accept_new",
+    is_flag=True,
+    help="Trust an unknown host key on first contact (a changed key is still refused).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also list tasks that were already ok.")
 @input_errors
-def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, limit: str | None,
-              accept_new: bool, verbose: bool) -> None:
+def provision(
+    pattern: str,
+    inventory_path: str,
+    check: bool,
+    show_diff: bool,
+    limit: str | None,
+    accept_new: bool,
+    verbose: bool,
+) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
     from .inventory.preflight import check_artifacts
     from .provision.apply import Options
@@ -114,8 +139,13 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
     if limit:
         names = [n for n in names if n in inv.select(limit)]
     if not names:
-        raise InputError([inv.problem(("hosts",), f"no host matches {pattern!r}"
-                                      + (f" with --limit {limit!r}" if limit else ""))])
+        raise InputError(
+            [
+                inv.problem(
+                    ("hosts",), f"no host matches {pattern!r}" + (f" with --limit {limit!r}" if limit else "")
+                )
+            ]
+        )
     return names
 
 
@@ -124,8 +154,13 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
 @INVENTORY
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ibgw.health/1).")
 @click.option("--brief", is_flag=True, help="One line per host, for cron and Nagios-style checks.")
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300),
-              help="Seconds for SSH and for each TWS API probe.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds for SSH and for each TWS API probe.",
+)
 @input_errors
 def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeout: float) -> None:
     """Is HOST or GROUP serving? Exit 0 healthy, 1 degraded, 2 down or mode mismatch."""
@@ -170,9 +205,15 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
         if as_json:
             mon.samples(inv, name, count, lambda found, gates: click.echo(json.dumps(mon.as_dicts(found))))
         else:
-            with Live(views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False) as live:
-                mon.samples(inv, name, count,
-                            lambda found, gates: live.update(views.monitor_table(name, found), refresh=True))
+            with Live(
+                views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False
+            ) as live:
+                mon.samples(
+                    inv,
+                    name,
+                    count,
+                    lambda found, gates: live.update(views.monitor_table(name, found), refresh=True),
+                )
     except KeyboardInterrupt:
         pass
     except (SshError, AgentError) as exc:
@@ -205,8 +246,18 @@ def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
             sys.exit(1)
         rows = [{"host": name, **r} for r in mon.app_states(inv.hosts[name], *sample)]
     else:
-        rows = [{"host": n, "app": a.name, "client_id": a.client_id, "modes": list(a.modes),
-                 "sources": list(a.sources), "read_only": a.read_only} for n, h in inv.hosts.items() for a in h.apps]
+        rows = [
+            {
+                "host": n,
+                "app": a.name,
+                "client_id": a.client_id,
+                "modes": list(a.modes),
+                "sources": list(a.sources),
+                "read_only": a.read_only,
+            }
+            for n, h in inv.hosts.items()
+            for a in h.apps
+        ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

@@ -70,8 +70,9 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     return report
 
 
-def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report,
-              secrets: Secrets) -> None:
+def _converge(
+    inv: Inventory, name: str, transport: Transport, opts: Options, report: Report, secrets: Secrets
+) -> None:
     want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")

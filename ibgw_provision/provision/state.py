@@ -65,8 +65,14 @@ def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
     host = inv.hosts[name]
     venv_units = [layout.gateway_unit(g.mode) for g in host.gateways] if host.backend == "simulator" else []
     venv_units += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
-    return Desired(_packages(host), _dirs(host), render_host(inv, name, secrets), units(host), venv_units,
-                   _installs(inv, host))
+    return Desired(
+        _packages(host),
+        _dirs(host),
+        render_host(inv, name, secrets),
+        units(host),
+        venv_units,
+        _installs(inv, host),
+    )
 
 
 def units(host: Host) -> list[str]:
@@ -90,10 +96,18 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
     installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
     arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
-    installs += [Install(cache / gateway.file, gateway.sha256, "installer",
-                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER,
-                         (layout.gateway_unit(g.mode),), arm64)
-                 for g in host.gateways]
+    installs += [
+        Install(
+            cache / gateway.file,
+            gateway.sha256,
+            "installer",
+            layout.ib_gateway_dir(g.mode, gateway.version),
+            layout.USER,
+            (layout.gateway_unit(g.mode),),
+            arm64,
+        )
+        for g in host.gateways
+    ]
     return installs
 
 
@@ -107,14 +121,22 @@ def _packages(host: Host) -> list[str]:
 
 def _dirs(host: Host) -> list[Dir]:
     ibkr = {"owner": layout.USER, "group": layout.GROUP}
-    dirs = [Dir(layout.OPT), Dir(layout.ETC, group=layout.GROUP, mode=0o750),
-            Dir(layout.HOME, mode=0o750, **ibkr), Dir(layout.LOG, mode=0o755)]
+    dirs = [
+        Dir(layout.OPT),
+        Dir(layout.ETC, group=layout.GROUP, mode=0o750),
+        Dir(layout.HOME, mode=0o750, **ibkr),
+        Dir(layout.LOG, mode=0o755),
+    ]
     for gw in host.gateways:
-        dirs += [Dir(layout.settings_dir(gw.mode), mode=0o700, **ibkr),
-                 Dir(layout.log_dir(gw.mode), mode=0o750, group=layout.GROUP)]
+        dirs += [
+            Dir(layout.settings_dir(gw.mode), mode=0o700, **ibkr),
+            Dir(layout.log_dir(gw.mode), mode=0o750, group=layout.GROUP),
+        ]
         if host.backend == "ibgw":
-            dirs += [Dir(f"{layout.ETC}/{gw.mode}", mode=0o700, **ibkr),
-                     Dir(layout.tws_path(gw.mode), mode=0o755, **ibkr)]
+            dirs += [
+                Dir(f"{layout.ETC}/{gw.mode}", mode=0o700, **ibkr),
+                Dir(layout.tws_path(gw.mode), mode=0o755, **ibkr),
+            ]
     if needs_venv(host):
         dirs.append(Dir(layout.WHEELS))
     if host.front.gate:

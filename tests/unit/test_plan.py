@@ -14,10 +14,20 @@ from ibgw_provision.provision.plan import PlanError, plan, sha256
 
 def converged(want) -> dict:
     """The facts of a host that already is what `want` describes."""
-    paths = {d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
-             for d in want.dirs}
-    paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
-                       "sha256": sha256(f.content)} for f in want.files}
+    paths = {
+        d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
+        for d in want.dirs
+    }
+    paths |= {
+        f.path: {
+            "kind": "file",
+            "mode": f.mode,
+            "owner": f.owner,
+            "group": f.group,
+            "sha256": sha256(f.content),
+        }
+        for f in want.files
+    }
     return {
         "packages": dict.fromkeys(want.packages, True),
         "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
@@ -69,7 +79,11 @@ def test_drift_in_haproxy_cfg_reloads_haproxy_only(want):
     result = plan(want, facts, Secrets())
     assert list(_changed(result)) == ["file /etc/haproxy/haproxy.cfg", "service haproxy.service"]
     systemd = _systemd_step(result)
-    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (["haproxy.service"], [], False)
+    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (
+        ["haproxy.service"],
+        [],
+        False,
+    )
     (step,) = [s for s in result.steps() if s["kind"] == "file"]
     assert step["validate"][0] == "haproxy"
     diff = result.changed[0].diff
@@ -119,8 +133,10 @@ def test_jts_ini_keeps_the_gateways_keys_and_converges_ibgws(want):
     result = plan(want, facts, Secrets())
     assert _changed(result) == {f"file {jts}": "ibgw's keys differ", f"service {unit}": "restart"}
     (step,) = [s for s in result.steps() if s["kind"] == "ini"]
-    assert step["values"] == {"IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
-                              "Logon": {"TimeZone": "America/New_York"}}
+    assert step["values"] == {
+        "IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
+        "Logon": {"TimeZone": "America/New_York"},
+    }
     assert step["stop"] == [unit] and step["mode"] == 0o600 and step["owner"] == "ibkr"
     (task,) = [t for t in result.changed if t.name == f"file {jts}"]
     assert "-TimeZone=Europe/Paris\n+TimeZone=America/New_York\n" in task.diff
@@ -200,8 +216,11 @@ def test_plan_does_not_mutate_facts(want):
 def test_actions_owed_by_a_failed_run_are_still_taken(want):
     """A run wrote the files, then failed before systemd: the next run finds the files converged."""
     facts = converged(want)
-    owed = {"daemon_reload": True, "restart": [layout.gateway_unit("paper"), "not-ours.service"],
-            "reload": ["haproxy.service"]}
+    owed = {
+        "daemon_reload": True,
+        "restart": [layout.gateway_unit("paper"), "not-ours.service"],
+        "reload": ["haproxy.service"],
+    }
     facts["markers"][layout.PENDING] = __import__("json").dumps(owed)
     systemd = _systemd_step(plan(want, facts, Secrets()))
     assert systemd["daemon_reload"] and systemd["restart"] == [layout.gateway_unit("paper")]
