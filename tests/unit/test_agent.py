@@ -381,7 +381,7 @@ def test_attrs_refuse_a_fifo(tmp_path):
 
 
 @needs_root
-@pytest.mark.parametrize("kind", ["file", "dir", "attrs"])
+@pytest.mark.parametrize("kind", ["file", "ini", "dir", "attrs"])
 def test_a_symlink_planted_in_a_parent_is_not_followed(tmp_path, kind):
     """The ibkr user owns /var/lib/ibgw: it could swap a managed directory for a link to /etc."""
     victim, home = tmp_path / "etc", tmp_path / "home"
@@ -390,17 +390,9 @@ def test_a_symlink_planted_in_a_parent_is_not_followed(tmp_path, kind):
     (victim / "jts.ini").write_text("keep\n")
     plant_link(home / "live", victim)
     path = home / "live" / ("jts.ini" if kind != "dir" else "sub")
+    ini = {"seed": b64("ours\n"), "values": {"IBGateway": {"ApiOnly": "true"}}}
     step = (
-        file_step(path, "ours\n")
-        if kind == "file"
-        else {
-            "kind": kind,
-            "task": "t",
-            "path": str(path),
-            "owner": "nobody",
-            "group": NOGROUP,
-            "mode": 0o777,
-        }
+        file_step(path, "ours\n", 0o777, "nobody", NOGROUP) | {"kind": kind} | (ini if kind == "ini" else {})
     )
     with pytest.raises(agent.StepError, match="symlink"):
         agent.STEPS[kind](step)
