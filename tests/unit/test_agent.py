@@ -338,6 +338,24 @@ def test_unknown_owner_fails_before_anything_is_replaced(tmp_path):
     assert path.read_text() == "old\n" and leftovers(tmp_path) == []
 
 
+def test_ini_step_stops_the_owning_unit_before_it_merges_the_file(tmp_path, fakebin):
+    """IB Gateway rewrites jts.ini on exit: it is stopped first, so our keys are not overwritten."""
+    jts = tmp_path / "jts.ini"
+    jts.write_text("[IBGateway]\nApiOnly=false\nWriteDebug=false\n")
+    fakebin.add("systemctl", f'cat "{jts}" > "{tmp_path}/at-stop"')
+    step = file_step(jts, "", 0o600) | {
+        "kind": "ini",
+        "stop": ["ibgw-gateway-live.service"],
+        "values": {"IBGateway": {"ApiOnly": "true"}},
+        "seed": b64("[IBGateway]\n"),
+    }
+    agent.step_ini(step)
+    assert fakebin.calls() == ["systemctl stop ibgw-gateway-live.service"]
+    assert (tmp_path / "at-stop").read_text() == "[IBGateway]\nApiOnly=false\nWriteDebug=false\n"
+    assert jts.read_text() == "[IBGateway]\nApiOnly=true\nWriteDebug=false\n"
+    assert jts.stat().st_mode & 0o7777 == 0o600
+
+
 # ---- symlink safety ----------------------------------------------------------
 
 

@@ -122,6 +122,16 @@ def test_a_server_that_is_not_ssh_is_one_line(tmp_path):
     assert str(refused.value).startswith(f"root@127.0.0.1:{port}: ") and "\n" not in str(refused.value)
 
 
+def test_a_transport_not_connected_says_so(sshd, known):
+    transport = Transport(sshd.target(known), connect_timeout=TIMEOUT)
+    with pytest.raises(SshError, match="^gw1: not connected$"):
+        transport.run("true")
+    transport.connect()
+    transport.close()
+    with pytest.raises(SshError, match="^gw1: not connected$"):
+        transport.put_many([])
+
+
 # ---- commands ------------------------------------------------------------------
 
 
