@@ -204,6 +204,9 @@ class Simulator(Model):
 
     accounts: list[Annotated[str, Field(pattern=r"^[A-Z]{1,3}[0-9]{1,12}$")]] = []
     seed: StrictInt = 1
+    # loopback: 127.0.0.1 only. all: every interface, as IB Gateway itself does (IBC issue #173),
+    # so that the firewall, not the bind address, is what keeps the API port closed.
+    listen: Literal["loopback", "all"] = "loopback"
 
 
 def _heap(size: str) -> str:
