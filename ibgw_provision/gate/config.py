@@ -30,6 +30,7 @@ from ..constrained import ClientId, Mode, Name
 from ..errors import InputError
 from ..tws.framing import MAX_HELLO
 
+MAX_NODES = 2_000_000  # YAML values in a gate config: about 150,000 apps (an inventory allows fewer)
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
@@ -149,7 +150,7 @@ def _message(error: Mapping[str, Any]) -> str:
 
 def load(path: str | Path) -> GateConfig:
     """Read and validate a gate config, or raise InputError naming each problem's line and field."""
-    src = yamlsrc.load(path)
+    src = yamlsrc.load(path, max_nodes=MAX_NODES)
     if not isinstance(src.data, dict):
         raise InputError([src.problem((), "the gate config must be a mapping")])
     try:
