@@ -41,6 +41,7 @@ class OrderRequest:
     cash_qty: float | None = None
     client_id: int | None = None  # the order's own client id (protobuf requests only)
     parent_id: int = 0
+    what_if: bool = False  # a margin preview: never placed, never open
 
     @property
     def reply_id(self) -> int:
@@ -77,6 +78,7 @@ def audited(request: requests.Request) -> OrderRequest:
                 request.cash_qty,
                 request.client_id,
                 request.parent_id,
+                request.what_if,
             )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)

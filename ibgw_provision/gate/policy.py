@@ -207,8 +207,8 @@ def _rate(app: App, order: OrderRequest, ctx: Context) -> str | None:
 
 def _open_orders(app: App, order: OrderRequest, ctx: Context) -> str | None:
     limit = app.max_open_orders
-    if limit is None or order.order_id in ctx.risk.open:
-        return None  # a change to an open order does not open another
+    if limit is None or order.what_if or order.order_id in ctx.risk.open:
+        return None  # a margin preview, or a change to an open order, opens no order
     if len(ctx.risk.open) >= limit:
         return f"app {app.name} has {len(ctx.risk.open)} open orders (max_open_orders {limit})"
     return None

@@ -337,7 +337,7 @@ class Connection:
         """Count a forwarded order toward the app's rate and open-order limits."""
         if order.request in orders.NEW_ORDERS:
             risk = self.gate.app_risk(app.name)
-            new = order.request == "placeOrder" and order.order_id not in risk.open
+            new = order.request == "placeOrder" and not order.what_if and order.order_id not in risk.open
             tracked = app.max_open_orders is not None
             risk.forwarded(order.order_id, new and tracked, app.max_orders_per_minute)
 

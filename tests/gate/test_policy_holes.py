@@ -416,6 +416,9 @@ def test_open_orders(start, version):
 
     async def scenario():
         client = await RawClient.connect(gate.port, 8, max_version=version)
+        for _ in range(3):  # margin previews are never open orders
+            _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0, whatIf=True))
+            await _message(client, In.OPEN_ORDER)
         first = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
         await _message(client, In.ORDER_STATUS)
         _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
