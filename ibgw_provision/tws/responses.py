@@ -9,6 +9,7 @@ layouts) or protobuf. Anything unreadable raises MalformedMessage.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,10 @@ from ibapi.protobuf import (
 )
 
 from . import versions
-from .codec import ID_BYTES, Message, message_id
-from .errors import MalformedMessage
+from .codec import ID_BYTES, Message
 from .fields import FieldReader
 from .framing import frame_spans
-from .messages import In
+from .messages import PROTOBUF_MSG_ID, In
 from .requests import protobuf
 
 MD_SIZE_MULTIPLIER = 110  # contract data carried a market-data size multiplier from here to SIZE_RULES
@@ -190,6 +190,7 @@ def read_managed_accounts(version: int, message: Message) -> tuple[str, ...]:
 
 # ---- the tap -----------------------------------------------------------------------------------
 
+_RAW_ID = struct.Struct(">I")
 MAX_TAPPED = 1 << 20  # a message the gate reads is small; a bigger one is counted but not read
 
 
@@ -200,6 +201,7 @@ class ResponseTap:
 
     def __init__(self, version: int, wanted: Container[int], on_message: Callable[[Message], None]):
         self.version, self.wanted, self.on_message = version, wanted, on_message
+        self._raw_ids = version >= versions.PROTOBUF
         self._carry = b""  # the start of a frame still being completed
         self._owed = 0  # bytes of an unwanted frame still to skip
 
@@ -213,18 +215,18 @@ class ResponseTap:
         if self._carry:
             data, pos = self._carry + bytes(data[pos:]), 0  # the carried frame is counted when it completes
             self._carry = b""
+        head = 4 + (4 if self._raw_ids else ID_BYTES)
         for start, end in frame_spans(data, pos, 0xFFFFFFFF):
             frames += 1
-            head_end = min(end, start + 4 + ID_BYTES)
-            if head_end > len(data):  # its id is not all here yet
+            if min(end, start + head) > len(data):  # its id is not all here yet
                 self._carry = bytes(data[start:])
                 return frames - 1
-            msg_id, is_pb, body = self._id(data[start + 4 : head_end])
+            msg_id, is_pb, body = self._id(data, start + 4, min(end, start + head))
             if msg_id in self.wanted and end - start <= MAX_TAPPED:
                 if end > len(data):
                     self._carry = bytes(data[start:])
                     return frames - 1
-                self.on_message(Message(msg_id, is_pb, bytes(data[start + 4 + body : end])))
+                self.on_message(Message(msg_id, is_pb, bytes(data[body:end])))
             elif end > len(data):
                 self._owed = end - len(data)
                 return frames
@@ -233,9 +235,16 @@ class ResponseTap:
             self._carry = bytes(data[pos:])  # a split length prefix
         return frames
 
-    def _id(self, head: bytes) -> tuple[int, bool, int]:
-        """(id, protobuf?, body offset) of a payload's head; (-1, False, 0) when it has no readable id."""
-        try:
-            return message_id(self.version, bytes(head))
-        except MalformedMessage:
-            return -1, False, 0
+    def _id(self, data: bytes, start: int, end: int) -> tuple[int, bool, int]:
+        """(id, protobuf?, where the body starts) of the payload at data[start:]; id -1 when unreadable."""
+        if self._raw_ids:
+            if end - start < 4:
+                return -1, False, start
+            (msg_id,) = _RAW_ID.unpack_from(data, start)
+            if msg_id > PROTOBUF_MSG_ID:
+                return msg_id - PROTOBUF_MSG_ID, True, start + 4
+            return msg_id, False, start + 4
+        nul = data.find(b"\0", start, end)
+        if nul < 0 or not data[start:nul].isdigit():
+            return -1, False, start
+        return int(data[start:nul]), False, nul + 1
