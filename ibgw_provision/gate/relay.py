@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import time
 
-from ..tws import codec, replies, responses
+from ..tws import codec, replies, requests, responses
 from ..tws.errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
 from ..tws.framing import (
     API_PREFIX,
@@ -34,7 +34,7 @@ from .state import AppStats, GateState
 
 log = logging.getLogger("ibgw.gate")
 # What the gate reads of the gateway's messages on their way to the app.
-TAPPED = CONTRACT_MESSAGES | {In.ORDER_STATUS, In.ERR_MSG, In.MANAGED_ACCTS}
+TAPPED = CONTRACT_MESSAGES | {In.ORDER_STATUS, In.ERR_MSG, In.MANAGED_ACCTS, In.OPEN_ORDER_END}
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -186,6 +186,7 @@ class Connection:
             self._refuse_interlock()
             return
         self._frames_out = ResponseTap(self.version, TAPPED, self._from_gateway_message)
+        self._count_open_orders()
         self.upstream.relay(self._from_gateway)
         self.client.relay(self._from_client)
         await self._ended.wait()
@@ -320,6 +321,8 @@ class Connection:
         if not await self._accounts_fit():
             why = self.gate.interlock or "no managedAccounts in time"
             return order, f"the gateway's accounts are not checked: {why}"
+        if order.request == "placeOrder" and not await self._open_orders_listed(app):
+            return order, "the gateway has not listed the app's open orders (max_open_orders): try again"
         risk = self.gate.app_risk(app.name)
         context = policy.Context(client_id, self.gate.halted, self.gate.contracts, risk)
         return order, policy.order_refusal(app, order, context)
@@ -332,6 +335,26 @@ class Connection:
         except TimeoutError:
             return False
         return self.gate.interlock is None
+
+    def _count_open_orders(self) -> None:
+        """For an app with max_open_orders: ask the gateway for its open orders at each logon, as orders
+        may have ended while it was away (the replies reach the app too, as after its own request)."""
+        assert self.app is not None and self.upstream is not None
+        if self.app.max_open_orders is not None and self.client_id != 0:  # client 0's would bind TWS orders
+            self.gate.app_risk(self.app.name).rebuild()
+            self.upstream.write(requests.encode_req_open_orders(self.version))
+
+    async def _open_orders_listed(self, app: App) -> bool:
+        """Wait (bounded) for the gateway's list of this app's open orders, when one was asked for."""
+        rebuilt = self.gate.app_risk(app.name).rebuilt
+        if app.max_open_orders is None or rebuilt is None:
+            return True
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                await rebuilt.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _count(self, app: App, order: orders.OrderRequest) -> None:
         """Count a forwarded order toward the app's rate and open-order limits."""
@@ -363,6 +386,8 @@ class Connection:
         elif msg_id == In.ERR_MSG:
             error = responses.read_error(version, message)
             self.gate.app_risk(app.name).error(error.req_id, error.code)
+        elif msg_id == In.OPEN_ORDER_END:
+            self.gate.app_risk(app.name).listed()
         if msg_id == In.MANAGED_ACCTS:
             reason = interlock.mismatch(self.config.mode, responses.read_managed_accounts(version, message))
             if reason is not None:

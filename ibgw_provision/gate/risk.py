@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, deque
 
@@ -45,6 +46,7 @@ class AppRisk:
     def __init__(self) -> None:
         self.recent: deque[float] = deque()
         self.open: set[int] = set()
+        self.rebuilt: asyncio.Event | None = None  # set once the gateway has listed the open orders again
 
     def orders_last_minute(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
@@ -70,6 +72,16 @@ class AppRisk:
             self.open.discard(order_id)
         elif status:
             self.opened(order_id)
+
+    def rebuild(self) -> None:
+        """Forget the open orders: the gateway is asked for them again (orders may have ended meanwhile)."""
+        self.open.clear()
+        self.rebuilt = asyncio.Event()
+
+    def listed(self) -> None:
+        """The gateway's list of open orders is complete (openOrderEnd)."""
+        if self.rebuilt is not None:
+            self.rebuilt.set()
 
     def error(self, req_id: int, code: int) -> None:
         if code in ENDS_ORDER:

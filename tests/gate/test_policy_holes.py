@@ -15,7 +15,7 @@ from ibgw_provision.tws import versions
 from ibgw_provision.tws.messages import In
 
 from ..kit.gate import LOOPBACK, GateProcess, config_data, open_raw, run, write_config
-from ..kit.sim import STEP, RawClient, contract, order
+from ..kit.sim import STEP, RawClient, contract, order, until
 
 TEXT, PROTOBUF = versions.PROTOBUF - 1, versions.LATEST
 BOTH = pytest.mark.parametrize("version", [TEXT, PROTOBUF], ids=["text", "protobuf"])
@@ -546,3 +546,29 @@ def test_the_interlock_shows_in_the_metrics_and_ibgw_health(start_gate, start_si
     [finding] = health.judge_gates({"paper": flags, "live": None})
     assert (finding.severity, finding.check, finding.subject) == ("down", "interlock", "paper gate")
     assert health.EXIT[finding.severity] == 2
+
+
+def test_open_orders_are_listed_again_at_each_logon(start, sim):
+    """A reconnect neither resets the count (no way around the limit) nor keeps orders that ended
+    while the app was away (no app wedged by a stale count)."""
+    gate = start(TRADER, _app("open", 8, max_open_orders=2))
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=PROTOBUF)
+        for _ in range(2):
+            _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+            await _message(client, In.ORDER_STATUS)
+        await client.close()
+        again = await RawClient.connect(gate.port, 8, max_version=TEXT)
+        third = _place(again, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+        assert await again.error() == (third, 321, REFUSED + "app open has 2 open orders (max_open_orders 2)")
+        await again.close()
+        trader = await RawClient.connect(gate.port, 1, max_version=TEXT)
+        trader.send_ibapi(lambda c: c.reqGlobalCancel(OrderCancel()))  # the orders end while app open is away
+        await until(lambda: not sim.server.broker.open_orders())
+        back = await RawClient.connect(gate.port, 8, max_version=PROTOBUF)
+        for _ in range(2):
+            _place(back, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+            await _message(back, In.ORDER_STATUS)
+
+    run(scenario())
