@@ -26,6 +26,7 @@ class Link(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._holds: set[str] = set()
+        self.sent = 0  # bytes handed to write() so far
 
     # ---- asyncio callbacks ---------------------------------------------------------------
 
@@ -89,6 +90,11 @@ class Link(asyncio.Protocol):
     def write(self, data) -> None:
         if not self.transport.is_closing():
             self.transport.write(data)
+            self.sent += len(data)
+
+    def delivered(self, mark: int) -> bool:
+        """Whether the first `mark` bytes written have left our buffer for the kernel's."""
+        return self.sent - self.queued >= mark
 
     @property
     def queued(self) -> int:

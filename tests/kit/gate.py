@@ -47,7 +47,6 @@ def config_data(directory, upstream_port: int, **overrides) -> dict:
         "mode": "paper",
         "listen": {"host": "127.0.0.1", "port": 0},
         "upstream": {"host": "127.0.0.1", "port": upstream_port},
-        "proxy_protocol": False,
         "audit_db": str(directory / "audit.sqlite"),
         "admin_socket": str(directory / "gate.sock"),
         "metrics": {"host": "127.0.0.1", "port": 0},
@@ -125,11 +124,26 @@ def proxy_v2(source: str, port: int = 40000, command: int = 1) -> bytes:
     return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack(">H", len(body)) + body
 
 
+def front_socket(gate: RunningGate) -> str:
+    assert gate.config.front_socket is not None
+    return str(gate.config.front_socket.path)
+
+
 async def open_raw(
-    port: int, client_id: int, *, max_version: int = 200, source: str = "127.0.0.1", proxy: bytes = b""
+    port: int | str,
+    client_id: int,
+    *,
+    max_version: int = 200,
+    source: str = "127.0.0.1",
+    proxy: bytes = b"",
 ) -> RawClient:
-    """Hand-shake through the gate from `source` (after a PROXY header), send START_API; no wait for logon."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    """Hand-shake through the gate from `source` (after a PROXY header), send START_API; no wait for logon.
+
+    A str `port` is the path of the gate's front socket (where a PROXY header is trusted)."""
+    if isinstance(port, str):
+        reader, writer = await asyncio.open_unix_connection(port)
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(proxy + Hello(100, max_version).encode())
     version, _ = parse_server_hello(await asyncio.wait_for(read_frame(reader), STEP))
     start = ibapi_client(version, client_id)
