@@ -11,6 +11,7 @@ decision committed to the audit log.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import time
@@ -68,7 +69,8 @@ class Connection:
         self._partial = bytearray()  # an incomplete frame from the app (appended to: linear time)
         self._backlog: bytearray | None = None  # the app's bytes after an order that awaits its decision
         self._deciding: asyncio.Task | None = None
-        self._confirming: set[asyncio.Task] = set()  # orders written, awaiting their 'forwarded' row
+        self._unconfirmed: collections.deque[tuple[int, int]] = collections.deque()  # (row, end mark)
+        self._confirming: asyncio.Task | None = None
         self._frames_out = FrameCounter()
         client.on_lost = lambda: self.end("client closed the connection")
 
@@ -378,20 +380,29 @@ class Connection:
             self.client.release("order")
 
     def _confirm(self, row: int, mark: int) -> None:
-        """Record order `row` as forwarded once the bytes up to `mark` are in the kernel's hands."""
-        task = asyncio.create_task(self._confirmed(row, mark))
-        self._confirming.add(task)
-        task.add_done_callback(self._confirming.discard)
+        """Record order `row` forwarded once the gateway's TCP has acknowledged its bytes (up to `mark`)."""
+        self._unconfirmed.append((row, mark))
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._confirm_loop())
 
-    async def _confirmed(self, row: int, mark: int) -> None:
-        upstream = self.upstream
+    def _delivered(self) -> list[int]:
+        """Take the rows of the orders whose bytes the gateway has acknowledged, oldest first."""
+        upstream, rows = self.upstream, []
         assert upstream is not None
-        delay = 0.001
-        while not upstream.delivered(mark):
-            if upstream.lost or upstream.transport.is_closing():
-                return  # it stays 'forwarding': sent, or not
+        while self._unconfirmed and upstream.delivered(self._unconfirmed[0][1]):
+            rows.append(self._unconfirmed.popleft()[0])
+        return rows
+
+    async def _confirm_loop(self) -> None:
+        delay = 0.0005
+        while self._unconfirmed and not self._ended.is_set():
+            rows = self._delivered()
+            for row in rows:
+                await self._record_forwarded(row)
+            delay = 0.0005 if rows else min(2 * delay, 0.05)
             await asyncio.sleep(delay)
-            delay = min(2 * delay, 0.1)
+
+    async def _record_forwarded(self, row: int) -> None:
         try:
             await self.gate.audit.order_forwarded(row)
         except Exception:
@@ -402,15 +413,20 @@ class Connection:
     async def _close(self) -> None:
         if self._deciding is not None:
             await asyncio.wait({self._deciding})  # a committed order still reaches the gateway
-        if self._confirming:
-            await asyncio.wait(set(self._confirming), timeout=1.0)
+        if self._confirming is not None:  # a write it started still commits on the audit thread
+            self._confirming.cancel()
+            await asyncio.wait({self._confirming})
+        confirmed = self._delivered() if self.upstream is not None else []  # the rest stay 'forwarding'
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
+        if self.stats is not None and self.app is not None:
+            self.gate.disconnected(self.client_id, self.app.name, self)
+        for row in confirmed:
+            await self._record_forwarded(row)
         if self.stats is None or self.app is None:
             return
         reason = self.reason or "closed"
-        self.gate.disconnected(self.client_id, self.app.name, self)
         log.info("%s disconnected: %s", self.who, reason)
         if self.audit_id is not None:
             try:

@@ -18,6 +18,7 @@ from ibgw_provision.tws import API_PREFIX, Hello, frame, parse_server_hello, rea
 from ..kit.gate import (
     APPS,
     audited_connections,
+    audited_orders,
     current_time,
     front_socket,
     logged_on,
@@ -212,7 +213,7 @@ def test_the_kill_switch_refuses_new_orders_and_survives_a_restart(start_gate, s
         await client.close()
 
     run(after_restart(gate.port))
-    decisions = [(r["request"], r["decision"]) for r in query(gate.config.audit_db)["orders"]]
+    decisions = [(r["request"], r["decision"]) for r in audited_orders(gate.config.audit_db)]
     assert decisions == [
         ("placeOrder", "forwarded"),
         ("placeOrder", "refused"),

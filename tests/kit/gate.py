@@ -110,6 +110,17 @@ def audited_connections(gate: RunningGate, count: int) -> list[dict]:
     raise AssertionError(f"fewer than {count} connections ended: {rows}")
 
 
+def audited_orders(db_path) -> list[dict]:
+    """The audit log's order rows once none is still 'forwarding' (confirmed as the gateway's TCP
+    acknowledges the bytes, just after they are written)."""
+    for _ in range(int(STEP / 0.01)):
+        rows = query(db_path)["orders"]
+        if all(r["decision"] != "forwarding" for r in rows):
+            return rows
+        time.sleep(0.01)
+    raise AssertionError(f"orders still 'forwarding': {rows}")
+
+
 def proxy_v1(source: str, port: int = 40000) -> bytes:
     family = "TCP6" if ":" in source else "TCP4"
     target = "::1" if family == "TCP6" else "127.0.0.1"
