@@ -113,29 +113,35 @@ def _quiet(task: asyncio.Task) -> None:
 
 
 class Bounds:
-    """Unadmitted connections, counted per source address and in total."""
+    """Unadmitted connections, counted per source address and in two pools of `total` each: sources
+    some app may connect from, and strangers (so strangers cannot crowd out the apps' logons)."""
 
     def __init__(self, per_source: int, total: int):
         self.per_source, self.total = per_source, total
         self.waiting: collections.Counter[object] = collections.Counter()
-        self.count = 0
+        self.pools = {True: 0, False: 0}  # by "some app allows the source"
         self.refused = 0
         self._logged = 0.0
 
-    def full(self) -> bool:
-        return self.count >= self.total
+    @property
+    def count(self) -> int:
+        return self.pools[True] + self.pools[False]
 
-    def enter(self, source: IPAddress | None) -> bool:
+    def full(self) -> bool:
+        """No room in either pool: a new connection can be closed before it is read."""
+        return self.count >= 2 * self.total
+
+    def enter(self, source: object, allowed: bool) -> bool:
         """Count one more unadmitted connection from `source`; False (counted, logged) over a bound."""
-        if self.count >= self.total or self.waiting[source] >= self.per_source:
+        if self.pools[allowed] >= self.total or self.waiting[source] >= self.per_source:
             self.overflow(source)
             return False
-        self.count += 1
+        self.pools[allowed] += 1
         self.waiting[source] += 1
         return True
 
-    def leave(self, source: IPAddress | None) -> None:
-        self.count -= 1
+    def leave(self, source: object, allowed: bool) -> None:
+        self.pools[allowed] -= 1
         self.waiting[source] -= 1
         if self.waiting[source] <= 0:
             del self.waiting[source]
@@ -163,3 +169,8 @@ class Lobby:
         self.gateway = Gateway(config)
         self.bounds = Bounds(config.lobby.per_source, config.lobby.total)
         self.max_frame = config.lobby.max_frame
+        self._apps = config.apps
+
+    def allowed(self, source: IPAddress | None) -> bool:
+        """Whether some app may connect from `source`."""
+        return source is not None and any(app.allows(source) for app in self._apps)

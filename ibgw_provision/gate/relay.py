@@ -58,6 +58,7 @@ class Connection:
         self.hello: Hello | None = None
         self._waiting = False  # counted in the lobby's bounds
         self._over_bound = False
+        self._allowed = False  # some app may connect from the source (its lobby pool)
         self.upstream: Link | None = None
         self.version = 0
         self.client_id: int | None = None
@@ -143,7 +144,8 @@ class Connection:
         return await read_frame(self.client, self.lobby.max_frame)
 
     def _enter_lobby(self) -> bool:
-        self._waiting = self.lobby.bounds.enter(self.source[0])
+        self._allowed = self.lobby.allowed(self.source[0])
+        self._waiting = self.lobby.bounds.enter(self.source[0], self._allowed)
         if not self._waiting:
             self._over_bound = True
             self.client.close(abort=True)
@@ -152,7 +154,7 @@ class Connection:
     def _leave_lobby(self) -> None:
         if self._waiting:
             self._waiting = False
-            self.lobby.bounds.leave(self.source[0])
+            self.lobby.bounds.leave(self.source[0], self._allowed)
 
     async def _admit(self, start_api: bytes) -> bool:
         try:
@@ -189,11 +191,14 @@ class Connection:
         return await self._accepted(app, client_id, start_api)
 
     async def _dial(self) -> str | None:
-        """Connect to the gateway at exactly this connection's version; why not, or None."""
+        """Connect to the gateway at exactly this connection's version; why not, or None.
+
+        The gate offers the gateway versions up to the one it agreed with the app: a gateway that
+        answers less has changed since the gate learned its version."""
         assert self.hello is not None
         try:
             link, version, _ = await self.lobby.gateway.dial(
-                Hello(self.version, self.version, self.hello.options)
+                Hello(versions.MIN_CLIENT, self.version, self.hello.options)
             )
         except HandshakeError as exc:
             return str(exc)

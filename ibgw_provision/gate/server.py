@@ -17,6 +17,7 @@ from .state import AppStats, GateState
 
 log = logging.getLogger("ibgw.gate")
 STOP_TIMEOUT = 10.0
+BACKLOG = 1024  # a burst of connections waits in the kernel, not in SYN retries
 
 
 class Gate:
@@ -54,7 +55,10 @@ class Gate:
         if self.config.listen is not None:
             listen = self.config.listen
             listener = await loop.create_server(
-                lambda: Link(lambda link: self._accept(link, False), limit), listen.host, listen.port
+                lambda: Link(lambda link: self._accept(link, False), limit),
+                listen.host,
+                listen.port,
+                backlog=BACKLOG,
             )
             self._servers.append(listener)
             self.port = listener.sockets[0].getsockname()[1]
@@ -91,7 +95,7 @@ class Gate:
         old = os.umask(0o117)  # created 0660, never wider even for an instant
         try:
             server = await asyncio.get_running_loop().create_unix_server(
-                lambda: Link(lambda link: self._accept(link, True), limit), str(front.path)
+                lambda: Link(lambda link: self._accept(link, True), limit), str(front.path), backlog=BACKLOG
             )
         finally:
             os.umask(old)
