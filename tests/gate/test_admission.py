@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import resource
+import socket
 import struct
+import subprocess
 import time
 
 import pytest
@@ -23,6 +25,7 @@ from ibgw_provision.tws.framing import MAX_FRAME
 
 from ..kit.gate import (
     APPS,
+    GATE,
     GateProcess,
     config_data,
     current_time,
@@ -31,7 +34,7 @@ from ..kit.gate import (
     run,
     write_config,
 )
-from ..kit.sim import STEP, RawClient, until
+from ..kit.sim import STEP, RawClient, contract, order, until
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -341,3 +344,57 @@ def test_many_half_open_connections_do_not_stop_logons(start_gate_process, sim):
     assert grown < 32 << 20, f"the gate grew by {grown / 2**20:.1f} MiB"
     print(f"half-open held: {held}, closed over a bound: {1000 - held}, memory grown {grown / 2**20:.1f} MiB")
     assert status(gate)["unadmitted_closed_over_bound"] >= 1000 - held
+
+
+def test_an_order_is_forwarding_until_the_gateway_takes_it(start_gate, short_dir):
+    """'forwarding' is committed before the order is written; 'forwarded' once the gateway's TCP
+    has taken it. A gateway that stops reading leaves it 'forwarding' (and `ibgw audit` says so)."""
+    reading = asyncio.Event()
+
+    async def gateway(reader, writer):  # a gateway that reads nothing after the hello until told
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readexactly(4)
+            await read_frame(reader)
+            writer.write(frame(b"200\x0020260101 09:30:00 EST\x00"))
+            writer.transport.pause_reading()  # nor does asyncio read on for it
+            await reading.wait()
+            writer.transport.resume_reading()
+            while await reader.read(1 << 16):
+                pass
+        writer.close()
+
+    async def scenario():
+        listening = socket.socket()
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, from the SYN on
+        listening.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(gateway, sock=listening)
+        gate = start_gate(listening.getsockname()[1])
+        path = write_config(short_dir / "gate.yml", config_data(short_dir, 1))
+        client = await open_raw(gate.port, 1)
+        for _ in range(4000):  # 48 KB the gateway does not read: the order queues behind it
+            client.send(49, 1)
+        client.send_ibapi(lambda c: c.placeOrder(7, contract(), order("BUY", 1, "LMT", lmtPrice=1.0)))
+        await until(
+            lambda: decisions(gate) == ["forwarding"],
+            message=f"{query(gate.config.audit_db)}, {gate.gate.status()}",
+        )
+        await asyncio.sleep(0.3)
+        assert decisions(gate) == ["forwarding"]
+        shown = subprocess.run(
+            GATE + ["audit", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"COLUMNS": "250"},
+            timeout=30,
+        )
+        assert " forwarding " in shown.stdout, shown.stdout + shown.stderr
+        reading.set()
+        await until(lambda: decisions(gate) == ["forwarded"])
+        await client.close()
+        server.close()
+
+    run(scenario())
+
+
+def decisions(gate) -> list[str]:
+    return [r["decision"] for r in query(gate.config.audit_db)["orders"]]
