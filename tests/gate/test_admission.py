@@ -242,6 +242,7 @@ def test_memory_before_admission_is_bounded(start_gate_process, sim):
 
     before = run(scenario())
     grown = rss(gate) - before
+    print(f"20 x 16 MiB START_API: the gate grew by {grown / 2**20:.1f} MiB")
     assert grown < 8 << 20, f"the gate grew by {grown / 2**20:.1f} MiB"
     assert (
         len([line for line in gate.log if f"dropped: frame of {16 << 20} bytes exceeds 4096" in line]) == 20
@@ -267,6 +268,7 @@ def test_a_frame_dribbled_in_small_pieces_costs_linear_time(start_gate_process, 
         return cpu_seconds(gate) - before
 
     spent = run(scenario(), timeout=120)
+    print(f"16 MB in 1 KB pieces: {spent:.2f} CPU-seconds in the gate")
     assert spent < 2.0, f"the dribbled frame cost the gate {spent:.2f} CPU-seconds"
 
 
