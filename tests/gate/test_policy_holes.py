@@ -2,6 +2,7 @@
 with requests built by ibapi's own encoder at a text (200) and a protobuf (226) version."""
 
 import json
+import time
 
 import pytest
 from ibapi.contract import ComboLeg
@@ -87,7 +88,13 @@ def _place(client: RawClient, con_tract, an_order) -> int:
 
 
 def _decisions(process: GateProcess) -> list[tuple]:
-    return [(r["app"], r["request"], r["decision"]) for r in query(process.audit_db)["orders"]]
+    """(app, request, decision) of each audit row, once none is still 'forwarding'."""
+    for _ in range(int(STEP / 0.01)):
+        rows = query(process.audit_db)["orders"]
+        if all(r["decision"] != "forwarding" for r in rows):
+            return [(r["app"], r["request"], r["decision"]) for r in rows]
+        time.sleep(0.01)
+    raise AssertionError(f"rows still forwarding: {rows}")
 
 
 # ---- finding 2: settings and other non-read requests ------------------------------------------------
