@@ -13,10 +13,12 @@ from . import inventory
 from .errors import InputError, exit_bad_input
 from .gate.cli import audit, gate
 from .inventory import secrets
+from .pki.cli import pki
 from .provision.remote import AgentError
 from .provision.render import render_host
 from .provision.transport import SshError
 from .sim.cli import sim
+from .tunnel.cli import tunnel
 
 
 def input_errors(func):
@@ -48,7 +50,7 @@ def main() -> None:
     """Provision and run a shared Interactive Brokers Gateway host."""
 
 
-for command in (sim, gate, audit):
+for command in (sim, gate, audit, pki, tunnel):
     main.add_command(command)
 
 

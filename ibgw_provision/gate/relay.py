@@ -26,7 +26,7 @@ from ..tws.framing import (
     read_frame,
 )
 from ..tws.messages import Out
-from . import orders, policy, proxy
+from . import orders, policy, proxy, tls
 from .config import App
 from .link import Link
 from .state import AppStats, GateState
@@ -51,6 +51,7 @@ class Connection:
         self.stats: AppStats | None = None
         self.audit_id: int | None = None
         self.reason: str | None = None
+        self.peer_cert: tls.Peer | None = None  # with front.tls: the app's verified certificate
         self._ended = asyncio.Event()
         self._partial = b""  # an incomplete frame from the app
         self._backlog: bytearray | None = None  # the app's bytes after an order that awaits its decision
@@ -62,6 +63,10 @@ class Connection:
     def peer(self) -> str:
         host, port = self.source
         return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+
+    @property
+    def _serial(self) -> str | None:
+        return self.peer_cert.serial if self.peer_cert else None
 
     @property
     def who(self) -> str:
@@ -113,6 +118,8 @@ class Connection:
         if self.config.proxy_protocol:
             source = await proxy.read_source(self.client)
             self.source = source or self.source
+        if self.gate.tls is not None:
+            await self._secure(self.gate.tls)
         if await self.client.readexactly(len(API_PREFIX)) != API_PREFIX:
             raise HandshakeError("no API prefix")
         hello = await read_frame(self.client, MAX_HELLO)
@@ -123,6 +130,15 @@ class Connection:
         self.version, _ = parse_server_hello(server_hello)
         self.client.write(frame(server_hello))
         return await read_frame(self.client, self.config.max_frame)
+
+    async def _secure(self, context: tls.Policy) -> None:
+        """front.tls (gate/tls.py): the TLS handshake with the app's certificate, before any TWS API byte."""
+        try:
+            self.client, self.peer_cert = await tls.accept(self.client, context)
+        except tls.Refused as exc:
+            self.gate.refused_connections += 1
+            await self.gate.audit.connection(None, -1, self.peer, 0, "refused", str(exc))
+            raise
 
     async def _connect(self) -> Link:
         upstream = self.config.upstream
@@ -148,6 +164,9 @@ class Connection:
         refusal = policy.connection_refusal(
             self.config, client_id, self.source[0], self.gate.connected.keys()
         )
+        if refusal is None and app is not None:
+            mismatch = tls.certificate_refusal(app.name, client_id, self.peer_cert)
+            refusal = None if mismatch is None else (policy.CONNECT_FAILED, mismatch)
         if refusal is not None:
             await self._refuse(client_id, *refusal)
             return False
@@ -156,7 +175,7 @@ class Connection:
         self.stats = stats = self.gate.stats[app.name]
         stats.connect(self.peer)
         self.audit_id = await self.gate.audit.connection(
-            app.name, client_id, self.peer, self.version, "accepted"
+            app.name, client_id, self.peer, self.version, "accepted", cert_serial=self._serial
         )
         assert self.upstream is not None  # the handshake connected it
         self.upstream.write(frame(start_api))
@@ -171,7 +190,13 @@ class Connection:
             "refused client %d from %s (server version %d): %s", client_id, self.peer, self.version, reason
         )
         await self.gate.audit.connection(
-            self.app.name if self.app else None, client_id, self.peer, self.version, "refused", reason
+            self.app.name if self.app else None,
+            client_id,
+            self.peer,
+            self.version,
+            "refused",
+            reason,
+            cert_serial=self._serial,
         )
 
     # ---- relay -----------------------------------------------------------------------------

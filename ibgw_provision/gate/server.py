@@ -61,7 +61,8 @@ class Gate:
             self.port,
             self.config.upstream,
             len(self.config.apps),
-            ", PROXY protocol" if self.config.proxy_protocol else "",
+            (", PROXY protocol" if self.config.proxy_protocol else "")
+            + (", TLS with client certificates" if self.state.tls else ""),
             "HALTED" if self.halted else "open",
             type(loop).__module__.split(".")[0],
         )
@@ -74,6 +75,11 @@ class Gate:
         task = asyncio.create_task(connection.run())
         self._tasks[connection] = task
         task.add_done_callback(lambda _: self._tasks.pop(connection, None))
+
+    async def reload_tls(self) -> None:
+        """SIGHUP: re-read the TLS files (CA, CRL, server certificate) for new connections."""
+        if self.state.tls is not None:
+            self.state.tls.reload()
 
     async def set_halted(self, halted: bool, by: str) -> None:
         """The kill switch: while on, new orders are refused. Persisted before this returns."""
