@@ -355,6 +355,17 @@ class Inventory(Model):
         name = Path(self._source.file).stem if self._source else "inventory"
         return Path("~/.config/ibgw/pki").expanduser() / name
 
+    def pki_files(self, host: str) -> dict[str, Path]:
+        """What a front.tls host gets from the pki directory (`ibgw pki` writes them there)."""
+        directory = self.pki_dir()
+        server = directory / "servers" / host
+        return {
+            "ca": directory / "ca.pem",
+            "crl": directory / "crl.pem",
+            "cert": server / "cert.pem",
+            "key": server / "key.pem",
+        }
+
     def select(self, pattern: str) -> list[str]:
         """Host names for HOST, GROUP, 'all' or a glob."""
         if pattern == "all":

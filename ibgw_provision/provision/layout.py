@@ -89,3 +89,7 @@ def gate_audit_db(mode: str) -> str:
 
 def gate_admin_socket(mode: str) -> str:
     return f"/run/ibgw-gate-{mode}/gate.sock"
+
+
+TLS_DIR = f"{ETC}/tls"  # front.tls: the app CA, its CRL, the front's certificate and key (for the gates)
+TLS_FILES = {name: f"{TLS_DIR}/{name}.pem" for name in ("ca", "crl", "cert", "key")}
