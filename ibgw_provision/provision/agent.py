@@ -475,6 +475,7 @@ def step_venv(step):
 def step_install(step):
     """Unpack IBC's zip, or run IB Gateway's installer, into dest; the stamp is written last."""
     upload, dest = step["upload"], step["dest"]
+    inside(dest, step["base"])
     if sha256_of(upload) != step["sha256"]:
         raise StepError(f"{upload}: sha256 differs from the pinned one after upload")
     shutil.rmtree(dest, ignore_errors=True)
@@ -493,6 +494,14 @@ def step_install(step):
             os.lchown(name, owner.pw_uid, owner.pw_gid)
     with open(os.path.join(dest, step["stamp"]), "w") as fh:
         fh.write(step["sha256"])
+
+
+def inside(path, base):
+    """Refuse a path that is not plainly and really (symlinks resolved) strictly below base: it is deleted."""
+    plain = os.path.isabs(path) and os.path.isabs(base) and os.path.normpath(path) == path
+    real, real_base = os.path.realpath(path), os.path.realpath(base)
+    if not plain or os.path.commonpath([real, real_base]) != real_base or real == real_base:
+        raise StepError(f"refusing to install into {path!r}: not strictly inside {base!r}")
 
 
 def step_systemd(step):
