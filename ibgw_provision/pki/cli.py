@@ -9,7 +9,7 @@ import click
 
 from .. import inventory
 from ..errors import InputError, exit_bad_input
-from ..inventory.model import Inventory
+from ..inventory.model import PROBE_APP, Inventory
 from .ca import APP_DAYS, Pki, PkiError, expiring
 
 INVENTORY = click.option(
@@ -63,6 +63,9 @@ def init(inventory_path: str, renew: bool) -> None:
     inv, ca = _load(inventory_path)
     created = ca.init(inventory_path)
     click.echo(f"{'created' if created else 'kept'} the app CA in {ca.dir}")
+    if created or not (ca.app_dir(PROBE_APP) / "cert.pem").exists():
+        ca.issue_app(PROBE_APP)  # `ibgw health` probes each front.tls front with it
+        click.echo(f"certificate for ibgw health's front probe: {ca.app_dir(PROBE_APP)}")
     for name in tls_hosts(inv):
         if renew or not (ca.server_dir(name) / "cert.pem").exists():
             directory = ca.issue_server(name, inv.hosts[name].address)
