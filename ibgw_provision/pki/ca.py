@@ -113,7 +113,7 @@ class Pki:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ibgw app CA ({name})")])
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ibgw app CA ({name[:40]})")])
         now = _now()
         cert = (
             x509.CertificateBuilder()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import click
 
@@ -61,7 +62,7 @@ def pki() -> None:
 def init(inventory_path: str, renew: bool) -> None:
     """Create the app CA and its CRL (once), and a server certificate for each front.tls host."""
     inv, ca = _load(inventory_path)
-    created = ca.init(inventory_path)
+    created = ca.init(Path(inventory_path).stem)
     click.echo(f"{'created' if created else 'kept'} the app CA in {ca.dir}")
     if created or not (ca.app_dir(PROBE_APP) / "cert.pem").exists():
         ca.issue_app(PROBE_APP)  # `ibgw health` probes each front.tls front with it
