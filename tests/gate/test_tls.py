@@ -9,6 +9,7 @@ and any byte, reached the gateway.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import shutil
 import signal
@@ -24,7 +25,7 @@ from ibgw_provision.tws import Hello
 
 from ..kit.gate import GateProcess, config_data, ib_async_app, ib_async_refused, run, write_config
 from ..kit.sim import STEP, IbapiApp, contract, order, until
-from ..kit.tls import Haproxy, Recorder, TunnelProcess, make_pki, tls_files
+from ..kit.tls import Haproxy, Recorder, TunnelProcess, free_port, make_pki, tls_files
 
 APPS = ["trader", "watcher", "limited"]
 
@@ -218,3 +219,28 @@ def test_a_certificate_may_not_log_on_with_another_apps_client_id(stack):
     )
     assert stack.gateway.connections == 1  # the handshake reached it; START_API did not
     assert b"\x00\x00\x00" in stack.gateway.sent() and len(stack.gateway.sent()) < 40
+
+
+def test_the_tunnel_closes_a_connection_while_the_front_is_down_and_the_next_one_retries(stack):
+    port = free_port()
+    tunnel = TunnelProcess(port, stack.pki.app_dir("trader"))
+    stack.tunnels.append(tunnel)
+
+    async def closed_at_once() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port)
+        writer.write(Hello(100, 178).encode())
+        data = await asyncio.wait_for(reader.read(), STEP)
+        writer.close()
+        return data
+
+    assert run(closed_at_once()) == b""
+    tunnel.wait_for(rf"front 127\.0\.0\.1:{port} unreachable, connection closed")
+    front = Haproxy(stack.gate.port, port)  # the front is back, on the same address
+    try:
+
+        async def scenario(ib, errors):
+            return ib.managedAccounts()
+
+        assert ib_async_app(tunnel.port, 1, scenario) == ["DU1234567"]
+    finally:
+        front.stop()

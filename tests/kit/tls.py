@@ -93,8 +93,8 @@ class Recorder(LoopThread):
 class Haproxy:
     """`haproxy -db -f cfg`: mode tcp on 127.0.0.1:`port`, to the gate with a PROXY v2 header."""
 
-    def __init__(self, gate_port: int):
-        self.port = free_port()
+    def __init__(self, gate_port: int, port: int | None = None):
+        self.port = port or free_port()
         self.cfg = tempfile.NamedTemporaryFile("w", suffix=".cfg")
         self.cfg.write(
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n"
