@@ -37,9 +37,12 @@ def _load(path: str | None) -> GateConfig:
 
 async def _serve(config: GateConfig) -> None:
     from .server import Gate  # loads ibapi's protobuf modules: only when the relay runs
+    from .tls import FilesError
 
     try:
         gate = Gate(config)
+    except FilesError as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the audit log {config.audit_db}: {exc}") from None
 

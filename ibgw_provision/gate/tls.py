@@ -30,6 +30,10 @@ APP_URI = "ibgw:app:"  # the SAN URI that names an app: ibgw:app:NAME
 READ_SIZE = 256 * 1024
 
 
+class FilesError(Exception):
+    """The CA, CRL, certificate or key cannot be loaded at start."""
+
+
 class Refused(HandshakeError):
     """The TLS handshake failed: no, or no valid, client certificate."""
 
@@ -59,7 +63,12 @@ class Policy:
     def __init__(self, files: TlsFiles):
         self.files = files
         self._stamps = self._current_stamps()
-        self.context = build_context(files)
+        try:
+            self.context = build_context(files)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise FilesError(
+                f"cannot load the TLS files (CA {files.ca}, key {files.key}, ...): {exc}"
+            ) from None
 
     def _current_stamps(self) -> tuple:
         f = self.files
