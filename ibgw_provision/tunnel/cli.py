@@ -40,6 +40,12 @@ def _endpoint(_ctx, param, value: str | None) -> Endpoint | None:
         raise click.BadParameter(str(exc), param=param) from None
 
 
+def _ibgw() -> str:
+    """This installation's `ibgw`, by absolute path (what a unit's ExecStart needs)."""
+    beside = Path(sys.executable).with_name("ibgw")  # the virtualenv's own
+    return str(beside if beside.is_file() else Path(shutil.which("ibgw") or sys.argv[0]).resolve())
+
+
 @click.command()
 @click.option("--front", required=True, callback=_endpoint, help="The ibgw front, HOST:PORT (front.tls).")
 @click.option(
@@ -73,7 +79,7 @@ def tunnel(
         "front_is_ip": front.is_ip,
         "listen": str(listen),
     }
-    values |= {"mode": mode, "cert_dir": cert_dir, "ibgw": shutil.which("ibgw") or sys.argv[0]}
+    values |= {"mode": mode, "cert_dir": cert_dir, "ibgw": _ibgw()}
     values |= {"cert": cert_dir / "cert.pem", "key": cert_dir / "key.pem", "ca": cert_dir / "ca.pem"}
     if print_stunnel or print_unit:
         name = "stunnel.conf.j2" if print_stunnel else "ibgw-tunnel.service.j2"

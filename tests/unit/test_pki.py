@@ -4,8 +4,10 @@ migration to the certificate serial column."""
 from __future__ import annotations
 
 import datetime
+import shutil
 import sqlite3
 import stat
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -138,6 +140,16 @@ def test_tunnel_prints_stunnel_and_systemd(tmp_path):
     unit = ibgw("tunnel", "--front", "gw.example:4003", "--cert", tmp_path, "--print-unit").output
     assert "--front gw.example:4003 --cert %d --listen 127.0.0.1:4002 --mode paper" in unit
     assert f"LoadCredential=key.pem:{tmp_path}/key.pem" in unit
+    if shutil.which("systemd-analyze"):
+        (tmp_path / "ibgw-tunnel-paper.service").write_text(unit)
+        for check in (["verify"], ["security", "--offline=true", "--threshold=20"]):
+            result = subprocess.run(
+                ["systemd-analyze", *check, str(tmp_path / "ibgw-tunnel-paper.service")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0 and "warning" not in result.stderr.lower(), result.stderr
 
 
 def test_tunnel_without_certificate_files_says_which(tmp_path):
