@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 
 import pytest
 from ib_async import MarketOrder, Stock
@@ -25,7 +26,7 @@ from ibgw_provision.tws import Hello
 
 from ..kit.gate import GateProcess, config_data, ib_async_app, ib_async_refused, run, write_config
 from ..kit.sim import STEP, IbapiApp, contract, order, until
-from ..kit.tls import Haproxy, Recorder, TunnelProcess, free_port, make_pki, tls_files
+from ..kit.tls import TUNNEL, Haproxy, Recorder, TunnelProcess, free_port, make_pki, tls_files
 
 APPS = ["trader", "watcher", "limited"]
 
@@ -244,3 +245,39 @@ def test_the_tunnel_closes_a_connection_while_the_front_is_down_and_the_next_one
         assert ib_async_app(tunnel.port, 1, scenario) == ["DU1234567"]
     finally:
         front.stop()
+
+
+@pytest.mark.skipif(shutil.which("stunnel") is None, reason="stunnel4 is not installed (scripts/deps.sh)")
+def test_stunnel_with_the_printed_configuration_carries_an_app(stack):
+    port = free_port()
+    conf = stack.dir / "stunnel.conf"
+    printed = subprocess.run(
+        [*TUNNEL, "--front", f"127.0.0.1:{stack.front.port}", "--cert", str(stack.pki.app_dir("trader"))]
+        + ["--listen", f"127.0.0.1:{port}", "--print-stunnel"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    conf.write_text(f"pid = {stack.dir / 'stunnel.pid'}\n" + printed.stdout)  # a global option: first
+    stunnel = subprocess.Popen(["stunnel", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run(until(lambda: _listens(port), message="stunnel does not listen"))
+
+        async def scenario(ib, errors):
+            return ib.managedAccounts()
+
+        assert ib_async_app(port, 1, scenario) == ["DU1234567"]
+    finally:
+        stunnel.terminate()
+        stunnel.wait(STEP)
+    [row] = [r for r in stack.connections() if r["outcome"] == "accepted"]
+    assert (row["app"], row["cert_serial"]) == ("trader", _serial(stack.pki, "trader"))
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
