@@ -174,3 +174,27 @@ def test_an_audit_log_from_before_tls_gains_the_serial_column(tmp_path):
     AuditLog(path).close()  # twice: the migration runs once
     rows = sqlite3.connect(path).execute("SELECT id, app, cert_serial FROM connections").fetchall()
     assert rows == [(1, "a", None)]
+
+
+def test_health_warns_14_days_before_a_certificate_expires(inv, tmp_path):
+    from ibgw_provision import inventory
+    from ibgw_provision.observe import certificates
+
+    ibgw("pki", "init", "-i", inv)
+    loaded = inventory.load(inv)
+    pki = Pki(tmp_path / "pki")
+    pki.issue_app("alpha", days=10)
+    pki.issue_app("beta", days=100)
+    server_pem = (pki.server_dir("gw") / "cert.pem").read_text()
+    assert [subject for _, subject, _ in certificates.findings(loaded, "gw", server_pem)] == ["app alpha"]
+    soon = Pki(tmp_path / "other")
+    soon.init("other")
+    short = soon.issue_server("gw", "127.0.0.1", days=3)
+    [(severity, subject, message)] = certificates.findings(loaded, "gw", (short / "cert.pem").read_text())[:1]
+    assert (severity, subject) == (
+        "degraded",
+        "gw front",
+    ) and "the front's certificate on the host" in message
+    assert not isinstance(certificates.probe_context(loaded), str)  # pki init issued the probe's certificate
+    (pki.app_dir("ibgw-health") / "key.pem").unlink()
+    assert "run `ibgw pki init`" in certificates.probe_context(loaded)
