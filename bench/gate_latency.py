@@ -75,7 +75,6 @@ listen tws
 GATE_CFG = """mode: paper
 listen: {{host: 127.0.0.1, port: {port}}}
 upstream: {{host: 127.0.0.1, port: {upstream}}}
-proxy_protocol: false
 audit_db: {dir}/gate.sqlite
 admin_socket: {dir}/gate.sock
 metrics: null

@@ -29,8 +29,8 @@ from ibgw_provision.pki.ca import Pki
 
 GATE_CFG = """mode: paper
 listen: {{host: 127.0.0.1, port: {port}}}
+front_socket: {{path: {dir}/{name}.front}}
 upstream: {{host: 127.0.0.1, port: {upstream}}}
-proxy_protocol: true
 audit_db: {dir}/{name}.sqlite
 admin_socket: {dir}/{name}.sock
 metrics: null
@@ -40,9 +40,10 @@ metrics: null
 CLIENT_IDS = {"plain": 1, "tls": 11}  # one gateway behind both gates: distinct client ids
 
 
-def haproxy_cfg(port: int, gate: int) -> str:
-    return HAPROXY_CFG.format(port=port, upstream=gate).replace(
-        f"server sim 127.0.0.1:{gate}", f"server gate 127.0.0.1:{gate} send-proxy-v2"
+def haproxy_cfg(port: int, front_socket: str) -> str:
+    """HAProxy in front of a gate's front socket, with PROXY v2 headers (as provisioning renders it)."""
+    return HAPROXY_CFG.format(port=port, upstream=0).replace(
+        "server sim 127.0.0.1:0", f"server gate unix@{front_socket} send-proxy-v2"
     )
 
 
@@ -115,7 +116,7 @@ def main() -> None:
             procs.start([PYTHON, "-m", "ibgw_provision.gate", "gate", "--config", str(cfg)], p[name])
         for front, gate in (("front", "gate"), ("front_tls", "gate_tls")):
             cfg = Path(tmp, f"{front}.cfg")
-            cfg.write_text(haproxy_cfg(p[front], p[gate]))
+            cfg.write_text(haproxy_cfg(p[front], f"{tmp}/{gate}.front"))
             procs.start(["haproxy", "-db", "-f", str(cfg)], p[front])
         tunnel = [PYTHON, "-m", "ibgw_provision", "tunnel", "--front", f"127.0.0.1:{p['front_tls']}"]
         tunnel += ["--cert", str(cert_dir), "--listen", f"127.0.0.1:{p['tunnel']}"]

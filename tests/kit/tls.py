@@ -91,15 +91,15 @@ class Recorder(LoopThread):
 
 
 class Haproxy:
-    """`haproxy -db -f cfg`: mode tcp on 127.0.0.1:`port`, to the gate with a PROXY v2 header."""
+    """`haproxy -db -f cfg`: mode tcp on 127.0.0.1:`port`, to the gate's front socket, PROXY v2."""
 
-    def __init__(self, gate_port: int, port: int | None = None):
+    def __init__(self, front_socket, port: int | None = None):
         self.port = port or free_port()
         self.cfg = tempfile.NamedTemporaryFile("w", suffix=".cfg")
         self.cfg.write(
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n"
             f"listen front\n    bind 127.0.0.1:{self.port}\n"
-            f"    server gate 127.0.0.1:{gate_port} send-proxy-v2\n"
+            f"    server gate unix@{front_socket} send-proxy-v2\n"
         )
         self.cfg.flush()
         self.proc = subprocess.Popen(
