@@ -566,10 +566,12 @@ def test_open_orders_are_listed_again_at_each_logon(start, sim):
             _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
             await _message(client, In.ORDER_STATUS)
         await client.close()
+        await until(lambda: 8 not in sim.server.sessions)  # else client id 8 is still taken (326)
         again = await RawClient.connect(gate.port, 8, max_version=TEXT)
         third = _place(again, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
         assert await again.error() == (third, 321, REFUSED + "app open has 2 open orders (max_open_orders 2)")
         await again.close()
+        await until(lambda: 8 not in sim.server.sessions)
         trader = await RawClient.connect(gate.port, 1, max_version=TEXT)
         trader.send_ibapi(lambda c: c.reqGlobalCancel(OrderCancel()))  # the orders end while app open is away
         await until(lambda: not sim.server.broker.open_orders())
