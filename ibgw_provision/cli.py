@@ -332,10 +332,13 @@ def screen(host: str, mode: str, inventory_path: str, output: str | None, timeou
 def vnc(host: str, mode: str, inventory_path: str, local_port: int) -> None:
     """VNC to MODE's gateway display on HOST for as long as this runs: x11vnc on the host on a root-only
     unix socket, reached through this SSH connection only; stopped on exit or Ctrl-C."""
+    import signal
+
     from .observe import screen as scr
 
     inv = inventory.load(inventory_path)
     name = display_host(inv, host, mode)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` ends it as Ctrl-C does
     try:
         session = scr.VncSession(inv, name, mode, local_port)
     except OSError as exc:

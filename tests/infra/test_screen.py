@@ -87,6 +87,13 @@ INET_SOCKETS = (
 )
 
 
+# Connect to a unix socket by its directory (the full host path is longer than AF_UNIX allows).
+ATTACH = (
+    "import os,socket,sys; os.chdir(os.path.dirname(sys.argv[1])); "
+    "socket.socket(socket.AF_UNIX).connect(os.path.basename(sys.argv[1]))"
+)
+
+
 def _inet_sockets(host, pid: str) -> tuple[int, int]:
     """(TCP and UDP sockets, all sockets) that process `pid` holds."""
     inet, total = host.check_output(f'python3 -c "{INET_SOCKETS}" {pid}').split()
@@ -121,6 +128,8 @@ def _start_vnc(inv: str, port: int) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a background job of a non-interactive shell (flock sh -c ... &) ignores SIGINT.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put(None)], daemon=True).start()
@@ -169,16 +178,21 @@ def test_vnc_for_the_session_only_through_ssh(inv, host):
         assert user == layout.USER
         inet, total = _inet_sockets(host, pid)
         assert inet == 0 and total >= 2, "x11vnc has a TCP or UDP socket"  # the X display, the unix listener
+        xvfb = host.check_output(f"systemctl show -p MainPID --value {layout.xvfb_unit('paper')}")
         path = host.check_output(f"ls {SOCKETS}")
+        inside = f"/proc/{xvfb}/root/tmp/{path.split('/tmp/')[-1]}"  # as the host's root reaches it
+        assert host.run(f"test -S {inside}").rc == 0
         for user in ("nobody", layout.USER):  # another local user, and the gateway's outside its namespace
-            attach = host.run(
-                f"runuser -u {user} -- python3 -c 'import socket,sys; "
-                f'socket.socket(socket.AF_UNIX).connect(sys.argv[1])\' "{path}"'
-            )
-            assert attach.rc != 0 and "PermissionError" in attach.stderr, (user, attach.stderr)
+            for where in (path, inside):
+                attach = host.run(f"runuser -u {user} -- python3 -c '{ATTACH}' {where}")
+                assert attach.rc != 0 and "PermissionError" in attach.stderr, (user, where, attach.stderr)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     assert proc.returncode == 0, proc.stderr.read()  # type: ignore[union-attr]
     _gone(host)
 
