@@ -8,6 +8,7 @@ the ruleset is rendered and checked with `nft -c` in tests/unit/test_validators.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def inv_path(tmp_path_factory):
 
 
 def _audit(inv_path: str, *args: str):
-    proc = ibgw("audit", "local", "-i", inv_path, "--since", "10m", *args, timeout=120)
+    wide = {**os.environ, "COLUMNS": "250"}  # rich's tables, not squeezed into 80 columns
+    proc = ibgw("audit", "local", "-i", inv_path, "--since", "10m", *args, timeout=120, env=wide)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     return proc.stdout
 
