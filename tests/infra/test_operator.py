@@ -52,7 +52,7 @@ def test_audit_of_the_host_shows_a_forwarded_and_a_refused_order(inv_path):
     assert "smart-lean-0dte" not in text
 
 
-def _variant(inv_path: str, tmp_path: Path, admin: bool) -> str:
+def _variant(inv_path: str, tmp: Path, admin: bool) -> str:
     """The apps on 127.0.0.2; with `admin`, 127.0.0.1 in firewall.admin_cidrs. Provisioned."""
     text = Path(inv_path).read_text().replace("sources: [127.0.0.1/32]", "sources: [127.0.0.2/32]")
     if admin:
@@ -60,7 +60,7 @@ def _variant(inv_path: str, tmp_path: Path, admin: bool) -> str:
             "      enabled: false\n", "      enabled: false\n      admin_cidrs: [127.0.0.1/32]\n"
         )
     assert "127.0.0.1/32" not in text.split("apps:")[1] and ("admin_cidrs" in text) == admin
-    path = tmp_path / f"admin-{admin}.yml"
+    path = tmp / f"admin-{admin}.yml"
     path.write_text(text)
     run = ibgw("provision", "local", "-i", str(path))
     assert run.returncode == 0, run.stdout + run.stderr
@@ -83,10 +83,19 @@ def _refusal(client_id: int) -> bytes:
     return data
 
 
-@pytest.fixture
-def admin_only(inv_path, tmp_path):
-    yield lambda admin: _variant(inv_path, tmp_path, admin)
-    assert ibgw("provision", "local", "-i", inv_path).returncode == 0
+@pytest.fixture(scope="module")
+def admin_only(inv_path, tmp_path_factory):
+    """Provision a variant when it is not the one on the host already: each run restarts the gates
+    (their config changes), and systemd's start limit counts restarts. Last in the module."""
+    tmp, current = tmp_path_factory.mktemp("variants"), {}
+
+    def use(admin: bool) -> str:
+        if admin not in current:
+            current.clear()
+            current[admin] = _variant(inv_path, tmp, admin)
+        return current[admin]
+
+    return use
 
 
 def test_health_from_an_admin_only_source_is_healthy(admin_only):
