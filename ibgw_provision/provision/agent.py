@@ -7,6 +7,7 @@ file is replaced only by an atomic rename after its validator accepts it.
 """
 
 import base64
+import collections
 import ctypes
 import errno
 import glob
@@ -389,7 +390,7 @@ def vnc(req):
         return {"error": f"cannot start x11vnc: {exc}"}
     finally:
         os.close(ns)
-    tail = []
+    tail = collections.deque(maxlen=20)  # its last words, for an error; it talks on every connection
     threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True).start()
     try:
         return serve_vnc(proc, f"{outside}/vnc.sock", tail)
@@ -403,7 +404,7 @@ def serve_vnc(proc, sock, tail):
     while not os.path.exists(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             time.sleep(0.2)  # let its last words arrive
-            lines = b"".join(tail[-5:]).decode(errors="replace").strip()
+            lines = b"".join(list(tail)[-5:]).decode(errors="replace").strip()
             return {"error": f"x11vnc did not start (exit {proc.poll()}): {lines}"}
         time.sleep(0.1)
     try:
