@@ -11,7 +11,8 @@ import click
 
 from . import inventory
 from .errors import InputError, exit_bad_input
-from .gate.cli import audit, gate
+from .gate import cli as gate_cli
+from .gate.cli import gate
 from .inventory import secrets
 from .pki.cli import pki
 from .provision.remote import AgentError
@@ -50,7 +51,7 @@ def main() -> None:
     """Provision and run a shared Interactive Brokers Gateway host."""
 
 
-for command in (sim, gate, audit, pki, tunnel):
+for command in (sim, gate, pki, tunnel):
     main.add_command(command)
 
 
@@ -275,3 +276,152 @@ def single_host(inv, name: str) -> str:
     if name not in inv.hosts:
         raise InputError([inv.problem(("hosts",), f"no host named {name!r} (have: {', '.join(inv.hosts)})")])
     return name
+
+
+MODE = click.argument("mode", type=click.Choice(["paper", "live"]))
+
+
+def display_host(inv, host: str, mode: str) -> str:
+    """HOST's name, if it has a `mode` gateway with a display (the ibgw backend)."""
+    name = single_host(inv, host)
+    if inv.hosts[name].backend != "ibgw":
+        raise InputError([inv.problem(("hosts", name, "backend"), "the simulator backend has no display")])
+    if mode not in [g.mode for g in inv.hosts[name].gateways]:
+        raise InputError([inv.problem(("hosts", name, "gateways"), f"no {mode} gateway on {name}")])
+    return name
+
+
+def fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("host")
+@MODE
+@INVENTORY
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="PNG file to write (default: HOST-MODE.png)."
+)
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(1, 300), help="Seconds.")
+@input_errors
+def screen(host: str, mode: str, inventory_path: str, output: str | None, timeout: float) -> None:
+    """A screenshot of MODE's gateway display on HOST, as PNG (over SSH; nothing listens on the host)."""
+    from .observe import screen as scr
+
+    inv = inventory.load(inventory_path)
+    name = display_host(inv, host, mode)
+    try:
+        image = scr.capture(inv, name, mode, timeout)
+    except (SshError, AgentError, scr.ScreenError) as exc:
+        fail(str(exc))
+    path = Path(output or f"{name}-{mode}.png")
+    data = image.png()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may show account details
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    click.echo(f"{path}: {image.width}x{image.height} PNG, {len(data)} bytes")
+
+
+@main.command()
+@click.argument("host")
+@MODE
+@INVENTORY
+@click.option(
+    "--local-port",
+    default=5901,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port on 127.0.0.1 here for the viewer (0: any free port).",
+)
+@input_errors
+def vnc(host: str, mode: str, inventory_path: str, local_port: int) -> None:
+    """VNC to MODE's gateway display on HOST for as long as this runs: x11vnc on the host on a root-only
+    unix socket, reached through this SSH connection only; stopped on exit or Ctrl-C."""
+    import signal
+
+    from .observe import screen as scr
+
+    inv = inventory.load(inventory_path)
+    name = display_host(inv, host, mode)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` ends it as Ctrl-C does
+    try:
+        session = scr.VncSession(inv, name, mode, local_port)
+    except OSError as exc:
+        fail(f"cannot listen on 127.0.0.1:{local_port}: {exc.strerror or exc}")
+    try:
+        session.start()
+        click.echo(f"x11vnc runs on {name}'s {mode} display :{scr.display(inv.hosts[name], mode)}.")
+        click.echo(f"  vncviewer 127.0.0.1::{session.port}")
+        click.echo("Ctrl-C stops it.")
+        session.serve(lambda peer: click.echo(f"viewer connected ({peer})", err=True))
+    except KeyboardInterrupt:
+        return
+    except (SshError, scr.ScreenError) as exc:
+        fail(str(exc))
+    finally:
+        session.close()
+    fail(f"{name}: {session.error}")
+
+
+@main.command("audit")
+@click.argument("host", required=False)
+@click.option(
+    "-i", "--inventory", "inventory_path", type=click.Path(dir_okay=False), help="Inventory (with HOST)."
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="On the host: a gate config.")
+@click.option(
+    "--mode", type=click.Choice(["paper", "live"]), help="With HOST: only this gate (default: all)."
+)
+@click.option("--app", help="Only this app.")
+@click.option(
+    "--since",
+    callback=gate_cli._since,
+    metavar="T",
+    help="From T: ISO time (local unless it has a zone) or 15m, 2h, 1d.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(1, 300), help="Seconds.")
+@input_errors
+def audit(
+    host: str | None,
+    inventory_path: str | None,
+    config_path: str | None,
+    mode: str | None,
+    app: str | None,
+    since,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """The gate's audit log: connections (accepted and refused) and order requests (forwarded and
+    refused). `audit HOST -i INV` reads it over SSH; `audit --config FILE` on the host itself."""
+    import json
+
+    if config_path:
+        if host or inventory_path or mode:
+            raise click.UsageError("--config reads this machine's log; HOST -i INV reads a host's: not both")
+        click.get_current_context().invoke(
+            gate_cli.audit, config_path=config_path, app=app, since=since, as_json=as_json
+        )
+        return
+    if not (host and inventory_path):
+        raise click.UsageError(
+            "give HOST -i INVENTORY (from the operator machine) or --config FILE (on the host)"
+        )
+    from .observe import audit as remote
+
+    inv = inventory.load(inventory_path)
+    name = single_host(inv, host)
+    if not inv.hosts[name].front.gate:
+        raise InputError(
+            [inv.problem(("hosts", name, "front", "gate"), "no gate on this host: no audit log")]
+        )
+    try:
+        rows = remote.read(inv, name, remote.modes(inv.hosts[name], mode), app, since, timeout)
+    except (SshError, remote.AuditError) as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    gate_cli._print_table("connections", rows["connections"], ("mode", *gate_cli._CONNECTION_COLUMNS))
+    gate_cli._print_table("order requests", rows["orders"], ("mode", *gate_cli._ORDER_COLUMNS))

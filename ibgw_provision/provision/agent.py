@@ -7,6 +7,8 @@ file is replaced only by an atomic rename after its validator accepts it.
 """
 
 import base64
+import collections
+import ctypes
 import errno
 import glob
 import grp
@@ -16,14 +18,18 @@ import os
 import platform
 import pwd
 import re
+import secrets
 import shutil
+import signal
 import socket
 import stat as statmod
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+import zlib
 
 # The same as layout.PRIVILEGED_GROUPS (a test checks): this file runs alone on the host.
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
@@ -324,6 +330,144 @@ def haproxy_table(path, table):
     return rows
 
 
+# ---- the gateway's screen (ibgw screen, ibgw vnc) -----------------------
+
+CLONE_NEWNS = 0x00020000
+PR_SET_PDEATHSIG = 1
+X_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+
+
+def main_pid(unit_name):
+    out = sh(["systemctl", "show", "-p", "MainPID", "--value", unit_name], check=False).stdout.strip()
+    if not out or out == "0":
+        raise StepError(f"{unit_name} is not running")
+    return int(out)
+
+
+def in_display_namespace(pid, user_name, mkdir=None):
+    """A preexec_fn: join the mount namespace of Xvfb's process `pid` (its private /tmp holds the
+    display's socket), drop to `user_name`, optionally make a 0700 directory there, and die with us."""
+    entry = pwd.getpwnam(user_name)
+    ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+
+    def enter():
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(ns, CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "setns into the display's mount namespace")
+        os.chdir("/")
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # after setuid, which clears it
+        if mkdir:
+            os.mkdir(mkdir, 0o700)
+
+    return ns, enter
+
+
+def screen(req):
+    """The display as XWD (zlib-compressed, base64), captured by `xwd` as the gateway's user."""
+    try:
+        ns, enter = in_display_namespace(main_pid(req["unit"]), req["user"])
+        try:
+            proc = subprocess.run(
+                ["xwd", "-root", "-silent", "-display", f":{req['display']}"],
+                capture_output=True,
+                env=X_ENV,
+                preexec_fn=enter,
+                timeout=req.get("timeout", 30),
+            )
+        finally:
+            os.close(ns)
+    except (StepError, OSError, subprocess.SubprocessError) as exc:
+        return {"error": str(exc)}
+    if proc.returncode != 0:
+        return {
+            "error": f"xwd exited {proc.returncode}: {proc.stderr.decode(errors='replace').strip()[-300:]}"
+        }
+    return {"xwd": base64.b64encode(zlib.compress(proc.stdout, 6)).decode()}
+
+
+def vnc(req):
+    """x11vnc on the display for as long as this session lasts: on a unix socket in a 0700 directory
+    of the display's private /tmp (no TCP port). Emits the socket's path as root sees it, then a
+    heartbeat each second; when the SSH channel closes a heartbeat fails and x11vnc is stopped."""
+    try:
+        pid = main_pid(req["unit"])
+        inside = f"/tmp/ibgw-vnc-{secrets.token_hex(8)}"
+        ns, enter = in_display_namespace(pid, req["user"], mkdir=inside)
+    except (StepError, OSError) as exc:
+        return {"error": str(exc)}
+    argv = ["x11vnc", "-display", f":{req['display']}", "-unixsock", f"{inside}/vnc.sock"]
+    argv += ["-rfbport", "0", "-rfbportv6", "0", "-forever", "-shared", "-nopw", "-noshm", "-quiet"]
+    outside = f"/proc/{pid}/root{inside}"
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=X_ENV,
+            preexec_fn=enter,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": f"cannot start x11vnc: {exc}"}
+    finally:
+        os.close(ns)
+    tail = collections.deque(maxlen=20)  # its last words, for an error; it talks on every connection
+    threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True).start()
+    try:
+        return serve_vnc(proc, f"{outside}/vnc.sock", tail)
+    finally:
+        stop(proc)
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def serve_vnc(proc, sock, tail):
+    deadline = time.monotonic() + 15
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            time.sleep(0.2)  # let its last words arrive
+            lines = b"".join(list(tail)[-5:]).decode(errors="replace").strip()
+            return {"error": f"x11vnc did not start (exit {proc.poll()}): {lines}"}
+        time.sleep(0.1)
+    try:
+        emit(vnc={"socket": sock, "pid": proc.pid})
+        while proc.poll() is None:
+            time.sleep(1)
+            emit(alive=time.time())
+    except OSError:  # the channel is gone: nobody reads the result
+        return {"exit": None}
+    return {"exit": proc.returncode}
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def relay(req):
+    """Join this command's stdin and stdout to a unix socket (one VNC viewer), until either side ends."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(req["socket"])
+
+        def upstream():
+            while data := sys.stdin.buffer.read1(65536):
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=upstream, daemon=True).start()
+        while data := sock.recv(65536):
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    os._exit(0)  # the stream was the answer: no result line after it
+
+
 # ---- steps ---------------------------------------------------------------
 
 
@@ -601,8 +745,10 @@ def apply(req):
 
 
 def main():
-    req = json.loads(sys.stdin.buffer.read())
-    emit(result={"facts": facts, "apply": apply, "health": health, "monitor": monitor}[req["op"]](req))
+    req = json.loads(sys.stdin.buffer.readline())  # one line: a relay's stream follows it
+    ops = {"facts": facts, "apply": apply, "health": health, "monitor": monitor}
+    ops |= {"screen": screen, "vnc": vnc, "relay": relay}
+    emit(result=ops[req["op"]](req))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from ..inventory.model import Inventory
@@ -34,9 +35,19 @@ def target(inv: Inventory, name: str, accept_new: bool) -> Target:
     )
 
 
+def _sudo(transport: Transport) -> str:
+    return "" if transport.target.user == "root" else "sudo -n "
+
+
+def agent_stream(transport: Transport, request: dict) -> socket.socket:
+    """Run the agent with one request whose answer is a byte stream (op relay): a socket joined to it."""
+    line = json.dumps(request).encode() + b"\n"
+    return transport.stream(_sudo(transport) + BOOT, f"{len(AGENT)}\n".encode() + AGENT + line)
+
+
 def call_agent(transport: Transport, request: dict, on_event=lambda message: None) -> dict:
     """Run the agent on the host with one request; return its result. on_event sees what comes before."""
-    sudo = "" if transport.target.user == "root" else "sudo -n "
+    sudo = _sudo(transport)
     stdin = f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
     result: dict = {}
 

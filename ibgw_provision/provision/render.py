@@ -96,7 +96,8 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
         "front": host.front,
         "gateways": views,
         "apps": apps,
-        "allow": {mode: _union(a.sources for a in mode_apps) for mode, mode_apps in apps.items()},
+        "allow": {mode: front_allow(host, mode_apps) for mode, mode_apps in apps.items()},
+        "probe_cidrs": probe_cidrs(host),
         "front_listen": f"[{host.front.bind}]" if ":" in host.front.bind else host.front.bind,
         "front_group": layout.FRONT_GROUP[host.front.kind],
         "api_ports": [gw.api_port for gw in host.gateways],
@@ -140,6 +141,17 @@ def _gate_app(app) -> dict:
     return entry | {key: optional[key] for key in sorted(optional)}
 
 
+def probe_cidrs(host: Host) -> list[str]:
+    """Admin CIDRs the front admits for health's probe alone: only with a gate, which lets them in
+    with the probe's client id only, read-only (the front alone cannot tell client ids apart)."""
+    return list(host.firewall.admin_cidrs) if host.front.gate else []
+
+
+def front_allow(host: Host, apps: list) -> list[str]:
+    """Who may reach a front port: its apps' CIDRs, and the admin CIDRs for health's probe."""
+    return _union([*(a.sources for a in apps), probe_cidrs(host)])
+
+
 def _union(source_lists) -> list[str]:
     return sorted({cidr for sources in source_lists for cidr in sources})
 
@@ -159,8 +171,9 @@ def firewall_rules(host: Host, apps: dict) -> list[dict]:
         (
             f"{gw.mode}_apps",
             gw.front_port,
-            _union(a.sources for a in apps[gw.mode]),
-            f"the {gw.mode} front from its apps",
+            front_allow(host, apps[gw.mode]),
+            f"the {gw.mode} front from its apps"
+            + (" and, for health's probe only, the admin CIDRs" if probe_cidrs(host) else ""),
         )
         for gw in host.gateways
     ]

@@ -15,6 +15,8 @@ FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}
 # IB Gateway's bundled JRE draws its window on Xvfb through these; python3 waits for the display.
 ARM64_MACHINES = ("aarch64", "arm64")
 IBGW_PACKAGES = ["python3", "xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
+# The operator's eyes on a display (ibgw screen, ibgw vnc): xwd (x11-apps) and x11vnc, run only on demand.
+IBGW_PACKAGES += ["x11-apps", "x11vnc"]
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,20 @@ class Transport:
         threading.Thread(target=_pump, args=(chan, theirs), daemon=True).start()
         return ours
 
+    def stream(self, command: str, stdin: bytes) -> socket.socket:
+        """A local socket joined to a command's stdin and stdout (like ssh -W), after `stdin` is sent;
+        the command ends when the socket is closed."""
+        self.round_trips += 1
+        try:
+            chan = self._ssh().open_session()
+            chan.exec_command(command)
+            chan.sendall(stdin)
+        except (paramiko.SSHException, OSError) as exc:
+            raise SshError(f"{self.target.name}: connection lost: {_reason(exc)}") from None
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=_pump, args=(chan, theirs), daemon=True).start()
+        return ours
+
     def put_many(self, files: list[tuple[Path, str]]) -> None:
         """Copy files over one SFTP session, creating parent directories; a round trip per file."""
         try:

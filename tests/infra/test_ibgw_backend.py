@@ -40,6 +40,10 @@ touch "$settings/.writable" && rm "$settings/.writable"
 grep -q '^-Xmx' "$tws/ibgateway/$1/ibgateway.vmoptions"
 test -S "/tmp/.X11-unix/X${DISPLAY#:}"  # Xvfb's socket, in the /tmp it shares with us
 echo "$@" > "$settings/ibcstart.args"
+# A window on the display, as the gateway's login dialog would be (xmessage: x11-utils, if installed;
+# tests/infra/test_screen.py installs it and waits for the window).
+(for _ in $(seq 600); do command -v xmessage >/dev/null && exec xmessage -geometry 420x120+300+300 \
+  "IB Gateway stand-in ($1)"; sleep 1; done) &
 exec sleep infinity
 """
 

@@ -19,7 +19,9 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
 
 def _expected_allow(host) -> dict[str, set[str]]:
-    return {gw.mode: {c for a in host.apps_for(gw.mode) for c in a.sources} for gw in host.gateways}
+    """Each front's allowlist: its apps' CIDRs, and with a gate the admin CIDRs (health's probe)."""
+    admin = set(host.firewall.admin_cidrs) if host.front.gate else set()
+    return {gw.mode: {c for a in host.apps_for(gw.mode) for c in a.sources} | admin for gw in host.gateways}
 
 
 def _haproxy_sections(text: str) -> dict[str, str]:
@@ -45,15 +47,29 @@ def test_haproxy_allowlist_and_ports_match_inventory(rendered, example, local, v
         assert f"server {gw.mode} {upstream} " in sections[f"backend {gw.mode}_gateway"]
 
 
-def test_a_gateway_no_app_may_use_rejects_everyone(tmp_path, example):
+def _only_paper_apps(example, gate: bool) -> dict:
     host = example.hosts["gw1"]
     apps = [a.model_copy(update={"modes": ["paper"]}) for a in host.apps]
-    inv = example.model_copy(update={"hosts": {"gw1": host.model_copy(update={"apps": apps})}})
-    files = {f.path: f for f in render_host(inv, "gw1", Secrets(masked=True))}
-    live = _haproxy_sections(files["/etc/haproxy/haproxy.cfg"].content)["frontend live"]
+    front = host.front.model_copy(update={"gate": gate})
+    inv = example.model_copy(
+        update={"hosts": {"gw1": host.model_copy(update={"apps": apps, "front": front})}}
+    )
+    return {f.path: f.content for f in render_host(inv, "gw1", Secrets(masked=True))}
+
+
+def test_a_gateway_no_app_may_use_rejects_everyone_without_a_gate(example):
+    files = _only_paper_apps(example, gate=False)
+    live = _haproxy_sections(files["/etc/haproxy/haproxy.cfg"])["frontend live"]
     assert "acl app_source" not in live
     assert re.search(r"^\s+tcp-request connection reject$", live, flags=re.M)
-    assert "live_apps" not in files[f"{layout.ETC}/firewall.nft"].content
+    assert "live_apps" not in files[f"{layout.ETC}/firewall.nft"]
+
+
+def test_with_a_gate_a_gateway_no_app_may_use_admits_the_admin_cidrs_alone(example):
+    files = _only_paper_apps(example, gate=True)
+    live = _haproxy_sections(files["/etc/haproxy/haproxy.cfg"])["frontend live"]
+    assert re.search(r"acl app_source src 198\.51\.100\.7/32\n", live)
+    assert "live_apps_v4" in files[f"{layout.ETC}/firewall.nft"]
 
 
 def test_nginx_allowlist_and_ports_match_inventory(rendered, example):

@@ -1,0 +1,127 @@
+"""From the operator machine: `ibgw audit HOST` over SSH, and `ibgw health` from an admin-only source.
+
+The test host shares this machine's network, so the admin machine is a loopback address: the apps
+move to 127.0.0.2 and 127.0.0.1 is left to `firewall.admin_cidrs` alone (the firewall stays off here;
+the ruleset is rendered and checked with `nft -c` in tests/unit/test_validators.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from ib_async import IB
+
+from .conftest import LOCAL, fresh_host, ibgw
+from .test_gate import PAPER, App
+from .test_health import _tws_client
+
+
+@pytest.fixture(scope="module")
+def inv_path(tmp_path_factory):
+    return str(fresh_host(LOCAL, tmp_path_factory.mktemp("operator"))[0])
+
+
+def _audit(inv_path: str, *args: str):
+    wide = {**os.environ, "COLUMNS": "250"}  # rich's tables, not squeezed into 80 columns
+    proc = ibgw("audit", "local", "-i", inv_path, "--since", "10m", *args, timeout=120, env=wide)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_audit_of_the_host_shows_a_forwarded_and_a_refused_order(inv_path):
+    with App(1) as trader:
+        forwarded = trader.order(1).order.orderId
+    with App(2) as reader:  # python-research is read-only
+        refused = reader.order(1).order.orderId
+    started = time.monotonic()
+    rows = json.loads(_audit(inv_path, "--json"))
+    print(f"audit over SSH: {time.monotonic() - started:.2f}s")  # noqa: T201
+    orders = {(r["app"], r["order_id"]): r for r in rows["orders"]}
+    assert orders[("smart-lean-0dte", forwarded)]["decision"] == "forwarded"
+    assert orders[("python-research", refused)]["decision"] == "refused"
+    assert "read-only" in orders[("python-research", refused)]["reason"]
+    assert {r["mode"] for r in rows["orders"]} == {"paper"}
+    assert {"smart-lean-0dte", "python-research"} <= {r["app"] for r in rows["connections"]}
+    text = _audit(inv_path, "--mode", "paper", "--app", "python-research")
+    line = next(line for line in text.splitlines() if f" {refused} " in line and "refused" in line)
+    assert line.startswith("paper ") and "python-research" in line
+    assert "smart-lean-0dte" not in text
+
+
+def _variant(inv_path: str, tmp: Path, admin: bool) -> str:
+    """The apps on 127.0.0.2; with `admin`, 127.0.0.1 in firewall.admin_cidrs. Provisioned."""
+    text = Path(inv_path).read_text().replace("sources: [127.0.0.1/32]", "sources: [127.0.0.2/32]")
+    if admin:
+        text = text.replace(
+            "      enabled: false\n", "      enabled: false\n      admin_cidrs: [127.0.0.1/32]\n"
+        )
+    assert "127.0.0.1/32" not in text.split("apps:")[1] and ("admin_cidrs" in text) == admin
+    path = tmp / f"admin-{admin}.yml"
+    path.write_text(text)
+    run = ibgw("provision", "local", "-i", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return str(path)
+
+
+def _health(path: str) -> tuple[int, dict]:
+    proc = ibgw("health", "local", "-i", path, "--json", "--timeout", "10", timeout=120)
+    return proc.returncode, json.loads(proc.stdout)["hosts"][0]
+
+
+def _refusal(client_id: int) -> bytes:
+    """What the front and gate answer START_API from 127.0.0.1 as `client_id`, until they close."""
+    data = b""
+    with _tws_client("127.0.0.1", PAPER.front_port, client_id) as sock:
+        deadline = time.monotonic() + 10
+        while chunk := sock.recv(4096):
+            data += chunk
+            assert time.monotonic() < deadline, data
+    return data
+
+
+@pytest.fixture(scope="module")
+def admin_only(inv_path, tmp_path_factory):
+    """Provision a variant when it is not the one on the host already: each run restarts the gates
+    (their config changes), and systemd's start limit counts restarts. Last in the module."""
+    tmp, current = tmp_path_factory.mktemp("variants"), {}
+
+    def use(admin: bool) -> str:
+        if admin not in current:
+            current.clear()
+            current[admin] = _variant(inv_path, tmp, admin)
+        return current[admin]
+
+    return use
+
+
+def test_health_from_an_admin_only_source_is_healthy(admin_only):
+    code, report = _health(admin_only(False))  # not an app, not an admin: refused at the front
+    assert code >= 1 and not any(g["front"]["ok"] for g in report["gateways"])
+    assert any("through the front failed" in f["message"] for f in report["findings"])
+    code, report = _health(admin_only(True))
+    others = [f for f in report["findings"] if f["check"] != "load"]  # the machine's load is shared
+    assert others == [] and code == (1 if report["findings"] else 0), report["findings"]
+    assert all(g["front"]["ok"] and g["front"]["accounts"] for g in report["gateways"])
+    # The admin source gets in with the probe's client id only: an app's id is refused by the gate.
+    assert b"refused by ibgw gate: client id 1" in _refusal(1)
+    assert b"not registered" in _refusal(42)
+
+
+def test_the_probe_id_from_the_admin_source_is_read_only(admin_only):
+    admin_only(True)
+    with App(9999) as probe:  # health.probe_client_id + 1
+        trade = probe.order(1)
+        assert trade.orderStatus.status != "Filled"
+        assert any(code == 321 for _, code, _ in probe.errors), probe.errors
+
+
+def test_an_app_id_from_the_admin_source_cannot_log_on(admin_only):
+    admin_only(True)
+    ib = IB()
+    with pytest.raises((ConnectionError, TimeoutError, OSError)):
+        ib.connect("127.0.0.1", PAPER.front_port, clientId=1, timeout=5)
+    ib.disconnect()
