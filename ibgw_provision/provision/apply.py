@@ -13,12 +13,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
 from . import state, wheelhouse
 from .plan import Plan, PlanError, Task, facts_request, plan
 from .remote import AgentError, call_agent, target
+from .shapes import Facts
 from .transport import SshError, Transport
 
 WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "ibgw" / "wheels"
@@ -76,7 +78,7 @@ def _converge(
     want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
-    facts = call_agent(transport, facts_request(want, wheels=venv))
+    facts = cast(Facts, call_agent(transport, facts_request(want, wheels=venv)))
     wheels = None
     if venv:
         opts.on_event(name, "building wheels")

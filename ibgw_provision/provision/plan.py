@@ -11,12 +11,28 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from ..inventory.secrets import MASK, Secrets
 from . import layout
 from .agent import ini_merge, ini_values
 from .render import ManagedFile
-from .state import Desired, Install
+from .shapes import (
+    AptStep,
+    AttrsStep,
+    Facts,
+    FileStep,
+    IniStep,
+    InstallStep,
+    PathFacts,
+    Step,
+    SystemdStep,
+    Then,
+    UnitFacts,
+    UserStep,
+    VenvStep,
+)
+from .state import Desired, Dir, Install
 from .wheelhouse import Wheelhouse
 
 VALIDATORS = {  # run on the host against the new file before it replaces the old one
@@ -32,7 +48,7 @@ class Task:
     changed: bool
     detail: str = ""
     diff: str = ""
-    step: dict | None = None
+    step: Step | None = None
 
 
 @dataclass
@@ -44,7 +60,7 @@ class Plan:
     def changed(self) -> list[Task]:
         return [t for t in self.tasks if t.changed]
 
-    def steps(self) -> list[dict]:
+    def steps(self) -> list[Step]:
         return [t.step for t in self.tasks if t.changed and t.step]
 
     def request(self) -> dict:
@@ -68,7 +84,7 @@ def facts_request(want: Desired, wheels: bool) -> dict:
     }
 
 
-def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | None = None) -> Plan:
+def plan(want: Desired, facts: Facts, secrets: Secrets, wheelhouse: Wheelhouse | None = None) -> Plan:
     result = Plan()
     result.tasks += _packages(want, facts)
     result.tasks.append(_user(facts))
@@ -78,7 +94,7 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
         task = _venv(wheelhouse, facts, result)
         result.tasks.append(task)
         restart |= set(want.venv_units) if task.changed else set()
-        if task.step:
+        if task.step and task.step["kind"] == "venv":
             task.step["then"] = {"restart": list(want.venv_units)}
     want = _for_arch(want, facts.get("arch", "x86_64"))
     installs = [_install(i, facts, result) for i in want.installs]
@@ -86,13 +102,11 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
     reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
     restart |= {u for i, t in zip(want.installs, installs, strict=True) if t.changed for u in i.restart}
     for i, t in zip(want.installs, installs, strict=True):
-        if t.step:
+        if t.step and t.step["kind"] == "install":
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
-    facts = {
-        **facts,
-        "paths": {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))},
-    }
+    paths = {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))}
+    facts = {**facts, "paths": paths}
     file_tasks = [(f, _file(f, facts, secrets)) for f in want.files]
     result.tasks += [t for _, t in file_tasks]
     changed_files = [f for f, t in file_tasks if t.changed]
@@ -119,21 +133,19 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _packages(want: Desired, facts: dict) -> list[Task]:
+def _packages(want: Desired, facts: Facts) -> list[Task]:
     missing = [p for p in want.packages if not facts["packages"].get(p)]
     tasks = [Task(f"package {p}", p in missing, "install" if p in missing else "") for p in want.packages]
     if missing:  # one apt run installs them all
-        next(t for t in tasks if t.changed).step = {
-            "kind": "apt",
-            "task": f"install {' '.join(missing)}",
-            "packages": missing,
-        }
+        next(t for t in tasks if t.changed).step = AptStep(
+            kind="apt", task=f"install {' '.join(missing)}", packages=missing
+        )
     return tasks
 
 
-def _user(facts: dict) -> Task:
+def _user(facts: Facts) -> Task:
     info = facts["user"]
-    step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
+    step = UserStep(kind="user", task=f"user {layout.USER}", name=layout.USER, home=layout.HOME)
     if info is None:
         return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
     privileged = sorted(set(info["groups"]) & set(layout.PRIVILEGED_GROUPS))
@@ -142,16 +154,9 @@ def _user(facts: dict) -> Task:
     return Task(f"user {layout.USER}", False)
 
 
-def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
+def _attrs(name: str, want: Dir | ManagedFile, have: PathFacts | None, kind: Literal["dir", "attrs"]) -> Task:
     """A directory, or a file's owner and mode."""
-    step = {
-        "kind": kind,
-        "task": name,
-        "path": want.path,
-        "owner": want.owner,
-        "group": want.group,
-        "mode": want.mode,
-    }
+    step = AttrsStep(kind=kind, task=name, path=want.path, owner=want.owner, group=want.group, mode=want.mode)
     if have is None:
         return Task(name, True, "create", step=step)
     diffs = [
@@ -166,23 +171,22 @@ def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
     return Task(name, bool(diffs), ", ".join(diffs), step=step if diffs else None)
 
 
-def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
+def _file(f: ManagedFile, facts: Facts, secrets: Secrets) -> Task:
     name, have = f"file {f.path}", facts["paths"].get(f.path)
-    step = {
-        "kind": "file",
-        "task": name,
-        "path": f.path,
-        "owner": f.owner,
-        "group": f.group,
-        "mode": f.mode,
-        "content": base64.b64encode(f.content.encode()).decode(),
-        "validate": VALIDATORS.get(f.path),
-        "then": {
-            "restart": list(f.restart),
-            "reload": list(f.reload),
-            "daemon_reload": f.path.startswith(layout.UNIT_DIR + "/"),
-        },
-    }
+    then = Then(
+        restart=list(f.restart), reload=list(f.reload), daemon_reload=f.path.startswith(layout.UNIT_DIR + "/")
+    )
+    step = FileStep(
+        kind="file",
+        task=name,
+        path=f.path,
+        owner=f.owner,
+        group=f.group,
+        mode=f.mode,
+        content=base64.b64encode(f.content.encode()).decode(),
+        validate=VALIDATORS.get(f.path),
+        then=then,
+    )
     if have is None:
         return Task(name, True, "create", _diff(f, "", secrets), step)
     if have.get("kind", "file") != "file":  # a symlink (or a directory) where our file belongs
@@ -202,7 +206,7 @@ def owned_values(f: ManagedFile) -> dict[str, dict[str, str]]:
     return {section: {key: rendered[section][key] for key in keys} for section, keys in owned.items()}
 
 
-def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
+def _owned_keys(f: ManagedFile, old: str, have: PathFacts, file_step: FileStep) -> Task:
     """Only ibgw's keys are compared and converged; the rest is the program's own."""
     name, want = f"file {f.path}", owned_values(f)
     current = ini_values(old)
@@ -218,13 +222,18 @@ def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
             old.splitlines(True), merged.splitlines(True), f"{f.path} (host)", f"{f.path} (ibgw)"
         )
     )
-    step = {
-        **{k: file_step[k] for k in ("task", "path", "owner", "group", "mode", "then")},
-        "kind": "ini",
-        "values": want,
-        "seed": file_step["content"],
-        "stop": list(f.restart),
-    }
+    step = IniStep(
+        kind="ini",
+        task=file_step["task"],
+        path=f.path,
+        owner=f.owner,
+        group=f.group,
+        mode=f.mode,
+        values=want,
+        seed=file_step["content"],
+        stop=list(f.restart),
+        then=file_step["then"],
+    )
     return Task(name, True, "ibgw's keys differ", diff, step)
 
 
@@ -257,42 +266,45 @@ def _mask_secret_keys(old: str, raw_new: str, new: str) -> tuple[str, str]:
     return masked_old, masked_new
 
 
-def _venv(wh: Wheelhouse, facts: dict, result: Plan) -> Task:
+def _venv(wh: Wheelhouse, facts: Facts, result: Plan) -> Task:
     name = f"venv {layout.VENV}"
     if facts["markers"].get(f"{layout.VENV}/{layout.VENV_STAMP}") == wh.stamp:
         return Task(name, False)
     result.uploads += [(w, f"{layout.WHEELS}/{w.name}") for w in wh.wheels]
-    step = {
-        "kind": "venv",
-        "task": name,
-        "path": layout.VENV,
-        "wheels": layout.WHEELS,
-        "requirement": wh.requirement,
-        "marker": layout.VENV_STAMP,
-        "stamp": wh.stamp,
-    }
+    step = VenvStep(
+        kind="venv",
+        task=name,
+        path=layout.VENV,
+        wheels=layout.WHEELS,
+        requirement=wh.requirement,
+        marker=layout.VENV_STAMP,
+        stamp=wh.stamp,
+    )
     return Task(name, True, f"install {wh.requirement} from {len(wh.wheels)} shipped wheels", step=step)
 
 
-def _install(install: Install, facts: dict, result: Plan) -> Task:
+def _install(install: Install, facts: Facts, result: Plan) -> Task:
     name = f"install {install.dest}"
     if facts["markers"].get(f"{install.dest}/{layout.INSTALL_STAMP}") == install.sha256:
         return Task(name, False)
     result.uploads.append((install.local, install.upload))
-    step = {
-        "kind": "install",
-        "task": name,
-        "upload": install.upload,
-        "sha256": install.sha256,
-        "type": install.kind,
-        "dest": install.dest,
-        "owner": install.owner,
-        "stamp": layout.INSTALL_STAMP,
-    }
+    step = InstallStep(
+        kind="install",
+        task=name,
+        upload=install.upload,
+        sha256=install.sha256,
+        type=install.kind,
+        dest=install.dest,
+        owner=install.owner,
+        stamp=layout.INSTALL_STAMP,
+    )
     return Task(name, True, f"{install.local.name} (sha256 {install.sha256[:12]}…)", step=step)
 
 
-def _pending(facts: dict) -> dict:
+NO_UNIT = UnitFacts(enabled="", active="")  # a unit the facts do not name
+
+
+def _pending(facts: Facts) -> dict:
     """Unit actions a failed run left owed: its files are already in place, so nothing else shows them."""
     try:
         owed = json.loads(facts["markers"].get(layout.PENDING) or "{}")
@@ -301,18 +313,14 @@ def _pending(facts: dict) -> dict:
     return owed if isinstance(owed, dict) else {}
 
 
-def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
+def _units(want: Desired, facts: Facts, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
     owed = _pending(facts)
     restart |= {u for f in changed for u in f.restart} | (set(owed.get("restart") or ()) & set(want.units))
     reload = (
         {u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & set(want.units))
     ) - restart
-    fw = facts["units"].get(layout.FIREWALL_UNIT, {})
-    if (
-        facts.get("firewall") is False
-        and fw.get("active") == "active"
-        and layout.FIREWALL_UNIT not in restart
-    ):
+    fw = facts["units"].get(layout.FIREWALL_UNIT, NO_UNIT)
+    if facts.get("firewall") is False and fw["active"] == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
     daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(
         owed.get("daemon_reload")
@@ -320,9 +328,9 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
     actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
-        state = facts["units"].get(unit, {})
-        active = state.get("active") == "active"
-        todo = ["enable"] if state.get("enabled") != "enabled" else []
+        state = facts["units"].get(unit, NO_UNIT)
+        active = state["active"] == "active"
+        todo = ["enable"] if state["enabled"] != "enabled" else []
         # A package's postinst may have started a unit before its config was
         # written, and `start` would leave it on the old config: restart it.
         if unit in restart or (unit in reload and not active):
@@ -339,5 +347,13 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
         if carrier is None:
             carrier = Task("systemd daemon-reload", True)
             tasks.append(carrier)
-        carrier.step = {"kind": "systemd", "task": "systemd", "daemon_reload": daemon_reload, **actions}
+        carrier.step = SystemdStep(
+            kind="systemd",
+            task="systemd",
+            daemon_reload=daemon_reload,
+            enable=actions["enable"],
+            start=actions["start"],
+            restart=actions["restart"],
+            reload=actions["reload"],
+        )
     return tasks
