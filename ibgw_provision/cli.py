@@ -134,6 +134,33 @@ def provision(
     sys.exit(recap.show(reports))
 
 
+@main.command()
+@click.argument("host")
+@INVENTORY
+@click.option("--purge", is_flag=True, help="Also delete the ibkr user, its home, the logs and the audit.")
+@click.option("--check", is_flag=True, help="Change nothing; list what would be removed.")
+@click.option(
+    "--accept-new-host-key",
+    "accept_new",
+    is_flag=True,
+    help="Trust an unknown host key on first contact (a changed key is still refused).",
+)
+@input_errors
+def decommission(host: str, inventory_path: str, purge: bool, check: bool, accept_new: bool) -> None:
+    """Stop and remove everything ibgw put on HOST (its manifest). Exit 0 done, 1 failed, 2 bad input."""
+    from .provision.apply import Options
+    from .provision.apply import provision as run
+    from .provision.recap import Recap
+
+    inv = inventory.load(inventory_path)
+    name = single_host(inv, host)
+    recap = Recap(show_diff=False)
+    with recap.progress([name]) as on_event:
+        opts = Options(check=check, accept_new=accept_new, decommission=True, purge=purge, on_event=on_event)
+        reports = run(inv, [name], opts)
+    sys.exit(recap.show(reports))
+
+
 def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
     names = inv.select(pattern)
     if limit:

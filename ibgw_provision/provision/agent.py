@@ -25,8 +25,16 @@ import tempfile
 import time
 import urllib.request
 
-# The same as layout.PRIVILEGED_GROUPS (a test checks): this file runs alone on the host.
+# The same as layout.PRIVILEGED_GROUPS and layout.REMOVABLE (a test checks): this file runs alone on the host.
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
+REMOVABLE = (
+    "/etc/ibgw",
+    "/opt/ibgw",
+    "/var/lib/ibgw",
+    "/var/log/ibgw",
+    "/etc/systemd/system/ibgw-",
+    "/etc/logrotate.d/ibgw",
+)
 
 
 def emit(**event):
@@ -51,7 +59,9 @@ class StepError(Exception):
 
 
 def facts(req):
-    paths = {p: stat(p) for p in req["paths"]}  # every file hashed once, here
+    owned = manifest(req["manifest"]) if req.get("manifest") else None
+    listed = manifest_paths(owned) if owned else []
+    paths = {p: stat(p) for p in dict.fromkeys(req["paths"] + listed)}  # every file hashed once, here
     drifted = [
         p
         for p, want in req.get("content_unless", {}).items()
@@ -65,10 +75,38 @@ def facts(req):
         "user": user(req["user"]),
         "paths": paths,
         "content": {p: read(p) for p in drifted},
-        "units": {u: unit(u) for u in req["units"]},
+        "units": {u: unit(u) for u in dict.fromkeys(req["units"] + (owned or {}).get("units", []))},
         "markers": {p: read(p) for p in req["markers"]},
-        "firewall": firewall_loaded() if req.get("firewall") else None,
+        "firewall": firewall_loaded() if req.get("firewall") or (owned or {}).get("firewall") else None,
+        "manifest": owned,
     }
+
+
+def manifest(path):
+    """What ibgw created here, if root's own regular file, private (else nothing is trusted as ibgw's)."""
+    try:
+        fd = open_regular(path)
+    except (FileNotFoundError, StepError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_uid != 0 or st.st_mode & 0o077:
+            return None
+        try:
+            found = json.loads(fh.read())
+        except ValueError:
+            return None
+    keys = {"paths": list, "units": list, "firewall": bool, "installs": dict}
+    ok = isinstance(found, dict) and all(isinstance(found.get(k), t) for k, t in keys.items())
+    return found if ok else None
+
+
+def manifest_paths(owned):
+    return owned["paths"] + [p for entries in owned["installs"].values() for entry in entries for p in entry]
 
 
 def firewall_loaded():
@@ -522,7 +560,105 @@ def note_pending(path, then):
     os.replace(tmp, path)
 
 
+# ---- absence: what ibgw created and no longer wants -------------------------
+
+
+def step_stop(step):
+    """Stop and disable a unit the inventory dropped (its file, if ibgw's, is removed later)."""
+    name = step["unit"]
+    sh(["systemctl", "disable", "--quiet", name], check=False)  # a unit whose file is gone cannot be
+    sh(["systemctl", "stop", name], check=False)
+    state = unit(name)
+    if state["active"] in ("active", "activating", "deactivating", "reloading"):
+        raise StepError(f"{name} is still {state['active']} after systemctl stop")
+
+
+def step_nft_delete(step):
+    if sh(["nft", "list", "table"] + step["table"].split(), check=False).returncode == 0:
+        sh(["nft", "delete", "table"] + step["table"].split())
+
+
+def removable(path):
+    """The same rule as layout.removable: a normalized path at ibgw's own places."""
+    if not path.startswith("/") or "/../" in path + "/" or "/./" in path + "/" or "//" in path:
+        return False
+    roots = REMOVABLE[:4]
+    return path in roots or path.startswith(tuple(r + "/" for r in roots) + REMOVABLE[4:])
+
+
+def open_parent(path):
+    """An fd on path's directory, reached one component at a time, never through a symlink."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.strip("/").split("/")[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def step_remove(step):
+    """Remove a file, a tree or an empty directory ibgw created. A symlink is removed, never followed;
+    a directory that is not a tree is removed only once empty."""
+    path = step["path"]
+    if not removable(path) or path in ("/",):
+        raise StepError(f"{path}: not one of ibgw's places, refusing to remove it")
+    try:
+        parent = open_parent(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise StepError(f"{path}: a symlink or a file on the way to it, refusing to follow it") from None
+        raise
+    name = os.path.basename(path)
+    try:
+        st = os.lstat(name, dir_fd=parent)
+        if not statmod.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+        elif step["tree"] and sys.version_info >= (3, 11):
+            shutil.rmtree(name, dir_fd=parent)
+        elif step["tree"]:  # rmtree itself never follows a symlink below its root
+            shutil.rmtree(path)
+        else:
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
+
+
+def step_userdel(step):
+    if user(step["name"]) is not None:
+        sh(["userdel", step["name"]])
+
+
+def step_manifest(step):
+    """Write the manifest, root's 0600 in a root-only directory; None deletes it."""
+    path = step["path"]
+    if step["manifest"] is None:
+        if os.path.lexists(path):
+            os.unlink(path)
+        return
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    content = json.dumps(step["manifest"], indent=1, sort_keys=True).encode()
+    write_atomic(path, content, {"owner": "root", "group": "root", "mode": 0o600, "kind": "file"})
+
+
 STEPS = {
+    "stop": step_stop,
+    "nft_delete": step_nft_delete,
+    "remove": step_remove,
+    "userdel": step_userdel,
+    "manifest": step_manifest,
     "apt": step_apt,
     "user": step_user,
     "dir": step_dir,

@@ -18,6 +18,10 @@ INSTALL_STAMP = ".ibgw-installed"  # in an install dir: the sha256 of its instal
 PENDING = f"{OPT}/.pending-systemd"  # root-only: unit actions owed by a run that failed before systemd
 UPLOADS = f"{OPT}/uploads"  # installers, as shipped by the operator
 UNIT_DIR = "/etc/systemd/system"
+# What ibgw created, root-only: not in HOME, which the ibkr user owns and could rewrite.
+ADMIN = "/var/lib/ibgw-admin"
+MANIFEST = f"{ADMIN}/manifest.json"
+LOGROTATE = "/etc/logrotate.d/ibgw"
 FIREWALL_UNIT = "ibgw-firewall.service"
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"  # runtime API, root only
 STICK_EXPIRE_S = 86400  # how long the front remembers a source's counters
@@ -89,3 +93,25 @@ def gate_audit_db(mode: str) -> str:
 
 def gate_admin_socket(mode: str) -> str:
     return f"/run/ibgw-gate-{mode}/gate.sock"
+
+
+# ibgw removes only what its manifest names, and only at these paths (or below the first four).
+# agent.py keeps its own copy (a test checks).
+REMOVABLE = (ETC, OPT, HOME, LOG, f"{UNIT_DIR}/ibgw-", LOGROTATE)
+# Data kept when the inventory drops it (logs, the gates' audit, the user's home): only a purge takes it.
+KEPT_TREES = (LOG, GATE_STATE)
+# Directories that hold other entries: removed only once empty. Any other directory goes as a tree.
+CONTAINERS = (ETC, OPT, HOME, LOG, f"{OPT}/wheels", f"{OPT}/uploads", f"{OPT}/ibc", GATE_STATE)
+
+
+def removable(path: str) -> bool:
+    """May ibgw remove `path` (when its manifest names it)? Only a normalized path at ibgw's own places."""
+    if not path.startswith("/") or "/../" in path + "/" or "/./" in path + "/" or "//" in path:
+        return False
+    roots = REMOVABLE[:4]
+    return path in roots or path.startswith(tuple(r + "/" for r in roots) + REMOVABLE[4:])
+
+
+def kept(path: str) -> bool:
+    """Data that stays when the inventory drops it: the logs, the gates' audit, the user's home."""
+    return path == HOME or any(path == t or path.startswith(t + "/") for t in KEPT_TREES)

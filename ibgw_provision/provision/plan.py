@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..inventory.secrets import MASK, Secrets
-from . import layout
+from . import absence, layout
 from .agent import ini_merge, ini_values
 from .render import ManagedFile
 from .shapes import (
@@ -27,8 +27,10 @@ from .shapes import (
     PathFacts,
     Step,
     SystemdStep,
+    Task,
     Then,
     UnitFacts,
+    UserDelStep,
     UserStep,
     VenvStep,
 )
@@ -43,18 +45,10 @@ VALIDATORS = {  # run on the host against the new file before it replaces the ol
 
 
 @dataclass
-class Task:
-    name: str
-    changed: bool
-    detail: str = ""
-    diff: str = ""
-    step: Step | None = None
-
-
-@dataclass
 class Plan:
     tasks: list[Task] = field(default_factory=list)
     uploads: list[tuple] = field(default_factory=list)  # (local Path, remote path)
+    first: list[Step] = field(default_factory=list)  # before every step: the manifest, old and new
 
     @property
     def changed(self) -> list[Task]:
@@ -65,7 +59,7 @@ class Plan:
 
     def request(self) -> dict:
         """The apply request: the steps, and where the agent keeps unit actions still owed."""
-        return {"op": "apply", "steps": self.steps(), "pending": layout.PENDING}
+        return {"op": "apply", "steps": self.first + self.steps(), "pending": layout.PENDING}
 
 
 def facts_request(want: Desired, wheels: bool) -> dict:
@@ -74,13 +68,14 @@ def facts_request(want: Desired, wheels: bool) -> dict:
         "op": "facts",
         "packages": want.packages,
         "user": layout.USER,
-        "paths": [d.path for d in want.dirs] + [f.path for f in want.files],
+        "paths": [d.path for d in want.dirs] + [f.path for f in want.files] + want.absent,
         "content_unless": {f.path: sha256(f.content) for f in want.files},
         "units": want.units,
         "markers": ([f"{layout.VENV}/{layout.VENV_STAMP}"] if wheels else [])
         + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs]
         + [layout.PENDING],
         "firewall": layout.FIREWALL_UNIT in want.units,
+        "manifest": layout.MANIFEST,  # the agent reads it, and the state of what it names
     }
 
 
@@ -106,11 +101,48 @@ def plan(want: Desired, facts: Facts, secrets: Secrets, wheelhouse: Wheelhouse |
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
     paths = {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))}
+    new = absence.wanted(want, wheelhouse)
+    gone = absence.plan_removals(facts.get("manifest"), new, facts, tuple(want.absent))
+    result.tasks += gone.stop  # the stop phase: ports are free before a successor's config lands
     facts = {**facts, "paths": paths}
     file_tasks = [(f, _file(f, facts, secrets)) for f in want.files]
     result.tasks += [t for _, t in file_tasks]
+    result.tasks += gone.remove
+    result.tasks += [gone.record]
     changed_files = [f for f, t in file_tasks if t.changed]
-    result.tasks += _units(want, facts, changed_files, restart)
+    result.tasks += _units(want, facts, changed_files, restart, gone.daemon_reload)
+    result.first = [gone.first] if result.changed else []
+    return result
+
+
+def decommission_facts_request() -> dict:
+    """Only the manifest (with the state of what it names) and the user."""
+    empty: list[str] = []
+    return {
+        "op": "facts",
+        "packages": empty,
+        "user": layout.USER,
+        "paths": empty,
+        "units": empty,
+        "markers": empty,
+        "manifest": layout.MANIFEST,
+    }
+
+
+def decommission(facts: Facts, purge: bool) -> Plan:
+    """Stop and remove everything ibgw put on the host; the ibkr user and the logs stay unless purged."""
+    nothing = absence.EMPTY
+    gone = absence.plan_removals(facts.get("manifest"), nothing, facts, purge=purge)
+    result = Plan(tasks=gone.stop + gone.remove + [gone.record])
+    if purge and facts["user"] is not None:
+        userdel = UserDelStep(kind="userdel", task=f"userdel {layout.USER}", name=layout.USER)
+        result.tasks.append(Task(f"user {layout.USER}", True, "delete (purge)", step=userdel))
+    if gone.daemon_reload:
+        systemd = SystemdStep(
+            kind="systemd", task="systemd", daemon_reload=True, enable=[], start=[], restart=[], reload=[]
+        )
+        result.tasks.append(Task("systemd daemon-reload", True, step=systemd))
+    result.first = [gone.first] if result.changed else []
     return result
 
 
@@ -313,7 +345,9 @@ def _pending(facts: Facts) -> dict:
     return owed if isinstance(owed, dict) else {}
 
 
-def _units(want: Desired, facts: Facts, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
+def _units(
+    want: Desired, facts: Facts, changed: list[ManagedFile], restart: set[str], removed_units: bool = False
+) -> list[Task]:
     owed = _pending(facts)
     restart |= {u for f in changed for u in f.restart} | (set(owed.get("restart") or ()) & set(want.units))
     reload = (
@@ -322,8 +356,10 @@ def _units(want: Desired, facts: Facts, changed: list[ManagedFile], restart: set
     fw = facts["units"].get(layout.FIREWALL_UNIT, NO_UNIT)
     if facts.get("firewall") is False and fw["active"] == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
-    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(
-        owed.get("daemon_reload")
+    daemon_reload = (
+        any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed)
+        or bool(owed.get("daemon_reload"))
+        or removed_units
     )
     actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []

@@ -6,6 +6,7 @@ builds and reads, and what the agent's functions of the same names take and retu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, NotRequired, TypedDict
 
 # ---- facts -----------------------------------------------------------------
@@ -37,7 +38,7 @@ class Manifest(TypedDict):
     paths: list[str]  # files and directories, sorted
     units: list[str]  # units ibgw enabled (its own, and the front's)
     firewall: bool  # the nftables table inet ibgw
-    installs: dict[str, list[str]]  # per install ("ibc", "gateway-paper"): its trees, oldest first
+    installs: dict[str, list[list[str]]]  # per install ("ibc", "gateway-paper"): [tree, upload], oldest first
 
 
 class Facts(TypedDict):
@@ -157,6 +158,7 @@ class RemoveStep(TypedDict):
     kind: Literal["remove"]
     task: str
     path: str
+    tree: bool  # a directory with all below it; else a file, or a directory only once empty
 
 
 class UserDelStep(TypedDict):
@@ -197,3 +199,14 @@ Step = (
     | ManifestStep
     | SystemdStep
 )
+
+
+@dataclass
+class Task:
+    """One line of the plan: ok or changed, with the agent step that converges it."""
+
+    name: str
+    changed: bool
+    detail: str = ""
+    diff: str = ""
+    step: Step | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inventory.model import Host, Inventory
@@ -36,6 +36,7 @@ class Install:
     owner: str
     restart: tuple[str, ...]
     arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
+    group: str = ""  # "ibc", "gateway-paper": its versions replace each other (the last two are kept)
 
     @property
     def upload(self) -> str:
@@ -59,6 +60,7 @@ class Desired:
     units: list[str]  # enabled and active
     venv_units: list[str]  # run ibgw itself: restarted when it is reinstalled
     installs: list[Install]
+    absent: list[str] = field(default_factory=list)  # paths that must not exist (if ibgw's to remove)
 
 
 def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
@@ -94,7 +96,9 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
         return []
     (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
-    installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
+    installs = [
+        Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units, group="ibc")
+    ]
     arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
     installs += [
         Install(
@@ -105,6 +109,7 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
             layout.USER,
             (layout.gateway_unit(g.mode),),
             arm64,
+            group=f"gateway-{g.mode}",
         )
         for g in host.gateways
     ]
