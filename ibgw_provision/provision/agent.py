@@ -369,6 +369,7 @@ def step_user(step):
 
 
 def step_dir(step):
+    refuse_planted_links(step["path"])
     os.makedirs(step["path"], exist_ok=True)
     set_attrs(step["path"], step)
 
@@ -379,6 +380,7 @@ def step_file(step):
 
 def write_atomic(path, content, step):
     """Write to a private temp file, set its attributes, validate it, then rename it over path."""
+    refuse_planted_links(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ibgw-")
     try:
@@ -464,7 +466,18 @@ def step_ini(step):
 
 
 def step_attrs(step):
+    refuse_planted_links(step["path"])
     set_attrs(step["path"], step)
+
+
+def refuse_planted_links(path):
+    """A symlink in a parent of `path` that root does not own was planted (the ibkr user owns its home):
+    never create, write or chown through it."""
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        if os.path.islink(parent) and os.lstat(parent).st_uid != 0:
+            raise StepError(f"{path}: {parent} is a symlink root does not own (refusing to follow it)")
+        parent = os.path.dirname(parent)
 
 
 def set_attrs(path, step):

@@ -38,7 +38,7 @@ from .state import Desired, Dir, Install
 from .wheelhouse import Wheelhouse
 
 VALIDATORS = {  # run on the host against the new file before it replaces the old one
-    "/etc/haproxy/haproxy.cfg": ["haproxy", "-c", "-q", "-f", "{}"],
+    "/etc/haproxy/haproxy.cfg": ["haproxy", "-c", "-f", "{}"],  # no -q: it would hide the reason
     "/etc/nginx/nginx.conf": ["nginx", "-t", "-q", "-c", "{}"],
     f"{layout.ETC}/firewall.nft": ["nft", "-c", "-f", "{}"],
 }
