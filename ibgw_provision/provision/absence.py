@@ -113,11 +113,11 @@ def _stop(old: Manifest, new: Manifest, facts: Facts) -> list[Task]:
         if state and (state["enabled"] == "enabled" or state["active"] not in ("inactive", "unknown", "")):
             stop = StopStep(kind="stop", task=f"stop {unit}", unit=unit)
             tasks.append(
-                Task(f"service {unit}", True, "stop, disable (no longer in the inventory)", step=stop)
+                Task(f"service {unit}", True, "stop and disable: no longer in the inventory", step=stop)
             )
     if old["firewall"] and not new["firewall"] and facts.get("firewall"):
         drop = NftDeleteStep(kind="nft_delete", task="delete table inet ibgw", table="inet ibgw")
-        tasks.append(Task("firewall table inet ibgw", True, "delete (firewall off)", step=drop))
+        tasks.append(Task("firewall table inet ibgw", True, "delete: the firewall is off", step=drop))
     return tasks
 
 
@@ -132,7 +132,7 @@ def _remove(stale: set[str], facts: Facts, purge: bool) -> list[Task]:
         tree = have["kind"] == "dir" and (purge or path not in layout.CONTAINERS)
         trees |= {path} if tree else set()
         step = RemoveStep(kind="remove", task=f"remove {path}", path=path, tree=tree)
-        detail = "remove" + (" with all below it" if tree else "") + " (no longer in the inventory)"
+        detail = "remove" + (" with all below it" if tree else "") + ": no longer in the inventory"
         tasks.append((path, Task(f"{have['kind']} {path}", True, detail, step=step)))
     # a removed tree held the entries listed before it (sorted deepest first): they go with it
     return [t for path, t in tasks if not _under(path, trees)]
@@ -142,7 +142,7 @@ def _record(have: Manifest | None, final: Manifest, delete: bool) -> Task:
     name = f"manifest {layout.MANIFEST}"
     if delete:
         step = ManifestStep(kind="manifest", task=name, path=layout.MANIFEST, manifest=None)
-        return Task(name, have is not None, "delete (purge)", step=step if have is not None else None)
+        return Task(name, have is not None, "delete: purge", step=step if have is not None else None)
     if have == final:
         return Task(name, False)
     step = ManifestStep(kind="manifest", task=name, path=layout.MANIFEST, manifest=final)

@@ -136,7 +136,7 @@ def decommission(facts: Facts, purge: bool) -> Plan:
     result = Plan(tasks=gone.stop + gone.remove + [gone.record])
     if purge and facts["user"] is not None:
         userdel = UserDelStep(kind="userdel", task=f"userdel {layout.USER}", name=layout.USER)
-        result.tasks.append(Task(f"user {layout.USER}", True, "delete (purge)", step=userdel))
+        result.tasks.append(Task(f"user {layout.USER}", True, "delete: purge", step=userdel))
     if gone.daemon_reload:
         systemd = SystemdStep(
             kind="systemd", task="systemd", daemon_reload=True, enable=[], start=[], restart=[], reload=[]
