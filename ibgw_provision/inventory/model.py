@@ -190,6 +190,21 @@ class Simulator(Model):
     seed: int = 1
 
 
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+class TradingHours(Model):
+    """When a live gateway is never restarted by ibgw unasked (default: US equities and options,
+    regular session, with a margin for the apps that start early or flatten late)."""
+
+    time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
+    days: list[Weekday] = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+    open: HHMM = "09:30"
+    close: HHMM = "16:00"
+    margin: Duration = "30m"  # before the open and after the close
+
+
 class Gateway(Model):
     mode: Mode
     api_port: Port  # the gateway's own port on 127.0.0.1
@@ -200,6 +215,7 @@ class Gateway(Model):
     ibc: Ibc = Ibc()
     java_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "768m"
     simulator: Simulator = Simulator()
+    trading_hours: TradingHours = TradingHours()
 
     @model_validator(mode="before")
     @classmethod

@@ -79,11 +79,52 @@ def facts(req):
         "markers": {p: read(p) for p in req["markers"]},
         "firewall": firewall_loaded() if req.get("firewall") or (owned or {}).get("firewall") else None,
         "manifest": owned,
+        "clients": established(req.get("clients", [])),
+        "gate_apps": {mode: gate_metrics(port) for mode, port in req.get("gates", {}).items()},
+        "pending": pending_records(req["pending"]) if req.get("pending") else {},
     }
+
+
+def established(ports):
+    """{port: how many established TCP connections have it as their local port} (from /proc)."""
+    counts = {str(p): 0 for p in ports}
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(path).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            port = str(int(local.rsplit(":", 1)[1], 16))
+            if state == "01" and port in counts:  # ESTABLISHED
+                counts[port] += 1
+    return counts
+
+
+def pending_records(directory):
+    """Restarts that wait, per gateway unit: root's own private files only."""
+    found = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        record = manifest_like(os.path.join(directory, name))
+        if isinstance(record, dict) and isinstance(record.get("units"), list):
+            found[name] = record
+    return found
 
 
 def manifest(path):
     """What ibgw created here, if root's own regular file, private (else nothing is trusted as ibgw's)."""
+    found = manifest_like(path)
+    keys = {"paths": list, "units": list, "firewall": bool, "installs": dict}
+    ok = isinstance(found, dict) and all(isinstance(found.get(k), t) for k, t in keys.items())
+    return found if ok else None
+
+
+def manifest_like(path):
+    """The JSON in path if it is root's own private regular file (never through a symlink), else None."""
     try:
         fd = open_regular(path)
     except (FileNotFoundError, StepError):
@@ -97,12 +138,9 @@ def manifest(path):
         if st.st_uid != 0 or st.st_mode & 0o077:
             return None
         try:
-            found = json.loads(fh.read())
+            return json.loads(fh.read())
         except ValueError:
             return None
-    keys = {"paths": list, "units": list, "firewall": bool, "installs": dict}
-    ok = isinstance(found, dict) and all(isinstance(found.get(k), t) for k, t in keys.items())
-    return found if ok else None
 
 
 def manifest_paths(owned):
@@ -533,6 +571,21 @@ def step_install(step):
         fh.write(step["sha256"])
 
 
+def step_pending(step):
+    """Record a gateway's restart that waits (kept: the first `since`)."""
+    record = dict(step["record"])
+    old = manifest_like(step["path"]) or {}
+    record["since"] = old.get("since") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_private_json(step["path"], record)
+
+
+def write_private_json(path, data):
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    content = json.dumps(data, indent=1, sort_keys=True).encode()
+    write_atomic(path, content, {"owner": "root", "group": "root", "mode": 0o600, "kind": "file"})
+
+
 def step_systemd(step):
     if step["daemon_reload"]:
         sh(["systemctl", "daemon-reload"])
@@ -542,6 +595,9 @@ def step_systemd(step):
         for name in step[verb]:  # one at a time, in order: the gateways before the front
             sh(["systemctl", verb, name])
     stays_up(step["start"] + step["restart"])
+    for path in step.get("clear", ()):  # the restarts that waited are done
+        if os.path.lexists(path):
+            os.unlink(path)
 
 
 def stays_up(units, seconds=3.0):
@@ -656,17 +712,22 @@ def step_userdel(step):
 def step_manifest(step):
     """Write the manifest, root's 0600 in a root-only directory; None deletes it."""
     path = step["path"]
-    if step["manifest"] is None:
+    if step["manifest"] is None:  # purge: the admin directory goes with its records
+        admin = os.path.dirname(path)
         if os.path.lexists(path):
             os.unlink(path)
+        if os.path.isdir(os.path.join(admin, "pending")) and not os.path.islink(
+            os.path.join(admin, "pending")
+        ):
+            shutil.rmtree(os.path.join(admin, "pending"))
+        if os.path.isdir(admin) and not os.path.islink(admin) and not os.listdir(admin):
+            os.rmdir(admin)
         return
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    os.chmod(os.path.dirname(path), 0o700)
-    content = json.dumps(step["manifest"], indent=1, sort_keys=True).encode()
-    write_atomic(path, content, {"owner": "root", "group": "root", "mode": 0o600, "kind": "file"})
+    write_private_json(path, step["manifest"])
 
 
 STEPS = {
+    "pending": step_pending,
     "stop": step_stop,
     "nft_delete": step_nft_delete,
     "remove": step_remove,

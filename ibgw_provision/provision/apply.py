@@ -17,7 +17,7 @@ from typing import cast
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
-from . import state, wheelhouse
+from . import restarts, state, wheelhouse
 from .plan import Plan, PlanError, decommission, decommission_facts_request, facts_request, plan
 from .remote import AgentError, call_agent, target
 from .shapes import Facts, Task
@@ -48,6 +48,7 @@ class Report:
 class Options:
     check: bool = False
     accept_new: bool = False
+    restart: restarts.Mode = "safe"  # "now": restart gateways even with apps connected or in trading hours
     decommission: bool = False  # remove everything ibgw put on the host
     purge: bool = False  # with decommission: the ibkr user, its home and the logs too
     on_event: Callable[[str, str], None] = lambda host, message: None
@@ -98,7 +99,7 @@ def _converge(
     if venv:
         opts.on_event(name, "building wheels")
         wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
-    the_plan = plan(want, facts, secrets, wheels)
+    the_plan = plan(want, facts, secrets, wheels, restarts.Policy(opts.restart))
     report.tasks = the_plan.tasks
     if opts.check or not the_plan.changed:
         return

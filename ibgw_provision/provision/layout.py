@@ -115,3 +115,10 @@ def removable(path: str) -> bool:
 def kept(path: str) -> bool:
     """Data that stays when the inventory drops it: the logs, the gates' audit, the user's home."""
     return path == HOME or any(path == t or path.startswith(t + "/") for t in KEPT_TREES)
+
+
+PENDING_DIR = f"{ADMIN}/pending"  # restarts that wait (root-only, like the manifest)
+
+
+def pending_file(unit: str) -> str:
+    return f"{PENDING_DIR}/{unit}"

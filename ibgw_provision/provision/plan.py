@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..inventory.secrets import MASK, Secrets
-from . import absence, layout
+from . import absence, layout, restarts
 from .agent import ini_merge, ini_values
 from .render import ManagedFile
 from .shapes import (
@@ -25,6 +25,8 @@ from .shapes import (
     IniStep,
     InstallStep,
     PathFacts,
+    PendingRecord,
+    PendingStep,
     Step,
     SystemdStep,
     Task,
@@ -76,10 +78,19 @@ def facts_request(want: Desired, wheels: bool) -> dict:
         + [layout.PENDING],
         "firewall": layout.FIREWALL_UNIT in want.units,
         "manifest": layout.MANIFEST,  # the agent reads it, and the state of what it names
+        "clients": [gw.api_port for gw in want.gateways],  # who a gateway's restart would cut
+        "gates": {gw.mode: gw.gate_metrics_port for gw in want.gateways if gw.gate_metrics_port},
+        "pending": layout.PENDING_DIR,
     }
 
 
-def plan(want: Desired, facts: Facts, secrets: Secrets, wheelhouse: Wheelhouse | None = None) -> Plan:
+def plan(
+    want: Desired,
+    facts: Facts,
+    secrets: Secrets,
+    wheelhouse: Wheelhouse | None = None,
+    policy: restarts.Policy | None = None,
+) -> Plan:
     result = Plan()
     result.tasks += _packages(want, facts)
     result.tasks.append(_user(facts))
@@ -110,7 +121,12 @@ def plan(want: Desired, facts: Facts, secrets: Secrets, wheelhouse: Wheelhouse |
     result.tasks += gone.remove
     result.tasks += [gone.record]
     changed_files = [f for f, t in file_tasks if t.changed]
-    result.tasks += _units(want, facts, changed_files, restart, gone.daemon_reload)
+    units, held = _units(want, facts, changed_files, restart, gone.daemon_reload, policy or restarts.Policy())
+    for _, task in file_tasks:  # jts.ini: its gateway must stop to take ibgw's keys; it waits with it
+        if task.step and task.step["kind"] == "ini" and set(task.step["stop"]) & held:
+            task.changed, task.step = False, None
+            task.detail = "ibgw's keys differ: written at the gateway's pending restart"
+    result.tasks += units
     result.first = [gone.first] if result.changed else []
     return result
 
@@ -346,10 +362,19 @@ def _pending(facts: Facts) -> dict:
 
 
 def _units(
-    want: Desired, facts: Facts, changed: list[ManagedFile], restart: set[str], removed_units: bool = False
-) -> list[Task]:
+    want: Desired,
+    facts: Facts,
+    changed: list[ManagedFile],
+    restart: set[str],
+    removed_units: bool,
+    policy: restarts.Policy,
+) -> tuple[list[Task], set[str]]:
+    """The systemd step, and the units whose restart waits (restarts.hold)."""
     owed = _pending(facts)
     restart |= {u for f in changed for u in f.restart} | (set(owed.get("restart") or ()) & set(want.units))
+    restart |= {u for record in (facts.get("pending") or {}).values() for u in record.get("units", ())} & set(
+        want.units
+    )
     reload = (
         {u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & set(want.units))
     ) - restart
@@ -361,6 +386,8 @@ def _units(
         or bool(owed.get("daemon_reload"))
         or removed_units
     )
+    pending, held, cleared = _held(want, facts, restart | reload, policy)
+    restart, reload = restart - held, reload - held
     actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
@@ -378,7 +405,7 @@ def _units(
         for verb in todo:
             actions[verb].append(unit)
         tasks.append(Task(f"service {unit}", bool(todo), ", ".join(todo)))
-    if any(actions.values()) or daemon_reload:  # one step carries every unit's action
+    if any(actions.values()) or daemon_reload or cleared:  # one step carries every unit's action
         carrier = next((t for t in tasks if t.changed), None)
         if carrier is None:
             carrier = Task("systemd daemon-reload", True)
@@ -391,5 +418,36 @@ def _units(
             start=actions["start"],
             restart=actions["restart"],
             reload=actions["reload"],
+            clear=cleared,
         )
-    return tasks
+    return tasks + pending, held
+
+
+def _held(
+    want: Desired, facts: Facts, bouncing: set[str], policy: restarts.Policy
+) -> tuple[list[Task], set[str], list[str]]:
+    """Per gateway whose running units would restart or reload: may it now? If not, a pending record.
+    Returns the pending tasks, the units held, and the pending records a restart now clears."""
+    tasks, held, cleared = [], set(), []
+    recorded = facts.get("pending") or {}
+    for gw in want.gateways:
+        main = gw.units[0]
+        running = {u for u in gw.units if facts["units"].get(u, NO_UNIT)["active"] == "active"}
+        units = sorted(bouncing & running)
+        if not units:
+            cleared += [layout.pending_file(main)] if main in recorded else []
+            continue
+        apps = restarts.connected_apps(gw, facts.get("clients") or {}, facts.get("gate_apps") or {})
+        reason = restarts.hold(gw, policy, apps)
+        if reason is None:
+            cleared += [layout.pending_file(main)] if main in recorded else []
+            continue
+        held |= set(gw.units)
+        record = PendingRecord(units=units, reason=reason, apps=apps)
+        detail = f"restart pending: {reason}; `--restart now` applies it"
+        same = {k: v for k, v in recorded.get(main, {}).items() if k != "since"} == record
+        step = PendingStep(
+            kind="pending", task=f"pending restart {main}", path=layout.pending_file(main), record=record
+        )
+        tasks.append(Task(f"restart {main}", not same, detail, step=None if same else step, pending=True))
+    return tasks, held, cleared

@@ -41,6 +41,15 @@ class Manifest(TypedDict):
     installs: dict[str, list[list[str]]]  # per install ("ibc", "gateway-paper"): [tree, upload], oldest first
 
 
+class PendingRecord(TypedDict):
+    """A gateway's restart that waits (agent: in layout.pending_file): which units, why, whom it would cut."""
+
+    units: list[str]
+    reason: str
+    apps: list[str]
+    since: NotRequired[str]  # when it was first recorded (the agent's clock, UTC)
+
+
 class Facts(TypedDict):
     packages: dict[str, bool]
     user: UserFacts | None
@@ -53,6 +62,9 @@ class Facts(TypedDict):
     glibc: NotRequired[str]
     firewall: NotRequired[bool | None]  # is the table loaded (asked only when the firewall is on)
     manifest: NotRequired[Manifest | None]  # None: none yet, or not root's own 0600 file
+    clients: NotRequired[dict[str, int]]  # established connections to each gateway's API port
+    gate_apps: NotRequired[dict[str, dict[str, dict[str, float]] | None]]  # per mode: its gate's apps
+    pending: NotRequired[dict[str, PendingRecord]]  # per gateway unit: its restart that waits
 
 
 # ---- steps -----------------------------------------------------------------
@@ -182,6 +194,14 @@ class SystemdStep(TypedDict):
     start: list[str]
     restart: list[str]
     reload: list[str]
+    clear: NotRequired[list[str]]  # pending restart records, done once the units restarted
+
+
+class PendingStep(TypedDict):
+    kind: Literal["pending"]
+    task: str
+    path: str
+    record: PendingRecord
 
 
 Step = (
@@ -197,6 +217,7 @@ Step = (
     | RemoveStep
     | UserDelStep
     | ManifestStep
+    | PendingStep
     | SystemdStep
 )
 
@@ -210,3 +231,4 @@ class Task:
     detail: str = ""
     diff: str = ""
     step: Step | None = None
+    pending: bool = False  # a restart that waits: shown even when its record is already on the host

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..inventory.model import Host, Inventory
 from ..inventory.secrets import Secrets
-from . import layout
+from . import layout, restarts
 from .render import ManagedFile, render_host
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
@@ -61,6 +61,7 @@ class Desired:
     venv_units: list[str]  # run ibgw itself: restarted when it is reinstalled
     installs: list[Install]
     absent: list[str] = field(default_factory=list)  # paths that must not exist (if ibgw's to remove)
+    gateways: list[restarts.GatewayUnits] = field(default_factory=list)  # whose restarts may wait
 
 
 def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
@@ -74,6 +75,7 @@ def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
         units(host),
         venv_units,
         _installs(inv, host),
+        gateways=restarts.gateways(host),
     )
 
 
