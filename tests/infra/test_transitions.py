@@ -56,8 +56,10 @@ def serves(port: int, client_id: int = 1) -> bool:
 
 
 def gone(host, unit: str) -> bool:
-    service = host.service(unit)
-    return not service.is_running and not service.is_enabled
+    """Stopped, and disabled or deleted."""
+    active = host.run(f"systemctl is-active {unit}").stdout.strip()
+    enabled = host.run(f"systemctl is-enabled {unit}").stdout.strip()
+    return active != "active" and enabled != "enabled"
 
 
 def test_haproxy_to_nginx_and_back(base, host):
@@ -98,6 +100,35 @@ def test_gate_off_and_on(base, host):
     assert serves(PAPER.front_port)
     converge(str(base))
     assert all(host.service(u).is_running for u in gates) and serves(PAPER.front_port)
+
+
+def test_a_restart_waits_while_an_app_is_connected(base, host):
+    """A change to the paper gateway's unit (its simulator's seed) with an ib_async app connected."""
+
+    def reseed(h: dict) -> None:
+        h["gateways"][0]["simulator"]["seed"] = 99
+
+    changed, unit = variant(base, "reseed", reseed), layout.gateway_unit("paper")
+    since = host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout
+    ib = IB()
+    ib.connect("127.0.0.1", PAPER.front_port, clientId=1, timeout=15)
+    try:
+        first = ibgw("provision", "local", "-i", changed)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"pending: restart {unit}" in first.stdout and "smart-lean-0dte" in first.stdout
+        again = ibgw("provision", "local", "-i", changed)
+        assert recap(again)["changed"] == 0 and f"pending: restart {unit}" in again.stdout
+        assert host.file(layout.pending_file(unit)).mode == 0o600
+        assert host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout == since
+        ib.reqCurrentTime()  # still connected, still served
+        assert ib.isConnected()
+    finally:
+        ib.disconnect()
+    now = ibgw("provision", "local", "-i", changed, "--restart", "now")
+    assert now.returncode == 0 and "pending" not in now.stdout, now.stdout
+    assert not host.file(layout.pending_file(unit)).exists
+    assert host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout != since
+    converge(str(base))
 
 
 def test_check_lists_removals_and_changes_nothing(base, host):
