@@ -551,6 +551,7 @@ def step_venv(step):
 def step_install(step):
     """Unpack IBC's zip, or run IB Gateway's installer, into dest; the stamp is written last."""
     upload, dest = step["upload"], step["dest"]
+    inside(dest, step["base"])
     if sha256_of(upload) != step["sha256"]:
         raise StepError(f"{upload}: sha256 differs from the pinned one after upload")
     shutil.rmtree(dest, ignore_errors=True)
@@ -584,6 +585,14 @@ def write_private_json(path, data):
     os.chmod(os.path.dirname(path), 0o700)
     content = json.dumps(data, indent=1, sort_keys=True).encode()
     write_atomic(path, content, {"owner": "root", "group": "root", "mode": 0o600, "kind": "file"})
+
+
+def inside(path, base):
+    """Refuse a path that is not plainly and really (symlinks resolved) strictly below base: it is deleted."""
+    plain = os.path.isabs(path) and os.path.isabs(base) and os.path.normpath(path) == path
+    real, real_base = os.path.realpath(path), os.path.realpath(base)
+    if not plain or os.path.commonpath([real, real_base]) != real_base or real == real_base:
+        raise StepError(f"refusing to install into {path!r}: not strictly inside {base!r}")
 
 
 def step_systemd(step):

@@ -145,6 +145,7 @@ class InstallStep(TypedDict):
     sha256: str
     type: str
     dest: str
+    base: str  # dest must be strictly inside it
     owner: str
     stamp: str
     then: NotRequired[Then]

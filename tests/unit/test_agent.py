@@ -524,6 +524,7 @@ def install_step(upload: Path, sha: str, dest: Path, kind: str = "zip") -> dict:
         "sha256": sha,
         "type": kind,
         "dest": str(dest),
+        "base": str(dest.parent),
         "owner": "nobody" if AS_ROOT else ME,
         "stamp": ".ibgw-installed",
     }
@@ -566,6 +567,25 @@ def test_install_refuses_an_upload_that_is_a_symlink(tmp_path):
     with pytest.raises(agent.StepError, match="sha256 differs"):
         agent.step_install(install_step(link, sha, tmp_path / "ibc"))
     assert not (tmp_path / "ibc").exists()
+
+
+@pytest.mark.parametrize(
+    "dest",
+    ["{base}/..", "{base}/.", "{base}", "{base}/../ibc-2", "{base}/v/../..", "{base}/link", "ibc/3.20.0"],
+)
+def test_install_refuses_a_dest_not_strictly_inside_its_base(tmp_path, monkeypatch, dest):
+    """An artifact version of `..` once made provisioning delete /opt/ibgw (issue 13)."""
+    monkeypatch.chdir(tmp_path)  # for the relative dest
+    upload, sha = zip_upload(tmp_path)
+    opt = tmp_path / "opt"
+    base = opt / "ibc"
+    base.mkdir(parents=True)
+    (opt / "keep").write_text("not ibgw's to delete")
+    (base / "link").symlink_to(opt)
+    step = install_step(upload, sha, base) | {"dest": dest.format(base=base), "base": str(base)}
+    with pytest.raises(agent.StepError, match="not strictly inside"):
+        agent.step_install(step)
+    assert (opt / "keep").exists() and (base / "link").is_symlink()
 
 
 def test_installer_runs_and_links_it_makes_are_not_followed_by_chown(tmp_path):
@@ -730,7 +750,7 @@ def test_apply_reports_each_step_and_stops_at_the_first_failure(tmp_path, capsys
         ({"kind": "bogus"}, "KeyError: 'bogus'"),
         ({"kind": "file"}, "KeyError: 'path'"),
         (
-            {"kind": "install", "upload": "{tmp}/none", "sha256": "x", "dest": "{tmp}/d"},
+            {"kind": "install", "upload": "{tmp}/none", "sha256": "x", "dest": "{tmp}/d", "base": "{tmp}"},
             "{tmp}/none: sha256 differs from the pinned one after upload",
         ),
         (
