@@ -56,6 +56,7 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
         "firewall": None,
         "resources": None,
         "log_findings": [],
+        "pending_restarts": [],
     }
     findings: list[Finding] = []
     direct: dict[str, dict] = {}
@@ -100,6 +101,7 @@ def _request(host: Host) -> dict:
         "disk_paths": ["/", "/var"],
         "log_minutes": host.health.log_minutes,
         "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways],
+        "pending": layout.PENDING_DIR,
     }
 
 
@@ -157,6 +159,9 @@ def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
     report["resources"] = facts["resources"]
     findings += _judge_resources(host, facts["resources"])
     findings += _judge_logs(facts, report)
+    report["pending_restarts"] = [
+        {"unit": unit, **record} for unit, record in facts.get("pending", {}).items()
+    ]
     return findings
 
 

@@ -258,6 +258,7 @@ def health(req):
         "resources": resources(req["disk_paths"]),
         "log_lines": recent_lines(req["log_files"], req["log_minutes"]),
         "journal_errors": journal_errors(req["units"], req["log_minutes"]),
+        "pending": pending_records(req["pending"]) if req.get("pending") else {},
     }
 
 
