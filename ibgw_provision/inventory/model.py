@@ -254,6 +254,16 @@ class Gateway(Model):
     java_heap: Annotated[str, AfterValidator(_heap)] = "768m"
     simulator: Simulator = Simulator()
     trading_hours: TradingHours = TradingHours()
+    # When a restart left pending runs (24h, in ibc.time_zone): by default 5 min after the daily one.
+    maintenance_time: HHMM | None = None
+
+    def maintenance(self) -> str:
+        """HH:MM of the maintenance window: set, or 5 min after the daily restart (or logoff)."""
+        if self.maintenance_time:
+            return self.maintenance_time
+        daily = self.ibc.auto_restart_time or self.ibc.auto_logoff_time or "11:55 PM"
+        at = datetime.datetime.strptime(daily, "%I:%M %p") + datetime.timedelta(minutes=5)
+        return at.strftime("%H:%M")
 
     @model_validator(mode="before")
     @classmethod

@@ -122,3 +122,15 @@ PENDING_DIR = f"{ADMIN}/pending"  # restarts that wait (root-only, like the mani
 
 def pending_file(unit: str) -> str:
     return f"{PENDING_DIR}/{unit}"
+
+
+RESTART_UNIT = "ibgw-restart@.service"  # a oneshot per gateway (the instance: its mode)
+
+
+def restart_service(mode: str) -> str:
+    return f"ibgw-restart@{mode}.service"
+
+
+def restart_timer(mode: str) -> str:
+    """Applies the gateway's pending restart in its maintenance window."""
+    return f"ibgw-restart-{mode}.timer"

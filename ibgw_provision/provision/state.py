@@ -86,7 +86,7 @@ def units(host: Host) -> list[str]:
     found += [layout.xvfb_unit(g.mode) for g in host.gateways] if host.backend == "ibgw" else []
     found += [layout.gateway_unit(g.mode) for g in host.gateways]
     found += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
-    return found + [FRONT_UNIT[host.front.kind]]
+    return found + [FRONT_UNIT[host.front.kind]] + [layout.restart_timer(g.mode) for g in host.gateways]
 
 
 def needs_venv(host: Host) -> bool:

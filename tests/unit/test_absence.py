@@ -116,7 +116,12 @@ def test_two_gateways_to_paper_only_removes_everything_of_live(tmp_path):
     a = desired(tmp_path)
     b = desired(tmp_path, paper_only)
     to_b, _ = transition(a, b)
-    live = ["ibgw-gate-live.service", "ibgw-gateway-live.service", "ibgw-xvfb-live.service"]
+    live = [
+        "ibgw-gate-live.service",
+        "ibgw-gateway-live.service",
+        "ibgw-restart-live.timer",
+        "ibgw-xvfb-live.service",
+    ]
     assert stopped(to_b) == live
     assert removed(to_b) == {
         "/etc/ibgw/live",  # config.ini with the IB password, as a tree

@@ -11,6 +11,7 @@ from ibgw_provision.inventory.model import TradingHours
 from ibgw_provision.inventory.secrets import Secrets
 from ibgw_provision.provision import agent, layout, restarts, state
 from ibgw_provision.provision.plan import plan
+from ibgw_provision.provision.render import render_host
 from tests.unit.test_plan import converged
 
 NY = datetime.timezone(datetime.timedelta(hours=-5))  # New York in winter (EST)
@@ -170,3 +171,28 @@ def test_the_agent_counts_established_connections_to_a_port():
 def test_restart_policy_is_per_gateway_units(example):
     live = next(g for g in restarts.gateways(example.hosts["gw1"]) if g.mode == "live")
     assert live.units == (LIVE, layout.xvfb_unit("live"), layout.gate_unit("live"))
+
+
+def test_each_gateway_has_its_own_maintenance_window_after_its_daily_restart(local, example):
+    host = local.hosts["local"]
+    assert [gw.maintenance() for gw in host.gateways] == ["00:00", "23:45"]  # paper 11:55 PM, live 11:40 PM
+    files = {f.path: f.content for f in render_host(local, "local", Secrets(masked=True))}
+    timers = [files[f"{layout.UNIT_DIR}/{layout.restart_timer(m)}"] for m in ("paper", "live")]
+    assert "OnCalendar=*-*-* 00:00:00 America/New_York" in timers[0]
+    assert "OnCalendar=*-*-* 23:45:00 America/New_York" in timers[1]
+    assert "Unit=ibgw-restart@live.service" in timers[1]
+    service = files[f"{layout.UNIT_DIR}/{layout.RESTART_UNIT}"]
+    pending = f"{layout.PENDING_DIR}/ibgw-gateway-%i.service"
+    assert f"ConditionPathExists={pending}" in service  # nothing pending: nothing restarts
+    assert f"/usr/bin/flock {layout.PENDING_DIR} /bin/systemctl restart" in service  # one at a time
+    assert f"ExecStartPost=/bin/rm -f {pending}" in service
+    ibgw = {f.path: f.content for f in render_host(example, "gw1", Secrets(masked=True))}
+    assert (
+        "restart ibgw-xvfb-%i.service ibgw-gateway-%i.service ibgw-gate-%i.service\n"
+        in ibgw[f"{layout.UNIT_DIR}/{layout.RESTART_UNIT}"]
+    )
+
+
+def test_a_maintenance_time_can_be_set(example):
+    live = example.hosts["gw1"].gateway("live")
+    assert live.model_copy(update={"maintenance_time": "02:30"}).maintenance() == "02:30"
