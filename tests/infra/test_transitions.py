@@ -4,6 +4,8 @@ then A again (it converges back). The firewall's on -> off is tested at the plan
 
 from __future__ import annotations
 
+import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,34 @@ def test_a_restart_waits_while_an_app_is_connected(base, host):
     assert now.returncode == 0 and "pending" not in now.stdout, now.stdout
     assert not host.file(layout.pending_file(unit)).exists
     assert host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout != since
+    converge(str(base))
+
+
+def test_a_pending_restart_happens_in_the_maintenance_window(base, host):
+    """The window opens during the test (in about two minutes): the host's timer applies the restart."""
+    unit = layout.gateway_unit("paper")
+    opens = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=2)).strftime("%H:%M")
+
+    def reseed_with_a_window(h: dict) -> None:
+        h["gateways"][0]["simulator"]["seed"] = 98
+        h["gateways"][0]["ibc"] = {"time_zone": "Etc/UTC"}
+        h["gateways"][0]["maintenance_time"] = opens
+
+    since = host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout
+    ib = IB()
+    ib.connect("127.0.0.1", PAPER.front_port, clientId=1, timeout=15)
+    try:
+        run = ibgw("provision", "local", "-i", variant(base, "window", reseed_with_a_window))
+        assert run.returncode == 0 and f"pending: restart {unit}" in run.stdout, run.stdout + run.stderr
+    finally:
+        ib.disconnect()
+    assert host.file(layout.pending_file(unit)).exists
+    deadline = time.monotonic() + 200
+    while host.file(layout.pending_file(unit)).exists:
+        assert time.monotonic() < deadline, host.run("journalctl -n 20 -u ibgw-restart@paper.service").stdout
+        time.sleep(2)
+    assert host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout != since
+    assert host.service(unit).is_running
     converge(str(base))
 
 
