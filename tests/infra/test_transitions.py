@@ -161,6 +161,41 @@ def test_a_pending_restart_happens_in_the_maintenance_window(base, host):
     converge(str(base))
 
 
+def test_an_haproxy_reload_drops_none_of_20_connected_apps(base, host):
+    """A change to haproxy.cfg reloads it (Debian's unit: master-worker, USR2): old workers keep
+    the established connections."""
+
+    def many(limit: int):
+        def edit(h: dict) -> None:
+            h["front"]["per_source_limit"] = limit
+            h["apps"] += [
+                {"name": f"app-{i}", "client_id": 100 + i, "modes": ["paper"], "sources": ["127.0.0.1/32"]}
+                for i in range(20)
+            ]
+
+        return edit
+
+    converge(variant(base, "many", many(64)))
+    since = host.run("systemctl show -p ActiveEnterTimestampMonotonic --value haproxy.service").stdout
+    apps = []
+    try:
+        for i in range(20):
+            apps.append(IB())
+            apps[-1].connect("127.0.0.1", PAPER.front_port, clientId=100 + i, timeout=15)
+        reload = ibgw("provision", "local", "-i", variant(base, "many-reload", many(65)))
+        assert reload.returncode == 0 and "service haproxy.service (reload)" in reload.stdout, reload.stdout
+        assert (
+            host.run("systemctl show -p ActiveEnterTimestampMonotonic --value haproxy.service").stdout
+            == since
+        )
+        for ib in apps:
+            assert ib.isConnected() and ib.reqCurrentTime()
+    finally:
+        for ib in apps:
+            ib.disconnect()
+    converge(str(base))
+
+
 def test_check_lists_removals_and_changes_nothing(base, host):
     check = ibgw(
         "provision",
