@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -114,6 +115,14 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
     help="Trust an unknown host key on first contact (a changed key is still refused).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Also list tasks that were already ok.")
+@click.option(
+    "--restart",
+    type=click.Choice(["safe", "now"]),
+    default="safe",
+    show_default=True,
+    help="safe: a gateway with apps connected, or live in its trading hours, restarts later (pending); "
+    "now: restart it in this run.",
+)
 @input_errors
 def provision(
     pattern: str,
@@ -123,12 +132,14 @@ def provision(
     limit: str | None,
     accept_new: bool,
     verbose: bool,
+    restart: str,
 ) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
     from .inventory.preflight import check_artifacts, check_pki
     from .provision.apply import Options
     from .provision.apply import provision as run
     from .provision.recap import Recap
+    from .provision.restarts import Mode
 
     inv = inventory.load(inventory_path)
     names = select_hosts(inv, pattern, limit)
@@ -137,7 +148,35 @@ def provision(
     check_pki(inv, names)
     recap = Recap(show_diff=show_diff, verbose=verbose)
     with recap.progress(names) as on_event:
-        reports = run(inv, names, Options(check=check, accept_new=accept_new, on_event=on_event))
+        opts = Options(check=check, accept_new=accept_new, restart=cast(Mode, restart), on_event=on_event)
+        reports = run(inv, names, opts)
+    sys.exit(recap.show(reports))
+
+
+@main.command()
+@click.argument("host")
+@INVENTORY
+@click.option("--purge", is_flag=True, help="Also delete the ibkr user, its home, the logs and the audit.")
+@click.option("--check", is_flag=True, help="Change nothing; list what would be removed.")
+@click.option(
+    "--accept-new-host-key",
+    "accept_new",
+    is_flag=True,
+    help="Trust an unknown host key on first contact (a changed key is still refused).",
+)
+@input_errors
+def decommission(host: str, inventory_path: str, purge: bool, check: bool, accept_new: bool) -> None:
+    """Stop and remove everything ibgw put on HOST (its manifest). Exit 0 done, 1 failed, 2 bad input."""
+    from .provision.apply import Options
+    from .provision.apply import provision as run
+    from .provision.recap import Recap
+
+    inv = inventory.load(inventory_path)
+    name = single_host(inv, host)
+    recap = Recap(show_diff=False)
+    with recap.progress([name]) as on_event:
+        opts = Options(check=check, accept_new=accept_new, decommission=True, purge=purge, on_event=on_event)
+        reports = run(inv, [name], opts)
     sys.exit(recap.show(reports))
 
 

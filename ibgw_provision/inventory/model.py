@@ -6,9 +6,11 @@ rules that span fields. Every error names the file, line and field.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import ipaddress
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -161,6 +163,12 @@ IBC_FIXED = {  # kept as ibgw sets them: the API gateway only, dialogs refused, 
 }
 
 
+# The daily restarts of a host's gateways, staggered: two JVMs logging in at once on two vCPUs
+# starve each other. Live first, paper 15 minutes later, both inside IB's nightly reset hours.
+DAILY_RESTART = {"live": "11:40 PM", "paper": "11:55 PM"}
+RESTART_SPACING_MIN = 10  # validate warns when two gateways of a host restart closer than this
+
+
 class Ibc(Model):
     """IBC options, named after ib-gateway-docker's variables (lower-cased)."""
 
@@ -220,6 +228,21 @@ def _heap(size: str) -> str:
     return size
 
 
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+class TradingHours(Model):
+    """When a live gateway is never restarted by ibgw unasked (default: US equities and options,
+    regular session, with a margin for the apps that start early or flatten late)."""
+
+    time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
+    days: list[Weekday] = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+    open: HHMM = "09:30"
+    close: HHMM = "16:00"
+    margin: Duration = "30m"  # before the open and after the close
+
+
 class Gateway(Model):
     mode: Mode
     api_port: Port  # the gateway's own port on 127.0.0.1
@@ -230,6 +253,17 @@ class Gateway(Model):
     ibc: Ibc = Ibc()
     java_heap: Annotated[str, AfterValidator(_heap)] = "768m"
     simulator: Simulator = Simulator()
+    trading_hours: TradingHours = TradingHours()
+    # When a restart left pending runs (24h, in ibc.time_zone): by default 5 min after the daily one.
+    maintenance_time: HHMM | None = None
+
+    def maintenance(self) -> str:
+        """HH:MM of the maintenance window: set, or 5 min after the daily restart (or logoff)."""
+        if self.maintenance_time:
+            return self.maintenance_time
+        daily = self.ibc.auto_restart_time or self.ibc.auto_logoff_time or "11:55 PM"
+        at = datetime.datetime.strptime(daily, "%I:%M %p") + datetime.timedelta(minutes=5)
+        return at.strftime("%H:%M")
 
     @model_validator(mode="before")
     @classmethod
@@ -244,6 +278,17 @@ class Gateway(Model):
                 **data,
             }
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _staggered_restart(cls, data: object) -> object:
+        """Unless the inventory names a daily time, each mode restarts at its own (DAILY_RESTART)."""
+        if not isinstance(data, dict) or data.get("mode") not in DAILY_RESTART:
+            return data
+        ibc = data.get("ibc") or {}
+        if not isinstance(ibc, dict) or "auto_restart_time" in ibc or ibc.get("auto_logoff_time") is not None:
+            return data
+        return {**data, "ibc": {**ibc, "auto_restart_time": DAILY_RESTART[data["mode"]]}}
 
 
 GATE_LIMITS = (
@@ -488,7 +533,39 @@ def warnings(inv: Inventory) -> list[str]:
                 )
             if not host.front.gate and app.has_limits:
                 found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
+        found += _restart_clashes(name, host)
     return found
+
+
+def _restart_clashes(name: str, host: Host) -> list[str]:
+    """Two gateways of one host restarting daily within RESTART_SPACING_MIN minutes of each other."""
+    times = [(gw.mode, _utc_minute(gw.ibc.auto_restart_time, gw.ibc.time_zone)) for gw in host.gateways]
+    found = []
+    for i, (mode_a, a) in enumerate(times):
+        for mode_b, b in times[i + 1 :]:
+            if a is None or b is None:
+                continue
+            apart = min((a - b) % 1440, (b - a) % 1440)
+            if apart < RESTART_SPACING_MIN:
+                found.append(
+                    f"hosts.{name}: the {mode_a} and {mode_b} gateways restart daily {apart} min apart "
+                    f"(ibc.auto_restart_time); keep them {RESTART_SPACING_MIN} min or more apart"
+                )
+    return found
+
+
+def _utc_minute(ampm: str | None, zone: str) -> int | None:
+    """hh:mm AM/PM in `zone`, as minutes after midnight UTC (today's offset)."""
+    if ampm is None:
+        return None
+    clock = datetime.datetime.strptime(ampm, "%I:%M %p").time()
+    try:
+        tz = zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz = zoneinfo.ZoneInfo("UTC")
+    local = datetime.datetime.combine(datetime.date.today(), clock, tzinfo=tz)
+    utc = local.astimezone(datetime.UTC)
+    return utc.hour * 60 + utc.minute
 
 
 def _message(error: ErrorDetails) -> str:

@@ -57,6 +57,7 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
         "firewall": None,
         "resources": None,
         "log_findings": [],
+        "pending_restarts": [],
     }
     findings: list[Finding] = []
     direct: dict[str, dict] = {}
@@ -111,6 +112,7 @@ def _request(host: Host) -> dict:
         "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways],
         "tls_cert": layout.TLS_FILES["cert"] if host.front.tls else None,
         "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
+        "pending": layout.PENDING_DIR,
     }
 
 
@@ -173,6 +175,9 @@ def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
     report["resources"] = facts["resources"]
     findings += _judge_resources(host, facts["resources"])
     findings += _judge_logs(facts, report)
+    report["pending_restarts"] = [
+        {"unit": unit, **record} for unit, record in facts.get("pending", {}).items()
+    ]
     return findings
 
 

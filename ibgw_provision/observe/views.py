@@ -62,6 +62,14 @@ def health(console: Console, report: dict) -> None:
         console.print(
             f"memory {r['mem_available_mb']}/{r['mem_total_mb']} MB free, disk {disks}, load {r['load1']:.2f}"
         )
+    for p in report.get("pending_restarts", ()):
+        apps = f", would disconnect {', '.join(p['apps'])}" if p.get("apps") else ""
+        console.print(
+            Text(
+                f"PENDING: restart {', '.join(p['units'])} since {p.get('since', '?')}: {p['reason']}{apps}",
+                "magenta",
+            )
+        )
     for f in report["findings"]:
         console.print(
             Text(f"{f['severity'].upper()}: {f['subject']}: {f['message']}", STATUS_STYLE[f["severity"]])

@@ -31,8 +31,16 @@ import time
 import urllib.request
 import zlib
 
-# The same as layout.PRIVILEGED_GROUPS (a test checks): this file runs alone on the host.
+# The same as layout.PRIVILEGED_GROUPS and layout.REMOVABLE (a test checks): this file runs alone on the host.
 PRIVILEGED_GROUPS = ("sudo", "adm", "wheel", "root")
+REMOVABLE = (
+    "/etc/ibgw",
+    "/opt/ibgw",
+    "/var/lib/ibgw",
+    "/var/log/ibgw",
+    "/etc/systemd/system/ibgw-",
+    "/etc/logrotate.d/ibgw",
+)
 
 
 def emit(**event):
@@ -57,7 +65,9 @@ class StepError(Exception):
 
 
 def facts(req):
-    paths = {p: stat(p) for p in req["paths"]}  # every file hashed once, here
+    owned = manifest(req["manifest"]) if req.get("manifest") else None
+    listed = manifest_paths(owned) if owned else []
+    paths = {p: stat(p) for p in dict.fromkeys(req["paths"] + listed)}  # every file hashed once, here
     drifted = [
         p
         for p, want in req.get("content_unless", {}).items()
@@ -71,10 +81,76 @@ def facts(req):
         "user": user(req["user"]),
         "paths": paths,
         "content": {p: read(p) for p in drifted},
-        "units": {u: unit(u) for u in req["units"]},
+        "units": {u: unit(u) for u in dict.fromkeys(req["units"] + (owned or {}).get("units", []))},
         "markers": {p: read(p) for p in req["markers"]},
-        "firewall": firewall_loaded() if req.get("firewall") else None,
+        "firewall": firewall_loaded() if req.get("firewall") or (owned or {}).get("firewall") else None,
+        "manifest": owned,
+        "clients": established(req.get("clients", [])),
+        "gate_apps": {mode: gate_metrics(port) for mode, port in req.get("gates", {}).items()},
+        "pending": pending_records(req["pending"]) if req.get("pending") else {},
     }
+
+
+def established(ports):
+    """{port: how many established TCP connections have it as their local port} (from /proc)."""
+    counts = {str(p): 0 for p in ports}
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(path).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            port = str(int(local.rsplit(":", 1)[1], 16))
+            if state == "01" and port in counts:  # ESTABLISHED
+                counts[port] += 1
+    return counts
+
+
+def pending_records(directory):
+    """Restarts that wait, per gateway unit: root's own private files only."""
+    found = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        record = manifest_like(os.path.join(directory, name))
+        if isinstance(record, dict) and isinstance(record.get("units"), list):
+            found[name] = record
+    return found
+
+
+def manifest(path):
+    """What ibgw created here, if root's own regular file, private (else nothing is trusted as ibgw's)."""
+    found = manifest_like(path)
+    keys = {"paths": list, "units": list, "firewall": bool, "installs": dict}
+    ok = isinstance(found, dict) and all(isinstance(found.get(k), t) for k, t in keys.items())
+    return found if ok else None
+
+
+def manifest_like(path):
+    """The JSON in path if it is root's own private regular file (never through a symlink), else None."""
+    try:
+        fd = open_regular(path)
+    except (FileNotFoundError, StepError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_uid != 0 or st.st_mode & 0o077:
+            return None
+        try:
+            return json.loads(fh.read())
+        except ValueError:
+            return None
+
+
+def manifest_paths(owned):
+    return owned["paths"] + [p for entries in owned["installs"].values() for entry in entries for p in entry]
 
 
 def firewall_loaded():
@@ -190,6 +266,7 @@ def health(req):
         "journal_errors": journal_errors(req["units"], req["log_minutes"]),
         "tls_cert": read_public(req.get("tls_cert")),
         "gates": {mode: gate_flags(port) for mode, port in req.get("gates", {}).items()},
+        "pending": pending_records(req["pending"]) if req.get("pending") else {},
     }
 
 
@@ -664,6 +741,21 @@ def step_install(step):
         fh.write(step["sha256"])
 
 
+def step_pending(step):
+    """Record a gateway's restart that waits (kept: the first `since`)."""
+    record = dict(step["record"])
+    old = manifest_like(step["path"]) or {}
+    record["since"] = old.get("since") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_private_json(step["path"], record)
+
+
+def write_private_json(path, data):
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    content = json.dumps(data, indent=1, sort_keys=True).encode()
+    write_atomic(path, content, {"owner": "root", "group": "root", "mode": 0o600, "kind": "file"})
+
+
 def inside(path, base):
     """Refuse a path that is not plainly and really (symlinks resolved) strictly below base: it is deleted."""
     plain = os.path.isabs(path) and os.path.isabs(base) and os.path.normpath(path) == path
@@ -681,6 +773,9 @@ def step_systemd(step):
         for name in step[verb]:  # one at a time, in order: the gateways before the front
             sh(["systemctl", verb, name])
     stays_up(step["start"] + step["restart"])
+    for path in step.get("clear", ()):  # the restarts that waited are done
+        if os.path.lexists(path):
+            os.unlink(path)
 
 
 def stays_up(units, seconds=3.0):
@@ -712,7 +807,110 @@ def note_pending(path, then):
     os.replace(tmp, path)
 
 
+# ---- absence: what ibgw created and no longer wants -------------------------
+
+
+def step_stop(step):
+    """Stop and disable a unit the inventory dropped (its file, if ibgw's, is removed later)."""
+    name = step["unit"]
+    sh(["systemctl", "disable", "--quiet", name], check=False)  # a unit whose file is gone cannot be
+    sh(["systemctl", "stop", name], check=False)
+    state = unit(name)
+    if state["active"] in ("active", "activating", "deactivating", "reloading"):
+        raise StepError(f"{name} is still {state['active']} after systemctl stop")
+
+
+def step_nft_delete(step):
+    if sh(["nft", "list", "table"] + step["table"].split(), check=False).returncode == 0:
+        sh(["nft", "delete", "table"] + step["table"].split())
+
+
+def removable(path):
+    """The same rule as layout.removable: a normalized path at ibgw's own places."""
+    if not path.startswith("/") or "/../" in path + "/" or "/./" in path + "/" or "//" in path:
+        return False
+    roots = REMOVABLE[:4]
+    return path in roots or path.startswith(tuple(r + "/" for r in roots) + REMOVABLE[4:])
+
+
+def open_parent(path):
+    """An fd on path's directory, reached one component at a time, never through a symlink."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.strip("/").split("/")[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def step_remove(step):
+    """Remove a file, a tree or an empty directory ibgw created. A symlink is removed, never followed;
+    a directory that is not a tree is removed only once empty."""
+    path = step["path"]
+    if not removable(path) or path in ("/",):
+        raise StepError(f"{path}: not one of ibgw's places, refusing to remove it")
+    try:
+        parent = open_parent(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise StepError(f"{path}: a symlink or a file on the way to it, refusing to follow it") from None
+        raise
+    name = os.path.basename(path)
+    try:
+        st = os.lstat(name, dir_fd=parent)
+        if not statmod.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+        elif step["tree"] and sys.version_info >= (3, 11):
+            shutil.rmtree(name, dir_fd=parent)
+        elif step["tree"]:  # rmtree itself never follows a symlink below its root
+            shutil.rmtree(path)
+        else:
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
+
+
+def step_userdel(step):
+    if user(step["name"]) is not None:
+        sh(["userdel", step["name"]])
+
+
+def step_manifest(step):
+    """Write the manifest, root's 0600 in a root-only directory; None deletes it."""
+    path = step["path"]
+    if step["manifest"] is None:  # purge: the admin directory goes with its records
+        admin = os.path.dirname(path)
+        if os.path.lexists(path):
+            os.unlink(path)
+        if os.path.isdir(os.path.join(admin, "pending")) and not os.path.islink(
+            os.path.join(admin, "pending")
+        ):
+            shutil.rmtree(os.path.join(admin, "pending"))
+        if os.path.isdir(admin) and not os.path.islink(admin) and not os.listdir(admin):
+            os.rmdir(admin)
+        return
+    write_private_json(path, step["manifest"])
+
+
 STEPS = {
+    "pending": step_pending,
+    "stop": step_stop,
+    "nft_delete": step_nft_delete,
+    "remove": step_remove,
+    "userdel": step_userdel,
+    "manifest": step_manifest,
     "apt": step_apt,
     "user": step_user,
     "dir": step_dir,

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
-from . import state, wheelhouse
-from .plan import Plan, PlanError, Task, facts_request, plan
+from . import restarts, state, wheelhouse
+from .plan import Plan, PlanError, decommission, decommission_facts_request, facts_request, plan
 from .remote import AgentError, call_agent, target
+from .shapes import Facts, Task
 from .transport import SshError, Transport
 
 WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "ibgw" / "wheels"
@@ -46,6 +48,9 @@ class Report:
 class Options:
     check: bool = False
     accept_new: bool = False
+    restart: restarts.Mode = "safe"  # "now": restart gateways even with apps connected or in trading hours
+    decommission: bool = False  # remove everything ibgw put on the host
+    purge: bool = False  # with decommission: the ibkr user, its home and the logs too
     on_event: Callable[[str, str], None] = lambda host, message: None
 
 
@@ -55,13 +60,26 @@ def provision(inv: Inventory, names: list[str], opts: Options) -> list[Report]:
         return list(pool.map(lambda name: provision_host(inv, name, opts), names))
 
 
+def _decommission(transport: Transport, name: str, opts: Options, report: Report) -> None:
+    opts.on_event(name, "reading facts")
+    facts = cast(Facts, call_agent(transport, decommission_facts_request()))
+    the_plan = decommission(facts, opts.purge)
+    report.tasks = the_plan.tasks
+    if opts.check or not the_plan.changed:
+        return
+    _apply(transport, the_plan, name, opts, report)
+
+
 def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     report, started = Report(name, checked_only=opts.check), time.monotonic()
     transport = Transport(target(inv, name, opts.accept_new))
     secrets = Secrets()
     try:
         with transport:
-            _converge(inv, name, transport, opts, report, secrets)
+            if opts.decommission:
+                _decommission(transport, name, opts, report)
+            else:
+                _converge(inv, name, transport, opts, report, secrets)
     except (SshError, AgentError, PlanError, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
@@ -76,12 +94,12 @@ def _converge(
     want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
-    facts = call_agent(transport, facts_request(want, wheels=venv))
+    facts = cast(Facts, call_agent(transport, facts_request(want, wheels=venv)))
     wheels = None
     if venv:
         opts.on_event(name, "building wheels")
         wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
-    the_plan = plan(want, facts, secrets, wheels)
+    the_plan = plan(want, facts, secrets, wheels, restarts.Policy(opts.restart))
     report.tasks = the_plan.tasks
     if opts.check or not the_plan.changed:
         return

@@ -18,6 +18,10 @@ INSTALL_STAMP = ".ibgw-installed"  # in an install dir: the sha256 of its instal
 PENDING = f"{OPT}/.pending-systemd"  # root-only: unit actions owed by a run that failed before systemd
 UPLOADS = f"{OPT}/uploads"  # installers, as shipped by the operator
 UNIT_DIR = "/etc/systemd/system"
+# What ibgw created, root-only: not in HOME, which the ibkr user owns and could rewrite.
+ADMIN = "/var/lib/ibgw-admin"
+MANIFEST = f"{ADMIN}/manifest.json"
+LOGROTATE = "/etc/logrotate.d/ibgw"
 FIREWALL_UNIT = "ibgw-firewall.service"
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"  # runtime API, root only
 STICK_EXPIRE_S = 86400  # how long the front remembers a source's counters
@@ -106,3 +110,42 @@ FRONT_GROUP = {"haproxy": "haproxy", "nginx": "www-data"}  # the group each fron
 
 TLS_DIR = f"{ETC}/tls"  # front.tls: the app CA, its CRL, the front's certificate and key (for the gates)
 TLS_FILES = {name: f"{TLS_DIR}/{name}.pem" for name in ("ca", "crl", "cert", "key")}
+# ibgw removes only what its manifest names, and only at these paths (or below the first four).
+# agent.py keeps its own copy (a test checks).
+REMOVABLE = (ETC, OPT, HOME, LOG, f"{UNIT_DIR}/ibgw-", LOGROTATE)
+# Data kept when the inventory drops it (logs, the gates' audit, the user's home): only a purge takes it.
+KEPT_TREES = (LOG, GATE_STATE)
+# Directories that hold other entries: removed only once empty. Any other directory goes as a tree.
+CONTAINERS = (ETC, OPT, HOME, LOG, f"{OPT}/wheels", f"{OPT}/uploads", f"{OPT}/ibc", GATE_STATE)
+
+
+def removable(path: str) -> bool:
+    """May ibgw remove `path` (when its manifest names it)? Only a normalized path at ibgw's own places."""
+    if not path.startswith("/") or "/../" in path + "/" or "/./" in path + "/" or "//" in path:
+        return False
+    roots = REMOVABLE[:4]
+    return path in roots or path.startswith(tuple(r + "/" for r in roots) + REMOVABLE[4:])
+
+
+def kept(path: str) -> bool:
+    """Data that stays when the inventory drops it: the logs, the gates' audit, the user's home."""
+    return path == HOME or any(path == t or path.startswith(t + "/") for t in KEPT_TREES)
+
+
+PENDING_DIR = f"{ADMIN}/pending"  # restarts that wait (root-only, like the manifest)
+
+
+def pending_file(unit: str) -> str:
+    return f"{PENDING_DIR}/{unit}"
+
+
+RESTART_UNIT = "ibgw-restart@.service"  # a oneshot per gateway (the instance: its mode)
+
+
+def restart_service(mode: str) -> str:
+    return f"ibgw-restart@{mode}.service"
+
+
+def restart_timer(mode: str) -> str:
+    """Applies the gateway's pending restart in its maintenance window."""
+    return f"ibgw-restart-{mode}.timer"

@@ -12,12 +12,32 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from ..inventory.secrets import MASK, Secrets
-from . import layout
+from . import absence, layout, restarts
 from .agent import ini_merge, ini_values
 from .render import ManagedFile
-from .state import Desired, Install
+from .shapes import (
+    AptStep,
+    AttrsStep,
+    Facts,
+    FileStep,
+    IniStep,
+    InstallStep,
+    PathFacts,
+    PendingRecord,
+    PendingStep,
+    Step,
+    SystemdStep,
+    Task,
+    Then,
+    UnitFacts,
+    UserDelStep,
+    UserStep,
+    VenvStep,
+)
+from .state import Desired, Dir, Install
 from .wheelhouse import Wheelhouse
 
 VALIDATORS = {  # run on the host against the new file before it replaces the old one
@@ -28,29 +48,21 @@ VALIDATORS = {  # run on the host against the new file before it replaces the ol
 
 
 @dataclass
-class Task:
-    name: str
-    changed: bool
-    detail: str = ""
-    diff: str = ""
-    step: dict | None = None
-
-
-@dataclass
 class Plan:
     tasks: list[Task] = field(default_factory=list)
     uploads: list[tuple] = field(default_factory=list)  # (local Path, remote path)
+    first: list[Step] = field(default_factory=list)  # before every step: the manifest, old and new
 
     @property
     def changed(self) -> list[Task]:
         return [t for t in self.tasks if t.changed]
 
-    def steps(self) -> list[dict]:
+    def steps(self) -> list[Step]:
         return [t.step for t in self.tasks if t.changed and t.step]
 
     def request(self) -> dict:
         """The apply request: the steps, and where the agent keeps unit actions still owed."""
-        return {"op": "apply", "steps": self.steps(), "pending": layout.PENDING}
+        return {"op": "apply", "steps": self.first + self.steps(), "pending": layout.PENDING}
 
 
 def facts_request(want: Desired, wheels: bool) -> dict:
@@ -59,17 +71,27 @@ def facts_request(want: Desired, wheels: bool) -> dict:
         "op": "facts",
         "packages": want.packages,
         "user": layout.USER,
-        "paths": [d.path for d in want.dirs] + [f.path for f in want.files],
+        "paths": [d.path for d in want.dirs] + [f.path for f in want.files] + want.absent,
         "content_unless": {f.path: sha256(f.content) for f in want.files},
         "units": want.units,
         "markers": ([f"{layout.VENV}/{layout.VENV_STAMP}"] if wheels else [])
         + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs]
         + [layout.PENDING],
         "firewall": layout.FIREWALL_UNIT in want.units,
+        "manifest": layout.MANIFEST,  # the agent reads it, and the state of what it names
+        "clients": [gw.api_port for gw in want.gateways],  # who a gateway's restart would cut
+        "gates": {gw.mode: gw.gate_metrics_port for gw in want.gateways if gw.gate_metrics_port},
+        "pending": layout.PENDING_DIR,
     }
 
 
-def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | None = None) -> Plan:
+def plan(
+    want: Desired,
+    facts: Facts,
+    secrets: Secrets,
+    wheelhouse: Wheelhouse | None = None,
+    policy: restarts.Policy | None = None,
+) -> Plan:
     result = Plan()
     result.tasks += _packages(want, facts)
     result.tasks.append(_user(facts))
@@ -79,7 +101,7 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
         task = _venv(wheelhouse, facts, result)
         result.tasks.append(task)
         restart |= set(want.venv_units) if task.changed else set()
-        if task.step:
+        if task.step and task.step["kind"] == "venv":
             task.step["then"] = {"restart": list(want.venv_units)}
     want = _for_arch(want, facts.get("arch", "x86_64"))
     installs = [_install(i, facts, result) for i in want.installs]
@@ -87,17 +109,57 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
     reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
     restart |= {u for i, t in zip(want.installs, installs, strict=True) if t.changed for u in i.restart}
     for i, t in zip(want.installs, installs, strict=True):
-        if t.step:
+        if t.step and t.step["kind"] == "install":
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
-    facts = {
-        **facts,
-        "paths": {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))},
-    }
+    paths = {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))}
+    new = absence.wanted(want, wheelhouse)
+    gone = absence.plan_removals(facts.get("manifest"), new, facts, tuple(want.absent))
+    result.tasks += gone.stop  # the stop phase: ports are free before a successor's config lands
+    facts = {**facts, "paths": paths}
     file_tasks = [(f, _file(f, facts, secrets)) for f in want.files]
     result.tasks += [t for _, t in file_tasks]
+    result.tasks += gone.remove
+    result.tasks += [gone.record]
     changed_files = [f for f, t in file_tasks if t.changed]
-    result.tasks += _units(want, facts, changed_files, restart)
+    units, held = _units(want, facts, changed_files, restart, gone.daemon_reload, policy or restarts.Policy())
+    for _, task in file_tasks:  # jts.ini: its gateway must stop to take ibgw's keys; it waits with it
+        if task.step and task.step["kind"] == "ini" and set(task.step["stop"]) & held:
+            task.changed, task.step = False, None
+            task.detail = "ibgw's keys differ: written at the gateway's pending restart"
+    result.tasks += units
+    result.first = [gone.first] if result.changed else []
+    return result
+
+
+def decommission_facts_request() -> dict:
+    """Only the manifest (with the state of what it names) and the user."""
+    empty: list[str] = []
+    return {
+        "op": "facts",
+        "packages": empty,
+        "user": layout.USER,
+        "paths": empty,
+        "units": empty,
+        "markers": empty,
+        "manifest": layout.MANIFEST,
+    }
+
+
+def decommission(facts: Facts, purge: bool) -> Plan:
+    """Stop and remove everything ibgw put on the host; the ibkr user and the logs stay unless purged."""
+    nothing = absence.EMPTY
+    gone = absence.plan_removals(facts.get("manifest"), nothing, facts, purge=purge)
+    result = Plan(tasks=gone.stop + gone.remove + [gone.record])
+    if purge and facts["user"] is not None:
+        userdel = UserDelStep(kind="userdel", task=f"userdel {layout.USER}", name=layout.USER)
+        result.tasks.append(Task(f"user {layout.USER}", True, "delete: purge", step=userdel))
+    if gone.daemon_reload:
+        systemd = SystemdStep(
+            kind="systemd", task="systemd", daemon_reload=True, enable=[], start=[], restart=[], reload=[]
+        )
+        result.tasks.append(Task("systemd daemon-reload", True, step=systemd))
+    result.first = [gone.first] if result.changed else []
     return result
 
 
@@ -120,21 +182,19 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _packages(want: Desired, facts: dict) -> list[Task]:
+def _packages(want: Desired, facts: Facts) -> list[Task]:
     missing = [p for p in want.packages if not facts["packages"].get(p)]
     tasks = [Task(f"package {p}", p in missing, "install" if p in missing else "") for p in want.packages]
     if missing:  # one apt run installs them all
-        next(t for t in tasks if t.changed).step = {
-            "kind": "apt",
-            "task": f"install {' '.join(missing)}",
-            "packages": missing,
-        }
+        next(t for t in tasks if t.changed).step = AptStep(
+            kind="apt", task=f"install {' '.join(missing)}", packages=missing
+        )
     return tasks
 
 
-def _user(facts: dict) -> Task:
+def _user(facts: Facts) -> Task:
     info = facts["user"]
-    step = {"kind": "user", "task": f"user {layout.USER}", "name": layout.USER, "home": layout.HOME}
+    step = UserStep(kind="user", task=f"user {layout.USER}", name=layout.USER, home=layout.HOME)
     if info is None:
         return Task(f"user {layout.USER}", True, "create (system user, no login shell, no sudo)", step=step)
     privileged = sorted(set(info["groups"]) & set(layout.PRIVILEGED_GROUPS))
@@ -143,16 +203,9 @@ def _user(facts: dict) -> Task:
     return Task(f"user {layout.USER}", False)
 
 
-def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
+def _attrs(name: str, want: Dir | ManagedFile, have: PathFacts | None, kind: Literal["dir", "attrs"]) -> Task:
     """A directory, or a file's owner and mode."""
-    step = {
-        "kind": kind,
-        "task": name,
-        "path": want.path,
-        "owner": want.owner,
-        "group": want.group,
-        "mode": want.mode,
-    }
+    step = AttrsStep(kind=kind, task=name, path=want.path, owner=want.owner, group=want.group, mode=want.mode)
     if have is None:
         return Task(name, True, "create", step=step)
     diffs = [
@@ -167,23 +220,22 @@ def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
     return Task(name, bool(diffs), ", ".join(diffs), step=step if diffs else None)
 
 
-def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
+def _file(f: ManagedFile, facts: Facts, secrets: Secrets) -> Task:
     name, have = f"file {f.path}", facts["paths"].get(f.path)
-    step = {
-        "kind": "file",
-        "task": name,
-        "path": f.path,
-        "owner": f.owner,
-        "group": f.group,
-        "mode": f.mode,
-        "content": base64.b64encode(f.content.encode()).decode(),
-        "validate": VALIDATORS.get(f.path),
-        "then": {
-            "restart": list(f.restart),
-            "reload": list(f.reload),
-            "daemon_reload": f.path.startswith(layout.UNIT_DIR + "/"),
-        },
-    }
+    then = Then(
+        restart=list(f.restart), reload=list(f.reload), daemon_reload=f.path.startswith(layout.UNIT_DIR + "/")
+    )
+    step = FileStep(
+        kind="file",
+        task=name,
+        path=f.path,
+        owner=f.owner,
+        group=f.group,
+        mode=f.mode,
+        content=base64.b64encode(f.content.encode()).decode(),
+        validate=VALIDATORS.get(f.path),
+        then=then,
+    )
     if have is None:
         return Task(name, True, "create", _diff(f, "", secrets), step)
     if have.get("kind", "file") != "file":  # a symlink (or a directory) where our file belongs
@@ -203,7 +255,7 @@ def owned_values(f: ManagedFile) -> dict[str, dict[str, str]]:
     return {section: {key: rendered[section][key] for key in keys} for section, keys in owned.items()}
 
 
-def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
+def _owned_keys(f: ManagedFile, old: str, have: PathFacts, file_step: FileStep) -> Task:
     """Only ibgw's keys are compared and converged; the rest is the program's own."""
     name, want = f"file {f.path}", owned_values(f)
     current = ini_values(old)
@@ -219,13 +271,18 @@ def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
             old.splitlines(True), merged.splitlines(True), f"{f.path} (host)", f"{f.path} (ibgw)"
         )
     )
-    step = {
-        **{k: file_step[k] for k in ("task", "path", "owner", "group", "mode", "then")},
-        "kind": "ini",
-        "values": want,
-        "seed": file_step["content"],
-        "stop": list(f.restart),
-    }
+    step = IniStep(
+        kind="ini",
+        task=file_step["task"],
+        path=f.path,
+        owner=f.owner,
+        group=f.group,
+        mode=f.mode,
+        values=want,
+        seed=file_step["content"],
+        stop=list(f.restart),
+        then=file_step["then"],
+    )
     return Task(name, True, "ibgw's keys differ", diff, step)
 
 
@@ -296,43 +353,46 @@ def _pairs(text: str) -> dict[str, str]:
     return found
 
 
-def _venv(wh: Wheelhouse, facts: dict, result: Plan) -> Task:
+def _venv(wh: Wheelhouse, facts: Facts, result: Plan) -> Task:
     name = f"venv {layout.VENV}"
     if facts["markers"].get(f"{layout.VENV}/{layout.VENV_STAMP}") == wh.stamp:
         return Task(name, False)
     result.uploads += [(w, f"{layout.WHEELS}/{w.name}") for w in wh.wheels]
-    step = {
-        "kind": "venv",
-        "task": name,
-        "path": layout.VENV,
-        "wheels": layout.WHEELS,
-        "requirement": wh.requirement,
-        "marker": layout.VENV_STAMP,
-        "stamp": wh.stamp,
-    }
+    step = VenvStep(
+        kind="venv",
+        task=name,
+        path=layout.VENV,
+        wheels=layout.WHEELS,
+        requirement=wh.requirement,
+        marker=layout.VENV_STAMP,
+        stamp=wh.stamp,
+    )
     return Task(name, True, f"install {wh.requirement} from {len(wh.wheels)} shipped wheels", step=step)
 
 
-def _install(install: Install, facts: dict, result: Plan) -> Task:
+def _install(install: Install, facts: Facts, result: Plan) -> Task:
     name = f"install {install.dest}"
     if facts["markers"].get(f"{install.dest}/{layout.INSTALL_STAMP}") == install.sha256:
         return Task(name, False)
     result.uploads.append((install.local, install.upload))
-    step = {
-        "kind": "install",
-        "task": name,
-        "upload": install.upload,
-        "sha256": install.sha256,
-        "type": install.kind,
-        "dest": install.dest,
-        "base": install.base,
-        "owner": install.owner,
-        "stamp": layout.INSTALL_STAMP,
-    }
+    step = InstallStep(
+        kind="install",
+        task=name,
+        upload=install.upload,
+        sha256=install.sha256,
+        type=install.kind,
+        dest=install.dest,
+        base=install.base,
+        owner=install.owner,
+        stamp=layout.INSTALL_STAMP,
+    )
     return Task(name, True, f"{install.local.name} (sha256 {install.sha256[:12]}…)", step=step)
 
 
-def _pending(facts: dict) -> dict:
+NO_UNIT = UnitFacts(enabled="", active="")  # a unit the facts do not name
+
+
+def _pending(facts: Facts) -> dict:
     """Unit actions a failed run left owed: its files are already in place, so nothing else shows them."""
     try:
         owed = json.loads(facts["markers"].get(layout.PENDING) or "{}")
@@ -341,28 +401,39 @@ def _pending(facts: dict) -> dict:
     return owed if isinstance(owed, dict) else {}
 
 
-def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
+def _units(
+    want: Desired,
+    facts: Facts,
+    changed: list[ManagedFile],
+    restart: set[str],
+    removed_units: bool,
+    policy: restarts.Policy,
+) -> tuple[list[Task], set[str]]:
+    """The systemd step, and the units whose restart waits (restarts.hold)."""
     owed = _pending(facts)
     restart |= {u for f in changed for u in f.restart} | (set(owed.get("restart") or ()) & set(want.units))
+    restart |= {u for record in (facts.get("pending") or {}).values() for u in record.get("units", ())} & set(
+        want.units
+    )
     reload = (
         {u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & set(want.units))
     ) - restart
-    fw = facts["units"].get(layout.FIREWALL_UNIT, {})
-    if (
-        facts.get("firewall") is False
-        and fw.get("active") == "active"
-        and layout.FIREWALL_UNIT not in restart
-    ):
+    fw = facts["units"].get(layout.FIREWALL_UNIT, NO_UNIT)
+    if facts.get("firewall") is False and fw["active"] == "active" and layout.FIREWALL_UNIT not in restart:
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
-    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(
-        owed.get("daemon_reload")
+    daemon_reload = (
+        any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed)
+        or bool(owed.get("daemon_reload"))
+        or removed_units
     )
+    pending, held, cleared = _held(want, facts, restart | reload, policy)
+    restart, reload = restart - held, reload - held
     actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:
-        state = facts["units"].get(unit, {})
-        active = state.get("active") == "active"
-        todo = ["enable"] if state.get("enabled") != "enabled" else []
+        state = facts["units"].get(unit, NO_UNIT)
+        active = state["active"] == "active"
+        todo = ["enable"] if state["enabled"] != "enabled" else []
         # A package's postinst may have started a unit before its config was
         # written, and `start` would leave it on the old config: restart it.
         if unit in restart or (unit in reload and not active):
@@ -374,10 +445,49 @@ def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[
         for verb in todo:
             actions[verb].append(unit)
         tasks.append(Task(f"service {unit}", bool(todo), ", ".join(todo)))
-    if any(actions.values()) or daemon_reload:  # one step carries every unit's action
+    if any(actions.values()) or daemon_reload or cleared:  # one step carries every unit's action
         carrier = next((t for t in tasks if t.changed), None)
         if carrier is None:
             carrier = Task("systemd daemon-reload", True)
             tasks.append(carrier)
-        carrier.step = {"kind": "systemd", "task": "systemd", "daemon_reload": daemon_reload, **actions}
-    return tasks
+        carrier.step = SystemdStep(
+            kind="systemd",
+            task="systemd",
+            daemon_reload=daemon_reload,
+            enable=actions["enable"],
+            start=actions["start"],
+            restart=actions["restart"],
+            reload=actions["reload"],
+            clear=cleared,
+        )
+    return tasks + pending, held
+
+
+def _held(
+    want: Desired, facts: Facts, bouncing: set[str], policy: restarts.Policy
+) -> tuple[list[Task], set[str], list[str]]:
+    """Per gateway whose running units would restart or reload: may it now? If not, a pending record.
+    Returns the pending tasks, the units held, and the pending records a restart now clears."""
+    tasks, held, cleared = [], set(), []
+    recorded = facts.get("pending") or {}
+    for gw in want.gateways:
+        main = gw.units[0]
+        running = {u for u in gw.units if facts["units"].get(u, NO_UNIT)["active"] == "active"}
+        units = sorted(bouncing & running)
+        if not units:
+            cleared += [layout.pending_file(main)] if main in recorded else []
+            continue
+        apps = restarts.connected_apps(gw, facts.get("clients") or {}, facts.get("gate_apps") or {})
+        reason = restarts.hold(gw, policy, apps)
+        if reason is None:
+            cleared += [layout.pending_file(main)] if main in recorded else []
+            continue
+        held |= set(gw.units)
+        record = PendingRecord(units=units, reason=reason, apps=apps)
+        detail = f"restart pending: {reason}; `--restart now` applies it"
+        same = {k: v for k, v in recorded.get(main, {}).items() if k != "since"} == record
+        step = PendingStep(
+            kind="pending", task=f"pending restart {main}", path=layout.pending_file(main), record=record
+        )
+        tasks.append(Task(f"restart {main}", not same, detail, step=None if same else step, pending=True))
+    return tasks, held, cleared

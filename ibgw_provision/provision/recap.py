@@ -55,8 +55,9 @@ class Recap:
     def _tasks(self, report: Report) -> None:
         verb = "would change" if report.checked_only else "changed"
         for task in report.tasks:
-            if task.changed or self.verbose:
+            if task.changed or self.verbose or task.pending:
                 status = Text(verb, "yellow") if task.changed else Text("ok", "green")
+                status = Text("pending", "magenta") if task.pending else status
                 detail = f" ({task.detail})" if task.detail else ""
                 self.console.print(
                     Text.assemble(f"[{report.host}] ", status, f": {task.name}{detail}"), soft_wrap=True

@@ -71,7 +71,13 @@ _ENV = jinja2.Environment(
 def render_host(inv: Inventory, name: str, secrets: Secrets) -> list[ManagedFile]:
     host = inv.hosts[name]
     ctx = _context(inv, name, host)
-    files = _front(host, ctx) + _logrotate(ctx) + _firewall(host, ctx) + _tls(inv, name, host, secrets)
+    files = (
+        _front(host, ctx)
+        + _logrotate(ctx)
+        + _firewall(host, ctx)
+        + _tls(inv, name, host, secrets)
+        + _maintenance(host, ctx)
+    )
     for view in ctx["gateways"]:
         files += _gateway(host, view, {**ctx, "gw": view}, secrets)
     return files
@@ -206,6 +212,20 @@ def _front(host: Host, ctx: dict) -> list[ManagedFile]:
     return [
         ManagedFile("/etc/nginx/nginx.conf", _render("nginx/nginx.conf.j2", ctx), reload=("nginx.service",))
     ]
+
+
+def _maintenance(host: Host, ctx: dict) -> list[ManagedFile]:
+    """A oneshot that applies a gateway's pending restart, and per gateway the timer of its window."""
+    units = [layout.xvfb_unit("%i")] if host.backend == "ibgw" else []
+    units += [layout.gateway_unit("%i")] + ([layout.gate_unit("%i")] if host.front.gate else [])
+    service = _render("systemd/ibgw-restart@.service.j2", {**ctx, "units": units})
+    files = [ManagedFile(f"{layout.UNIT_DIR}/{layout.RESTART_UNIT}", service)]
+    for gw in host.gateways:
+        timer = layout.restart_timer(gw.mode)
+        at = f"*-*-* {gw.maintenance()}:00 {gw.ibc.time_zone}"
+        text = _render("systemd/ibgw-restart.timer.j2", {**ctx, "mode": gw.mode, "on_calendar": at})
+        files.append(ManagedFile(f"{layout.UNIT_DIR}/{timer}", text, restart=(timer,)))
+    return files
 
 
 def _logrotate(ctx: dict) -> list[ManagedFile]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inventory.model import Host, Inventory
 from ..inventory.secrets import Secrets
-from . import layout
+from . import layout, restarts
 from .render import ManagedFile, render_host
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
@@ -39,6 +39,7 @@ class Install:
     owner: str
     restart: tuple[str, ...]
     arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
+    group: str = ""  # "ibc", "gateway-paper": its versions replace each other (the last two are kept)
 
     @property
     def upload(self) -> str:
@@ -62,6 +63,8 @@ class Desired:
     units: list[str]  # enabled and active
     venv_units: list[str]  # run ibgw itself: restarted when it is reinstalled
     installs: list[Install]
+    absent: list[str] = field(default_factory=list)  # paths that must not exist (if ibgw's to remove)
+    gateways: list[restarts.GatewayUnits] = field(default_factory=list)  # whose restarts may wait
 
 
 def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
@@ -75,6 +78,7 @@ def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
         units(host),
         venv_units,
         _installs(inv, host),
+        gateways=restarts.gateways(host),
     )
 
 
@@ -84,7 +88,7 @@ def units(host: Host) -> list[str]:
     found += [layout.xvfb_unit(g.mode) for g in host.gateways] if host.backend == "ibgw" else []
     found += [layout.gateway_unit(g.mode) for g in host.gateways]
     found += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
-    return found + [FRONT_UNIT[host.front.kind]]
+    return found + [FRONT_UNIT[host.front.kind]] + [layout.restart_timer(g.mode) for g in host.gateways]
 
 
 def needs_venv(host: Host) -> bool:
@@ -106,6 +110,7 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
             f"{layout.OPT}/ibc",
             "root",
             units,
+            group="ibc",
         )
     ]
     arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
@@ -119,6 +124,7 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
             layout.USER,
             (layout.gateway_unit(g.mode),),
             arm64,
+            group=f"gateway-{g.mode}",
         )
         for g in host.gateways
     ]

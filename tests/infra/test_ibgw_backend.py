@@ -187,3 +187,29 @@ def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(setup,
         assert host.service(unit).is_running
     again = ibgw("provision", "local", "-i", str(inv), env=ENV)
     assert recap(again)["changed"] == 0
+
+
+def test_upgrades_keep_exactly_two_trees_and_their_installers(setup, host):
+    """10.30 -> 10.31 -> 10.32 with the stand-in installer: each gateway keeps the current tree
+    and the one before it; the oldest tree and its upload are removed."""
+    inv, _ = setup
+    cache, text = inv.parent / "cache", inv.read_text()
+    for version in ("10.31.1a", "10.32.1b"):
+        name = f"ibgateway-{version}-standalone-linux-x64.sh"
+        (cache / name).write_text(INSTALLER + f"# {version}\n")
+        digest = hashlib.sha256((cache / name).read_bytes()).hexdigest()
+        text = text.replace(
+            text.split("  ib_gateway: ", 1)[1].split("\n", 1)[0],
+            f"{{version: '{version}', file: {name}, sha256: '{digest}'}}",
+        )
+        inv.write_text(text)
+        run = ibgw("provision", "local", "-i", str(inv), env=ENV)
+        assert run.returncode == 0, run.stdout + run.stderr
+    for mode in ("paper", "live"):
+        trees = host.run(f"ls {layout.tws_path(mode)}/ibgateway").stdout.split()
+        assert trees == ["1031", "1032"], trees
+        assert host.service(layout.gateway_unit(mode)).is_running
+    uploads = host.run(f"ls {layout.UPLOADS}").stdout
+    assert "10.30.1t" not in uploads and "10.31.1a" in uploads and "10.32.1b" in uploads
+    again = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+
+import jsonschema
 import pytest
+from rich.console import Console
 
 from ibgw_provision import inventory
 from ibgw_provision.observe import health, views
@@ -130,3 +136,44 @@ def test_a_tripped_gate_interlock_is_down_in_the_schema():
     finding_schema = schema["$defs"]["finding"] | {"$defs": schema["$defs"]}
     jsonschema.validate(dataclasses.asdict(findings[0]), finding_schema)
     assert health.judge_gates({"live": {"halted": True, "interlock_tripped": False}}) == []
+
+
+def test_pending_restarts_are_reported_and_shown(local):
+    host = local.hosts["local"]
+    record = {
+        "units": ["ibgw-gateway-live.service"],
+        "reason": "1 app connected (a)",
+        "apps": ["a"],
+        "since": "t",
+    }
+    facts = {
+        "units": {},
+        "uptime": 100.0,
+        "listeners": {
+            str(p): ["127.0.0.1"] for g in host.gateways for p in (g.api_port, g.front_port, g.gate_port)
+        },
+        "firewall": None,
+        "resources": {
+            "mem_total_mb": 4000,
+            "mem_available_mb": 3000,
+            "disk_used_pct": {},
+            "load1": 0.1,
+            "cpus": 2,
+        },
+        "log_lines": [],
+        "journal_errors": [],
+        "pending": {"ibgw-gateway-live.service": record},
+    }
+    report = {"host": "local", "address": "127.0.0.1", "checked_at": 0.0, "units": [], "gateways": []}
+    report |= {"firewall": None, "resources": None, "log_findings": [], "pending_restarts": []}
+    findings = health._judge_host(host, facts, report)
+    assert report["pending_restarts"] == [{"unit": "ibgw-gateway-live.service", **record}]
+    report |= {"status": "healthy", "exit_code": 0, "findings": [f.__dict__ for f in findings]}
+    schema = json.loads((Path(health.__file__).parent / "health.schema.json").read_text())
+    jsonschema.validate({"schema": "ibgw.health/1", "hosts": [report]}, schema)
+    out = io.StringIO()
+    views.health(Console(file=out, width=200), report)
+    assert (
+        "PENDING: restart ibgw-gateway-live.service since t: 1 app connected (a), would disconnect a"
+        in out.getvalue()
+    )

@@ -11,19 +11,22 @@ from __future__ import annotations
 import base64
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ibgw_provision import inventory
 from ibgw_provision.cli import main
 from ibgw_provision.errors import InputError
-from ibgw_provision.inventory.model import IBC_FIXED, IBC_KEYS, IBC_OWNED
+from ibgw_provision.inventory.model import DAILY_RESTART, IBC_FIXED, IBC_KEYS, IBC_OWNED
 from ibgw_provision.inventory.secrets import Secrets
 from ibgw_provision.provision import agent, layout
 from ibgw_provision.provision.plan import owned_values
 from ibgw_provision.provision.render import render_host
 
+INVENTORIES = Path(__file__).resolve().parents[2] / "inventories"
 INVENTORY = textwrap.dedent("""\
     artifacts:
       ib_gateway: {version: "10.37.1n", file: gw.sh, sha256: "%s"}
@@ -111,7 +114,7 @@ def test_restart_without_relogin_is_refused(tmp_path):
 def test_defaults(tmp_path):
     config, unit = _render(tmp_path, "")
     assert config["AcceptBidAskLastSizeDisplayUpdateNotification"] == "accept"
-    assert config["AutoRestartTime"] == "11:59 PM" and "AutoLogoffTime" not in config
+    assert config["AutoRestartTime"] == DAILY_RESTART["live"] and "AutoLogoffTime" not in config
     assert "ColdRestartTime" not in config and "SecondFactorDevice" not in config
     assert config["AllowBlindTrading"] == "no" and config["AcceptIncomingConnectionAction"] == "reject"
     assert not [k for k in config if k.startswith("Bypass")]  # the gateway's own precautions stay
@@ -125,7 +128,7 @@ OPTIONS = [  # (inventory ibc options, config.ini keys they must give; None: the
     ),
     ("auto_logoff_time: '10:30 PM'", {"AutoLogoffTime": "10:30 PM", "AutoRestartTime": None}),
     ("auto_restart_time: null", {"AutoLogoffTime": None, "AutoRestartTime": None}),
-    ("cold_restart_time: '17:00'", {"ColdRestartTime": "17:00", "AutoRestartTime": "11:59 PM"}),
+    ("cold_restart_time: '17:00'", {"ColdRestartTime": "17:00", "AutoRestartTime": DAILY_RESTART["live"]}),
     ("twofa_device: IB Key", {"SecondFactorDevice": "IB Key"}),
     ("bypass_warnings: true", {k: "yes" for k in IBC_KEYS if k.startswith("Bypass")}),
     ("bypass_warnings: false", {k: "no" for k in IBC_KEYS if k.startswith("Bypass")}),
@@ -330,3 +333,43 @@ def test_every_pinned_installer_is_checked_before_any_host(tmp_path):
     assert problem.field == "artifacts.ib_gateway.arm64.sha256" and "gw-arm.sh has sha256" in problem.message
     path.write_text(path.read_text().replace("c" * 64, sha["gw-arm.sh"]))
     check_artifacts(inventory.load(path), ["gw"])
+
+
+def test_paper_and_live_restart_daily_at_different_times(example, local):
+    for host in (example.hosts["gw1"], local.hosts["local"]):
+        times = [gw.ibc.auto_restart_time for gw in host.gateways]
+        assert len(set(times)) == len(times)
+    assert local.hosts["local"].gateway("live").ibc.auto_restart_time == DAILY_RESTART["live"]
+    assert not inventory.warnings(local)
+
+
+@pytest.mark.parametrize(
+    "paper,live,zone,warned",
+    [
+        ("11:55 PM", "11:46 PM", "America/New_York", True),
+        ("11:55 PM", "11:45 PM", "America/New_York", False),
+        ("12:03 AM", "11:58 PM", "America/New_York", True),  # across midnight
+        ("11:55 PM", "12:58 AM", "Etc/GMT-1", False),  # 23:55 New York is not 23:58 UTC
+    ],
+)
+def test_validate_warns_when_two_gateways_restart_close_together(tmp_path, paper, live, zone, warned):
+    doc = yaml.safe_load((INVENTORIES / "local.yml").read_text())
+    paper_gw, live_gw = doc["hosts"]["local"]["gateways"]
+    paper_gw["ibc"] = {"auto_restart_time": paper}
+    live_gw["ibc"] = {"auto_restart_time": live, "time_zone": zone}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(doc))
+    found = [w for w in inventory.warnings(inventory.load(path)) if "restart daily" in w]
+    assert bool(found) == warned, found
+    assert not found or "hosts.local: the paper and live gateways restart daily" in found[0]
+
+
+def test_restart_times_compare_across_time_zones(tmp_path):
+    doc = yaml.safe_load((INVENTORIES / "local.yml").read_text())
+    paper_gw, live_gw = doc["hosts"]["local"]["gateways"]
+    paper_gw["ibc"] = {"auto_restart_time": "11:55 PM", "time_zone": "Etc/UTC"}
+    live_gw["ibc"] = {"auto_restart_time": "12:58 AM", "time_zone": "Etc/GMT-1"}  # 23:58 UTC
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(doc))
+    (warning,) = inventory.warnings(inventory.load(path))
+    assert "3 min apart" in warning

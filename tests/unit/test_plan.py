@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from ibgw_provision.inventory.secrets import MASK, Secrets
-from ibgw_provision.provision import agent, layout, state
+from ibgw_provision.provision import absence, agent, layout, state
 from ibgw_provision.provision.plan import PlanError, _secret_file_lines, plan, sha256
 
 
@@ -35,6 +35,7 @@ def converged(want) -> dict:
         "content": {},
         "units": {u: {"enabled": "enabled", "active": "active"} for u in want.units},
         "markers": {f"{i.dest}/{layout.INSTALL_STAMP}": i.sha256 for i in want.installs},
+        "manifest": absence.wanted(want, None),
     }
 
 

@@ -1,0 +1,149 @@
+"""What ibgw created and the inventory no longer names: the host's manifest, diffed, and the removals.
+
+The manifest (layout.MANIFEST, root's 0600) lists what ibgw created. A run removes what it lists
+and the inventory no longer wants: units are stopped and disabled before any file step (their
+ports are then free for a successor), files and trees are deleted after. Only manifest entries at
+ibgw's own paths (layout.removable) are ever touched; logs, the gates' audit and the ibkr user's
+home stay unless purged. Of each install (IBC, each gateway's IB Gateway), the current tree and
+the one before it stay, with their uploads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import layout
+from .shapes import Facts, Manifest, ManifestStep, NftDeleteStep, RemoveStep, StopStep, Task
+from .state import Desired
+from .wheelhouse import Wheelhouse
+
+KEEP_INSTALLS = 2  # the current version and the one before it
+EMPTY = Manifest(paths=[], units=[], firewall=False, installs={})
+
+
+@dataclass
+class Removals:
+    stop: list[Task]  # the stop phase: before the file steps
+    remove: list[Task]  # after them
+    record: Task  # the manifest the host holds once the run is done
+    first: ManifestStep  # written before any step: the union of old and new
+
+    @property
+    def daemon_reload(self) -> bool:
+        """A unit file was removed."""
+        return any(t.name.split(" ", 1)[1].startswith(layout.UNIT_DIR + "/") for t in self.remove)
+
+
+def wanted(want: Desired, wheels: Wheelhouse | None) -> Manifest:
+    """The manifest of what `want` creates (arch-resolved installs)."""
+    paths = [d.path for d in want.dirs] + [f.path for f in want.files] + [i.upload for i in want.installs]
+    if wheels:
+        paths += [layout.VENV] + [f"{layout.WHEELS}/{w.name}" for w in wheels.wheels]
+    return Manifest(
+        paths=sorted({p for p in paths if layout.removable(p)}),
+        units=sorted(want.units),
+        firewall=layout.FIREWALL_UNIT in want.units,
+        installs={i.group: [[i.dest, i.upload]] for i in want.installs},
+    )
+
+
+def plan_removals(
+    old: Manifest | None, new: Manifest, facts: Facts, absent: tuple[str, ...] = (), purge: bool = False
+) -> Removals:
+    old = old or EMPTY
+    history = _history(old, new)
+    kept_installs = {p for entries in history.values() for entry in entries for p in entry}
+    dropped = {p for entries in old["installs"].values() for entry in entries for p in entry} - kept_installs
+    wanted_paths = set(new["paths"]) | kept_installs
+    stale = (set(old["paths"]) | dropped | set(absent)) - wanted_paths
+    stale = {p for p in stale if layout.removable(p) and not _ancestor(p, wanted_paths)}
+    kept = set() if purge else {p for p in stale if layout.kept(p)}
+    trees = {entry[0] for entries in history.values() for entry in entries}  # kept install trees
+    final = Manifest(
+        paths=sorted(set(new["paths"]) | kept),
+        units=new["units"],
+        firewall=new["firewall"],
+        installs=history,
+    )
+    return Removals(
+        stop=_stop(old, new, facts),
+        remove=_remove(stale - kept - {p for p in stale if _under(p, trees)}, facts, purge),
+        record=_record(facts.get("manifest"), final, purge and not new["paths"]),
+        first=ManifestStep(
+            kind="manifest", task="manifest (before)", path=layout.MANIFEST, manifest=_union(old, new)
+        ),
+    )
+
+
+def _history(old: Manifest, new: Manifest) -> dict[str, list[list[str]]]:
+    """Per install still wanted: its trees, oldest first, the last KEEP_INSTALLS of them."""
+    history = {}
+    for group, entries in new["installs"].items():
+        current = entries[-1]
+        before = [e for e in old["installs"].get(group, []) if e[0] != current[0]]
+        history[group] = (before + [current])[-KEEP_INSTALLS:]
+    return history
+
+
+def _union(old: Manifest, new: Manifest) -> Manifest:
+    installs = {g: list(v) for g, v in old["installs"].items()}
+    for group, entries in new["installs"].items():
+        installs[group] = [e for e in installs.get(group, []) if e not in entries] + entries
+    return Manifest(
+        paths=sorted(set(old["paths"]) | set(new["paths"])),
+        units=sorted(set(old["units"]) | set(new["units"])),
+        firewall=old["firewall"] or new["firewall"],
+        installs=installs,
+    )
+
+
+def _ancestor(path: str, paths: set[str]) -> bool:
+    """A directory that holds something still wanted stays."""
+    return any(p.startswith(path + "/") for p in paths)
+
+
+def _under(path: str, trees: set[str]) -> bool:
+    return any(path.startswith(t + "/") for t in trees)
+
+
+def _stop(old: Manifest, new: Manifest, facts: Facts) -> list[Task]:
+    tasks = []
+    for unit in sorted(set(old["units"]) - set(new["units"])):
+        state = facts["units"].get(unit)
+        if state and (state["enabled"] == "enabled" or state["active"] not in ("inactive", "unknown", "")):
+            stop = StopStep(kind="stop", task=f"stop {unit}", unit=unit)
+            tasks.append(
+                Task(f"service {unit}", True, "stop and disable: no longer in the inventory", step=stop)
+            )
+    if old["firewall"] and not new["firewall"] and facts.get("firewall"):
+        drop = NftDeleteStep(kind="nft_delete", task="delete table inet ibgw", table="inet ibgw")
+        tasks.append(Task("firewall table inet ibgw", True, "delete: the firewall is off", step=drop))
+    return tasks
+
+
+def _remove(stale: set[str], facts: Facts, purge: bool) -> list[Task]:
+    """Deepest first; what a removed tree holds goes with it."""
+    tasks: list[tuple[str, Task]] = []
+    trees: set[str] = set()
+    for path in sorted(stale, reverse=True):
+        have = facts["paths"].get(path)
+        if have is None:
+            continue
+        tree = have["kind"] == "dir" and (purge or path not in layout.CONTAINERS)
+        trees |= {path} if tree else set()
+        step = RemoveStep(kind="remove", task=f"remove {path}", path=path, tree=tree)
+        detail = "remove" + (" with all below it" if tree else "") + ": no longer in the inventory"
+        tasks.append((path, Task(f"{have['kind']} {path}", True, detail, step=step)))
+    # a removed tree held the entries listed before it (sorted deepest first): they go with it
+    return [t for path, t in tasks if not _under(path, trees)]
+
+
+def _record(have: Manifest | None, final: Manifest, delete: bool) -> Task:
+    name = f"manifest {layout.MANIFEST}"
+    if delete:
+        step = ManifestStep(kind="manifest", task=name, path=layout.MANIFEST, manifest=None)
+        return Task(name, have is not None, "delete: purge", step=step if have is not None else None)
+    if have == final:
+        return Task(name, False)
+    step = ManifestStep(kind="manifest", task=name, path=layout.MANIFEST, manifest=final)
+    return Task(name, True, "record what ibgw created", step=step)
