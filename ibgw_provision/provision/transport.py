@@ -13,8 +13,8 @@ key that changed is always refused. Every failure is one SshError line.
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import re
 import select
 import socket
 import threading
@@ -133,8 +133,12 @@ def _last_byte(path: Path) -> bytes:
 
 
 def _pattern_match(hostname: str, pattern: str) -> bool:
-    """known_hosts patterns (*, ?; a negation never grants) against a host or [host]:port."""
-    return not pattern.startswith("!") and fnmatch.fnmatchcase(hostname, pattern)
+    """A known_hosts pattern (only * and ? are wildcards; a negation never grants) against a host
+    or [host]:port."""
+    if pattern.startswith("!"):
+        return False
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, hostname) is not None
 
 
 class _Verify(paramiko.MissingHostKeyPolicy):
@@ -166,7 +170,8 @@ class Transport:
         self._hops: list[_Hop] = []
 
     def __enter__(self) -> Transport:
-        self.connect()
+        if not self._hops:
+            self.connect()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -174,6 +179,7 @@ class Transport:
 
     def connect(self) -> None:
         """Open each hop in turn, the bastion first; a failure names its hop."""
+        self.close()
         self._hops = _hops(self.target, self.connect_timeout)
         for i, hop in enumerate(self._hops):
             via = f" (via {self._hops[i - 1].label})" if i else ""
