@@ -32,8 +32,14 @@ def input_errors(func):
     return wrapper
 
 
-INVENTORY = click.option("-i", "--inventory", "inventory_path", required=True,
-                         type=click.Path(dir_okay=False), help="Inventory YAML file.")
+INVENTORY = click.option(
+    "-i",
+    "--inventory",
+    "inventory_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Inventory YAML file.",
+)
 
 
 def ssh_options(func):
@@ -41,30 +47,52 @@ def ssh_options(func):
     options = [
         click.option("--user", "ssh_user", help="Log in as this user (root's work then runs through sudo)."),
         click.option("--private-key", type=click.Path(dir_okay=False), help="SSH private key file."),
-        click.option("--ssh-config", type=click.Path(dir_okay=False),
-                     help="ssh_config file to honour (default: ~/.ssh/config if it exists)."),
-        click.option("-K", "--ask-become-pass", "ask_become_pass", is_flag=True,
-                     help="Ask for the login user's sudo password (sent on stdin, never in argv)."),
+        click.option(
+            "--ssh-config",
+            type=click.Path(dir_okay=False),
+            help="ssh_config file to honour (default: ~/.ssh/config if it exists).",
+        ),
+        click.option(
+            "-K",
+            "--ask-become-pass",
+            "ask_become_pass",
+            is_flag=True,
+            help="Ask for the login user's sudo password (sent on stdin, never in argv).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def ssh_settings(ssh_user: str | None, private_key: str | None, ssh_config: str | None, ask_become_pass: bool,
-                 timeout: float | None, accept_new: bool = False):
+def ssh_settings(
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+    timeout: float | None,
+    accept_new: bool = False,
+):
     from .provision.remote import SshOptions
 
     become = click.prompt("BECOME (sudo) password", hide_input=True, err=True) if ask_become_pass else None
-    return SshOptions(user=ssh_user, private_key=Path(private_key).expanduser() if private_key else None,
-                      timeout=timeout, ssh_config=Path(ssh_config).expanduser() if ssh_config else None,
-                      accept_new=accept_new, become_password=become, ask_passphrase=_ask_passphrase)
+    return SshOptions(
+        user=ssh_user,
+        private_key=Path(private_key).expanduser() if private_key else None,
+        timeout=timeout,
+        ssh_config=Path(ssh_config).expanduser() if ssh_config else None,
+        accept_new=accept_new,
+        become_password=become,
+        ask_passphrase=_ask_passphrase,
+    )
 
 
 def _ask_passphrase(path: Path) -> str:
     if not sys.stdin.isatty():
-        raise SshError(f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
-                       "ssh.passphrase (no terminal to ask on)")
+        raise SshError(
+            f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
+            "ssh.passphrase (no terminal to ask on)"
+        )
     return click.prompt(f"Passphrase for SSH key {path}", hide_input=True, err=True)
 
 
@@ -89,8 +117,12 @@ for command in (sim, gate, audit):
 
 @main.command()
 @INVENTORY
-@click.option("--secrets", "check_secrets", is_flag=True,
-              help="Also resolve every secret reference (env vars, files) on this machine.")
+@click.option(
+    "--secrets",
+    "check_secrets",
+    is_flag=True,
+    help="Also resolve every secret reference (env vars, files) on this machine.",
+)
 @input_errors
 def validate(inventory_path: str, check_secrets: bool) -> None:
     """Check an inventory; every error names its file, line and field."""
@@ -101,15 +133,19 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
-        click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
-                   f"{len(host.apps)} apps")
+        click.echo(
+            f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
+            f"{len(host.apps)} apps"
+        )
     click.echo(f"{inventory_path}: ok")
 
 
 @main.command()
 @click.argument("host")
 @INVENTORY
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into."
+)
 @input_errors
 def render(host: str, inventory_path: str, out_dir: str) -> None:
     """Write every file HOST gets under DIR, at its target path. Secrets are masked."""
@@ -128,17 +164,38 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
 @click.option("--check", is_flag=True, help="Change nothing; list what would change.")
 @click.option("--diff", "show_diff", is_flag=True, help="Show unified diffs of files (secrets masked).")
 @click.option("--limit", help="Only hosts matching this name or glob, within PATTERN.")
-@click.option("--accept-new-host-key", "accept_new", is_flag=True,
-              help="Trust an unknown host key on first contact (a changed key is still refused).")
+@click.option(
+    "--accept-new-host-key",
+    "accept_new",
+    is_flag=True,
+    help="Trust an unknown host key on first contact (a changed key is still refused).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also list tasks that were already ok.")
 @click.option("--forks", default=8, show_default=True, type=click.IntRange(1, 256), help="Hosts at once.")
-@click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(1, 300),
-              help="Seconds to connect and log in over SSH.")
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
 @ssh_options
 @input_errors
-def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, limit: str | None,
-              accept_new: bool, verbose: bool, forks: int, timeout: float, ssh_user: str | None,
-              private_key: str | None, ssh_config: str | None, ask_become_pass: bool) -> None:
+def provision(
+    pattern: str,
+    inventory_path: str,
+    check: bool,
+    show_diff: bool,
+    limit: str | None,
+    accept_new: bool,
+    verbose: bool,
+    forks: int,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
     from .inventory.preflight import check_artifacts
     from .provision.apply import Options
@@ -153,8 +210,9 @@ def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, l
     preload_keys(inv, names, ssh)
     recap = Recap(show_diff=show_diff, verbose=verbose)
     with recap.progress(names) as on_event:
-        reports = run(inv, names, Options(check=check, accept_new=accept_new, ssh=ssh, forks=forks,
-                                          on_event=on_event))
+        reports = run(
+            inv, names, Options(check=check, accept_new=accept_new, ssh=ssh, forks=forks, on_event=on_event)
+        )
     sys.exit(recap.show(reports))
 
 
@@ -163,8 +221,13 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
     if limit:
         names = [n for n in names if n in inv.select(limit)]
     if not names:
-        raise InputError([inv.problem(("hosts",), f"no host matches {pattern!r}"
-                                      + (f" with --limit {limit!r}" if limit else ""))])
+        raise InputError(
+            [
+                inv.problem(
+                    ("hosts",), f"no host matches {pattern!r}" + (f" with --limit {limit!r}" if limit else "")
+                )
+            ]
+        )
     return names
 
 
@@ -173,13 +236,28 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
 @INVENTORY
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ibgw.health/1).")
 @click.option("--brief", is_flag=True, help="One line per host, for cron and Nagios-style checks.")
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300),
-              help="Seconds for SSH and for each TWS API probe.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds for SSH and for each TWS API probe.",
+)
 @click.option("--forks", default=8, show_default=True, type=click.IntRange(1, 256), help="Hosts at once.")
 @ssh_options
 @input_errors
-def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeout: float, forks: int,
-           ssh_user: str | None, private_key: str | None, ssh_config: str | None, ask_become_pass: bool) -> None:
+def health(
+    pattern: str,
+    inventory_path: str,
+    as_json: bool,
+    brief: bool,
+    timeout: float,
+    forks: int,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """Is HOST or GROUP serving? Exit 0 healthy, 1 degraded, 2 down or mode mismatch."""
     import json
     from concurrent.futures import ThreadPoolExecutor
@@ -209,12 +287,26 @@ def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeou
 @INVENTORY
 @click.option("--duration", type=click.IntRange(1), help="Stop after this many seconds (default: at Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per sample instead of a live table.")
-@click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(1, 300),
-              help="Seconds to connect and log in over SSH.")
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
 @ssh_options
 @input_errors
-def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool, timeout: float,
-            ssh_user: str | None, private_key: str | None, ssh_config: str | None, ask_become_pass: bool) -> None:
+def monitor(
+    host: str,
+    inventory_path: str,
+    duration: int | None,
+    as_json: bool,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """Live view, every second, of who is connected through HOST's front, by app."""
     import json
 
@@ -231,11 +323,20 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool,
     preload_keys(inv, [name], ssh)
     try:
         if as_json:
-            mon.samples(inv, name, count, lambda found, gates: click.echo(json.dumps(mon.as_dicts(found))), ssh)
+            mon.samples(
+                inv, name, count, lambda found, gates: click.echo(json.dumps(mon.as_dicts(found))), ssh
+            )
         else:
-            with Live(views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False) as live:
-                mon.samples(inv, name, count,
-                            lambda found, gates: live.update(views.monitor_table(name, found), refresh=True), ssh)
+            with Live(
+                views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False
+            ) as live:
+                mon.samples(
+                    inv,
+                    name,
+                    count,
+                    lambda found, gates: live.update(views.monitor_table(name, found), refresh=True),
+                    ssh,
+                )
     except KeyboardInterrupt:
         pass
     except (SshError, AgentError) as exc:
@@ -247,12 +348,25 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool,
 @INVENTORY
 @click.argument("host", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(1, 300),
-              help="Seconds to connect and log in over SSH.")
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
 @ssh_options
 @input_errors
-def apps(inventory_path: str, host: str | None, as_json: bool, timeout: float, ssh_user: str | None,
-         private_key: str | None, ssh_config: str | None, ask_become_pass: bool) -> None:
+def apps(
+    inventory_path: str,
+    host: str | None,
+    as_json: bool,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """The app registry; with HOST, also who is connected now through its front."""
     import json
 
@@ -273,8 +387,18 @@ def apps(inventory_path: str, host: str | None, as_json: bool, timeout: float, s
             sys.exit(1)
         rows = [{"host": name, **r} for r in mon.app_states(inv.hosts[name], *sample)]
     else:
-        rows = [{"host": n, "app": a.name, "client_id": a.client_id, "modes": list(a.modes),
-                 "sources": list(a.sources), "read_only": a.read_only} for n, h in inv.hosts.items() for a in h.apps]
+        rows = [
+            {
+                "host": n,
+                "app": a.name,
+                "client_id": a.client_id,
+                "modes": list(a.modes),
+                "sources": list(a.sources),
+                "read_only": a.read_only,
+            }
+            for n, h in inv.hosts.items()
+            for a in h.apps
+        ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

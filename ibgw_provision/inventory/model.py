@@ -119,8 +119,13 @@ class Gateway(Model):
     def _default_ports(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("mode") in MODES:
             mode = data["mode"]
-            return {"api_port": DEFAULT_API_PORT[mode], "front_port": DEFAULT_FRONT_PORT[mode],
-                    "gate_port": DEFAULT_GATE_PORT[mode], "gate_metrics_port": DEFAULT_GATE_METRICS_PORT[mode], **data}
+            return {
+                "api_port": DEFAULT_API_PORT[mode],
+                "front_port": DEFAULT_FRONT_PORT[mode],
+                "gate_port": DEFAULT_GATE_PORT[mode],
+                "gate_metrics_port": DEFAULT_GATE_METRICS_PORT[mode],
+                **data,
+            }
         return data
 
 
@@ -263,7 +268,11 @@ class Inventory(Model):
 
     def problem(self, path: tuple, message: str) -> Problem:
         """A problem at a field of the file this inventory was loaded from."""
-        return self._source.problem(path, message) if self._source else Problem("<inventory>", None, str(path), message)
+        return (
+            self._source.problem(path, message)
+            if self._source
+            else Problem("<inventory>", None, str(path), message)
+        )
 
     def path(self, path: Path) -> Path:
         """A path from the inventory: ~ expanded, relative to the inventory's own directory."""
@@ -304,9 +313,11 @@ def warnings(inv: Inventory) -> list[str]:
             where = f"hosts.{name}.apps[{i}] ({app.name})"
             open_modes = [m for m in app.modes if (gw := host.gateway(m)) and not gw.ibc.read_only_api]
             if not host.front.gate and app.read_only and open_modes:
-                found.append(f"{where}: read_only is enforced only by `ibgw gate` (front.gate: true) or a "
-                             f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
-                             f"gateway{'s' if len(open_modes) > 1 else ''}")
+                found.append(
+                    f"{where}: read_only is enforced only by `ibgw gate` (front.gate: true) or a "
+                    f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
+                    f"gateway{'s' if len(open_modes) > 1 else ''}"
+                )
             if not host.front.gate and (app.max_order_quantity or app.allowed_sec_types):
                 found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
     return found
@@ -316,8 +327,10 @@ def _message(error: ErrorDetails) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):
-            return ("plaintext secrets are not allowed in the inventory; "
-                    "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}")
+            return (
+                "plaintext secrets are not allowed in the inventory; "
+                "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+            )
         return "unknown field (check its spelling)"
     return msg
 
@@ -340,11 +353,22 @@ def _check_host(inv: Inventory, name: str, host: Host, src: yamlsrc.Source) -> l
     found += _check_apps(host, base)
     found += _check_ports(host, base)
     if host.firewall.enabled and not host.firewall.admin_cidrs:
-        found.append((base + ("firewall", "admin_cidrs"), "the firewall is on but no admin CIDR may reach SSH; "
-                      "list the operator's addresses, or set firewall.enabled: false"))
+        found.append(
+            (
+                base + ("firewall", "admin_cidrs"),
+                "the firewall is on but no admin CIDR may reach SSH; "
+                "list the operator's addresses, or set firewall.enabled: false",
+            )
+        )
     if host.backend == "ibgw":
-        found += [(("artifacts", kind), f"host {name!r} uses the ibgw backend, which needs a pinned {kind} installer")
-                  for kind in ("ib_gateway", "ibc") if getattr(inv.artifacts, kind) is None]
+        found += [
+            (
+                ("artifacts", kind),
+                f"host {name!r} uses the ibgw backend, which needs a pinned {kind} installer",
+            )
+            for kind in ("ib_gateway", "ibc")
+            if getattr(inv.artifacts, kind) is None
+        ]
     return [src.problem(path, msg) for path, msg in found]
 
 
@@ -356,13 +380,22 @@ def _check_gateways(host: Host, base: tuple) -> list[tuple[tuple, str]]:
             found.append((path + ("mode",), f"a {gw.mode} gateway is already defined on this host"))
         seen.add(gw.mode)
         if host.backend == "ibgw" and gw.login is None:
-            found.append((path + ("login",), "missing secret reference: the ibgw backend needs login.username "
-                          "and login.password, each as {env: VAR} or {file: PATH}"))
+            found.append(
+                (
+                    path + ("login",),
+                    "missing secret reference: the ibgw backend needs login.username "
+                    "and login.password, each as {env: VAR} or {file: PATH}",
+                )
+            )
         prefix = "DU" if gw.mode == "paper" else "U"
         for j, account in enumerate(gw.simulator.accounts):
             if not account.startswith(prefix):
-                found.append((path + ("simulator", "accounts", j),
-                              f"a {gw.mode} account must start with {prefix!r}, got {account!r}"))
+                found.append(
+                    (
+                        path + ("simulator", "accounts", j),
+                        f"a {gw.mode} account must start with {prefix!r}, got {account!r}",
+                    )
+                )
     return found
 
 
@@ -374,19 +407,35 @@ def _check_apps(host: Host, base: tuple) -> list[tuple[tuple, str]]:
     for i, app in enumerate(host.apps):
         path = base + ("apps", i)
         if app.name in names:
-            found.append((path + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]"))
+            found.append(
+                (path + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]")
+            )
         names.setdefault(app.name, i)
         if app.client_id in (host.health.probe_client_id, host.health.probe_client_id + 1):
-            found.append((path + ("client_id",), f"client_id {app.client_id} is reserved for `ibgw health`'s "
-                          "probe (health.probe_client_id)"))
+            found.append(
+                (
+                    path + ("client_id",),
+                    f"client_id {app.client_id} is reserved for `ibgw health`'s "
+                    "probe (health.probe_client_id)",
+                )
+            )
         for j, mode in enumerate(app.modes):
             if mode not in provided:
-                found.append((path + ("modes", j), f"no {mode} gateway on this host (it has: "
-                              f"{', '.join(sorted(provided))})"))
+                found.append(
+                    (
+                        path + ("modes", j),
+                        f"no {mode} gateway on this host (it has: {', '.join(sorted(provided))})",
+                    )
+                )
             key = (mode, app.client_id)
             if key in owner:
-                found.append((path + ("client_id",), f"client_id {app.client_id} is already used by app "
-                              f"{owner[key]!r} on the {mode} gateway"))
+                found.append(
+                    (
+                        path + ("client_id",),
+                        f"client_id {app.client_id} is already used by app "
+                        f"{owner[key]!r} on the {mode} gateway",
+                    )
+                )
             owner.setdefault(key, app.name)
     return found
 

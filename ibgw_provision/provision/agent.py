@@ -37,7 +37,9 @@ def emit(**event):
 def sh(argv, check=True, **kw):
     proc = subprocess.run(argv, capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
-        raise StepError(f"{' '.join(argv)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
+        raise StepError(
+            f"{' '.join(argv)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
     return proc
 
 
@@ -47,10 +49,14 @@ class StepError(Exception):
 
 # ---- facts ---------------------------------------------------------------
 
+
 def facts(req):
     paths = {p: stat(p) for p in req["paths"]}  # every file hashed once, here
-    drifted = [p for p, want in req.get("content_unless", {}).items()
-               if (paths.get(p) or {}).get("sha256") not in (want, None)]
+    drifted = [
+        p
+        for p, want in req.get("content_unless", {}).items()
+        if (paths.get(p) or {}).get("sha256") not in (want, None)
+    ]
     return {
         "python": platform.python_version(),
         "arch": platform.machine(),
@@ -95,10 +101,20 @@ def stat(path):
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    kind = "dir" if os.path.isdir(path) and not os.path.islink(path) else \
-        "link" if os.path.islink(path) else "file"
-    return {"kind": kind, "mode": st.st_mode & 0o7777, "owner": name_of(pwd.getpwuid, st.st_uid),
-            "group": name_of(grp.getgrgid, st.st_gid), "sha256": sha256_of(path) if kind == "file" else None}
+    kind = (
+        "dir"
+        if os.path.isdir(path) and not os.path.islink(path)
+        else "link"
+        if os.path.islink(path)
+        else "file"
+    )
+    return {
+        "kind": kind,
+        "mode": st.st_mode & 0o7777,
+        "owner": name_of(pwd.getpwuid, st.st_uid),
+        "group": name_of(grp.getgrgid, st.st_gid),
+        "sha256": sha256_of(path) if kind == "file" else None,
+    }
 
 
 def name_of(lookup, ident):
@@ -161,7 +177,8 @@ def health(req):
         "uptime": float(open("/proc/uptime").read().split()[0]),
         "listeners": listeners(),
         "firewall": sh(["nft", "list", "table", "inet", "ibgw"], check=False).returncode == 0
-        if req["firewall"] else None,
+        if req["firewall"]
+        else None,
         "resources": resources(req["disk_paths"]),
         "log_lines": recent_lines(req["log_files"], req["log_minutes"]),
         "journal_errors": journal_errors(req["units"], req["log_minutes"]),
@@ -171,9 +188,13 @@ def health(req):
 def unit_detail(name):
     out = sh(["systemctl", "show", name, "-p", ",".join(UNIT_PROPS)], check=False).stdout
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return {"active": props.get("ActiveState", "unknown"), "sub": props.get("SubState", ""),
-            "restarts": int(props.get("NRestarts") or 0), "result": props.get("Result", ""),
-            "since": int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6}
+    return {
+        "active": props.get("ActiveState", "unknown"),
+        "sub": props.get("SubState", ""),
+        "restarts": int(props.get("NRestarts") or 0),
+        "result": props.get("Result", ""),
+        "since": int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6,
+    }
 
 
 def listeners():
@@ -194,7 +215,7 @@ def listeners():
 
 def proc_address(hexaddr, width):
     raw = bytes.fromhex(hexaddr)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per-word little endian
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # per-word little endian
     family = socket.AF_INET if width == 8 else socket.AF_INET6
     return socket.inet_ntop(family, words)
 
@@ -206,8 +227,13 @@ def resources(paths):
     for path in paths:
         usage = shutil.disk_usage(path)
         disks[path] = round(100 * usage.used / usage.total, 1)
-    return {"mem_total_mb": kib["MemTotal"] // 1024, "mem_available_mb": kib["MemAvailable"] // 1024,
-            "disk_used_pct": disks, "load1": os.getloadavg()[0], "cpus": os.cpu_count()}
+    return {
+        "mem_total_mb": kib["MemTotal"] // 1024,
+        "mem_available_mb": kib["MemAvailable"] // 1024,
+        "disk_used_pct": disks,
+        "load1": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
 
 
 def recent_lines(patterns, minutes):
@@ -276,6 +302,7 @@ def haproxy_table(path, table):
 
 # ---- steps ---------------------------------------------------------------
 
+
 def step_apt(step):
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     sh(["apt-get", "update", "-qq"], env=env)
@@ -285,8 +312,19 @@ def step_apt(step):
 def step_user(step):
     name = step["name"]
     if user(name) is None:
-        sh(["useradd", "--system", "--user-group", "--home-dir", step["home"], "--no-create-home",
-            "--shell", "/usr/sbin/nologin", name])
+        sh(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--home-dir",
+                step["home"],
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]
+        )
     for group in user(name)["groups"]:
         if group in PRIVILEGED_GROUPS:
             sh(["gpasswd", "-d", name, group])
@@ -336,7 +374,17 @@ def step_venv(step):
     venv = step["path"]
     shutil.rmtree(venv, ignore_errors=True)
     sh([sys.executable, "-m", "venv", venv])
-    sh([f"{venv}/bin/pip", "install", "-q", "--no-index", "--find-links", step["wheels"], step["requirement"]])
+    sh(
+        [
+            f"{venv}/bin/pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            step["wheels"],
+            step["requirement"],
+        ]
+    )
     with open(f"{venv}/{step['marker']}", "w") as fh:
         fh.write(step["stamp"])
 
@@ -417,7 +465,9 @@ def stays_up(units, seconds=3.0):
     time.sleep(seconds if units else 0)
     down = [u for u in units if unit(u)["active"] != "active"]
     if down:
-        logs = sh(["journalctl", "--no-pager", "-n", "5", "-o", "cat"] + [f"--unit={u}" for u in down], check=False)
+        logs = sh(
+            ["journalctl", "--no-pager", "-n", "5", "-o", "cat"] + [f"--unit={u}" for u in down], check=False
+        )
         raise StepError(f"not running after start: {', '.join(down)}; last log lines: {logs.stdout.strip()}")
 
 
@@ -439,8 +489,17 @@ def note_pending(path, then):
     os.replace(tmp, path)
 
 
-STEPS = {"apt": step_apt, "user": step_user, "dir": step_dir, "file": step_file, "attrs": step_attrs,
-         "venv": step_venv, "uploads": step_uploads, "install": step_install, "systemd": step_systemd}
+STEPS = {
+    "apt": step_apt,
+    "user": step_user,
+    "dir": step_dir,
+    "file": step_file,
+    "attrs": step_attrs,
+    "venv": step_venv,
+    "uploads": step_uploads,
+    "install": step_install,
+    "systemd": step_systemd,
+}
 
 
 def apply(req):

@@ -76,8 +76,9 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     return report
 
 
-def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report,
-              secrets: Secrets) -> None:
+def _converge(
+    inv: Inventory, name: str, transport: Transport, opts: Options, report: Report, secrets: Secrets
+) -> None:
     want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
@@ -118,9 +119,23 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
 def _stage(transport: Transport, uploads: list[tuple[Path, str]]) -> tuple[str, dict]:
     """Upload as the login user into a private staging directory; the step that moves them into place."""
     stage, staged = transport.stage([local for local, _ in uploads])
-    files = [{"from": there, "to": remote, "sha256": _sha256(local), "owner": "root", "group": "root",
-              "mode": 0o644} for (local, remote), there in zip(uploads, staged, strict=True)]
-    return stage, {"kind": "uploads", "task": f"place {len(files)} uploaded files", "stage": stage, "files": files}
+    files = [
+        {
+            "from": there,
+            "to": remote,
+            "sha256": _sha256(local),
+            "owner": "root",
+            "group": "root",
+            "mode": 0o644,
+        }
+        for (local, remote), there in zip(uploads, staged, strict=True)
+    ]
+    return stage, {
+        "kind": "uploads",
+        "task": f"place {len(files)} uploaded files",
+        "stage": stage,
+        "files": files,
+    }
 
 
 def _sha256(path: Path) -> str:

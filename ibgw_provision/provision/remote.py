@@ -21,9 +21,11 @@ from .transport import SshError, Target, Transport
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
 HEADER = b"IBGW-AGENT "  # then the agent's length; lines before it (an unused sudo password) are skipped
 # Reads the agent's source, then runs it; the request follows on stdin. No argv payload.
-BOOT = ("python3 -c 'import sys;b=sys.stdin.buffer;h=b.readline()\n"
-        "while h and not h.startswith(b\"IBGW-AGENT \"):h=b.readline()\n"
-        "exec(compile(b.read(int(h[11:] or 0)),\"ibgw-agent\",\"exec\"))'")
+BOOT = (
+    "python3 -c 'import sys;b=sys.stdin.buffer;h=b.readline()\n"
+    'while h and not h.startswith(b"IBGW-AGENT "):h=b.readline()\n'
+    'exec(compile(b.read(int(h[11:] or 0)),"ibgw-agent","exec"))\''
+)
 REFUSED = re.compile(r"^Please login as the user", re.I)  # cloud images' forced command for root
 ROOT_REFUSED_EXIT = 142
 SUDO_WRONG = re.compile(r"incorrect password attempt|Sorry, try again", re.I)
@@ -61,11 +63,20 @@ def target(inv: Inventory, name: str, accept_new: bool = False, opts: SshOptions
     key = opts.private_key or (inv.path(ssh.key) if ssh.key else None)
     known = inv.path(ssh.known_hosts) if "known_hosts" in explicit else None
     jump = ssh.jumps() if ssh.jump is not None else None
-    return Target(name, host.address, ssh.port if "port" in explicit else None,
-                  opts.user or (ssh.user if "user" in explicit else None), key, known,
-                  opts.accept_new or accept_new or ssh.host_key == "accept-new", jump,
-                  opts.ssh_config, _passphrase(inv, name, opts.ask_passphrase), opts.become_password,
-                  opts.timeout or 15)
+    return Target(
+        name,
+        host.address,
+        ssh.port if "port" in explicit else None,
+        opts.user or (ssh.user if "user" in explicit else None),
+        key,
+        known,
+        opts.accept_new or accept_new or ssh.host_key == "accept-new",
+        jump,
+        opts.ssh_config,
+        _passphrase(inv, name, opts.ask_passphrase),
+        opts.become_password,
+        opts.timeout or 15,
+    )
 
 
 def _passphrase(inv: Inventory, name: str, ask: Callable[[Path], str] | None) -> Callable[[Path], str]:
@@ -81,8 +92,10 @@ def _passphrase(inv: Inventory, name: str, ask: Callable[[Path], str] | None) ->
         if os.environ.get("IBGW_SSH_PASSPHRASE"):
             return os.environ["IBGW_SSH_PASSPHRASE"]
         if ask is None:
-            raise SshError(f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
-                           "ssh.passphrase, or run on a terminal")
+            raise SshError(
+                f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
+                "ssh.passphrase, or run on a terminal"
+            )
         return ask(path)
 
     return passphrase
@@ -136,17 +149,23 @@ def call_agent(transport: Transport, request: dict, on_event=lambda message: Non
 
 
 def _install_python(transport: Transport) -> None:
-    command, prefix = _command(transport, "sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                                          "apt-get install -y -qq python3 >/dev/null'")
+    command, prefix = _command(
+        transport,
+        "sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -y -qq python3 >/dev/null'",
+    )
     boot = transport.run(command, prefix)
     if boot.rc != 0:
-        raise AgentError(f"{transport.target.name}: cannot install python3: "
-                         f"{_failure(transport, boot.rc, boot.stderr)}")
+        raise AgentError(
+            f"{transport.target.name}: cannot install python3: {_failure(transport, boot.rc, boot.stderr)}"
+        )
 
 
 def _refused(name: str, said: list[str], stderr: str) -> str:
     message = " ".join(line.strip() for line in said + stderr.splitlines() if line.strip())
-    return f"{name}: root login refused by the host: {message or '(no message)'}; set ssh.user in the inventory"
+    return (
+        f"{name}: root login refused by the host: {message or '(no message)'}; set ssh.user in the inventory"
+    )
 
 
 def _failure(transport: Transport, rc: int, stderr: str) -> str:
@@ -158,7 +177,9 @@ def _failure(transport: Transport, rc: int, stderr: str) -> str:
         if SUDO_WRONG.search(stderr):
             return f"sudo refused the password given with -K for {transport.login_user}"
         if SUDO_NEEDS_PASSWORD.search(stderr):
-            return (f"sudo needs a password for {transport.login_user}: pass -K (--ask-become-pass), "
-                    "or allow it NOPASSWD")
+            return (
+                f"sudo needs a password for {transport.login_user}: pass -K (--ask-become-pass), "
+                "or allow it NOPASSWD"
+            )
     text = " ".join(stderr.strip().splitlines()[-5:])[-500:]
     return f"agent failed (exit {rc}): {text}"

@@ -109,7 +109,8 @@ class KnownHosts:
         probe = paramiko.HostKeys()
         probe._entries = list(self.authorities)  # type: ignore[attr-defined]
         return probe.lookup(hostname) is not None or any(
-            _pattern_match(hostname, h) for e in self.authorities for h in e.hostnames)
+            _pattern_match(hostname, h) for e in self.authorities for h in e.hostnames
+        )
 
     def append(self, hostname: str, key: paramiko.PKey) -> None:
         """One line in OpenSSH's format at the end; comments and other lines stay as they are."""
@@ -151,14 +152,20 @@ class _Verify(paramiko.MissingHostKeyPolicy):
         if key in self.known.revoked:
             raise SshError(f"{self.label}: host key is marked @revoked in {self.known.path}: refusing")
         if self.known.keys.lookup(hostname):
-            raise SshError(f"{self.label}: host offered a {key.get_name()} key, but {self.known.path} has "
-                           f"another key type for {hostname}: refusing (possible man-in-the-middle)")
+            raise SshError(
+                f"{self.label}: host offered a {key.get_name()} key, but {self.known.path} has "
+                f"another key type for {hostname}: refusing (possible man-in-the-middle)"
+            )
         if self.known.has_authority_for(hostname):
-            raise SshError(f"{self.label}: {self.known.path} trusts this host only through @cert-authority; "
-                           "host certificates are not supported: add the host's plain key")
+            raise SshError(
+                f"{self.label}: {self.known.path} trusts this host only through @cert-authority; "
+                "host certificates are not supported: add the host's plain key"
+            )
         if not self.accept_new:
-            raise SshError(f"{self.label}: unknown host key (not in {self.known.path}); verify it and add it, "
-                           "or pass --accept-new-host-key for first contact")
+            raise SshError(
+                f"{self.label}: unknown host key (not in {self.known.path}); verify it and add it, "
+                "or pass --accept-new-host-key for first contact"
+            )
         self.known.append(hostname, key)
 
 
@@ -214,8 +221,13 @@ class Transport:
             raise SshError(f"{self.target.name}: connection lost")
         return transport
 
-    def run(self, command: str, stdin: bytes = b"", on_line: Callable[[str], None] | None = None,
-            timeout: float = 1800) -> Result:
+    def run(
+        self,
+        command: str,
+        stdin: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
+        timeout: float = 1800,
+    ) -> Result:
         """Run one command, feeding stdin; one round trip. on_line sees stdout lines as they come."""
         self.round_trips += 1
         try:
@@ -256,10 +268,13 @@ class Transport:
         """A local socket connected to host:port as seen from the remote host (ssh -L, one connection)."""
         self.round_trips += 1
         try:
-            chan = self._ssh().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
-                                            timeout=self.connect_timeout)
+            chan = self._ssh().open_channel(
+                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=self.connect_timeout
+            )
         except (paramiko.SSHException, OSError) as exc:
-            raise SshError(f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}") from None
+            raise SshError(
+                f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}"
+            ) from None
         ours, theirs = socket.socketpair()
         threading.Thread(target=_pump, args=(chan, theirs), daemon=True).start()
         return ours
@@ -321,12 +336,21 @@ def _hops(t: Target, timeout: float) -> list[_Hop]:
     hops: list[_Hop] = []
     try:
         for i, spec in enumerate(jumps):
-            conn = Connection(spec, config=config, gateway=hops[-1].conn if hops else False,
-                              connect_timeout=max(1, round(timeout)))
+            conn = Connection(
+                spec,
+                config=config,
+                gateway=hops[-1].conn if hops else False,
+                connect_timeout=max(1, round(timeout)),
+            )
             hops.append(_hop(conn, t, f"jump host {i + 1} ({conn.user}@{conn.host}:{conn.port})", timeout))
-        conn = Connection(t.address, user=t.user or look.get("user") or "root",
-                          port=t.port or int(look.get("port", 22)), config=config,
-                          gateway=hops[-1].conn if hops else False, connect_timeout=max(1, round(timeout)))
+        conn = Connection(
+            t.address,
+            user=t.user or look.get("user") or "root",
+            port=t.port or int(look.get("port", 22)),
+            config=config,
+            gateway=hops[-1].conn if hops else False,
+            connect_timeout=max(1, round(timeout)),
+        )
     except ValueError as exc:  # a malformed hop ("user@host:port") or port
         raise SshError(f"{t.name}: bad ssh host or jump: {_reason(exc)}") from None
     hops.append(_hop(conn, t, f"{conn.user}@{conn.host}:{conn.port}", timeout))
@@ -354,8 +378,12 @@ def _hop(conn: Connection, t: Target, label: str, timeout: float) -> _Hop:
     identities = [Path(p).expanduser() for p in cfg.get("identityfile", [])]
     identities = ([t.key] if t.key else []) + [p for p in identities if p.exists() and p != t.key]
     only = str(cfg.get("identitiesonly", "no")).lower() == "yes"
-    kwargs: dict = {"allow_agent": not only or not identities, "look_for_keys": not identities,
-                    "banner_timeout": timeout, "auth_timeout": timeout}
+    kwargs: dict = {
+        "allow_agent": not only or not identities,
+        "look_for_keys": not identities,
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+    }
     if identities:  # the first is loaded here, for clear errors and the passphrase; paramiko tries the rest
         kwargs["pkey"], passphrase = _load_key(identities[0], t.passphrase)
         kwargs["key_filename"] = [str(p) for p in identities[1:]]
@@ -381,11 +409,14 @@ def _open(hop: _Hop, accept_new: bool) -> None:
     except SshError:
         raise
     except paramiko.BadHostKeyException:
-        raise SshError(f"{where}: host key does not match {hop.known_hosts.path}: refusing (possible "
-                       "man-in-the-middle); if the host was rebuilt, remove its old entry") from None
+        raise SshError(
+            f"{where}: host key does not match {hop.known_hosts.path}: refusing (possible "
+            "man-in-the-middle); if the host was rebuilt, remove its old entry"
+        ) from None
     except paramiko.AuthenticationException as exc:
-        raise SshError(f"{where}: authentication failed ({_reason(exc)}); check ssh.user, the key "
-                       "and the SSH agent") from None
+        raise SshError(
+            f"{where}: authentication failed ({_reason(exc)}); check ssh.user, the key and the SSH agent"
+        ) from None
     except paramiko.ChannelException as exc:  # the previous hop could not reach this one
         raise SshError(f"{where}: unreachable from the jump host: {_reason(exc)}") from None
     except paramiko.SSHException as exc:
@@ -417,8 +448,10 @@ def _load_key(path: Path, ask: Callable[[Path], str] | None) -> tuple[paramiko.P
         passphrase = _PASSPHRASES.get(path)
         if passphrase is None:
             if ask is None:
-                raise SshError(f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE, "
-                               "ssh.passphrase, or run on a terminal")
+                raise SshError(
+                    f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE, "
+                    "ssh.passphrase, or run on a terminal"
+                )
             passphrase = ask(path)
         try:
             key = paramiko.PKey.from_path(path, passphrase.encode())  # type: ignore[arg-type]  # bytes, in fact

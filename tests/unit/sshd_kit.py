@@ -51,10 +51,14 @@ exec "$@"
 def new_key(path: Path, passphrase: str | None = None) -> paramiko.PKey:
     """An ed25519 key in OpenSSH's format, as ssh-keygen writes it (encrypted with a passphrase)."""
     private = ed25519.Ed25519PrivateKey.generate()
-    encryption = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
-                  else serialization.NoEncryption())
-    path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                           encryption))
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase.encode())
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    path.write_bytes(
+        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption)
+    )
     path.chmod(0o600)
     return paramiko.Ed25519Key.from_private_key_file(str(path), password=passphrase)
 
@@ -77,7 +81,11 @@ class HomeSFTP(paramiko.SFTPServerInterface):
             out = call(*args)
         except OSError as exc:
             return paramiko.SFTPServer.convert_errno(exc.errno)
-        return paramiko.SFTPAttributes.from_stat(out) if isinstance(out, os.stat_result) else paramiko.sftp.SFTP_OK
+        return (
+            paramiko.SFTPAttributes.from_stat(out)
+            if isinstance(out, os.stat_result)
+            else paramiko.sftp.SFTP_OK
+        )
 
     def stat(self, path):
         return self._result(os.stat, self._real(path))
@@ -138,7 +146,9 @@ class Server(paramiko.ServerInterface):
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind, chanid):
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return (
+            paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        )
 
     def check_channel_exec_request(self, channel, command):
         self.sshd.commands.append(command.decode())
@@ -181,8 +191,8 @@ class Server(paramiko.ServerInterface):
         self.sshd.stdins.append(data)
         header = data.index(b"IBGW-AGENT ")
         size_end = data.index(b"\n", header)
-        size = int(data[header + 11:size_end])
-        request = json.loads(data[size_end + 1 + size:])
+        size = int(data[header + 11 : size_end])
+        request = json.loads(data[size_end + 1 + size :])
         assert self.sshd.agent_reply is not None
         chan.sendall((json.dumps({"result": self.sshd.agent_reply(request)}) + "\n").encode())
         chan.send_exit_status(0)
@@ -204,8 +214,14 @@ def _wait_closed(chan: paramiko.Channel, seconds: float) -> None:
 def run_command(chan: paramiko.Channel, command: str, sshd: Sshd) -> None:
     """What sshd does for `exec`: sh -c in the home directory, stdin from the channel, exit status back."""
     env = {**os.environ, "HOME": str(sshd.home), **sshd.env}
-    proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=sshd.home, env=env)
+    proc = subprocess.Popen(
+        ["sh", "-c", command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=sshd.home,
+        env=env,
+    )
 
     def copy(src, send):
         try:
@@ -214,8 +230,10 @@ def run_command(chan: paramiko.Channel, command: str, sshd: Sshd) -> None:
         except OSError:
             pass
 
-    pumps = [threading.Thread(target=copy, args=(proc.stdout, chan.sendall), daemon=True),
-             threading.Thread(target=copy, args=(proc.stderr, chan.sendall_stderr), daemon=True)]
+    pumps = [
+        threading.Thread(target=copy, args=(proc.stdout, chan.sendall), daemon=True),
+        threading.Thread(target=copy, args=(proc.stderr, chan.sendall_stderr), daemon=True),
+    ]
     for p in pumps:
         p.start()
     data = b""
@@ -271,7 +289,9 @@ def _serve(sshd: Sshd, conn: socket.socket) -> None:
     for _ in range(300):  # channels on this connection, for at most 300 * 0.2 s
         chan = t.accept(0.2)
         if chan is not None and chan.get_id() in server.pending:
-            threading.Thread(target=_pump, args=(chan, server.pending.pop(chan.get_id())), daemon=True).start()
+            threading.Thread(
+                target=_pump, args=(chan, server.pending.pop(chan.get_id())), daemon=True
+            ).start()
         if not t.is_active():
             return
 
@@ -322,5 +342,8 @@ def fake_sudo(tmp: Path, password: str | None = None) -> dict[str, str]:
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "sudo").write_text(FAKE_SUDO)
     (bin_dir / "sudo").chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SUDO_LOG": str(tmp / "sudo.log"),
-            "SUDO_PASSWORD": password or ""}
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SUDO_LOG": str(tmp / "sudo.log"),
+        "SUDO_PASSWORD": password or "",
+    }

@@ -37,15 +37,33 @@ def key(tmp_path) -> tuple[Path, paramiko.PKey]:
 
 def facts_request(tmp_path: Path) -> dict:
     """A facts request that any machine can answer: nothing but a temporary path."""
-    return {"op": "facts", "packages": [], "user": "root", "paths": [str(tmp_path)], "units": [], "markers": []}
+    return {
+        "op": "facts",
+        "packages": [],
+        "user": "root",
+        "paths": [str(tmp_path)],
+        "units": [],
+        "markers": [],
+    }
 
 
 def connect(server, tmp_path, key_path, user="root", known=None, **kw) -> Transport:
     known = known or tmp_path / "known_hosts"
     if not known.exists():
         known.write_text(server.known_line())
-    transport = Transport(Target("gw1", "127.0.0.1", server.port, user, key_path, known, timeout=5,
-                                 ssh_config=tmp_path / "no-ssh-config", **kw))
+    transport = Transport(
+        Target(
+            "gw1",
+            "127.0.0.1",
+            server.port,
+            user,
+            key_path,
+            known,
+            timeout=5,
+            ssh_config=tmp_path / "no-ssh-config",
+            **kw,
+        )
+    )
     (tmp_path / "no-ssh-config").touch()
     transport.connect()
     return transport
@@ -53,7 +71,9 @@ def connect(server, tmp_path, key_path, user="root", known=None, **kw) -> Transp
 
 def fails(transport_or_target, tmp_path=None) -> str:
     """Connect, expecting failure; the one-line reason."""
-    transport = transport_or_target if isinstance(transport_or_target, Transport) else Transport(transport_or_target)
+    transport = (
+        transport_or_target if isinstance(transport_or_target, Transport) else Transport(transport_or_target)
+    )
     with pytest.raises(SshError) as exc:
         transport.connect()
     assert "\n" not in str(exc.value)
@@ -102,10 +122,13 @@ def test_a_become_password_sudo_does_not_read_is_skipped_by_the_boot_reader(tmp_
     assert facts["paths"][str(tmp_path)]["kind"] == "dir"
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("wrong-password", "gw1: sudo refused the password given with -K for admin"),
-    (None, "gw1: sudo needs a password for admin: pass -K (--ask-become-pass), or allow it NOPASSWD"),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("wrong-password", "gw1: sudo refused the password given with -K for admin"),
+        (None, "gw1: sudo needs a password for admin: pass -K (--ask-become-pass), or allow it NOPASSWD"),
+    ],
+)
 def test_sudo_refusals_are_one_line_without_the_password(tmp_path, key, given, expected):
     with sshd(tmp_path, {"admin": [key[1]]}, env=fake_sudo(tmp_path, PASSWORD)) as server:
         with connect(server, tmp_path, key[0], user="admin", become_password=given) as t:
@@ -131,7 +154,10 @@ def _uploads(tmp_path: Path) -> list[tuple[Path, str]]:
     (local / "IBCLinux-3.20.0.zip").write_bytes(b"PK\x03\x04 ibc" * 1000)
     (local / "ibgw.whl").write_bytes(b"wheel bytes")
     dest = tmp_path / "host" / "opt" / "ibgw"
-    return [(local / "IBCLinux-3.20.0.zip", f"{dest}/uploads/ibc.zip"), (local / "ibgw.whl", f"{dest}/wheels/ibgw.whl")]
+    return [
+        (local / "IBCLinux-3.20.0.zip", f"{dest}/uploads/ibc.zip"),
+        (local / "ibgw.whl", f"{dest}/wheels/ibgw.whl"),
+    ]
 
 
 def test_uploads_are_staged_privately_then_moved_into_place_by_the_agent(tmp_path, key):
@@ -140,8 +166,10 @@ def test_uploads_are_staged_privately_then_moved_into_place_by_the_agent(tmp_pat
         with connect(server, tmp_path, key[0], user="admin") as t:
             stage, step = apply._stage(t, uploads)
             assert Path(stage).parent == server.home and os.stat(stage).st_mode & 0o777 == 0o700
-            step["files"] = [f | {"owner": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name,
-                                  "mode": 0o640} for f in step["files"]]
+            step["files"] = [
+                f | {"owner": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name, "mode": 0o640}
+                for f in step["files"]
+            ]
             result = call_agent(t, {"op": "apply", "steps": [step]})
             assert t.round_trips == len(uploads) + 1
     assert result == {"applied": 1, "failed": None}
@@ -157,8 +185,10 @@ def test_a_staged_file_changed_before_the_move_is_refused_and_the_stage_removed(
         with connect(server, tmp_path, key[0], user="admin") as t:
             stage, step = apply._stage(t, uploads)
             Path(step["files"][1]["from"]).write_bytes(b"tampered")
-            step["files"] = [f | {"owner": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name}
-                             for f in step["files"]]
+            step["files"] = [
+                f | {"owner": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name}
+                for f in step["files"]
+            ]
             result = call_agent(t, {"op": "apply", "steps": [step]})
     assert result["failed"] == step["task"]
     assert "sha256 differs from the operator's file" in result["error"]
@@ -188,16 +218,25 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
     raw = yaml.safe_load((INVENTORIES / "example.yml").read_text())
     with sshd(tmp_path, {user: [key[1]]}) as gw, sshd(tmp_path, {"jumper": [key[1]]}) as bastion:
         (tmp_path / "known_hosts").write_text(gw.known_line() + bastion.known_line())
-        raw["hosts"]["gw1"].update(address="127.0.0.1", ssh={
-            "user": user, "port": gw.port, "key": str(key[0]), "known_hosts": str(tmp_path / "known_hosts"),
-            **({"jump": f"jumper@127.0.0.1:{bastion.port}"} if via_jump else {})})
+        raw["hosts"]["gw1"].update(
+            address="127.0.0.1",
+            ssh={
+                "user": user,
+                "port": gw.port,
+                "key": str(key[0]),
+                "known_hosts": str(tmp_path / "known_hosts"),
+                **({"jump": f"jumper@127.0.0.1:{bastion.port}"} if via_jump else {}),
+            },
+        )
         (tmp_path / "inv.yml").write_text(yaml.safe_dump(raw))
         from ibgw_provision import inventory
 
         inv = inventory.load(tmp_path / "inv.yml")
         want = state.desired(inv, "gw1", Secrets())
-        facts = converged(want) | {"markers": converged(want)["markers"] | {
-            f"{layout.VENV}/{layout.VENV_STAMP}": "stamp"}, "firewall": True}
+        facts = converged(want) | {
+            "markers": converged(want)["markers"] | {f"{layout.VENV}/{layout.VENV_STAMP}": "stamp"},
+            "firewall": True,
+        }
         gw.agent_reply = lambda request: facts | {"python": "3.11.2", "glibc": "2.36", "arch": "x86_64"}
         opts = apply.Options(ssh=SshOptions(ssh_config=tmp_path / "none"))
         (tmp_path / "none").touch()
@@ -205,7 +244,9 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
     assert report.failed is None and report.changed == 0 and report.ok > 20
     assert report.round_trips == 1 and len(gw.commands) == 1 and gw.connections == 1
     assert gw.commands[0].startswith("sudo -n " if user == "admin" else "python3 ")
-    assert (bastion.connections, bastion.commands, len(bastion.forwarded)) == ((1, [], 1) if via_jump else (0, [], 0))
+    assert (bastion.connections, bastion.commands, len(bastion.forwarded)) == (
+        (1, [], 1) if via_jump else (0, [], 0)
+    )
 
 
 # ---- host keys --------------------------------------------------------------------------------
@@ -214,8 +255,10 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
 def test_an_unknown_host_is_refused_and_accept_new_appends_one_line_keeping_the_file(tmp_path, key):
     known = tmp_path / "known_hosts"
     other = new_key(tmp_path / "other")
-    before = (f"# my hosts\n|1|c2FsdHNhbHRzYWx0c2FsdHNhbHQ=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= "
-              f"ssh-ed25519 {other.get_base64()}\n@cert-authority *.corp ssh-ed25519 {other.get_base64()}\n")
+    before = (
+        f"# my hosts\n|1|c2FsdHNhbHRzYWx0c2FsdHNhbHQ=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= "
+        f"ssh-ed25519 {other.get_base64()}\n@cert-authority *.corp ssh-ed25519 {other.get_base64()}\n"
+    )
     known.write_text(before)
     with sshd(tmp_path, {"root": [key[1]]}) as server:
         t = Target("gw1", "127.0.0.1", server.port, "root", key[0], known, ssh_config=tmp_path / "none")
@@ -234,8 +277,16 @@ def test_a_changed_host_key_is_refused_even_with_accept_new(tmp_path, key):
     with sshd(tmp_path, {"root": [key[1]]}) as server:
         known = tmp_path / "known_hosts"
         known.write_text(server.known_line(other))
-        t = Target("gw1", "127.0.0.1", server.port, "root", key[0], known, accept_new=True,
-                   ssh_config=tmp_path / "none")
+        t = Target(
+            "gw1",
+            "127.0.0.1",
+            server.port,
+            "root",
+            key[0],
+            known,
+            accept_new=True,
+            ssh_config=tmp_path / "none",
+        )
         (tmp_path / "none").touch()
         message = fails(t)
     assert message.startswith(f"root@127.0.0.1:{server.port}: host key does not match {known}: refusing")
@@ -270,8 +321,16 @@ def test_a_revoked_host_key_is_refused(tmp_path, key):
     with sshd(tmp_path, {"root": [key[1]]}) as server:
         known = tmp_path / "known_hosts"
         known.write_text(f"@revoked * {server.host_key.get_name()} {server.host_key.get_base64()}\n")
-        t = Target("gw1", "127.0.0.1", server.port, "root", key[0], known, accept_new=True,
-                   ssh_config=tmp_path / "none")
+        t = Target(
+            "gw1",
+            "127.0.0.1",
+            server.port,
+            "root",
+            key[0],
+            known,
+            accept_new=True,
+            ssh_config=tmp_path / "none",
+        )
         (tmp_path / "none").touch()
         assert "marked @revoked" in fails(t)
 
@@ -284,11 +343,15 @@ def test_a_passphrase_key_from_the_environment_a_secret_file_or_a_prompt(tmp_pat
     locked = new_key(path, passphrase="open sesame")
     with sshd(tmp_path, {"admin": [locked]}) as server:
         monkeypatch.setenv("IBGW_SSH_PASSPHRASE", "open sesame")
-        with connect(server, tmp_path, path, user="admin", passphrase=lambda p: os.environ["IBGW_SSH_PASSPHRASE"]):
+        with connect(
+            server, tmp_path, path, user="admin", passphrase=lambda p: os.environ["IBGW_SSH_PASSPHRASE"]
+        ):
             pass
         monkeypatch.setattr("ibgw_provision.provision.transport._PASSPHRASES", {})
         asked = []
-        with connect(server, tmp_path, path, user="admin", passphrase=lambda p: asked.append(p) or "open sesame"):
+        with connect(
+            server, tmp_path, path, user="admin", passphrase=lambda p: asked.append(p) or "open sesame"
+        ):
             pass
         assert asked == [path]
         monkeypatch.setattr("ibgw_provision.provision.transport._PASSPHRASES", {})
@@ -310,13 +373,16 @@ def test_ssh_passphrase_in_the_inventory_is_a_secret_reference(tmp_path, monkeyp
     assert t.passphrase(path) == "open sesame"
 
 
-@pytest.mark.parametrize(("ssh", "expected"), [
-    ({"jump": "admin@host:99999"}, "a jump host is [user@]host[:port]"),
-    ({"jump": "a b"}, "a jump host is [user@]host[:port]"),
-    ({"jump": []}, "list at least one host"),
-    ({"passphrase": "hunter2"}, "plaintext secrets are not allowed"),
-    ({"user": "root; rm"}, "String should match pattern"),
-])
+@pytest.mark.parametrize(
+    ("ssh", "expected"),
+    [
+        ({"jump": "admin@host:99999"}, "a jump host is [user@]host[:port]"),
+        ({"jump": "a b"}, "a jump host is [user@]host[:port]"),
+        ({"jump": []}, "list at least one host"),
+        ({"passphrase": "hunter2"}, "plaintext secrets are not allowed"),
+        ({"user": "root; rm"}, "String should match pattern"),
+    ],
+)
 def test_bad_ssh_settings_are_refused_naming_the_field(tmp_path, ssh, expected):
     from ibgw_provision.errors import InputError
 
@@ -325,10 +391,13 @@ def test_bad_ssh_settings_are_refused_naming_the_field(tmp_path, ssh, expected):
     assert expected in str(exc.value) and "hosts.gw1.ssh." in str(exc.value)
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (None, "cannot read SSH key"),
-    (b"not a key\n", "cannot load SSH key"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read SSH key"),
+        (b"not a key\n", "cannot load SSH key"),
+    ],
+)
 def test_a_bad_key_file_is_one_line(tmp_path, key, content, expected):
     bad = tmp_path / "bad_key"
     if content is not None:
@@ -352,7 +421,9 @@ def test_authentication_failure_and_unreachable_are_one_line(tmp_path, key):
 @pytest.fixture
 def ssh_agent(tmp_path):
     sock = tmp_path / "agent.sock"
-    out = subprocess.run(["ssh-agent", "-a", str(sock), "-s"], capture_output=True, text=True, timeout=10, check=True)
+    out = subprocess.run(
+        ["ssh-agent", "-a", str(sock), "-s"], capture_output=True, text=True, timeout=10, check=True
+    )
     pid = int(out.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
     try:
         yield {**os.environ, "SSH_AUTH_SOCK": str(sock)}
@@ -364,7 +435,9 @@ def test_the_ssh_agent_is_used_beside_a_configured_key(tmp_path, key, ssh_agent,
     """The inventory's key is not the one the host takes; the agent holds one it does."""
     agent_key = tmp_path / "in_agent"
     accepted = new_key(agent_key)
-    subprocess.run(["ssh-add", "-q", str(agent_key)], env=ssh_agent, check=True, timeout=10, capture_output=True)
+    subprocess.run(
+        ["ssh-add", "-q", str(agent_key)], env=ssh_agent, check=True, timeout=10, capture_output=True
+    )
     monkeypatch.setenv("SSH_AUTH_SOCK", ssh_agent["SSH_AUTH_SOCK"])
     with sshd(tmp_path, {"root": [accepted]}) as server:
         with connect(server, tmp_path, key[0]) as t:
@@ -385,8 +458,21 @@ def test_a_chain_of_two_jump_hosts_is_taken_in_order_with_every_host_key_verifie
         assert a.forwarded == [("127.0.0.1", b.port)] and b.forwarded == [("127.0.0.1", gw.port)]
         assert (a.connections, b.connections, gw.connections) == (1, 1, 1)
         known.write_text(a.known_line() + gw.known_line())  # b, the second hop, is unknown
-        message = fails(Transport(Target("gw1", "127.0.0.1", gw.port, "root", key[0], known, jump=jump,
-                                         ssh_config=tmp_path / "no-ssh-config", timeout=5)))
+        message = fails(
+            Transport(
+                Target(
+                    "gw1",
+                    "127.0.0.1",
+                    gw.port,
+                    "root",
+                    key[0],
+                    known,
+                    jump=jump,
+                    ssh_config=tmp_path / "no-ssh-config",
+                    timeout=5,
+                )
+            )
+        )
     assert message.startswith(f"jump host 2 (jumper@127.0.0.1:{b.port}): unknown host key")
     assert message.endswith(f"(via jump host 1 (jumper@127.0.0.1:{a.port}))")
 
@@ -395,15 +481,35 @@ def test_jump_failures_name_their_hop(tmp_path, key):
     with sshd(tmp_path, {"jumper": [key[1]]}) as bastion, sshd(tmp_path, {"root": [key[1]]}) as gw:
         known = tmp_path / "known_hosts"
         known.write_text(bastion.known_line() + gw.known_line())
-        target_ = Target("gw1", "127.0.0.1", gw.port, "root", key[0], known, ssh_config=tmp_path / "none",
-                         timeout=5, jump=(f"nobody@127.0.0.1:{bastion.port}",))
+        target_ = Target(
+            "gw1",
+            "127.0.0.1",
+            gw.port,
+            "root",
+            key[0],
+            known,
+            ssh_config=tmp_path / "none",
+            timeout=5,
+            jump=(f"nobody@127.0.0.1:{bastion.port}",),
+        )
         (tmp_path / "none").touch()
-        assert fails(target_).startswith(f"jump host 1 (nobody@127.0.0.1:{bastion.port}): authentication failed")
+        assert fails(target_).startswith(
+            f"jump host 1 (nobody@127.0.0.1:{bastion.port}): authentication failed"
+        )
         closed = gw.port
     with sshd(tmp_path, {"jumper": [key[1]]}) as bastion:
         known.write_text(bastion.known_line())
-        target_ = Target("gw1", "127.0.0.1", closed, "root", key[0], known, ssh_config=tmp_path / "none",
-                         timeout=5, jump=(f"jumper@127.0.0.1:{bastion.port}",))
+        target_ = Target(
+            "gw1",
+            "127.0.0.1",
+            closed,
+            "root",
+            key[0],
+            known,
+            ssh_config=tmp_path / "none",
+            timeout=5,
+            jump=(f"jumper@127.0.0.1:{bastion.port}",),
+        )
         message = fails(target_)
     assert message.startswith(f"root@127.0.0.1:{closed}: unreachable from the jump host")
     assert message.endswith(f"(via jump host 1 (jumper@127.0.0.1:{bastion.port}))")
@@ -466,9 +572,25 @@ def test_the_command_line_reports_an_ssh_failure_in_one_line_and_never_echoes_th
         closed = server.port
     _inventory(tmp_path, {"port": closed, "known_hosts": str(tmp_path / "kh")})
     (tmp_path / "none").touch()
-    result = CliRunner().invoke(main, ["provision", "gw1", "-i", str(tmp_path / "inv.yml"), "--timeout", "2",
-                                       "--ssh-config", str(tmp_path / "none"), "--user", "admin", "-K",
-                                       "--forks", "2"], input=PASSWORD + "\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "provision",
+            "gw1",
+            "-i",
+            str(tmp_path / "inv.yml"),
+            "--timeout",
+            "2",
+            "--ssh-config",
+            str(tmp_path / "none"),
+            "--user",
+            "admin",
+            "-K",
+            "--forks",
+            "2",
+        ],
+        input=PASSWORD + "\n",
+    )
     assert result.exit_code == 1, result.output
     assert f"[gw1] FAILED: admin@127.0.0.1:{closed}: unreachable: " in result.output
     assert "Traceback" not in result.output and PASSWORD not in result.output
