@@ -29,7 +29,11 @@ def render_to(inv, host: str, out: Path) -> dict[str, Path]:
 
 def with_front(path: Path, kind: str, tmp: Path, gate: bool = True) -> Path:
     """A copy of an inventory whose hosts use the given front kind, with or without the gate."""
-    text = path.read_text().replace("kind: haproxy", f"kind: {kind}").replace("gate: true", f"gate: {gate}".lower())
+    text = (
+        path.read_text()
+        .replace("kind: haproxy", f"kind: {kind}")
+        .replace("gate: true", f"gate: {gate}".lower())
+    )
     out = tmp / f"{path.stem}-{kind}{'' if gate else '-direct'}.yml"
     out.write_text(text)
     return out
@@ -50,9 +54,14 @@ def rendered(tmp_path_factory, example, local):
     """Every variant we ship, rendered once: name -> {target path: file}."""
     tmp = tmp_path_factory.mktemp("rendered")
     example_file = INVENTORIES / "example.yml"
-    variants = {"example-nginx": ("nginx", True), "example-direct": ("haproxy", False),
-                "example-nginx-direct": ("nginx", False)}
+    variants = {
+        "example-nginx": ("nginx", True),
+        "example-direct": ("haproxy", False),
+        "example-nginx-direct": ("nginx", False),
+    }
     rendered = {"example": render_to(example, "gw1", tmp / "example")}
     for variant, (kind, gate) in variants.items():
-        rendered[variant] = render_to(inventory.load(with_front(example_file, kind, tmp, gate)), "gw1", tmp / variant)
+        rendered[variant] = render_to(
+            inventory.load(with_front(example_file, kind, tmp, gate)), "gw1", tmp / variant
+        )
     return rendered | {"local": render_to(local, "local", tmp / "local")}

@@ -15,18 +15,26 @@ import contextlib
 import errno
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..service import control
-
-if TYPE_CHECKING:
-    from .server import Gate
 
 MAX_REPLY = 1 << 20
 COMMANDS = ("halt", "resume", "status")
 
 
-async def execute(gate: Gate, line: str) -> dict:
+class Controls(Protocol):
+    """What the admin socket needs of the gate."""
+
+    @property
+    def halted(self) -> bool: ...
+
+    async def set_halted(self, halted: bool, by: str) -> None: ...
+
+    def status(self) -> dict: ...
+
+
+async def execute(gate: Controls, line: str) -> dict:
     match line.split():
         case ["halt"] | ["resume"] as words:
             await gate.set_halted(words[0] == "halt", "admin socket")
@@ -46,7 +54,7 @@ async def _answers(path: Path) -> bool:
     return True
 
 
-async def serve(gate: Gate, path: Path) -> asyncio.Server:
+async def serve(gate: Controls, path: Path) -> asyncio.Server:
     """Listen for admin commands on `path`, replacing a stale socket but not a live gate's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if await _answers(path):

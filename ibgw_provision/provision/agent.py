@@ -336,13 +336,17 @@ def step_dir(step):
 
 
 def step_file(step):
-    path = step["path"]
+    write_atomic(step["path"], base64.b64decode(step["content"]), step)
+
+
+def write_atomic(path, content, step):
+    """Write to a private temp file, set its attributes, validate it, then rename it over path."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ibgw-")
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(base64.b64decode(step["content"]))
+            fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         set_attrs(tmp, step)
@@ -353,6 +357,72 @@ def step_file(step):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+INI_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+
+
+def ini_values(text):
+    """{section: {key: value}} of an INI file as IB Gateway writes jts.ini (a repeated key: the last)."""
+    values, section = {}, None
+    for line in text.splitlines():
+        header = INI_SECTION.match(line)
+        if header:
+            section = header.group(1)
+            values.setdefault(section, {})
+        elif section is not None and "=" in line and not line.lstrip().startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            values[section][key.strip()] = value.strip()
+    return values
+
+
+def ini_merge(text, want):
+    """text with each want[section][key] set: edited in place, or added at the end of its section
+    (which is added if missing). Every other line, comment and order is kept; a repeated key goes."""
+    out, section, done = [], None, set()
+
+    def close(sec):
+        blanks = []
+        while out and not out[-1].strip():
+            blanks.append(out.pop())
+        out.extend(f"{k}={v}" for k, v in want.get(sec, {}).items() if (sec, k) not in done)
+        done.update((sec, k) for k in want.get(sec, {}))
+        out.extend(blanks)
+
+    for line in text.splitlines():
+        header = INI_SECTION.match(line)
+        if header:
+            close(section)
+            section = header.group(1)
+            out.append(line)
+            continue
+        key = line.split("=", 1)[0].strip() if "=" in line else None
+        if key in want.get(section, {}):
+            if (section, key) not in done:
+                out.append(f"{key}={want[section][key]}")
+                done.add((section, key))
+            continue
+        out.append(line)
+    close(section)
+    for sec, keys in want.items():
+        missing = [f"{k}={v}" for k, v in keys.items() if (sec, k) not in done]
+        if missing:
+            out += ([""] if out and out[-1].strip() else []) + [f"[{sec}]"] + missing
+    return "\n".join(out) + "\n"
+
+
+def step_ini(step):
+    """Converge only ibgw's keys of an INI file the program rewrites (jts.ini); a missing file gets the seed.
+    The owning unit is stopped first, so it cannot write its old values back on exit; the systemd step
+    starts it again."""
+    for unit_name in step.get("stop", ()):
+        sh(["systemctl", "stop", unit_name], check=False)
+    current = read(step["path"])
+    if current is None:
+        content = base64.b64decode(step["seed"])
+    else:
+        content = ini_merge(current, step["values"]).encode()
+    write_atomic(step["path"], content, step)
 
 
 def step_attrs(step):
@@ -494,6 +564,7 @@ STEPS = {
     "user": step_user,
     "dir": step_dir,
     "file": step_file,
+    "ini": step_ini,
     "attrs": step_attrs,
     "venv": step_venv,
     "uploads": step_uploads,

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
 from . import state, wheelhouse
-from .plan import Plan, Task, facts_request, plan
+from .plan import Plan, PlanError, Task, facts_request, plan
 from .remote import AgentError, SshOptions, call_agent, target
 from .transport import SshError, Transport
 
@@ -68,7 +68,7 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     try:
         with transport:
             _converge(inv, name, transport, opts, report, secrets)
-    except (SshError, AgentError, wheelhouse.WheelhouseError) as exc:
+    except (SshError, AgentError, PlanError, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
         report.failed = secrets.mask(report.failed)

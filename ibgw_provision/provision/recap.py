@@ -21,8 +21,13 @@ class Recap:
     @contextmanager
     def progress(self, hosts: list[str]):
         """A live row per host naming its current step; yields the callback that updates it."""
-        with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
-                      TimeElapsedColumn(), console=self.console, transient=True) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
             rows = {h: progress.add_task("connecting", host=h, total=None) for h in hosts}
             yield lambda host, message: progress.update(rows[host], description=message)
 
@@ -34,9 +39,14 @@ class Recap:
         for column in ("host", "ok", "changed", "failed", "round trips", "time"):
             table.add_column(column, justify="left" if column == "host" else "right")
         for r in reports:
-            table.add_row(r.host, Text(str(r.ok), "green"), Text(str(r.changed), "yellow" if r.changed else ""),
-                          Text(str(int(bool(r.failed))), "red" if r.failed else ""), str(r.round_trips),
-                          timefmt.elapsed(r.seconds))
+            table.add_row(
+                r.host,
+                Text(str(r.ok), "green"),
+                Text(str(r.changed), "yellow" if r.changed else ""),
+                Text(str(int(bool(r.failed))), "red" if r.failed else ""),
+                str(r.round_trips),
+                timefmt.elapsed(r.seconds),
+            )
         self.console.print(table)
         if any(r.checked_only for r in reports):
             self.console.print("check mode: nothing was changed")
@@ -48,7 +58,9 @@ class Recap:
             if task.changed or self.verbose:
                 status = Text(verb, "yellow") if task.changed else Text("ok", "green")
                 detail = f" ({task.detail})" if task.detail else ""
-                self.console.print(Text.assemble(f"[{report.host}] ", status, f": {task.name}{detail}"), soft_wrap=True)
+                self.console.print(
+                    Text.assemble(f"[{report.host}] ", status, f": {task.name}{detail}"), soft_wrap=True
+                )
             if task.changed and self.show_diff and task.diff:
                 self.console.print(Text(task.diff, "cyan"), end="" if task.diff.endswith("\n") else "\n")
         if report.failed:

@@ -70,8 +70,18 @@ def _fill(out: Path, major_minor: str, platforms: list[str]) -> None:
         _pip("wheel", "--no-deps", "--wheel-dir", str(tmp), str(PROJECT))
         (own,) = tmp.glob("ibgw_provision-*.whl")
         tags = [arg for p in platforms for arg in ("--platform", p)]
-        _pip("download", "--dest", str(tmp), "--only-binary=:all:", "--implementation", "cp",
-             "--python-version", major_minor, *tags, str(own))
+        _pip(
+            "download",
+            "--dest",
+            str(tmp),
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            major_minor,
+            *tags,
+            str(own),
+        )
         (tmp / ".complete").touch()
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
@@ -80,7 +90,9 @@ def _fill(out: Path, major_minor: str, platforms: list[str]) -> None:
 
 
 def _pip(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", "-q", *args], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "-q", *args], capture_output=True, text=True, timeout=900
+    )
     if proc.returncode != 0:
         raise WheelhouseError(f"pip {args[0]} failed: {proc.stderr.strip()[-600:]}")
 
