@@ -10,7 +10,7 @@ from ibgw_provision import inventory
 from ibgw_provision.inventory.secrets import Secrets
 from ibgw_provision.provision.render import render_host
 
-pytest_plugins = ["tests.kit.fixtures"]  # sim and gate fixtures, registered once
+pytest_plugins = ["tests.kit.fixtures", "tests.kit.lab"]  # sim, gate and lab fixtures, registered once
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORIES = ROOT / "inventories"
