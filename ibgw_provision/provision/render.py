@@ -155,7 +155,7 @@ def firewall_rules(host: Host, apps: dict) -> list[dict]:
         for family, suffix in (("ipv4", "v4"), ("ipv6", "v6")):
             # nft refuses overlapping intervals in a set (an app's /32 inside another's /28): collapse
             nets = [ipaddress.ip_network(c) for c in cidrs if (":" in c) == (family == "ipv6")]
-            members = [str(n) for n in ipaddress.collapse_addresses(nets)]  # type: ignore[arg-type,type-var]
+            members = [str(n) for n in ipaddress.collapse_addresses(nets)]  # type: ignore[type-var]
             if members:
                 rules.append(
                     {
