@@ -13,6 +13,7 @@ key that changed is always refused. Every failure is one SshError line.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
@@ -31,6 +32,9 @@ DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 DEFAULT_KEEPALIVE = 30  # seconds; ssh_config's ServerAliveInterval wins
 _APPEND_LOCK = threading.Lock()  # parallel hosts may accept-new into one file
+# paramiko logs socket errors (with tracebacks) at ERROR; without a handler Python would print them
+# on stderr beside our one-line reason. A program that configures logging still gets them.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshError(Exception):
@@ -60,6 +64,16 @@ class Result:
     rc: int
     stdout: str
     stderr: str
+
+
+class _Connection(Connection):
+    """Fabric's Connection, whose jump channel gives up after the connect timeout (Fabric waits an hour)."""
+
+    def open_gateway(self):
+        self.gateway.open()
+        return self.gateway.transport.open_channel(
+            "direct-tcpip", (self.host, int(self.port)), ("", 0), timeout=self.connect_timeout
+        )
 
 
 @dataclass
@@ -336,14 +350,14 @@ def _hops(t: Target, timeout: float) -> list[_Hop]:
     hops: list[_Hop] = []
     try:
         for i, spec in enumerate(jumps):
-            conn = Connection(
+            conn = _Connection(
                 spec,
                 config=config,
                 gateway=hops[-1].conn if hops else False,
                 connect_timeout=max(1, round(timeout)),
             )
             hops.append(_hop(conn, t, f"jump host {i + 1} ({conn.user}@{conn.host}:{conn.port})", timeout))
-        conn = Connection(
+        conn = _Connection(
             t.address,
             user=t.user or look.get("user") or "root",
             port=t.port or int(look.get("port", 22)),
@@ -420,6 +434,8 @@ def _open(hop: _Hop, accept_new: bool) -> None:
     except paramiko.ChannelException as exc:  # the previous hop could not reach this one
         raise SshError(f"{where}: unreachable from the jump host: {_reason(exc)}") from None
     except paramiko.SSHException as exc:
+        if "opening channel" in str(exc):  # a jump channel that timed out
+            raise SshError(f"{where}: unreachable from the jump host: timed out") from None
         raise SshError(f"{where}: {_reason(exc)}") from None
     except (TimeoutError, OSError, EOFError) as exc:
         raise SshError(f"{where}: unreachable: {_reason(exc)}") from None

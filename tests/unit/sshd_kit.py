@@ -120,6 +120,7 @@ class Sshd:
     forced: dict[str, tuple[str, int]] = field(default_factory=dict)  # user -> (message, exit status)
     env: dict[str, str] = field(default_factory=dict)  # for commands: PATH with the fake sudo, ...
     agent_reply: Callable[[dict], dict] | None = None  # answer the agent's request without running it
+    forward_delay: float = 0  # seconds a direct-tcpip request waits (a target that drops SYNs)
     connections: int = 0
     commands: list[str] = field(default_factory=list)
     stdins: list[bytes] = field(default_factory=list)
@@ -161,6 +162,7 @@ class Server(paramiko.ServerInterface):
     def check_channel_direct_tcpip_request(self, chanid, origin, destination):
         if destination[0] != "127.0.0.1":
             return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        time.sleep(min(self.sshd.forward_delay, TIMEOUT))
         try:
             sock = socket.create_connection(destination, timeout=TIMEOUT)
         except OSError:

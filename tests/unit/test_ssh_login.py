@@ -515,6 +515,23 @@ def test_jump_failures_name_their_hop(tmp_path, key):
     assert message.endswith(f"(via jump host 1 (jumper@127.0.0.1:{bastion.port}))")
 
 
+def test_a_jump_channel_that_hangs_gives_up_after_the_timeout(tmp_path, key):
+    with (
+        sshd(tmp_path, {"jumper": [key[1]]}, forward_delay=4) as bastion,
+        sshd(tmp_path, {"root": [key[1]]}) as gw,
+    ):
+        known = tmp_path / "known_hosts"
+        known.write_text(bastion.known_line() + gw.known_line())
+        (tmp_path / "none").touch()
+        target_ = Target("gw1", "127.0.0.1", gw.port, "root", key[0], known, ssh_config=tmp_path / "none",
+                         timeout=1, jump=(f"jumper@127.0.0.1:{bastion.port}",))  # fmt: skip
+        message = fails(target_)
+    assert message == (
+        f"root@127.0.0.1:{gw.port}: unreachable from the jump host: timed out "
+        f"(via jump host 1 (jumper@127.0.0.1:{bastion.port}))"
+    )
+
+
 def test_ssh_config_aliases_user_port_identity_proxyjump_known_hosts_and_keepalive(tmp_path, key):
     with sshd(tmp_path, {"jumper": [key[1]]}) as bastion, sshd(tmp_path, {"admin": [key[1]]}) as gw:
         known = tmp_path / "kh"
