@@ -73,7 +73,8 @@ def converged(lab):
     opts = apply.Options(ssh=remote.SshOptions(ssh_config=Path(NO_SSH_CONFIG)))
     report = apply.provision_host(inv, "gw", opts)
     assert report.failed is None, report.failed
-    return inv, opts
+    yield inv, opts
+    lab.reset()  # a fresh gw again: its firewall now lets SSH in from the bastion only
 
 
 def test_as_admin_through_the_bastion_gw_converges_and_a_rerun_is_one_command(lab, converged):

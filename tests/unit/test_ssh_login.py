@@ -611,3 +611,22 @@ def test_the_command_line_reports_an_ssh_failure_in_one_line_and_never_echoes_th
     assert result.exit_code == 1, result.output
     assert f"[gw1] FAILED: admin@127.0.0.1:{closed}: unreachable: " in result.output
     assert "Traceback" not in result.output and PASSWORD not in result.output
+
+
+def test_a_passphrase_key_without_a_terminal_or_passphrase_fails_in_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ibgw_provision.cli import main
+
+    locked = tmp_path / "id_locked"
+    new_key(locked, passphrase="open sesame")
+    monkeypatch.delenv("IBGW_SSH_PASSPHRASE", raising=False)
+    _inventory(tmp_path, {"key": str(locked), "port": 9, "known_hosts": str(tmp_path / "kh")})
+    (tmp_path / "none").touch()
+    args = ["provision", "gw1", "-i", str(tmp_path / "inv.yml"), "--ssh-config", str(tmp_path / "none")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert (
+        f"[gw1] FAILED: SSH key {locked} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
+        "ssh.passphrase (no terminal to ask on)\n"
+    ) in result.output
