@@ -111,6 +111,11 @@ def _command(transport: Transport, command: str) -> tuple[str, bytes]:
     return "sudo -n " + command, b""
 
 
+def agent_stdin(request: dict) -> bytes:
+    """What BOOT reads: the header with the agent's length, the agent, then the request."""
+    return HEADER + f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
+
+
 def call_agent(transport: Transport, request: dict, on_event=lambda message: None) -> dict:
     """Run the agent on the host with one request; return its result. on_event sees what comes before."""
     name = transport.target.name
@@ -133,7 +138,7 @@ def call_agent(transport: Transport, request: dict, on_event=lambda message: Non
             on_event(message)
 
     command, prefix = _command(transport, BOOT)
-    stdin = prefix + HEADER + f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
+    stdin = prefix + agent_stdin(request)
     try:
         proc = transport.run(command, stdin, on_line=on_line)
         if proc.rc == 127 and not result:  # a minimal Debian has no python3 yet

@@ -82,6 +82,7 @@ class _Hop:
     label: str  # "admin@198.18.0.2:22", or "jump host 1 (admin@...)"
     known_hosts: KnownHosts
     keepalive: int
+    key: Path | None = None  # the first identity, named when authentication fails
 
 
 class KnownHosts:
@@ -231,7 +232,7 @@ class Transport:
 
     def _ssh(self) -> paramiko.Transport:
         transport = self._connected().get_transport()
-        if transport is None or not transport.is_active():
+        if transport is None:  # an inactive one fails in paramiko, which says why
             raise SshError(f"{self.target.name}: connection lost")
         return transport
 
@@ -404,7 +405,9 @@ def _hop(conn: Connection, t: Target, label: str, timeout: float) -> _Hop:
             kwargs["passphrase"] = passphrase
     conn.connect_kwargs = kwargs
     keepalive = int(cfg.get("serveraliveinterval", DEFAULT_KEEPALIVE))
-    return _Hop(conn, label, KnownHosts(Path(known).expanduser()), keepalive)
+    return _Hop(
+        conn, label, KnownHosts(Path(known).expanduser()), keepalive, identities[0] if identities else None
+    )
 
 
 def _first(value) -> str | None:
@@ -426,9 +429,11 @@ def _open(hop: _Hop, accept_new: bool) -> None:
             f"{where}: host key does not match {hop.known_hosts.path}: refusing (possible "
             "man-in-the-middle); if the host was rebuilt, remove its old entry"
         ) from None
-    except paramiko.AuthenticationException as exc:
+    except paramiko.AuthenticationException:
         raise SshError(
-            f"{where}: authentication failed ({_reason(exc)}); check ssh.user, the key and the SSH agent"
+            f"{where}: authentication failed with key {hop.key}"
+            if hop.key
+            else f"{where}: authentication failed (no key given: the SSH agent and ~/.ssh keys were tried)"
         ) from None
     except paramiko.ChannelException as exc:  # the previous hop could not reach this one
         raise SshError(f"{where}: unreachable from the jump host: {_reason(exc)}") from None
@@ -454,7 +459,7 @@ def _load_key(path: Path, ask: Callable[[Path], str] | None) -> tuple[paramiko.P
     try:
         return paramiko.PKey.from_path(path), None
     except OSError as exc:
-        raise SshError(f"cannot read SSH key {path}: {exc.strerror or _reason(exc)}") from None
+        raise SshError(f"cannot load SSH key {path}: {exc.strerror or _reason(exc)}") from None
     except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
         pass
     except (paramiko.SSHException, ValueError) as exc:

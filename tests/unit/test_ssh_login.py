@@ -394,7 +394,7 @@ def test_bad_ssh_settings_are_refused_naming_the_field(tmp_path, ssh, expected):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (None, "cannot read SSH key"),
+        (None, "cannot load SSH key"),
         (b"not a key\n", "cannot load SSH key"),
     ],
 )
