@@ -1,9 +1,11 @@
 """Benchmark: the cost of connecting, direct and through the lab's bastion, and of a no-op run.
 
-Needs the lab up (`tests/lab/lab up`) and gw provisioned from inventories/lab.yml. Measures:
+Needs the lab up (`tests/lab/lab up`). Provisions gw from inventories/lab.yml with SSH let in
+from the operator too (build/lab/bench-*.yml), then measures:
 - connect + one command (`true`): ibgw's Transport (Fabric's Connection) and bare paramiko,
   direct to the bastion and to gw through it;
-- a no-op `provision` of gw through the bastion: round trips, connections, and its phases.
+- a no-op `provision` of gw, through the bastion and direct: round trips and wall time;
+- one empty agent call over an open connection (sudo and the host's python3).
 Usage: .venv/bin/python bench/ssh_hops.py [RUNS]
 """
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import paramiko
+import yaml
 
 from ibgw_provision import inventory
 from ibgw_provision.provision import apply, remote
@@ -66,26 +69,42 @@ def bare(jump: bool) -> None:
         client.close()
 
 
+def lab_inventory(jump: bool) -> Path:
+    """inventories/lab.yml, with SSH let in from the operator too, reached directly or through the bastion."""
+    raw = yaml.safe_load((ROOT / "inventories" / "lab.yml").read_text())
+    ssh = raw["hosts"]["gw"]["ssh"]
+    ssh.update(key=str(LAB / "id_ed25519"), known_hosts=str(LAB / "known_hosts"))
+    if not jump:
+        del ssh["jump"]
+    raw["hosts"]["gw"]["firewall"]["admin_cidrs"] = ["198.18.0.2/32", "198.18.0.1/32"]
+    path = LAB / f"bench-{'jump' if jump else 'direct'}.yml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def main(runs: int) -> None:
     for name, fn in (("ibgw Transport (Fabric)", ours), ("bare paramiko", bare)):
         for jump in (False, True):
             where = "gw through the bastion" if jump else "the bastion, direct"
             print(f"connect + `true`, {name}, {where}: {median_ms(lambda fn=fn, jump=jump: fn(jump), runs)}")
-    inv = inventory.load(ROOT / "inventories" / "lab.yml")
     opts = apply.Options(ssh=remote.SshOptions(ssh_config=NONE))
-    report = apply.provision_host(inv, "gw", opts)
-    assert report.changed == 0 and not report.failed, report.failed or [
-        t.name for t in report.tasks if t.changed
-    ]
-    print(
-        f"no-op provision of gw through the bastion: {report.round_trips} round trip(s), "
-        f"{len(report.tasks)} tasks; {median_ms(lambda: apply.provision_host(inv, 'gw', opts), runs)}"
-    )
-    target = remote.target(inv, "gw", opts=opts.ssh)
-    with Transport(target) as t:
+    for jump in (True, False):
+        inv = inventory.load(lab_inventory(jump))
+        first = apply.provision_host(inv, "gw", opts)
+        assert not first.failed, first.failed
+        report = apply.provision_host(inv, "gw", opts)
+        assert report.changed == 0 and not report.failed, report.failed or [
+            t.name for t in report.tasks if t.changed
+        ]
+        where = "through the bastion" if jump else "direct"
+        print(
+            f"no-op provision of gw {where}: {report.round_trips} round trip(s), {len(report.tasks)} tasks; "
+            f"{median_ms(lambda inv=inv: apply.provision_host(inv, 'gw', opts), runs)}"
+        )
+    with Transport(remote.target(inv, "gw", opts=opts.ssh)) as t:
         request = {"op": "facts", "packages": [], "user": "root", "paths": [], "units": [], "markers": []}
         print(
-            f"  of which one empty agent call over an open connection: "
+            f"one empty agent call (sudo, python3) over an open connection: "
             f"{median_ms(lambda: remote.call_agent(t, request), runs)}"
         )
 
