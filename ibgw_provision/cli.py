@@ -13,10 +13,12 @@ from . import inventory
 from .errors import InputError, exit_bad_input
 from .gate.cli import audit, gate
 from .inventory import secrets
+from .pki.cli import pki
 from .provision.remote import AgentError
 from .provision.render import render_host
 from .provision.transport import SshError
 from .sim.cli import sim
+from .tunnel.cli import tunnel
 
 
 def input_errors(func):
@@ -111,7 +113,7 @@ def main() -> None:
     """Provision and run a shared Interactive Brokers Gateway host."""
 
 
-for command in (sim, gate, audit):
+for command in (sim, gate, audit, pki, tunnel):
     main.add_command(command)
 
 
@@ -128,7 +130,10 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
     """Check an inventory; every error names its file, line and field."""
     inv = inventory.load(inventory_path)
     if check_secrets:
+        from .inventory.preflight import check_pki
+
         secrets.check(inv)
+        check_pki(inv)
     for warning in inventory.warnings(inv):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name, host in inv.hosts.items():
@@ -197,7 +202,7 @@ def provision(
     ask_become_pass: bool,
 ) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
-    from .inventory.preflight import check_artifacts
+    from .inventory.preflight import check_artifacts, check_pki
     from .provision.apply import Options
     from .provision.apply import provision as run
     from .provision.recap import Recap
@@ -206,6 +211,7 @@ def provision(
     names = select_hosts(inv, pattern, limit)
     secrets.check(inv, names)
     check_artifacts(inv, names)
+    check_pki(inv, names)
     ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout, accept_new)
     preload_keys(inv, names, ssh)
     recap = Recap(show_diff=show_diff, verbose=verbose)

@@ -93,6 +93,15 @@ class Lobby(Model):
     max_frame: Annotated[int, Field(ge=256, le=65536)] = 4096  # START_API's largest accepted frame
 
 
+class TlsFiles(Model):
+    """front.tls: the gate terminates TLS and requires a client certificate from ibgw's app CA."""
+
+    ca: Path  # the app CA's certificate (PEM)
+    crl: Path | None = None  # the CA's revocation list (PEM); checked for each app's certificate
+    cert: Path  # the front's server certificate (PEM)
+    key: Path  # its private key (PEM, readable by the gate's user only)
+
+
 class GateConfig(Model):
     mode: Mode
     listen: Endpoint | None  # TCP, for direct use: a PROXY header there is never trusted
@@ -102,6 +111,7 @@ class GateConfig(Model):
     audit_db: Path
     admin_socket: Path
     metrics: Endpoint | None = None
+    tls: TlsFiles | None = None
     handshake_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
     max_frame: Annotated[int, Field(ge=MAX_HELLO, le=MAX_FRAME)] = MAX_FRAME  # as ibapi: payload <= 0xFFFFFF
     client_buffer: Annotated[int, Field(ge=4096, le=2**31)] = 1024 * 1024

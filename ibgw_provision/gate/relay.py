@@ -31,7 +31,7 @@ from ..tws.framing import (
     read_frame,
 )
 from ..tws.messages import Out
-from . import orders, policy, proxy
+from . import orders, policy, proxy, tls
 from .config import App
 from .link import Link
 from .lobby import Lobby
@@ -66,6 +66,7 @@ class Connection:
         self.stats: AppStats | None = None
         self.audit_id: int | None = None
         self.reason: str | None = None
+        self.peer_cert: tls.Peer | None = None  # with front.tls: the app's verified certificate
         self._ended = asyncio.Event()
         self._partial = bytearray()  # an incomplete frame from the app (appended to: linear time)
         self._backlog: bytearray | None = None  # the app's bytes after an order that awaits its decision
@@ -81,6 +82,10 @@ class Connection:
         if host is None:
             return "front (no PROXY header yet)"
         return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+
+    @property
+    def _serial(self) -> str | None:
+        return self.peer_cert.serial if self.peer_cert else None
 
     @property
     def who(self) -> str:
@@ -136,12 +141,23 @@ class Connection:
             self.source = await proxy.read_source(self.client) or (None, 0)
         if not self._enter_lobby():
             raise HandshakeError("over the bound on unadmitted connections")
+        if self.gate.tls is not None:  # front.tls: within the lobby's bounds, before any TWS API byte
+            await self._secure(self.gate.tls)
         if await self.client.readexactly(len(API_PREFIX)) != API_PREFIX:
             raise HandshakeError("no API prefix")
         self.hello = parse_hello(await read_frame(self.client, MAX_HELLO))
         self.version = negotiate(self.hello, versions.MIN_CLIENT, await self.lobby.gateway.version())
         self.client.write(encode_server_hello(self.version, self.lobby.gateway.connection_time()))
         return await read_frame(self.client, self.lobby.max_frame)
+
+    async def _secure(self, context: tls.Policy) -> None:
+        """front.tls (gate/tls.py): the TLS handshake with the app's certificate, before any TWS API byte."""
+        try:
+            self.client, self.peer_cert = await tls.accept(self.client, context)
+        except tls.Refused as exc:
+            self.gate.refused_connections += 1
+            await self.gate.audit.connection(None, -1, self.peer, 0, "refused", str(exc))
+            raise
 
     def _enter_lobby(self) -> bool:
         self._allowed = self.lobby.allowed(self.source[0])
@@ -178,6 +194,9 @@ class Connection:
             refusal = policy.connection_refusal(
                 self.config, client_id, self.source[0], self.gate.connected.keys()
             )
+        if refusal is None and app is not None:
+            mismatch = tls.certificate_refusal(app.name, client_id, self.peer_cert)
+            refusal = None if mismatch is None else (policy.CONNECT_FAILED, mismatch)
         if refusal is not None:
             await self._refuse(client_id, *refusal)
             return False
@@ -220,7 +239,7 @@ class Connection:
         self.stats = stats = self.gate.stats[app.name]
         stats.connect(self.peer)
         self.audit_id = await self.gate.audit.connection(
-            app.name, client_id, self.peer, self.version, "accepted"
+            app.name, client_id, self.peer, self.version, "accepted", cert_serial=self._serial
         )
         assert self.upstream is not None  # _dial connected it
         self.upstream.write(frame(start_api))
@@ -241,6 +260,7 @@ class Connection:
             self.version,
             "refused",
             reason,
+            cert_serial=self._serial,
         )
 
     # ---- relay -----------------------------------------------------------------------------

@@ -84,6 +84,8 @@ class Gate:
             where.append(f"{self.config.listen.host}:{self.port} (TCP, no PROXY header trusted)")
         if self.config.front_socket is not None:
             where.append(f"{self.config.front_socket.path} (the front's, with PROXY headers)")
+        if self.state.tls is not None:  # front.tls: on every listener
+            where = [f"{w[:-1]}, then TLS with client certificates)" for w in where]
         return where
 
     async def _serve_front(self, limit: int) -> asyncio.Server:
@@ -116,6 +118,11 @@ class Gate:
         task = asyncio.create_task(connection.run())
         self._tasks[connection] = task
         task.add_done_callback(lambda _: self._tasks.pop(connection, None))
+
+    async def reload_tls(self) -> None:
+        """SIGHUP: re-read the TLS files (CA, CRL, server certificate) for new connections."""
+        if self.state.tls is not None:
+            self.state.tls.reload()
 
     async def set_halted(self, halted: bool, by: str) -> None:
         """The kill switch: while on, new orders are refused. Persisted before this returns."""

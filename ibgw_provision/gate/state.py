@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .audit import AuditLog
 from .config import GateConfig
 from .orders import OrderRequest
+from .tls import Policy
 
 log = logging.getLogger("ibgw.gate")
 
@@ -40,11 +41,14 @@ class GateState:
     stats: dict[str, AppStats]
     connected: dict[int, object] = field(default_factory=dict)  # admitted connections by client id
     refused_connections: int = 0
+    tls: Policy | None = None  # front.tls: the app CA, CRL and server certificate for new connections
 
     @classmethod
     def open(cls, config: GateConfig) -> GateState:
         audit = AuditLog(config.audit_db)
-        return cls(config, audit, audit.halted(), {app.name: AppStats() for app in config.apps})
+        stats = {app.name: AppStats() for app in config.apps}
+        tls = Policy(config.tls) if config.tls is not None else None
+        return cls(config, audit, audit.halted(), stats, tls=tls)
 
     def disconnected(self, client_id: int | None, app: str, connection: object) -> None:
         if client_id is not None and self.connected.get(client_id) is connection:

@@ -292,6 +292,7 @@ class Front(Model):
     timeouts: Timeouts = Timeouts()
     metrics_port: Port = 8405  # HAProxy's Prometheus exporter, on 127.0.0.1 only
     gate: StrictBool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
+    tls: StrictBool = False  # apps connect over TLS 1.3 with a certificate of ibgw's app CA (needs gate)
 
     @field_validator("bind")
     @classmethod
@@ -405,10 +406,17 @@ class Artifacts(Model):
         return self.ibc, self.ib_gateway
 
 
+class Pki(Model):
+    """ibgw's app CA on the operator machine (`ibgw pki`); front.tls hosts get its files."""
+
+    dir: SafePath | None = None  # default ~/.config/ibgw/pki/<the inventory file's name, without .yml>
+
+
 class Inventory(Model):
     hosts: dict[Name, Host] = Field(min_length=1)
     groups: dict[Name, list[Name]] = {}
     artifacts: Artifacts = Artifacts()
+    pki: Pki = Pki()
     _source: yamlsrc.Source | None = PrivateAttr(default=None)
 
     def problem(self, path: tuple, message: str) -> Problem:
@@ -424,6 +432,24 @@ class Inventory(Model):
         path = Path(path).expanduser()
         base = Path(self._source.file).parent if self._source else Path.cwd()
         return path if path.is_absolute() else base / path
+
+    def pki_dir(self) -> Path:
+        """The app CA's directory on the operator machine (pki.dir, or one per inventory)."""
+        if self.pki.dir is not None:
+            return self.path(self.pki.dir)
+        name = Path(self._source.file).stem if self._source else "inventory"
+        return Path("~/.config/ibgw/pki").expanduser() / name
+
+    def pki_files(self, host: str) -> dict[str, Path]:
+        """What a front.tls host gets from the pki directory (`ibgw pki` writes them there)."""
+        directory = self.pki_dir()
+        server = directory / "servers" / host
+        return {
+            "ca": directory / "ca.pem",
+            "crl": directory / "crl.pem",
+            "cert": server / "cert.pem",
+            "key": server / "key.pem",
+        }
 
     def select(self, pattern: str) -> list[str]:
         """Host names for HOST, GROUP, 'all' or a glob."""
@@ -497,6 +523,8 @@ def _check_host(inv: Inventory, name: str, host: Host, src: yamlsrc.Source) -> l
     found += _check_gateways(host, base)
     found += _check_apps(host, base)
     found += _check_ports(host, base)
+    if host.front.tls and not host.front.gate:
+        found.append((base + ("front", "tls"), "front.tls is terminated by ibgw gate: set front.gate: true"))
     if host.firewall.enabled and not host.firewall.admin_cidrs:
         found.append(
             (

@@ -182,7 +182,17 @@ def health(req):
         "resources": resources(req["disk_paths"]),
         "log_lines": recent_lines(req["log_files"], req["log_minutes"]),
         "journal_errors": journal_errors(req["units"], req["log_minutes"]),
+        "tls_cert": read_public(req.get("tls_cert")),
     }
+
+
+def read_public(path):
+    """A public file's text (the front's certificate, for its expiry), or None if it is not there."""
+    try:
+        with open(path) as fh:
+            return fh.read(65536)
+    except (TypeError, OSError):
+        return None
 
 
 def unit_detail(name):
