@@ -216,6 +216,7 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
     monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
     monkeypatch.setattr(wheelhouse, "build", lambda *a: wheelhouse.Wheelhouse(tmp_path, (), "stamp", "ibgw"))
     raw = yaml.safe_load((INVENTORIES / "example.yml").read_text())
+    raw["hosts"]["gw1"]["front"].pop("tls", None)  # no app CA on this machine: plain TCP apps
     with sshd(tmp_path, {user: [key[1]]}) as gw, sshd(tmp_path, {"jumper": [key[1]]}) as bastion:
         (tmp_path / "known_hosts").write_text(gw.known_line() + bastion.known_line())
         raw["hosts"]["gw1"].update(
