@@ -246,6 +246,16 @@ class Gateway(Model):
         return data
 
 
+GATE_LIMITS = (
+    "max_order_quantity",
+    "allowed_sec_types",
+    "max_cash_quantity",
+    "max_notional_per_order",
+    "max_orders_per_minute",
+    "max_open_orders",
+)
+
+
 class App(Model):
     """One trading app: its client id, the modes it may use and where it connects from."""
 
@@ -257,6 +267,23 @@ class App(Model):
     # Order limits, enforced by `ibgw gate` (front.gate: true), which refuses the same values.
     max_order_quantity: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
     allowed_sec_types: list[Annotated[str, Field(pattern=r"^[A-Z]{2,6}$")]] | None = None
+    # Risk limits and permissions, enforced by `ibgw gate` (README "The gate").
+    max_cash_quantity: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_notional_per_order: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_orders_per_minute: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None
+    max_open_orders: Annotated[int, Field(strict=True, ge=1, le=10_000)] | None = None
+    allow_settings: StrictBool = False  # updateConfig, replaceFA, setServerLogLevel, ...
+    allow_global_cancel: StrictBool | None = None  # default: only for an app with no limit at all
+
+    @model_validator(mode="after")
+    def _permissions(self) -> App:
+        if self.read_only and (self.allow_settings or self.allow_global_cancel):
+            raise ValueError("a read_only app cannot have allow_settings or allow_global_cancel")
+        return self
+
+    @property
+    def has_limits(self) -> bool:
+        return any(getattr(self, f) is not None for f in GATE_LIMITS)
 
     @field_validator("name")
     @classmethod
@@ -489,7 +516,7 @@ def warnings(inv: Inventory) -> list[str]:
                     f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
                     f"gateway{'s' if len(open_modes) > 1 else ''}"
                 )
-            if not host.front.gate and (app.max_order_quantity or app.allowed_sec_types):
+            if not host.front.gate and app.has_limits:
                 found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
     return found
 

@@ -110,6 +110,7 @@ def _request(host: Host) -> dict:
         "log_minutes": host.health.log_minutes,
         "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways],
         "tls_cert": layout.TLS_FILES["cert"] if host.front.tls else None,
+        "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
     }
 
 
@@ -168,6 +169,7 @@ def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
         findings.append(
             Finding("degraded", "firewall", "inet ibgw", "the nftables table inet ibgw is not loaded")
         )
+    findings += judge_gates(facts.get("gates") or {})
     report["resources"] = facts["resources"]
     findings += _judge_resources(host, facts["resources"])
     findings += _judge_logs(facts, report)
@@ -221,6 +223,21 @@ def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding
                 )
             )
     return findings
+
+
+def judge_gates(gates: dict[str, dict | None]) -> list[Finding]:
+    """A gate whose paper/live interlock tripped refuses every app: down."""
+    return [
+        Finding(
+            "down",
+            "interlock",
+            f"{mode} gate",
+            f"paper/live interlock tripped: the {mode} gateway reports accounts of the other mode; "
+            "the gate refuses every app (see ibgw gate status)",
+        )
+        for mode, flags in sorted(gates.items())
+        if flags and flags.get("interlock_tripped")
+    ]
 
 
 def _judge_resources(host: Host, res: dict) -> list[Finding]:

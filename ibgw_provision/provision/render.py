@@ -112,12 +112,7 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
 
 def _gate_apps(host: Host, apps: list) -> list[dict]:
     """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
-    entries = [
-        a.model_dump(
-            include={"name", "client_id", "sources", "read_only", "max_order_quantity", "allowed_sec_types"}
-        )
-        for a in apps
-    ]
+    entries = [_gate_app(a) for a in apps]
     probe = {
         "name": "ibgw-health",
         "client_id": host.health.probe_client_id + 1,
@@ -127,6 +122,23 @@ def _gate_apps(host: Host, apps: list) -> list[dict]:
         "allowed_sec_types": None,
     }
     return entries + [probe]
+
+
+GATE_APP_FIELDS = {"name", "client_id", "sources", "read_only", "max_order_quantity", "allowed_sec_types"}
+GATE_APP_OPTIONAL = {  # rendered only when set, so gate configs without them stay as they were
+    "max_cash_quantity",
+    "max_notional_per_order",
+    "max_orders_per_minute",
+    "max_open_orders",
+    "allow_settings",
+    "allow_global_cancel",
+}
+
+
+def _gate_app(app) -> dict:
+    entry = app.model_dump(include=GATE_APP_FIELDS)
+    optional = app.model_dump(include=GATE_APP_OPTIONAL, exclude_defaults=True)
+    return entry | {key: optional[key] for key in sorted(optional)}
 
 
 def _union(source_lists) -> list[str]:
