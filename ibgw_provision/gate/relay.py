@@ -552,9 +552,12 @@ class Connection:
     async def _close(self) -> None:
         if self._deciding is not None:
             await asyncio.wait({self._deciding})  # a committed order still reaches the gateway
-        if self._confirming is not None:  # a write it started still commits on the audit thread
+        if self._confirming is not None:
+            # It stops by itself once the connection has ended. Cancelling it could drop a
+            # 'forwarded' write still queued for the audit thread, so it is only cut short if stuck.
+            self.end("closed")
+            await asyncio.wait({self._confirming}, timeout=1.0)
             self._confirming.cancel()
-            await asyncio.wait({self._confirming})
         confirmed = self._delivered() if self.upstream is not None else []  # the rest stay 'forwarding'
         self.client.close()
         if self.upstream is not None:
