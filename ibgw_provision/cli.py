@@ -46,6 +46,69 @@ INVENTORY = click.option(
 )
 
 
+def ssh_options(func):
+    """How to reach hosts over SSH: each overrides the inventory's `ssh:` for this run."""
+    options = [
+        click.option("--user", "ssh_user", help="Log in as this user (root's work then runs through sudo)."),
+        click.option("--private-key", type=click.Path(dir_okay=False), help="SSH private key file."),
+        click.option(
+            "--ssh-config",
+            type=click.Path(dir_okay=False),
+            help="ssh_config file to honour (default: ~/.ssh/config if it exists).",
+        ),
+        click.option(
+            "-K",
+            "--ask-become-pass",
+            "ask_become_pass",
+            is_flag=True,
+            help="Ask for the login user's sudo password (sent on stdin, never in argv).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def ssh_settings(
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+    timeout: float | None,
+    accept_new: bool = False,
+):
+    from .provision.remote import SshOptions
+
+    become = click.prompt("BECOME (sudo) password", hide_input=True, err=True) if ask_become_pass else None
+    return SshOptions(
+        user=ssh_user,
+        private_key=Path(private_key).expanduser() if private_key else None,
+        timeout=timeout,
+        ssh_config=Path(ssh_config).expanduser() if ssh_config else None,
+        accept_new=accept_new,
+        become_password=become,
+        ask_passphrase=_ask_passphrase,
+    )
+
+
+def _ask_passphrase(path: Path) -> str:
+    if not sys.stdin.isatty():
+        raise SshError(
+            f"SSH key {path} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
+            "ssh.passphrase (no terminal to ask on)"
+        )
+    return click.prompt(f"Passphrase for SSH key {path}", hide_input=True, err=True)
+
+
+def preload_keys(inv, names: list[str], opts) -> None:
+    """Ask for key passphrases now, before progress output takes the terminal."""
+    from .provision.remote import target
+    from .provision.transport import preload_keys as preload
+
+    for name in names:
+        preload(target(inv, name, opts.accept_new, opts))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ibgw-provision")
 def main() -> None:
@@ -123,6 +186,15 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
     help="safe: a gateway with apps connected, or live in its trading hours, restarts later (pending); "
     "now: restart it in this run.",
 )
+@click.option("--forks", default=8, show_default=True, type=click.IntRange(1, 256), help="Hosts at once.")
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
+@ssh_options
 @input_errors
 def provision(
     pattern: str,
@@ -133,6 +205,12 @@ def provision(
     accept_new: bool,
     verbose: bool,
     restart: str,
+    forks: int,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
 ) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
     from .inventory.preflight import check_artifacts, check_pki
@@ -146,9 +224,18 @@ def provision(
     secrets.check(inv, names)
     check_artifacts(inv, names)
     check_pki(inv, names)
+    ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout, accept_new)
+    preload_keys(inv, names, ssh)
     recap = Recap(show_diff=show_diff, verbose=verbose)
     with recap.progress(names) as on_event:
-        opts = Options(check=check, accept_new=accept_new, restart=cast(Mode, restart), on_event=on_event)
+        opts = Options(
+            check=check,
+            accept_new=accept_new,
+            restart=cast(Mode, restart),
+            ssh=ssh,
+            forks=forks,
+            on_event=on_event,
+        )
         reports = run(inv, names, opts)
     sys.exit(recap.show(reports))
 
@@ -164,8 +251,27 @@ def provision(
     is_flag=True,
     help="Trust an unknown host key on first contact (a changed key is still refused).",
 )
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
+@ssh_options
 @input_errors
-def decommission(host: str, inventory_path: str, purge: bool, check: bool, accept_new: bool) -> None:
+def decommission(
+    host: str,
+    inventory_path: str,
+    purge: bool,
+    check: bool,
+    accept_new: bool,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """Stop and remove everything ibgw put on HOST (its manifest). Exit 0 done, 1 failed, 2 bad input."""
     from .provision.apply import Options
     from .provision.apply import provision as run
@@ -173,9 +279,18 @@ def decommission(host: str, inventory_path: str, purge: bool, check: bool, accep
 
     inv = inventory.load(inventory_path)
     name = single_host(inv, host)
+    ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout, accept_new)
+    preload_keys(inv, [name], ssh)
     recap = Recap(show_diff=False)
     with recap.progress([name]) as on_event:
-        opts = Options(check=check, accept_new=accept_new, decommission=True, purge=purge, on_event=on_event)
+        opts = Options(
+            check=check,
+            accept_new=accept_new,
+            decommission=True,
+            purge=purge,
+            ssh=ssh,
+            on_event=on_event,
+        )
         reports = run(inv, [name], opts)
     sys.exit(recap.show(reports))
 
@@ -207,10 +322,24 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
     type=click.FloatRange(0.1, 300),
     help="Seconds for SSH and for each TWS API probe.",
 )
+@click.option("--forks", default=8, show_default=True, type=click.IntRange(1, 256), help="Hosts at once.")
+@ssh_options
 @input_errors
-def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeout: float) -> None:
+def health(
+    pattern: str,
+    inventory_path: str,
+    as_json: bool,
+    brief: bool,
+    timeout: float,
+    forks: int,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """Is HOST or GROUP serving? Exit 0 healthy, 1 degraded, 2 down or mode mismatch."""
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
     from rich.console import Console
 
@@ -218,7 +347,11 @@ def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeou
     from .observe import views
 
     inv = inventory.load(inventory_path)
-    reports = [checks.check(inv, name, timeout) for name in select_hosts(inv, pattern, None)]
+    names = select_hosts(inv, pattern, None)
+    ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout)
+    preload_keys(inv, names, ssh)
+    with ThreadPoolExecutor(max_workers=min(forks, len(names))) as pool:
+        reports = list(pool.map(lambda name: checks.check(inv, name, timeout, ssh), names))
     if as_json:
         click.echo(json.dumps({"schema": checks.SCHEMA, "hosts": reports}, indent=2))
     else:
@@ -233,8 +366,26 @@ def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeou
 @INVENTORY
 @click.option("--duration", type=click.IntRange(1), help="Stop after this many seconds (default: at Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per sample instead of a live table.")
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
+@ssh_options
 @input_errors
-def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool) -> None:
+def monitor(
+    host: str,
+    inventory_path: str,
+    duration: int | None,
+    as_json: bool,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """Live view, every second, of who is connected through HOST's front, by app."""
     import json
 
@@ -247,9 +398,13 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
     inv = inventory.load(inventory_path)
     name = single_host(inv, host)
     count = duration or 2**31 - 1
+    ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout)
+    preload_keys(inv, [name], ssh)
     try:
         if as_json:
-            mon.samples(inv, name, count, lambda found, gates: click.echo(json.dumps(mon.as_dicts(found))))
+            mon.samples(
+                inv, name, count, lambda found, gates: click.echo(json.dumps(mon.as_dicts(found))), ssh
+            )
         else:
             with Live(
                 views.monitor_table(name, []), console=Console(highlight=False), auto_refresh=False
@@ -259,6 +414,7 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
                     name,
                     count,
                     lambda found, gates: live.update(views.monitor_table(name, found), refresh=True),
+                    ssh,
                 )
     except KeyboardInterrupt:
         pass
@@ -271,8 +427,25 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
 @INVENTORY
 @click.argument("host", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(1, 300),
+    help="Seconds to connect and log in over SSH.",
+)
+@ssh_options
 @input_errors
-def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
+def apps(
+    inventory_path: str,
+    host: str | None,
+    as_json: bool,
+    timeout: float,
+    ssh_user: str | None,
+    private_key: str | None,
+    ssh_config: str | None,
+    ask_become_pass: bool,
+) -> None:
     """The app registry; with HOST, also who is connected now through its front."""
     import json
 
@@ -285,8 +458,9 @@ def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
     if host:
         name = single_host(inv, host)
         sample: list = []
+        ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout)
         try:
-            mon.samples(inv, name, 1, lambda found, gates: sample.extend([found, gates]))
+            mon.samples(inv, name, 1, lambda found, gates: sample.extend([found, gates]), ssh)
         except (SshError, AgentError) as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(1)

@@ -392,12 +392,42 @@ class Firewall(Model):
     admin_cidrs: list[Cidr] = []
 
 
+# A jump host, as ssh -J takes it: [user@]host[:port]; host a name or an IPv4 address.
+JUMP = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::[0-9]{1,5})?$")
+
+
+def _jump(value: str) -> str:
+    if not JUMP.match(value) or (":" in value and not 0 < int(value.rsplit(":", 1)[1]) < 65536):
+        raise ValueError(f"a jump host is [user@]host[:port], got {value!r}")
+    return value
+
+
+Jump = Annotated[str, AfterValidator(_jump)]
+
+
 class Ssh(Model):
+    """How to log in. A key left out here comes from ssh_config (Host, HostName, User, Port,
+    IdentityFile, ProxyJump, UserKnownHostsFile), then from these defaults."""
+
     user: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")] = "root"  # POSIX portable names
     port: Port = 22
     key: SafePath | None = None
+    passphrase: SecretRef | None = None  # the key's, by reference
     known_hosts: SafePath = Path("~/.ssh/known_hosts")
     host_key: Literal["verify", "accept-new"] = "verify"
+    jump: Jump | list[Jump] | None = None  # bastion(s), in order: the first is reached first
+
+    _plain = field_validator("passphrase", mode="before")(_no_plaintext)
+
+    @field_validator("jump")
+    @classmethod
+    def _jumps(cls, jump: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(jump, list) and not jump:
+            raise ValueError("jump: list at least one host, or leave it out")
+        return jump
+
+    def jumps(self) -> tuple[str, ...]:
+        return () if self.jump is None else (self.jump,) if isinstance(self.jump, str) else tuple(self.jump)
 
 
 class Host(Model):

@@ -89,5 +89,10 @@ def check(inv: Inventory, names: list[str] | None = None) -> None:
                     ref and _read(ref)
                 except SecretError as exc:
                     problems.append(inv.problem(("hosts", name, "gateways", i, "login", key), str(exc)))
+        if host.ssh.passphrase is not None:
+            try:
+                _read(host.ssh.passphrase)
+            except SecretError as exc:
+                problems.append(inv.problem(("hosts", name, "ssh", "passphrase"), str(exc)))
     if problems:
         raise InputError(problems)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from ..inventory.model import Host, Inventory
 from ..provision import layout
-from ..provision.remote import target
+from ..provision.remote import as_root, target
 from ..provision.transport import Transport
 
 TABLES = ("connections", "orders")
@@ -23,12 +23,12 @@ class AuditError(Exception):
     """A one-line reason an audit log could not be read."""
 
 
-def command(mode: str, app: str | None, since: datetime | None, user: str) -> str:
+def command(mode: str, app: str | None, since: datetime | None) -> str:
     """The on-host command for one mode's log; `since` is sent as an absolute UTC time."""
     argv = [f"{layout.VENV}/bin/ibgw", "audit", "--config", layout.gate_config(mode), "--json"]
     argv += ["--app", app] if app else []
     argv += ["--since", since.astimezone().isoformat()] if since else []
-    return ("" if user == "root" else "sudo -n ") + shlex.join(argv)
+    return shlex.join(argv)
 
 
 def read(
@@ -38,7 +38,8 @@ def read(
     merged: dict[str, list[dict]] = {t: [] for t in TABLES}
     with Transport(target(inv, name, accept_new=False), connect_timeout=timeout) as transport:
         for mode in modes:
-            proc = transport.run(command(mode, app, since, transport.target.user), timeout=timeout)
+            line, stdin = as_root(transport, command(mode, app, since))  # sudo as any other user
+            proc = transport.run(line, stdin, timeout=timeout)
             if proc.rc != 0:
                 why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.rc}"]
                 raise AuditError(f"{name}: the {mode} gate's audit: {why[0]}")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from ..inventory.model import Gateway, Host, Inventory
 from ..provision import layout, state
-from ..provision.remote import AgentError, call_agent, target
+from ..provision.remote import AgentError, SshOptions, call_agent, target
 from ..provision.transport import SshError, Transport
 from ..tws.probe import ProbeError, ProbeResult, probe
 from . import certificates
@@ -45,7 +45,7 @@ class Finding:
     message: str
 
 
-def check(inv: Inventory, name: str, timeout: float) -> dict:
+def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = None) -> dict:
     """The health report of one host, as the documented JSON schema."""
     host = inv.hosts[name]
     report: dict = {
@@ -62,7 +62,7 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
     findings: list[Finding] = []
     direct: dict[str, dict] = {}
     try:
-        with Transport(target(inv, name, accept_new=False), connect_timeout=timeout) as transport:
+        with Transport(target(inv, name, False, ssh), connect_timeout=timeout) as transport:
             facts = call_agent(transport, _request(host))
             direct = {
                 gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from ..constrained import Mode
 from ..inventory.model import Host, Inventory
 from ..provision import layout
-from ..provision.remote import call_agent, target
+from ..provision.remote import SshOptions, call_agent, target
 from ..provision.transport import Transport
 
 
@@ -30,7 +30,13 @@ class Source:
     last_seen: float  # unix time: now while connected, else the last connect
 
 
-def samples(inv: Inventory, name: str, count: int, on_sample: Callable[[list[Source], dict], None]) -> None:
+def samples(
+    inv: Inventory,
+    name: str,
+    count: int,
+    on_sample: Callable[[list[Source], dict], None],
+    ssh: SshOptions | None = None,
+) -> None:
     """Stream `count` samples, one a second, over a single SSH command: the front's sources, and
     per mode the gate's per-app figures (when the gate runs)."""
     host = inv.hosts[name]
@@ -47,7 +53,7 @@ def samples(inv: Inventory, name: str, count: int, on_sample: Callable[[list[Sou
         if "sample" in message:
             on_sample(sources(host, message["sample"], message["at"]), message["gates"])
 
-    with Transport(target(inv, name, accept_new=False)) as transport:
+    with Transport(target(inv, name, False, ssh)) as transport:
         call_agent(transport, request, on_event=on_event)
 
 

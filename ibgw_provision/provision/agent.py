@@ -717,6 +717,43 @@ def step_venv(step):
         fh.write(step["stamp"])
 
 
+def step_uploads(step):
+    """Files the login user staged in its private directory, moved into place as root: each one's
+    sha256 is checked on the bytes copied (not on a file that could change after), then owner, mode
+    and an atomic rename. The staging directory is removed, whatever happens."""
+    stage = step["stage"]
+    if not os.path.basename(stage).startswith(".ibgw-upload-"):
+        raise StepError(f"{stage}: not an ibgw staging directory")
+    try:
+        for upload in step["files"]:
+            place(upload)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def place(upload):
+    dest = upload["to"]
+    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    src = os.fdopen(open_regular(upload["from"]), "rb")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".ibgw-")
+    try:
+        digest = hashlib.sha256()
+        with src, os.fdopen(fd, "wb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != upload["sha256"]:
+            raise StepError(f"{dest}: the uploaded copy's sha256 differs from the operator's file")
+        set_attrs(tmp, dict(upload, kind="file"))
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def step_install(step):
     """Unpack IBC's zip, or run IB Gateway's installer, into dest; the stamp is written last."""
     upload, dest = step["upload"], step["dest"]
@@ -918,6 +955,7 @@ STEPS = {
     "ini": step_ini,
     "attrs": step_attrs,
     "venv": step_venv,
+    "uploads": step_uploads,
     "install": step_install,
     "systemd": step_systemd,
 }

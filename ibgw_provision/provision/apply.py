@@ -1,13 +1,17 @@
 """Provision hosts: facts in one round trip, a local plan, changes in one batch.
 
-A no-op run of a converged host costs two round trips (facts, nothing else
-but the connection). A run with changes adds one apply and, when ibgw itself
-must be (re)installed, one upload per wheel.
+A no-op run of a converged host costs one connection (per hop) and one
+command (the facts). A run with changes adds one apply and, when software
+must be (re)installed, one upload per file: the login user stages them in a
+private directory over SFTP, and the agent, as root, checks each file's
+sha256 and moves it into place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +23,7 @@ from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
 from . import restarts, state, wheelhouse
 from .plan import Plan, PlanError, decommission, decommission_facts_request, facts_request, plan
-from .remote import AgentError, call_agent, target
+from .remote import AgentError, SshOptions, call_agent, target
 from .shapes import Facts, Task
 from .transport import SshError, Transport
 
@@ -51,12 +55,14 @@ class Options:
     restart: restarts.Mode = "safe"  # "now": restart gateways even with apps connected or in trading hours
     decommission: bool = False  # remove everything ibgw put on the host
     purge: bool = False  # with decommission: the ibkr user, its home and the logs too
+    ssh: SshOptions = SshOptions()
+    forks: int = 8  # hosts at once
     on_event: Callable[[str, str], None] = lambda host, message: None
 
 
 def provision(inv: Inventory, names: list[str], opts: Options) -> list[Report]:
     """Provision each host in parallel; one host's failure does not stop the others."""
-    with ThreadPoolExecutor(max_workers=min(8, len(names)) or 1) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(opts.forks, len(names)))) as pool:
         return list(pool.map(lambda name: provision_host(inv, name, opts), names))
 
 
@@ -72,7 +78,7 @@ def _decommission(transport: Transport, name: str, opts: Options, report: Report
 
 def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     report, started = Report(name, checked_only=opts.check), time.monotonic()
-    transport = Transport(target(inv, name, opts.accept_new))
+    transport = Transport(target(inv, name, opts.accept_new, opts.ssh))
     secrets = Secrets()
     try:
         with transport:
@@ -107,14 +113,52 @@ def _converge(
 
 
 def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, report: Report) -> None:
+    request = the_plan.request()
+    stage = None
     if the_plan.uploads:
         opts.on_event(name, f"uploading {len(the_plan.uploads)} files")
-        transport.put_many(the_plan.uploads)
+        stage, step = _stage(transport, the_plan.uploads)
+        request["steps"].insert(0, step)
 
     def on_event(event: dict) -> None:
         if event.get("event") == "start":
             opts.on_event(name, event["task"])
 
-    result = call_agent(transport, the_plan.request(), on_event=on_event)
+    try:
+        result = call_agent(transport, request, on_event=on_event)
+    except AgentError:
+        if stage:  # the agent never ran, so never removed it: the login user owns it
+            transport.run(f"rm -rf -- {shlex.quote(stage)}")
+        raise
     if result["failed"]:
         report.failed = f"{result['failed']}: {result['error']}"
+
+
+def _stage(transport: Transport, uploads: list[tuple[Path, str]]) -> tuple[str, dict]:
+    """Upload as the login user into a private staging directory; the step that moves them into place."""
+    stage, staged = transport.stage([local for local, _ in uploads])
+    files = [
+        {
+            "from": there,
+            "to": remote,
+            "sha256": _sha256(local),
+            "owner": "root",
+            "group": "root",
+            "mode": 0o644,
+        }
+        for (local, remote), there in zip(uploads, staged, strict=True)
+    ]
+    return stage, {
+        "kind": "uploads",
+        "task": f"place {len(files)} uploaded files",
+        "stage": stage,
+        "files": files,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

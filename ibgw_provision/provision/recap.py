@@ -65,4 +65,5 @@ class Recap:
             if task.changed and self.show_diff and task.diff:
                 self.console.print(Text(task.diff, "cyan"), end="" if task.diff.endswith("\n") else "\n")
         if report.failed:
-            self.console.print(Text(f"[{report.host}] FAILED: {report.failed}", "red"))
+            # one line, never wrapped by the console: it is copied into bug reports and grepped
+            self.console.print(Text(f"[{report.host}] FAILED: {report.failed}", "red"), soft_wrap=True)

@@ -6,6 +6,7 @@ must reload or restart when a file changes. Nothing here touches a host.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,9 @@ def firewall_rules(host: Host, apps: dict) -> list[dict]:
     rules = []
     for set_name, port, cidrs, why in wanted:
         for family, suffix in (("ipv4", "v4"), ("ipv6", "v6")):
-            members = [c for c in cidrs if (":" in c) == (family == "ipv6")]
+            # nft refuses overlapping intervals in a set (an app's /32 inside another's /28): collapse
+            nets = [ipaddress.ip_network(c) for c in cidrs if (":" in c) == (family == "ipv6")]
+            members = [str(n) for n in ipaddress.collapse_addresses(nets)]  # type: ignore[type-var]
             if members:
                 rules.append(
                     {

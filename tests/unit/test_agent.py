@@ -27,7 +27,7 @@ import pytest
 
 from ibgw_provision.provision import agent
 from ibgw_provision.provision.plan import VALIDATORS
-from ibgw_provision.provision.remote import AGENT, BOOT
+from ibgw_provision.provision.remote import BOOT, agent_stdin
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="chown to another user needs root")
@@ -1056,7 +1056,7 @@ def test_main_answers_one_request_with_a_result_line(tmp_path, monkeypatch, caps
 def test_boot_runs_the_agent_from_stdin_as_the_host_does(tmp_path):
     """The exact command sent over SSH: the agent's source, then the request, on stdin only."""
     req = {"op": "apply", "steps": [file_step(tmp_path / "f", "hello\n", 0o600)]}
-    stdin = f"{len(AGENT)}\n".encode() + AGENT + json.dumps(req).encode()
+    stdin = b"a sudo password line, if sudo did not read it\n" + agent_stdin(req)
     proc = subprocess.run(
         ["sh", "-c", BOOT.replace("python3", sys.executable, 1)], input=stdin, capture_output=True, timeout=60
     )

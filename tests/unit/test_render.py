@@ -239,3 +239,28 @@ def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
             "allowed_sec_types": None,
         }
     assert nginx.count("proxy_protocol on;") == len(host.gateways)
+
+
+def test_overlapping_app_cidrs_are_collapsed_in_the_firewall_sets():
+    """nft -c refuses a set with overlapping intervals: an app's /32 inside another app's /28."""
+    from types import SimpleNamespace
+
+    from ibgw_provision.provision.render import firewall_rules
+
+    host = SimpleNamespace(
+        ssh=SimpleNamespace(port=22),
+        firewall=SimpleNamespace(admin_cidrs=["198.18.0.2/32"]),
+        front=SimpleNamespace(gate=False),  # no probe CIDRs on the front: its apps alone
+        gateways=[SimpleNamespace(mode="paper", front_port=4004)],
+    )
+    apps = {
+        "paper": [
+            SimpleNamespace(sources=s) for s in (["198.18.1.2/32"], ["198.18.1.0/28", "2001:db8::1/128"])
+        ]
+    }
+    rules = {r["set"]: r["cidrs"] for r in firewall_rules(host, apps)}
+    assert rules == {
+        "admin_v4": ["198.18.0.2/32"],
+        "paper_apps_v4": ["198.18.1.0/28"],
+        "paper_apps_v6": ["2001:db8::1/128"],
+    }

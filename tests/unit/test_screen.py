@@ -143,12 +143,11 @@ def test_the_on_host_form_still_reads_a_config(tmp_path):
 
 def test_the_audit_command_on_the_host():
     since = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
-    argv = shlex.split(audit.command("live", "smart-lean-0dte", since, "root"))
+    argv = shlex.split(audit.command("live", "smart-lean-0dte", since))
     assert argv[:5] == [f"{layout.VENV}/bin/ibgw", "audit", "--config", layout.gate_config("live"), "--json"]
     assert argv[5:7] == ["--app", "smart-lean-0dte"]
     assert argv[7] == "--since" and datetime.fromisoformat(argv[8]) == since
-    assert audit.command("paper", None, None, "admin").startswith("sudo -n ")
-    assert "--app" not in audit.command("paper", None, None, "root")
+    assert "--app" not in audit.command("paper", None, None)  # sudo, when needed: remote.as_root
 
 
 class FakeTransport:
@@ -156,6 +155,8 @@ class FakeTransport:
 
     answers: dict[str, dict] = {}
     commands: list[str] = []
+
+    login_user = "root"  # as remote.as_root sees it: no sudo
 
     def __init__(self, target, connect_timeout):
         self.target = target
@@ -166,7 +167,7 @@ class FakeTransport:
     def __exit__(self, *exc):
         pass
 
-    def run(self, command: str, timeout: float) -> Result:
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 0) -> Result:
         FakeTransport.commands.append(command)
         mode = "live" if "gate-live" in command else "paper"
         answer = self.answers.get(mode)
