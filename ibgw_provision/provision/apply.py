@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
-from . import state, wheelhouse
+from . import memory, platforms, state, wheelhouse
 from .plan import Plan, Task, facts_request, plan
 from .remote import AgentError, call_agent, target
 from .transport import SshError, Transport
@@ -28,10 +28,14 @@ WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser
 class Report:
     host: str
     tasks: list[Task] = field(default_factory=list)
-    failed: str | None = None
+    failed: str | None = None  # why the host failed, was unreachable or was refused
     round_trips: int = 0
     seconds: float = 0.0
     checked_only: bool = False
+    reached: bool = False  # the agent answered: an SSH failure before that is `unreachable`
+    unreachable: bool = False
+    refused: bool = False  # the inventory asks what the host cannot give (exit 2): nothing was changed
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -46,6 +50,7 @@ class Report:
 class Options:
     check: bool = False
     accept_new: bool = False
+    lock_timeout: int = 300  # seconds the host's apt waits for the dpkg lock
     on_event: Callable[[str, str], None] = lambda host, message: None
 
 
@@ -62,7 +67,11 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     try:
         with transport:
             _converge(inv, name, transport, opts, report, secrets)
-    except (SshError, AgentError, wheelhouse.WheelhouseError) as exc:
+    except SshError as exc:
+        report.failed, report.unreachable = str(exc), not report.reached
+    except memory.OverBudget as exc:
+        report.failed, report.refused = str(exc), True
+    except (AgentError, platforms.UnsupportedOS, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
         report.failed = secrets.mask(report.failed)
@@ -76,11 +85,17 @@ def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, re
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
     facts = call_agent(transport, facts_request(want, wheels=venv))
+    report.reached = True
+    release = platforms.release(facts)  # an unsupported OS is refused before anything else
+    warning = memory.check(name, inv.hosts[name], facts.get("memory_mb"))
+    if warning:
+        report.warnings.append(warning)
+        opts.on_event(name, f"warning: {warning}")
     wheels = None
     if venv:
         opts.on_event(name, "building wheels")
         wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
-    the_plan = plan(want, facts, secrets, wheels)
+    the_plan = plan(want, facts, secrets, wheels, release)
     report.tasks = the_plan.tasks
     if opts.check or not the_plan.changed:
         return
@@ -95,7 +110,10 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
     def on_event(event: dict) -> None:
         if event.get("event") == "start":
             opts.on_event(name, event["task"])
+        elif event.get("event") == "wait":  # e.g. for the dpkg lock: said every ten seconds or so
+            opts.on_event(name, event["message"])
 
-    result = call_agent(transport, the_plan.request(), on_event=on_event)
+    request = {**the_plan.request(), "lock_timeout": opts.lock_timeout}
+    result = call_agent(transport, request, on_event=on_event)
     if result["failed"]:
         report.failed = f"{result['failed']}: {result['error']}"

@@ -6,12 +6,19 @@ import json
 from pathlib import Path
 
 from ..inventory.model import Inventory
+from .platforms import SUPPORTED, UnsupportedOS
 from .transport import Target, Transport
 
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
 # Reads the agent's source, then runs it; the request follows on stdin. No argv payload.
 BOOT = ("python3 -c 'import sys;b=sys.stdin.buffer;"
         "exec(compile(b.read(int(b.readline())),\"ibgw-agent\",\"exec\"))'")
+
+
+# A host without python3: install it with apt, or name the OS that has no apt (exit 3).
+INSTALL_PYTHON = ("sh -c 'if ! command -v apt-get >/dev/null; then [ -r /etc/os-release ] && . /etc/os-release; "
+                  "echo \"${PRETTY_NAME:-unknown (no /etc/os-release)}\" >&2; exit 3; fi; apt-get update -qq && "
+                  "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq python3 >/dev/null'")
 
 
 class AgentError(Exception):
@@ -43,8 +50,9 @@ def call_agent(transport: Transport, request: dict, on_event=lambda message: Non
 
     proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
     if proc.rc == 127 and not result:  # a minimal Debian has no python3 yet
-        boot = transport.run(sudo + "sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                             "apt-get install -y -qq python3 >/dev/null'")
+        boot = transport.run(sudo + INSTALL_PYTHON)
+        if boot.rc == 3:
+            raise UnsupportedOS(f"unsupported OS: {boot.stderr.strip()[-200:]} (ibgw supports {SUPPORTED})")
         if boot.rc != 0:
             raise AgentError(f"{transport.target.name}: cannot install python3: {boot.stderr.strip()[-300:]}")
         proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
