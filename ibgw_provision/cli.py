@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -50,14 +51,24 @@ for command in (sim, gate, audit):
 @INVENTORY
 @click.option("--secrets", "check_secrets", is_flag=True,
               help="Also resolve every secret reference (env vars, files) on this machine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema ibgw.validate/1).")
 @input_errors
-def validate(inventory_path: str, check_secrets: bool) -> None:
+def validate(inventory_path: str, check_secrets: bool, as_json: bool) -> None:
     """Check an inventory; every error names its file, line and field."""
-    inv = inventory.load(inventory_path)
-    if check_secrets:
-        secrets.check(inv)
-    for warning in inventory.warnings(inv):
+    try:
+        inv = inventory.load(inventory_path)
+        if check_secrets:
+            secrets.check(inv)
+    except InputError as exc:
+        if as_json:
+            click.echo(json.dumps(validate_json(inventory_path, None, exc), indent=2))
+        raise
+    warnings = inventory.warnings(inv)
+    for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+    if as_json:
+        click.echo(json.dumps(validate_json(inventory_path, inv, None, warnings), indent=2))
+        return
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
         click.echo(f"{name}: {host.backend} backend, {host.front.kind} front, gateways {modes}, "
@@ -65,20 +76,39 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
     click.echo(f"{inventory_path}: ok")
 
 
+def validate_json(path: str, inv, error: InputError | None, warnings: list[str] = ()) -> dict:  # type: ignore[assignment]
+    """`validate --json`: schema ibgw.validate/1; keys are only ever added within a version."""
+    hosts = [{"name": name, "backend": h.backend, "front": h.front.kind, "gate": h.front.gate,
+              "gateways": [{"mode": g.mode, "api_port": g.api_port, "front_port": g.front_port,
+                            "java_heap": g.java_heap} for g in h.gateways],
+              "apps": [a.name for a in h.apps]} for name, h in (inv.hosts.items() if inv else ())]
+    errors = [{"file": p.file, "line": p.line, "field": p.field, "message": p.message}
+              for p in (error.problems if error else ())]
+    return {"schema": "ibgw.validate/1", "inventory": path, "ok": error is None, "errors": errors,
+            "warnings": list(warnings), "hosts": hosts}
+
+
 @main.command()
 @click.argument("host")
 @INVENTORY
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option("--json", "as_json", is_flag=True, help="List the files written as JSON (schema ibgw.render/1).")
 @input_errors
-def render(host: str, inventory_path: str, out_dir: str) -> None:
+def render(host: str, inventory_path: str, out_dir: str, as_json: bool) -> None:
     """Write every file HOST gets under DIR, at its target path. Secrets are masked."""
     inv = inventory.load(inventory_path)
+    written = []
     for f in render_host(inv, single_host(inv, host), secrets.Secrets(masked=True)):
         target = Path(out_dir) / f.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.content, encoding="utf-8")
         os.chmod(target, f.mode)
-        click.echo(f"{f.mode:04o} {f.owner}:{f.group} {f.path}{'  (secret, masked)' if f.secret else ''}")
+        written.append({"path": f.path, "mode": f"{f.mode:04o}", "owner": f.owner, "group": f.group,
+                        "secret": f.secret, "written": str(target)})
+        if not as_json:
+            click.echo(f"{f.mode:04o} {f.owner}:{f.group} {f.path}{'  (secret, masked)' if f.secret else ''}")
+    if as_json:
+        click.echo(json.dumps({"schema": "ibgw.render/1", "host": host, "out": out_dir, "files": written}, indent=2))
 
 
 @main.command()
@@ -90,22 +120,32 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
 @click.option("--accept-new-host-key", "accept_new", is_flag=True,
               help="Trust an unknown host key on first contact (a changed key is still refused).")
 @click.option("-v", "--verbose", is_flag=True, help="Also list tasks that were already ok.")
+@click.option("--lock-timeout", default=300, show_default=True, type=click.IntRange(0, 3600),
+              help="Seconds the host's apt waits for the dpkg lock (cloud-init, unattended-upgrades).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the run as JSON (schema ibgw.provision/1) on stdout; progress goes to stderr.")
 @input_errors
 def provision(pattern: str, inventory_path: str, check: bool, show_diff: bool, limit: str | None,
-              accept_new: bool, verbose: bool) -> None:
-    """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
+              accept_new: bool, verbose: bool, lock_timeout: int, as_json: bool) -> None:
+    """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed or was
+    unreachable, 2 bad input (or a host that cannot hold what the inventory asks)."""
     from .inventory.preflight import check_artifacts
+    from .provision import recap as recaps
     from .provision.apply import Options
     from .provision.apply import provision as run
-    from .provision.recap import Recap
 
     inv = inventory.load(inventory_path)
     names = select_hosts(inv, pattern, limit)
     secrets.check(inv, names)
     check_artifacts(inv, names)
-    recap = Recap(show_diff=show_diff, verbose=verbose)
+    recap = recaps.Recap(show_diff=show_diff, verbose=verbose,
+                         console=recaps.console_for(sys.stderr) if as_json else None)
     with recap.progress(names) as on_event:
-        reports = run(inv, names, Options(check=check, accept_new=accept_new, on_event=on_event))
+        reports = run(inv, names, Options(check=check, accept_new=accept_new, lock_timeout=lock_timeout,
+                                          on_event=on_event))
+    if as_json:
+        click.echo(json.dumps(recaps.as_json(reports, show_diff), indent=2))
+        sys.exit(recaps.exit_code(reports))
     sys.exit(recap.show(reports))
 
 
@@ -129,8 +169,6 @@ def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:
 @input_errors
 def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeout: float) -> None:
     """Is HOST or GROUP serving? Exit 0 healthy, 1 degraded, 2 down or mode mismatch."""
-    import json
-
     from rich.console import Console
 
     from .observe import health as checks
@@ -155,8 +193,6 @@ def health(pattern: str, inventory_path: str, as_json: bool, brief: bool, timeou
 @input_errors
 def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool) -> None:
     """Live view, every second, of who is connected through HOST's front, by app."""
-    import json
-
     from rich.console import Console
     from rich.live import Live
 
@@ -187,8 +223,6 @@ def monitor(host: str, inventory_path: str, duration: int | None, as_json: bool)
 @input_errors
 def apps(inventory_path: str, host: str | None, as_json: bool) -> None:
     """The app registry; with HOST, also who is connected now through its front."""
-    import json
-
     from rich.console import Console
 
     from .observe import monitor as mon

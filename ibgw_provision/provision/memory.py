@@ -35,9 +35,13 @@ def budget(host: Host) -> list[tuple[str, int]]:
     items = [("OS", OVERHEAD_MB["os"])]
     for gw in host.gateways:
         if host.backend == "ibgw":
-            items += [(f"IB Gateway {gw.mode} (heap {gw.java_heap} + JVM {OVERHEAD_MB['jvm']})",
-                       heap_mb(gw.java_heap) + OVERHEAD_MB["jvm"]),
-                      (f"Xvfb {gw.mode}", OVERHEAD_MB["xvfb"])]
+            items += [
+                (
+                    f"IB Gateway {gw.mode} (heap {gw.java_heap} + JVM {OVERHEAD_MB['jvm']})",
+                    heap_mb(gw.java_heap) + OVERHEAD_MB["jvm"],
+                ),
+                (f"Xvfb {gw.mode}", OVERHEAD_MB["xvfb"]),
+            ]
         else:
             items.append((f"ibgw sim {gw.mode}", OVERHEAD_MB["sim"]))
         if host.front.gate:
@@ -55,8 +59,10 @@ def check(name: str, host: Host, mem_total_mb: int | None) -> str | None:
     heaps = ", ".join(f"{gw.mode} {gw.java_heap}" for gw in host.gateways) if host.backend == "ibgw" else ""
     what = f"needs about {need} MB ({_gateways(host, heaps)} and their overhead)"
     if need > mem_total_mb:
-        raise OverBudget(f"{name}: {what}, more than its {mem_total_mb} MB (MemTotal, no swap assumed): "
-                         "lower the gateways' java_heap or use a larger host")
+        raise OverBudget(
+            f"{name}: {what}, more than its {mem_total_mb} MB (MemTotal, no swap assumed): "
+            "lower the gateways' java_heap or use a larger host"
+        )
     return f"{name}: {what}: {100 * need // mem_total_mb}% of its {mem_total_mb} MB; little room is left"
 
 

@@ -21,8 +21,10 @@ from ibgw_provision.provision.plan import facts_request, plan
 from ibgw_provision.provision.recap import Recap
 from tests.conftest import INVENTORIES
 
-AMAZON = 'NAME="Amazon Linux"\nVERSION="2023"\nID="amzn"\nID_LIKE="fedora"\nVERSION_ID="2023"\n' \
-         'PRETTY_NAME="Amazon Linux 2023"\n'
+AMAZON = (
+    'NAME="Amazon Linux"\nVERSION="2023"\nID="amzn"\nID_LIKE="fedora"\nVERSION_ID="2023"\n'
+    'PRETTY_NAME="Amazon Linux 2023"\n'
+)
 TRIXIE = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\nID=debian\n'
 JAMMY = 'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nNAME="Ubuntu"\nVERSION_ID="22.04"\nID=ubuntu\nID_LIKE=debian\n'
 REFUSED = "unsupported OS: Amazon Linux 2023 (ibgw supports Debian 12, 13 and Ubuntu 22.04, 24.04)"
@@ -45,8 +47,10 @@ def facts_on(monkeypatch, tmp_path, text: str | None) -> dict:
 
 def test_a_host_without_dpkg_is_refused_by_name_before_anything_runs(monkeypatch, tmp_path):
     facts = facts_on(monkeypatch, tmp_path, AMAZON)
-    assert facts == {"os": {"id": "amzn", "version_id": "2023", "pretty_name": "Amazon Linux 2023"},
-                     "unsupported": "Amazon Linux 2023"}
+    assert facts == {
+        "os": {"id": "amzn", "version_id": "2023", "pretty_name": "Amazon Linux 2023"},
+        "unsupported": "Amazon Linux 2023",
+    }
     with pytest.raises(platforms.UnsupportedOS) as refused:
         platforms.release(facts)
     assert str(refused.value) == REFUSED
@@ -58,13 +62,21 @@ def test_a_supported_release_without_dpkg_query_is_refused_too(monkeypatch, tmp_
     assert facts["unsupported"] == "Debian GNU/Linux 13 (trixie) without dpkg"
 
 
-@pytest.mark.parametrize("text, shown", [
-    (None, "unknown (no /etc/os-release)"),
-    ('ID=debian\nVERSION_ID="11"\nPRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\n', "Debian GNU/Linux 11 (bullseye)"),
-    ('ID=ubuntu\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\n', "Ubuntu 20.04.6 LTS"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        (None, "unknown (no /etc/os-release)"),
+        (
+            'ID=debian\nVERSION_ID="11"\nPRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\n',
+            "Debian GNU/Linux 11 (bullseye)",
+        ),
+        ('ID=ubuntu\nVERSION_ID="20.04"\nPRETTY_NAME="Ubuntu 20.04.6 LTS"\n', "Ubuntu 20.04.6 LTS"),
+    ],
+)
 def test_other_releases_are_refused_by_name(monkeypatch, tmp_path, text, shown):
-    with pytest.raises(platforms.UnsupportedOS, match=rf"^unsupported OS: {re.escape(shown)} \(ibgw supports"):
+    with pytest.raises(
+        platforms.UnsupportedOS, match=rf"^unsupported OS: {re.escape(shown)} \(ibgw supports"
+    ):
         platforms.release(facts_on(monkeypatch, tmp_path, text))
 
 
@@ -84,17 +96,20 @@ def test_the_agent_compiles_on_an_old_python3_so_it_can_refuse_that_host():
 
 
 def test_debian_13_and_ubuntu_get_their_own_package_names(example):
-    host = example.hosts["gw1"].model_copy(update={"front": example.hosts["gw1"].front.model_copy(
-        update={"kind": "nginx"})})
+    host = example.hosts["gw1"].model_copy(
+        update={"front": example.hosts["gw1"].front.model_copy(update={"kind": "nginx"})}
+    )
     example.hosts["gw1"] = host
     want = state.desired(example, "gw1", Secrets(masked=True))
     assert "nginx-light" in want.packages  # named as on Debian 12
     asked = facts_request(want, wheels=True)["packages"]
     assert "nginx-light" in asked and "nginx" in asked  # the facts query covers every release's names
     fresh = {"packages": {}, "user": None, "paths": {}, "content": {}, "units": {}, "markers": {}}
-    for key, front in ((("debian", "12"), ["nginx-light", "libnginx-mod-stream"]),
-                       (("debian", "13"), ["nginx", "libnginx-mod-stream"]),
-                       (("ubuntu", "24.04"), ["nginx", "libnginx-mod-stream"])):
+    for key, front in (
+        (("debian", "12"), ["nginx-light", "libnginx-mod-stream"]),
+        (("debian", "13"), ["nginx", "libnginx-mod-stream"]),
+        (("ubuntu", "24.04"), ["nginx", "libnginx-mod-stream"]),
+    ):
         steps = plan(want, fresh, Secrets(masked=True), None, platforms.RELEASES[key]).steps()
         apt = next(s for s in steps if s["kind"] == "apt")
         assert apt["packages"][1:3] == front, key
@@ -120,12 +135,18 @@ class FakeTransport:
 def test_provision_reports_an_unsupported_os_as_one_failed_line(monkeypatch, capsys):
     inv = inventory.load(INVENTORIES / "local.yml")
     monkeypatch.setattr(apply, "Transport", FakeTransport)
-    monkeypatch.setattr(apply, "call_agent", lambda transport, request, **kw: {
-        "os": {"id": "amzn", "version_id": "2023", "pretty_name": "Amazon Linux 2023"},
-        "unsupported": "Amazon Linux 2023"})
+    monkeypatch.setattr(
+        apply,
+        "call_agent",
+        lambda transport, request, **kw: {
+            "os": {"id": "amzn", "version_id": "2023", "pretty_name": "Amazon Linux 2023"},
+            "unsupported": "Amazon Linux 2023",
+        },
+    )
     (report,) = apply.provision(inv, ["local"], apply.Options())
     assert report.failed == REFUSED and report.reached and not report.unreachable and not report.tasks
     from rich.console import Console
+
     code = Recap(console=Console(file=sys.stdout, width=200, color_system=None)).show([report])
     assert code == 1
     assert f"[local] FAILED: {REFUSED}" in capsys.readouterr().out.splitlines()
@@ -134,10 +155,18 @@ def test_provision_reports_an_unsupported_os_as_one_failed_line(monkeypatch, cap
 def test_a_host_without_python3_or_apt_is_named(tmp_path):
     """remote's python3 bootstrap, run by sh on a PATH with no apt-get: exit 3 with the OS's name."""
     (tmp_path / "sh").symlink_to("/bin/sh")
-    proc = subprocess.run(["/bin/sh", "-c", remote.INSTALL_PYTHON], env={"PATH": str(tmp_path)},
-                          capture_output=True, text=True, timeout=10)
-    pretty = next(line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
-                  if line.startswith("PRETTY_NAME="))
+    proc = subprocess.run(
+        ["/bin/sh", "-c", remote.INSTALL_PYTHON],
+        env={"PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    pretty = next(
+        line.split("=", 1)[1].strip('"')
+        for line in Path("/etc/os-release").read_text().splitlines()
+        if line.startswith("PRETTY_NAME=")
+    )
     assert (proc.returncode, proc.stderr.strip()) == (3, pretty)
 
 
@@ -164,8 +193,9 @@ def locks(tmp_path, monkeypatch):
 
 
 def hold(path: Path, seconds: float) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE,
-                             text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert child.stdout is not None and child.stdout.readline() == "locked\n"
     return child
 
@@ -193,15 +223,21 @@ def test_the_wait_names_the_holder_and_ends_when_it_lets_go(locks, capsys):
     said = events(capsys)
     assert 0.5 < waited < 15
     assert len(said) >= 2  # one at once, then every LOCK_REPORT_EVERY
-    assert said[0] == {"event": "wait", "task": "install haproxy",
-                       "message": f"waiting for the dpkg lock held by PID {child.pid} (unattended-upgr)"}
+    assert said[0] == {
+        "event": "wait",
+        "task": "install haproxy",
+        "message": f"waiting for the dpkg lock held by PID {child.pid} (unattended-upgr)",
+    }
 
 
 def test_the_wait_is_bounded(locks, capsys):
     child = hold(locks[0], 30)
     try:
-        with pytest.raises(agent.StepError, match=rf"lock-frontend is still held by PID {child.pid} "
-                                                  r"\(unattended-upgr\): gave up waiting"):
+        with pytest.raises(
+            agent.StepError,
+            match=rf"lock-frontend is still held by PID {child.pid} "
+            r"\(unattended-upgr\): gave up waiting",
+        ):
             agent.wait_for_locks("install haproxy", time.monotonic() + 0.5)
     finally:
         child.kill()
