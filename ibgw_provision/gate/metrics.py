@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import TYPE_CHECKING
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 if TYPE_CHECKING:
     from .server import Gate
@@ -48,7 +54,7 @@ def _response(status: str, body: str, content_type: str = "text/plain; charset=u
 
 async def _handle(gate: Gate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
+        async with aio_timeout(REQUEST_TIMEOUT):
             request = await reader.readuntil(b"\r\n\r\n")
         method, _, rest = request.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import struct
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,11 @@ from ..tws.framing import API_PREFIX, MAX_HELLO, frame, parse_hello, parse_serve
 from ..tws.messages import Out
 from . import orders, policy, proxy, replies
 from .link import FrameCounter, Link
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 if TYPE_CHECKING:
     from .config import App
@@ -91,7 +97,7 @@ class Connection:
     async def _handshake_in_time(self) -> bytes | None:
         """The START_API payload, or None (logged) when the handshake fails."""
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
+            async with aio_timeout(self.config.handshake_timeout):
                 return await self._handshake()
         except TimeoutError:
             failure = f"handshake not complete within {self.config.handshake_timeout:g}s"

@@ -447,7 +447,9 @@ def step_venv(step):
     venv = step["path"]
     shutil.rmtree(venv, ignore_errors=True)
     sh([sys.executable, "-m", "venv", venv])
-    sh([f"{venv}/bin/pip", "install", "-q", "--no-index", "--find-links", step["wheels"], step["requirement"]])
+    # --isolated: only what was shipped, whatever pip configuration the host has
+    sh([f"{venv}/bin/pip", "install", "--isolated", "-q", "--no-index", "--find-links", step["wheels"],
+        step["requirement"]])
     with open(f"{venv}/{step['marker']}", "w") as fh:
         fh.write(step["stamp"])
 

@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 class Release:
     name: str
     python: str  # the release's python3, which the host venv is built for
+    glibc: str  # its C library: which manylinux wheels it runs (the host lock covers each)
     renames: dict[str, str] = field(default_factory=dict)
 
 
 RELEASES: dict[tuple[str, str], Release] = {
-    ("debian", "12"): Release("Debian 12 (bookworm)", "3.11"),
-    ("debian", "13"): Release("Debian 13 (trixie)", "3.13", {"nginx-light": "nginx"}),
-    ("ubuntu", "22.04"): Release("Ubuntu 22.04 (jammy)", "3.10", {"nginx-light": "nginx"}),
-    ("ubuntu", "24.04"): Release("Ubuntu 24.04 (noble)", "3.12", {"nginx-light": "nginx"}),
+    ("debian", "12"): Release("Debian 12 (bookworm)", "3.11", "2.36"),
+    ("debian", "13"): Release("Debian 13 (trixie)", "3.13", "2.41", {"nginx-light": "nginx"}),
+    ("ubuntu", "22.04"): Release("Ubuntu 22.04 (jammy)", "3.10", "2.35", {"nginx-light": "nginx"}),
+    ("ubuntu", "24.04"): Release("Ubuntu 24.04 (noble)", "3.12", "2.39", {"nginx-light": "nginx"}),
 }
 SUPPORTED = "Debian 12, 13 and Ubuntu 22.04, 24.04"
+ARCHES = ("x86_64", "aarch64")
 
 
 class UnsupportedOS(Exception):
