@@ -126,8 +126,33 @@ class Client:
         return time.perf_counter() - started
 
     def subscribe(self, req_id: int) -> None:
-        self.writer.write(encode_text(self.version, Out.REQ_MKT_DATA, (
-            11, req_id, 0, "SPY", "STK", "", 0.0, "", "", "SMART", "", "USD", "", "", False, "", False, False, "")))
+        self.writer.write(
+            encode_text(
+                self.version,
+                Out.REQ_MKT_DATA,
+                (
+                    11,
+                    req_id,
+                    0,
+                    "SPY",
+                    "STK",
+                    "",
+                    0.0,
+                    "",
+                    "",
+                    "SMART",
+                    "",
+                    "USD",
+                    "",
+                    "",
+                    False,
+                    "",
+                    False,
+                    False,
+                    "",
+                ),
+            )
+        )
 
     async def count_messages(self, seconds: float) -> int:
         counter, frames = FrameCounter(), 0
@@ -143,8 +168,11 @@ class Client:
 
 async def latencies(ports: dict[str, int], requests: int, rounds: int) -> dict[str, list[float]]:
     clients = {name: await Client.connect(port, 1) for name, port in ports.items() if name == "gate"}
-    clients |= {name: await Client.connect(port, 10 + i) for i, (name, port) in enumerate(ports.items())
-                if name != "gate"}
+    clients |= {
+        name: await Client.connect(port, 10 + i)
+        for i, (name, port) in enumerate(ports.items())
+        if name != "gate"
+    }
     samples: dict[str, list[float]] = {name: [] for name in ports}
     for client in clients.values():  # warm up
         for _ in range(200):
@@ -157,7 +185,9 @@ async def latencies(ports: dict[str, int], requests: int, rounds: int) -> dict[s
     return samples
 
 
-async def throughput(port: int, client_id: int, seconds: float, pid: int | None) -> tuple[float, float | None]:
+async def throughput(
+    port: int, client_id: int, seconds: float, pid: int | None
+) -> tuple[float, float | None]:
     """(messages per second received, CPU share of process `pid` meanwhile)."""
     client = await Client.connect(port, client_id)
     for req_id in range(1, SUBSCRIPTIONS + 1):
@@ -184,17 +214,23 @@ def report(samples: dict[str, list[float]], rates: dict[str, tuple[float, float 
         added = medians[name] - medians["direct"]
         rate, cpu = rates[name]
         cpu_text = "-" if cpu is None else f"{cpu * 100:.0f}%"
-        print(f"{name:8} {micros(medians[name])} {micros(q[89])} {micros(q[98])} "
-              f"{micros(added) if name != 'direct' else '      -'}   {rate:7.0f}   {cpu_text:>9}")
+        print(
+            f"{name:8} {micros(medians[name])} {micros(q[89])} {micros(q[98])} "
+            f"{micros(added) if name != 'direct' else '      -'}   {rate:7.0f}   {cpu_text:>9}"
+        )
     haproxy_added = medians["haproxy"] - medians["direct"]
     gate_added = medians["gate"] - medians["direct"]
     ratio = gate_added / haproxy_added if haproxy_added > 0 else float("inf")
-    print(f"\ngate adds {gate_added * 1e6:.1f} us, HAProxy {haproxy_added * 1e6:.1f} us: "
-          f"{ratio:.2f}x (target <= 1.2x) -> {'met' if ratio <= 1.2 else 'NOT met'}")
+    print(
+        f"\ngate adds {gate_added * 1e6:.1f} us, HAProxy {haproxy_added * 1e6:.1f} us: "
+        f"{ratio:.2f}x (target <= 1.2x) -> {'met' if ratio <= 1.2 else 'NOT met'}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=3000, help="round trips per path")
     parser.add_argument("--rounds", type=int, default=6, help="turns the paths take")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput window per path")
@@ -202,23 +238,40 @@ def main() -> None:
     args = parser.parse_args()
     ports = {"direct": free_port(), "haproxy": free_port(), "gate": free_port()}
     with tempfile.TemporaryDirectory(prefix="ibgw-bench-") as tmp, Processes() as procs:
-        sim = procs.start([PYTHON, "-m", "ibgw_provision.sim", "--listen", f"127.0.0.1:{ports['direct']}",
-                           "--mode", "paper", "--tick-interval", str(TICK_INTERVAL)], ports["direct"])
+        sim = procs.start(
+            [
+                PYTHON,
+                "-m",
+                "ibgw_provision.sim",
+                "--listen",
+                f"127.0.0.1:{ports['direct']}",
+                "--mode",
+                "paper",
+                "--tick-interval",
+                str(TICK_INTERVAL),
+            ],
+            ports["direct"],
+        )
         haproxy_cfg = Path(tmp, "haproxy.cfg")
         haproxy_cfg.write_text(HAPROXY_CFG.format(port=ports["haproxy"], upstream=ports["direct"]))
         haproxy = procs.start(["haproxy", "-db", "-f", str(haproxy_cfg)], ports["haproxy"])
         gate_cfg = Path(tmp, "gate.yml")
         gate_cfg.write_text(GATE_CFG.format(port=ports["gate"], upstream=ports["direct"], dir=tmp))
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-        gate = procs.start([PYTHON, *profile, "-m", "ibgw_provision.gate", "gate", "--config", str(gate_cfg)],
-                           ports["gate"])
+        gate = procs.start(
+            [PYTHON, *profile, "-m", "ibgw_provision.gate", "gate", "--config", str(gate_cfg)], ports["gate"]
+        )
         loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-        print(f"sim pid {sim.pid}, haproxy pid {haproxy.pid}, gate pid {gate.pid} ({loop} event loop); "
-              f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+        print(
+            f"sim pid {sim.pid}, haproxy pid {haproxy.pid}, gate pid {gate.pid} ({loop} event loop); "
+            f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}"
+        )
         samples = asyncio.run(latencies(ports, args.requests, args.rounds))
         pids = {"direct": None, "haproxy": haproxy.pid, "gate": gate.pid}
-        rates = {name: asyncio.run(throughput(port, 1 if name == "gate" else 20, args.seconds, pids[name]))
-                 for name, port in ports.items()}
+        rates = {
+            name: asyncio.run(throughput(port, 1 if name == "gate" else 20, args.seconds, pids[name]))
+            for name, port in ports.items()
+        }
     report(samples, rates)
 
 

@@ -25,8 +25,10 @@ def main(runs: int) -> None:
     inv = inventory.load(ROOT / "inventories" / "local.yml")
     first = provision_host(inv, "local", Options())
     assert not first.failed, first.failed
-    print(f"converge: {first.changed} changed of {len(first.tasks)} tasks, "
-          f"{first.round_trips} round trips, {first.seconds:.2f} s")
+    print(
+        f"converge: {first.changed} changed of {len(first.tasks)} tasks, "
+        f"{first.round_trips} round trips, {first.seconds:.2f} s"
+    )
     times, trips = [], set()
     for _ in range(runs):
         started = time.perf_counter()
@@ -34,9 +36,11 @@ def main(runs: int) -> None:
         times.append(time.perf_counter() - started)
         trips.add(report.round_trips)
         assert report.changed == 0 and not report.failed, [t.name for t in report.tasks if t.changed]
-    print(f"no-op x{runs}: {len(report.tasks)} tasks, round trips {sorted(trips)}, wall time "
-          f"median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms, "
-          f"max {max(times) * 1000:.0f} ms (SSH connect included)")
+    print(
+        f"no-op x{runs}: {len(report.tasks)} tasks, round trips {sorted(trips)}, wall time "
+        f"median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms, "
+        f"max {max(times) * 1000:.0f} ms (SSH connect included)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,20 @@ _LISTENING = re.compile(rb"listening on [^ ]+:(\d+)")
 
 def start_sim(interval: float) -> tuple[subprocess.Popen, int]:
     """The simulator and its port; a thread reads its log throughout, so it never blocks on a full pipe."""
-    proc = subprocess.Popen([sys.executable, "-m", "ibgw_provision.sim", "--listen", "127.0.0.1:0", "--mode",
-                             "paper", "--tick-interval", str(interval)], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ibgw_provision.sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--mode",
+            "paper",
+            "--tick-interval",
+            str(interval),
+        ],
+        stderr=subprocess.PIPE,
+    )
     lines: queue.Queue[bytes] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     deadline = time.monotonic() + 15
@@ -49,7 +61,10 @@ def mkt_data_request(version: int, req_id: int, con_id: int) -> bytes:
     if request_is_protobuf(version, Out.REQ_MKT_DATA):
         from ibapi.protobuf.Contract_pb2 import Contract
         from ibapi.protobuf.MarketDataRequest_pb2 import MarketDataRequest
-        data = MarketDataRequest(reqId=req_id, contract=Contract(conId=con_id, exchange="SMART")).SerializeToString()
+
+        data = MarketDataRequest(
+            reqId=req_id, contract=Contract(conId=con_id, exchange="SMART")
+        ).SerializeToString()
         return codec.encode_protobuf(Out.REQ_MKT_DATA, data)
     contract = (con_id, "", "", "", "", "", "", "SMART", "", "", "", "")
     return encode_text(version, Out.REQ_MKT_DATA, (11, req_id, *contract, 0, "", 0, 0, ""))
@@ -58,6 +73,7 @@ def mkt_data_request(version: int, req_id: int, con_id: int) -> bytes:
 def start_api(version: int, client_id: int) -> bytes:
     if request_is_protobuf(version, Out.START_API):
         from ibapi.protobuf.StartApiRequest_pb2 import StartApiRequest
+
         return codec.encode_protobuf(Out.START_API, StartApiRequest(clientId=client_id).SerializeToString())
     return encode_text(version, Out.START_API, (2, client_id, ""))
 
@@ -67,8 +83,9 @@ class Counter:
         self.ticks = self.messages = self.bytes = 0
 
 
-async def client(port: int, client_id: int, con_ids: list[int], version: int, counter: Counter,
-                 stop: asyncio.Event) -> None:
+async def client(
+    port: int, client_id: int, con_ids: list[int], version: int, counter: Counter, stop: asyncio.Event
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(Hello(MIN_CLIENT, version).encode())
     negotiated, _ = parse_server_hello(await asyncio.wait_for(read_frame(reader), 10))
@@ -95,13 +112,18 @@ def cpu_seconds(pid: int) -> float:
 
 async def run(args) -> None:
     from ibgw_provision.sim.universe import Universe
+
     options = [c for c, i in Universe("20250101").instruments.items() if i.is_option][:LINES]
     proc, port = start_sim(args.interval)
     try:
         counter, stop = Counter(), asyncio.Event()
         share = LINES // args.clients
-        tasks = [asyncio.create_task(client(port, n + 1, options[n * share:(n + 1) * share], args.version,
-                                            counter, stop)) for n in range(args.clients)]
+        tasks = [
+            asyncio.create_task(
+                client(port, n + 1, options[n * share : (n + 1) * share], args.version, counter, stop)
+            )
+            for n in range(args.clients)
+        ]
         await asyncio.sleep(args.warmup)
         ticks0, bytes0, cpu0, t0 = counter.ticks, counter.bytes, cpu_seconds(proc.pid), time.monotonic()
         await asyncio.sleep(args.seconds)
@@ -110,8 +132,10 @@ async def run(args) -> None:
         stop.set()
         for task in tasks:
             task.cancel()
-        print(f"clients {args.clients}, lines {share * args.clients}, tick interval {args.interval}s, "
-              f"client max version {args.version}")
+        print(
+            f"clients {args.clients}, lines {share * args.clients}, tick interval {args.interval}s, "
+            f"client max version {args.version}"
+        )
         print(f"ticks/s        {ticks / elapsed:,.0f}")
         print(f"MB/s           {nbytes / elapsed / 1e6:.2f}")
         print(f"sim CPU        {cpu / elapsed * 100:.0f}% of one core")

@@ -45,7 +45,9 @@ def load(path: str | Path) -> Source:
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise InputError([Problem(file, mark.line + 1 if mark else None, "", f"bad YAML: {exc.problem}")]) from None
+        raise InputError(
+            [Problem(file, mark.line + 1 if mark else None, "", f"bad YAML: {exc.problem}")]
+        ) from None
     except yaml.YAMLError as exc:
         raise InputError([Problem(file, None, "", f"bad YAML: {exc}")]) from None
     finally:
@@ -62,7 +64,9 @@ def _index(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: str) -> 
                 continue
             child = path + (key,)
             if key in seen:
-                raise InputError([Problem(file, key_node.start_mark.line + 1, field_name(child), "duplicate key")])
+                raise InputError(
+                    [Problem(file, key_node.start_mark.line + 1, field_name(child), "duplicate key")]
+                )
             seen.add(key)
             lines[child] = key_node.start_mark.line + 1
             _index(value_node, child, lines, file)

@@ -29,14 +29,18 @@ def main(path: str = "inventories/local.yml", name: str = "local") -> None:
             ib.connect(connect_to, paper.front_port, clientId=app.client_id, timeout=15)
             clients.append((app, ib))
         for app, ib in clients:
-            print(f"  {app.name}: connected as client {app.client_id}, server version "
-                  f"{ib.client.serverVersion()}, accounts {ib.managedAccounts()}, "
-                  f"gateway time {ib.reqCurrentTime()}")
+            print(
+                f"  {app.name}: connected as client {app.client_id}, server version "
+                f"{ib.client.serverVersion()}, accounts {ib.managedAccounts()}, "
+                f"gateway time {ib.reqCurrentTime()}"
+            )
     finally:
         for _, ib in clients:
             ib.disconnect()
-    print(f"{len(clients)} apps used the paper gateway at once through the front. "
-          "Example: IB().connect('%s', %d, clientId=1)" % (connect_to, paper.front_port))
+    print(
+        f"{len(clients)} apps used the paper gateway at once through the front. "
+        "Example: IB().connect('%s', %d, clientId=1)" % (connect_to, paper.front_port)
+    )
 
 
 if __name__ == "__main__":

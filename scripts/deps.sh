@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   haproxy nginx-light libnginx-mod-stream logrotate nftables systemd xvfb util-linux
   debootstrap systemd-container openssh-client iproute2
+  # the lab (tests/lab/lab): its bastion's sshd and its apt proxy, both run by the lab itself
+  openssh-server tinyproxy
 )
 
 missing=()

@@ -10,7 +10,7 @@ from ibgw_provision import inventory
 from ibgw_provision.inventory.secrets import Secrets
 from ibgw_provision.provision.render import render_host
 
-pytest_plugins = ["tests.kit.fixtures"]  # sim and gate fixtures, registered once
+pytest_plugins = ["tests.kit.fixtures", "tests.kit.lab"]  # sim, gate and lab fixtures, registered once
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORIES = ROOT / "inventories"
@@ -29,7 +29,11 @@ def render_to(inv, host: str, out: Path) -> dict[str, Path]:
 
 def with_front(path: Path, kind: str, tmp: Path, gate: bool = True) -> Path:
     """A copy of an inventory whose hosts use the given front kind, with or without the gate."""
-    text = path.read_text().replace("kind: haproxy", f"kind: {kind}").replace("gate: true", f"gate: {gate}".lower())
+    text = (
+        path.read_text()
+        .replace("kind: haproxy", f"kind: {kind}")
+        .replace("gate: true", f"gate: {gate}".lower())
+    )
     out = tmp / f"{path.stem}-{kind}{'' if gate else '-direct'}.yml"
     out.write_text(text)
     return out
@@ -50,9 +54,14 @@ def rendered(tmp_path_factory, example, local):
     """Every variant we ship, rendered once: name -> {target path: file}."""
     tmp = tmp_path_factory.mktemp("rendered")
     example_file = INVENTORIES / "example.yml"
-    variants = {"example-nginx": ("nginx", True), "example-direct": ("haproxy", False),
-                "example-nginx-direct": ("nginx", False)}
+    variants = {
+        "example-nginx": ("nginx", True),
+        "example-direct": ("haproxy", False),
+        "example-nginx-direct": ("nginx", False),
+    }
     rendered = {"example": render_to(example, "gw1", tmp / "example")}
     for variant, (kind, gate) in variants.items():
-        rendered[variant] = render_to(inventory.load(with_front(example_file, kind, tmp, gate)), "gw1", tmp / variant)
+        rendered[variant] = render_to(
+            inventory.load(with_front(example_file, kind, tmp, gate)), "gw1", tmp / variant
+        )
     return rendered | {"local": render_to(local, "local", tmp / "local")}

@@ -16,7 +16,7 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..service import control
 
@@ -25,14 +25,22 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
     from async_timeout import timeout as aio_timeout
 
-if TYPE_CHECKING:
-    from .server import Gate
-
 MAX_REPLY = 1 << 20
 COMMANDS = ("halt", "resume", "status")
 
 
-async def execute(gate: Gate, line: str) -> dict:
+class Controls(Protocol):
+    """What the admin socket needs of the gate."""
+
+    @property
+    def halted(self) -> bool: ...
+
+    async def set_halted(self, halted: bool, by: str) -> None: ...
+
+    def status(self) -> dict: ...
+
+
+async def execute(gate: Controls, line: str) -> dict:
     match line.split():
         case ["halt"] | ["resume"] as words:
             await gate.set_halted(words[0] == "halt", "admin socket")
@@ -52,7 +60,7 @@ async def _answers(path: Path) -> bool:
     return True
 
 
-async def serve(gate: Gate, path: Path) -> asyncio.Server:
+async def serve(gate: Controls, path: Path) -> asyncio.Server:
     """Listen for admin commands on `path`, replacing a stale socket but not a live gate's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if await _answers(path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,12 +58,12 @@ HALTED = "halted"
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def timestamp(moment: datetime) -> str:
     """`moment` in the log's time format (naive datetimes are local time)."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class AuditLog:
@@ -78,45 +78,78 @@ class AuditLog:
 
     def _commit(self, sql: str, params: tuple) -> int:
         with self._db:
-            return self._db.execute(sql, params).lastrowid
+            return self._db.execute(sql, params).lastrowid or 0  # rowids start at 1
 
     async def _write(self, sql: str, params: tuple) -> int:
         """Run one statement and commit it (fsync'd) on the writer thread; the new row id."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._commit, sql, params)
 
-    async def connection(self, app: str | None, client_id: int, source: str, version: int, outcome: str,
-                         reason: str | None = None) -> int:
+    async def connection(
+        self,
+        app: str | None,
+        client_id: int,
+        source: str,
+        version: int,
+        outcome: str,
+        reason: str | None = None,
+    ) -> int:
         ended = now() if outcome == "refused" else None
         return await self._write(
             "INSERT INTO connections (app, client_id, source, version, started, ended, outcome, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (app, client_id, source, version, now(), ended, outcome, reason))
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (app, client_id, source, version, now(), ended, outcome, reason),
+        )
 
     async def connection_ended(self, row_id: int, reason: str) -> None:
-        await self._write("UPDATE connections SET ended = ?, reason = ? WHERE id = ?", (now(), reason, row_id))
+        await self._write(
+            "UPDATE connections SET ended = ?, reason = ? WHERE id = ?", (now(), reason, row_id)
+        )
 
-    async def order(self, connection_id: int, app: str, client_id: int, order: OrderRequest,
-                    reason: str | None) -> None:
+    async def order(
+        self, connection_id: int, app: str, client_id: int, order: OrderRequest, reason: str | None
+    ) -> None:
         quantity = None if order.quantity is None else str(order.quantity)
         await self._write(
-            "INSERT INTO orders (at, connection_id, app, client_id, request, order_id, symbol, sec_type, action, "
-            "quantity, order_type, limit_price, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (now(), connection_id, app, client_id, order.request, order.order_id, order.symbol, order.sec_type,
-             order.action, quantity, order.order_type, order.limit_price,
-             "forwarded" if reason is None else "refused", reason))
+            "INSERT INTO orders (at, connection_id, app, client_id, request, order_id, symbol, sec_type, "
+            "action, quantity, order_type, limit_price, decision, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                now(),
+                connection_id,
+                app,
+                client_id,
+                order.request,
+                order.order_id,
+                order.symbol,
+                order.sec_type,
+                order.action,
+                quantity,
+                order.order_type,
+                order.limit_price,
+                "forwarded" if reason is None else "refused",
+                reason,
+            ),
+        )
 
     def end_orphans(self) -> None:
         """Connections a killed gate left open ended when it died (the exact time is unknown)."""
         with self._db:
-            self._db.execute("UPDATE connections SET ended = ?, reason = 'gate exited without closing' "
-                             "WHERE ended IS NULL AND outcome = 'accepted'", (now(),))
+            self._db.execute(
+                "UPDATE connections SET ended = ?, reason = 'gate exited without closing' "
+                "WHERE ended IS NULL AND outcome = 'accepted'",
+                (now(),),
+            )
 
     def halted(self) -> bool:
         row = self._db.execute("SELECT value FROM settings WHERE key = ?", (HALTED,)).fetchone()
         return row is not None and row[0] == "1"
 
     async def set_halted(self, halted: bool) -> None:
-        await self._write("INSERT INTO settings (key, value, changed) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-                          "SET value = excluded.value, changed = excluded.changed", (HALTED, str(int(halted)), now()))
+        await self._write(
+            "INSERT INTO settings (key, value, changed) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value, changed = excluded.changed",
+            (HALTED, str(int(halted)), now()),
+        )
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
@@ -125,13 +158,16 @@ class AuditLog:
 
 # ---- reading (ibgw audit) ---------------------------------------------------------------------
 
+
 def _rows(db: sqlite3.Connection, sql: str, params: list) -> list[dict[str, Any]]:
     cursor = db.execute(sql, params)
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def query(path: Path, app: str | None = None, since: datetime | None = None) -> dict[str, list[dict[str, Any]]]:
+def query(
+    path: Path, app: str | None = None, since: datetime | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Connections started and order requests made since `since` (by `app`), oldest first.
 
     FileNotFoundError if there is no audit log at `path`."""
@@ -148,7 +184,9 @@ def query(path: Path, app: str | None = None, since: datetime | None = None) -> 
             if since is not None:
                 where.append(f"{time_column} >= ?")
                 params.append(timestamp(since))
-            results[table] = _rows(db, f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY id", params)
+            results[table] = _rows(
+                db, f"SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY id", params
+            )
         return results
     finally:
         db.close()

@@ -49,8 +49,15 @@ async def _serve(config: GateConfig) -> None:
         except OSError as exc:
             raise click.ClickException(f"cannot start the gate: {exc}") from None
 
-    await runner.serve(start, gate.stop, log, {signal.SIGUSR1: lambda: gate.set_halted(True, "SIGUSR1"),
-                                               signal.SIGUSR2: lambda: gate.set_halted(False, "SIGUSR2")})
+    await runner.serve(
+        start,
+        gate.stop,
+        log,
+        {
+            signal.SIGUSR1: lambda: gate.set_halted(True, "SIGUSR1"),
+            signal.SIGUSR2: lambda: gate.set_halted(False, "SIGUSR2"),
+        },
+    )
 
 
 @click.group(invoke_without_command=True)
@@ -118,15 +125,36 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    click.echo(f"{reply['mode']} gate on {reply['listen']} -> {reply['upstream']}: trading "
-               f"{'HALTED' if reply['halted'] else 'open'}, {reply['refused_connections']} connections refused")
-    table = Table("app", "client id", "state", "source", "last seen", "msgs in", "msgs out", "orders fwd",
-                  "orders refused", box=None, pad_edge=False)
+    click.echo(
+        f"{reply['mode']} gate on {reply['listen']} -> {reply['upstream']}: trading "
+        f"{'HALTED' if reply['halted'] else 'open'}, {reply['refused_connections']} connections refused"
+    )
+    table = Table(
+        "app",
+        "client id",
+        "state",
+        "source",
+        "last seen",
+        "msgs in",
+        "msgs out",
+        "orders fwd",
+        "orders refused",
+        box=None,
+        pad_edge=False,
+    )
     for app in reply["apps"]:
         state = "connected" if app["connected"] else "-"
-        table.add_row(app["name"] + (" (read-only)" if app["read_only"] else ""), str(app["client_id"]), state,
-                      app["source"] or "-", timefmt.ago(app["last_seen"]), str(app["messages_in"]),
-                      str(app["messages_out"]), str(app["orders_forwarded"]), str(app["orders_refused"]))
+        table.add_row(
+            app["name"] + (" (read-only)" if app["read_only"] else ""),
+            str(app["client_id"]),
+            state,
+            app["source"] or "-",
+            timefmt.ago(app["last_seen"]),
+            str(app["messages_in"]),
+            str(app["messages_out"]),
+            str(app["orders_forwarded"]),
+            str(app["orders_refused"]),
+        )
     Console().print(table)
 
 
@@ -138,12 +166,27 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an ISO time (2025-06-02T14:30) nor relative (15m, 2h, 1d)")
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO time (2025-06-02T14:30) nor relative (15m, 2h, 1d)"
+        ) from None
 
 
 _CONNECTION_COLUMNS = ("started", "app", "client_id", "source", "version", "outcome", "ended", "reason")
-_ORDER_COLUMNS = ("at", "app", "client_id", "request", "order_id", "symbol", "sec_type", "action", "quantity",
-                  "order_type", "limit_price", "decision", "reason")
+_ORDER_COLUMNS = (
+    "at",
+    "app",
+    "client_id",
+    "request",
+    "order_id",
+    "symbol",
+    "sec_type",
+    "action",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "decision",
+    "reason",
+)
 
 
 def _cell(value: object) -> str:
@@ -166,11 +209,16 @@ def _print_table(title: str, rows: list[dict], columns: tuple[str, ...]) -> None
 @click.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--app", help="Only this app.")
-@click.option("--since", callback=_since, metavar="T",
-              help="From T: ISO time (local unless it has a zone) or 15m, 2h, 1d.")
+@click.option(
+    "--since",
+    callback=_since,
+    metavar="T",
+    help="From T: ISO time (local unless it has a zone) or 15m, 2h, 1d.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def audit(config_path: str, app: str | None, since: datetime | None, as_json: bool) -> None:
-    """Show the gate's audit log: connections (accepted and refused) and order requests (forwarded and refused)."""
+    """Show the gate's audit log: connections (accepted and refused) and order requests
+    (forwarded and refused)."""
     from .audit import query
 
     config = _load(config_path)

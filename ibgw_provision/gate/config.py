@@ -7,17 +7,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from .. import yamlsrc
-from ..errors import InputError
 from ..constrained import ClientId, Mode, Name
+from ..errors import InputError
 from ..tws.framing import MAX_HELLO
 
 IPAddress = IPv4Address | IPv6Address
@@ -61,8 +70,9 @@ class App(Model):
     sources: list[Annotated[Network, BeforeValidator(_network)]] = Field(min_length=1)
     read_only: StrictBool
     max_order_quantity: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)] | None = None
-    allowed_sec_types: list[Annotated[str, BeforeValidator(_sec_type), Field(pattern=r"^[A-Z]{2,8}$")]] | None = \
-        Field(default=None, min_length=1)
+    allowed_sec_types: (
+        list[Annotated[str, BeforeValidator(_sec_type), Field(pattern=r"^[A-Z]{2,8}$")]] | None
+    ) = Field(default=None, min_length=1)
 
     def allows(self, address: IPAddress) -> bool:
         return any(address in network for network in self.sources)
@@ -95,7 +105,7 @@ class GateConfig(Model):
         return {app.client_id: app for app in self.apps}
 
 
-def _message(error: dict) -> str:
+def _message(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown field (check its spelling)"
     return re.sub(r"^Value error, ", "", error["msg"])

@@ -1,4 +1,4 @@
-"""One socket of a relayed connection, and a frame counter for the bytes relayed through it.
+"""One socket of a relayed connection.
 
 While the connection hand-shakes, a Link buffers what it receives and serves `readexactly`
 (so `tws.framing.read_frame` reads from it). Once `relay(sink)` is called, every chunk goes
@@ -8,15 +8,14 @@ straight to `sink` as received: no buffering, no copy.
 from __future__ import annotations
 
 import asyncio
-import struct
-from typing import Callable
-
-_HEADER = struct.Struct(">I")
+from collections.abc import Callable
+from typing import cast
 
 
 class Link(asyncio.Protocol):
+    transport: asyncio.Transport  # set once connected, before anything else uses the link
+
     def __init__(self, on_made: Callable[[Link], None] | None = None, buffer_limit: int = 1 << 20):
-        self.transport: asyncio.Transport | None = None
         self.on_made = on_made
         self.on_lost: Callable[[], None] = lambda: None
         self.on_pause: Callable[[], None] = lambda: None  # our outgoing buffer is full: stop feeding us
@@ -31,7 +30,7 @@ class Link(asyncio.Protocol):
     # ---- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         if self.on_made is not None:
             self.on_made(self)
 
@@ -114,31 +113,3 @@ class Link(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
-
-
-class FrameCounter:
-    """Counts the length-prefixed frames in a byte stream fed in arbitrary chunks, keeping no data."""
-
-    def __init__(self):
-        self._owed = 0  # bytes of the current frame still to come
-        self._header = b""  # a length prefix split across chunks
-
-    def feed(self, data: bytes) -> int:
-        """Frames whose length prefix completes in `data`."""
-        frames, end, pos = 0, len(data), self._owed
-        if self._header:
-            take = 4 - len(self._header)
-            header = self._header + data[:take]
-            if len(header) < 4:
-                self._header = header
-                return 0
-            self._header = b""
-            pos, frames = take + _HEADER.unpack(header)[0], 1
-        while pos + 4 <= end:
-            pos += 4 + _HEADER.unpack_from(data, pos)[0]
-            frames += 1
-        if pos < end:
-            self._header, self._owed = data[pos:], 0
-        else:
-            self._owed = pos - end
-        return frames

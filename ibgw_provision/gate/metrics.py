@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import TYPE_CHECKING
+
+from .state import GateState
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as aio_timeout
 else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
     from async_timeout import timeout as aio_timeout
-
-if TYPE_CHECKING:
-    from .server import Gate
 
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192
@@ -27,32 +25,40 @@ _APP_METRICS = (
 )
 
 
-def render(gate: Gate) -> str:
+def render(gate: GateState) -> str:
     mode = gate.config.mode
-    lines = ["# HELP ibgw_gate_halted 1 while the kill switch refuses new orders", "# TYPE ibgw_gate_halted gauge",
-             f'ibgw_gate_halted{{mode="{mode}"}} {int(gate.halted)}',
-             "# HELP ibgw_gate_connections_refused_total Connections refused at START_API",
-             "# TYPE ibgw_gate_connections_refused_total counter",
-             f'ibgw_gate_connections_refused_total{{mode="{mode}"}} {gate.refused_connections}']
+    lines = [
+        "# HELP ibgw_gate_halted 1 while the kill switch refuses new orders",
+        "# TYPE ibgw_gate_halted gauge",
+        f'ibgw_gate_halted{{mode="{mode}"}} {int(gate.halted)}',
+        "# HELP ibgw_gate_connections_refused_total Connections refused at START_API",
+        "# TYPE ibgw_gate_connections_refused_total counter",
+        f'ibgw_gate_connections_refused_total{{mode="{mode}"}} {gate.refused_connections}',
+    ]
     for name, kind, help_text, field in _APP_METRICS:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for app in gate.config.apps:
             value = getattr(gate.stats[app.name], field)
             if value is not None:
                 labels = f'mode="{mode}",app="{app.name}",client_id="{app.client_id}"'
-                lines.append(f"{name}{{{labels}}} {value:.3f}" if field == "last_seen"
-                             else f"{name}{{{labels}}} {int(value)}")
+                lines.append(
+                    f"{name}{{{labels}}} {value:.3f}"
+                    if field == "last_seen"
+                    else f"{name}{{{labels}}} {int(value)}"
+                )
     return "\n".join(lines) + "\n"
 
 
 def _response(status: str, body: str, content_type: str = "text/plain; charset=utf-8") -> bytes:
     data = body.encode()
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
-            "Connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
     return head.encode() + data
 
 
-async def _handle(gate: Gate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _handle(gate: GateState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         async with aio_timeout(REQUEST_TIMEOUT):
             request = await reader.readuntil(b"\r\n\r\n")
@@ -73,5 +79,5 @@ async def _handle(gate: Gate, reader: asyncio.StreamReader, writer: asyncio.Stre
             await writer.wait_closed()
 
 
-async def serve(gate: Gate, host: str, port: int) -> asyncio.Server:
+async def serve(gate: GateState, host: str, port: int) -> asyncio.Server:
     return await asyncio.start_server(lambda r, w: _handle(gate, r, w), host, port, limit=MAX_REQUEST)

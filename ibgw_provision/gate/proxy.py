@@ -67,7 +67,7 @@ async def read_source(reader) -> Source | None:
                 raise HandshakeError("PROXY v1 header too long")
             line += await reader.readexactly(1)
         return parse_v1(line)
-    if start != V2_SIGNATURE[:len(start)]:
+    if start != V2_SIGNATURE[: len(start)]:
         raise HandshakeError(f"expected a PROXY protocol header, got {start!r}")
     header = start + await reader.readexactly(_V2_HEADER.size - len(start))
     return parse_v2(header, await reader.readexactly(v2_length(header)))

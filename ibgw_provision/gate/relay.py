@@ -11,29 +11,33 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import struct
 import sys
 import time
-from typing import TYPE_CHECKING
 
-from ..tws import codec
-from ..tws.errors import HandshakeError, MalformedMessage, ProtocolError
-from ..tws.framing import API_PREFIX, MAX_HELLO, frame, parse_hello, parse_server_hello, read_frame
+from ..tws import codec, replies
+from ..tws.errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
+from ..tws.framing import (
+    API_PREFIX,
+    MAX_HELLO,
+    FrameCounter,
+    frame,
+    frame_spans,
+    parse_hello,
+    parse_server_hello,
+    read_frame,
+)
 from ..tws.messages import Out
-from . import orders, policy, proxy, replies
-from .link import FrameCounter, Link
+from . import orders, policy, proxy
+from .config import App
+from .link import Link
+from .state import AppStats, GateState
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as aio_timeout
 else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
     from async_timeout import timeout as aio_timeout
 
-if TYPE_CHECKING:
-    from .config import App
-    from .server import AppStats, Gate
-
 log = logging.getLogger("ibgw.gate")
-_LENGTH = struct.Struct(">I")
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -42,7 +46,7 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 class Connection:
-    def __init__(self, gate: Gate, client: Link):
+    def __init__(self, gate: GateState, client: Link):
         self.gate, self.config, self.client = gate, gate.config, client
         host, port = client.transport.get_extra_info("peername")[:2]
         self.source = (_address(host), port)
@@ -67,7 +71,7 @@ class Connection:
 
     @property
     def who(self) -> str:
-        return f"app {self.app.name} client {self.client_id} from {self.peer}"
+        return f"app {self.app.name if self.app else '(none)'} client {self.client_id} from {self.peer}"
 
     def end(self, reason: str) -> None:
         """Finish the connection (the first reason given is the one recorded)."""
@@ -142,41 +146,50 @@ class Connection:
             message = codec.decode(self.version, start_api)
             if message.msg_id != Out.START_API:
                 raise MalformedMessage(f"expected START_API, got message {message.msg_id}")
-            self.client_id = orders.client_id(self.version, message)
+            self.client_id = client_id = orders.client_id(self.version, message)
         except MalformedMessage as exc:
             log.warning("connection from %s dropped: %s", self.peer, exc)
             return False
-        self.app = self.config.apps_by_client_id.get(self.client_id)
-        refusal = policy.connection_refusal(self.config, self.client_id, self.source[0], self.gate.connected.keys())
+        self.app = app = self.config.apps_by_client_id.get(client_id)
+        refusal = policy.connection_refusal(
+            self.config, client_id, self.source[0], self.gate.connected.keys()
+        )
         if refusal is not None:
-            await self._refuse(*refusal)
+            await self._refuse(client_id, *refusal)
             return False
-        self.gate.connected[self.client_id] = self
-        self.stats = self.gate.stats[self.app.name]
-        self.stats.connect(self.peer)
-        self.audit_id = await self.gate.audit.connection(self.app.name, self.client_id, self.peer, self.version,
-                                                         "accepted")
+        assert app is not None  # connection_refusal refuses an unregistered client id
+        self.gate.connected[client_id] = self
+        self.stats = stats = self.gate.stats[app.name]
+        stats.connect(self.peer)
+        self.audit_id = await self.gate.audit.connection(
+            app.name, client_id, self.peer, self.version, "accepted"
+        )
+        assert self.upstream is not None  # the handshake connected it
         self.upstream.write(frame(start_api))
-        self.stats.messages_in += 1
+        stats.messages_in += 1
         log.info("%s connected, server version %d", self.who, self.version)
         return True
 
-    async def _refuse(self, code: int, reason: str) -> None:
+    async def _refuse(self, client_id: int, code: int, reason: str) -> None:
         self.client.write(replies.error(self.version, -1, code, policy.REFUSED + reason))
         self.gate.refused_connections += 1
-        log.warning("refused client %d from %s (server version %d): %s", self.client_id, self.peer, self.version,
-                    reason)
-        await self.gate.audit.connection(self.app.name if self.app else None, self.client_id, self.peer,
-                                         self.version, "refused", reason)
+        log.warning(
+            "refused client %d from %s (server version %d): %s", client_id, self.peer, self.version, reason
+        )
+        await self.gate.audit.connection(
+            self.app.name if self.app else None, client_id, self.peer, self.version, "refused", reason
+        )
 
     # ---- relay -----------------------------------------------------------------------------
 
     async def _relay(self) -> None:
+        assert self.upstream is not None
         self.upstream.relay(self._from_gateway)
         self.client.relay(self._from_client)
         await self._ended.wait()
 
     def _from_gateway(self, data: bytes) -> None:
+        assert self.stats is not None  # relaying starts after admission
         self.client.write(data)
         self.stats.messages_out += self._frames_out.feed(data)
         if self.client.queued > self.config.client_buffer:
@@ -194,6 +207,7 @@ class Connection:
         pos, order_end = self._scan(buffer)
         if pos < 0:
             return
+        assert self.stats is not None
         self._forward(buffer, pos)
         if order_end is None:
             self._partial = buffer[pos:]
@@ -204,32 +218,34 @@ class Connection:
     def _scan(self, buffer: bytes) -> tuple[int, int | None]:
         """(end of the frames that pass, end of the order request after them or None);
         (-1, None) after ending the connection on a frame that must not pass."""
-        pos, end = 0, len(buffer)
-        while end - pos >= 4:
-            (size,) = _LENGTH.unpack_from(buffer, pos)
-            if size > self.config.max_frame:
-                self._stop_on(f"refused a frame of {size} bytes (max_frame {self.config.max_frame})")
-                return -1, None
-            frame_end = pos + 4 + size
-            if frame_end > end:
-                break
-            msg_id = self._message_id(buffer, pos + 4, size)
-            if msg_id is None:
-                return -1, None
-            self.stats.messages_in += 1
-            if msg_id in orders.ORDER_REQUESTS:
-                return pos, frame_end
-            pos = frame_end
+        pos, stats = 0, self.stats
+        assert stats is not None
+        try:
+            for start, end in frame_spans(buffer, 0, self.config.max_frame):
+                if end > len(buffer):
+                    break
+                msg_id = self._message_id(buffer, start + 4, end - start - 4)
+                if msg_id is None:
+                    return -1, None
+                stats.messages_in += 1
+                if msg_id in orders.ORDER_REQUESTS:
+                    return start, end
+                pos = end
+        except FrameTooLarge as exc:
+            self._stop_on(f"refused a frame of {exc.size} bytes (max_frame {self.config.max_frame})")
+            return -1, None
         return pos, None
 
     def _message_id(self, buffer: bytes, start: int, size: int) -> int | None:
         """The id of the message at `start`, or None after ending the connection on one that must not pass."""
         try:
-            msg_id, _, _ = codec.message_id(self.version, buffer[start:start + min(size, codec.ID_BYTES)])
+            msg_id, _, _ = codec.message_id(self.version, buffer[start : start + min(size, codec.ID_BYTES)])
         except MalformedMessage as exc:
-            return self._stop_on(f"unreadable message: {exc}")
+            self._stop_on(f"unreadable message: {exc}")
+            return None
         if msg_id == Out.START_API:
-            return self._stop_on("START_API sent twice")
+            self._stop_on("START_API sent twice")
+            return None
         return msg_id
 
     def _stop_on(self, reason: str) -> None:
@@ -239,6 +255,7 @@ class Connection:
     def _forward(self, buffer: bytes, end: int) -> None:
         """Send the first `end` bytes of `buffer` to the gateway, uncopied when that is all of it."""
         if end:
+            assert self.upstream is not None
             self.upstream.write(buffer if end == len(buffer) else memoryview(buffer)[:end])
 
     def _hold_order(self, buffer: bytes, start: int, end: int) -> None:
@@ -246,31 +263,39 @@ class Connection:
         self._backlog = bytearray(buffer[end:])
         self._partial = b""
         self.client.hold("order")
-        message = codec.decode(self.version, buffer[start + 4:end])
+        message = codec.decode(self.version, buffer[start + 4 : end])
         self._deciding = asyncio.create_task(self._decide(message, buffer[start:end]))
 
     async def _decide(self, message: codec.Message, original: bytes) -> None:
         """Audit an order request durably, then forward it or answer the refusal; then carry on."""
+        app, upstream, client_id, audit_id = self.app, self.upstream, self.client_id, self.audit_id
+        assert app is not None and upstream is not None and client_id is not None and audit_id is not None
         try:
             order = orders.read_order(self.version, message)
-            reason = policy.order_refusal(self.app, self.gate.halted, order)
+            reason = policy.order_refusal(app, self.gate.halted, order)
         except MalformedMessage as exc:
             order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
             reason = f"unreadable {order.request}: {exc}"
         try:
-            await self.gate.record_order(self, order, reason)
+            await self.gate.record_order(audit_id, app.name, client_id, order, reason)
         except Exception:  # no audit, no order: fail closed
             log.exception("%s: cannot write the audit log; disconnecting", self.who)
             self.end("audit log write failed")
             return
         if reason is None:
-            self.upstream.write(original)
+            upstream.write(original)
         else:
-            log.warning("%s: refused %s%s: %s", self.who, order.request,
-                        "" if order.order_id is None else f" (order {order.order_id})", reason)
-            self.client.write(replies.error(self.version, order.reply_id, policy.REQUEST_REFUSED,
-                                            policy.REFUSED + reason))
-        backlog, self._backlog = self._backlog, None
+            log.warning(
+                "%s: refused %s%s: %s",
+                self.who,
+                order.request,
+                "" if order.order_id is None else f" (order {order.order_id})",
+                reason,
+            )
+            self.client.write(
+                replies.error(self.version, order.reply_id, policy.REQUEST_REFUSED, policy.REFUSED + reason)
+            )
+        backlog, self._backlog = self._backlog or bytearray(), None
         self._from_client(bytes(backlog))
         if self._backlog is None:
             self.client.release("order")
@@ -283,12 +308,13 @@ class Connection:
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
-        if self.stats is None:
+        if self.stats is None or self.app is None:
             return
-        self.gate.disconnected(self)
-        log.info("%s disconnected: %s", self.who, self.reason)
+        reason = self.reason or "closed"
+        self.gate.disconnected(self.client_id, self.app.name, self)
+        log.info("%s disconnected: %s", self.who, reason)
         if self.audit_id is not None:
             try:
-                await self.gate.audit.connection_ended(self.audit_id, self.reason)
+                await self.gate.audit.connection_ended(self.audit_id, reason)
             except Exception:
                 log.exception("%s: cannot record the end of the connection", self.who)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -85,15 +86,93 @@ class Login(Model):
     _plain = field_validator("username", "password", mode="before")(_no_plaintext)
 
 
+def _single_line(text: str) -> str:
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("must be a single line (no line break or NUL)")
+    return text
+
+
+def _ibc_value(value: object) -> object:
+    """YAML's booleans as IBC's yes/no, numbers as text."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value) if isinstance(value, int) else value
+
+
+SingleLine = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_single_line)]
+IbcValue = Annotated[SingleLine, BeforeValidator(_ibc_value)]
+AmPmTime = Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")]  # IBC: hh:mm AM/PM
+_IBC_KEYS_FILE = Path(__file__).parent.parent / "data" / "ibc_keys.txt"
+IBC_KEYS = tuple(key for key in _IBC_KEYS_FILE.read_text().splitlines() if key and not key.startswith("#"))
+# IBC keys ibgw renders itself: `ibc.extra` may not set them (the field that does, or why not).
+IBC_OWNED = {
+    "IbLoginId": "login.username",
+    "IbPassword": "login.password",
+    "TradingMode": "mode",
+    "OverrideTwsApiPort": "api_port",
+    "ReadOnlyApi": "ibc.read_only_api",
+    "OverrideTwsMasterClientID": "ibc.master_client_id",
+    "ExistingSessionDetectedAction": "ibc.existing_session_detected_action",
+    "ReloginAfterSecondFactorAuthenticationTimeout": "ibc.relogin_after_twofa_timeout",
+    "ExitAfterSecondFactorAuthenticationTimeout": "ibc.relogin_after_twofa_timeout",
+    "SecondFactorDevice": "ibc.twofa_device",
+    "AcceptBidAskLastSizeDisplayUpdateNotification": "ibc.accept_bid_ask_last_size_notification",
+    "AutoRestartTime": "ibc.auto_restart_time",
+    "AutoLogoffTime": "ibc.auto_logoff_time",
+    "ColdRestartTime": "ibc.cold_restart_time",
+    "AllowBlindTrading": "ibc.allow_blind_trading",
+    "SaveTwsSettingsAt": "ibc.save_tws_settings_at",
+    **{key: "ibc.bypass_warnings" for key in IBC_KEYS if key.startswith("Bypass")},
+}
+IBC_FIXED = {  # kept as ibgw sets them: the API gateway only, dialogs refused, no command server
+    "FIX": "ibgw runs the API gateway, not the FIX gateway",
+    "FIXLoginId": "ibgw runs no FIX gateway",
+    "FIXPassword": "ibgw runs no FIX gateway",
+    "IbDir": "ibgw passes the settings directory to ibcstart.sh (IBC: a different IbDir breaks auto-restart)",
+    "AcceptIncomingConnectionAction": "API clients other than the trusted 127.0.0.1 are always rejected",
+    **dict.fromkeys(
+        ("CommandServerPort", "ControlFrom", "BindAddress", "CommandPrompt", "SuppressInfoMessages"),
+        "IBC's command server stays off",
+    ),
+}
+
+
 class Ibc(Model):
     """IBC options, named after ib-gateway-docker's variables (lower-cased)."""
 
-    auto_restart_time: Annotated[str, Field(pattern=r"^(0?[1-9]|1[0-2]):[0-5][0-9] (AM|PM)$")] = "11:59 PM"
+    # IBC allows one of the daily pair: set auto_logoff_time and the default restart time is dropped.
+    auto_restart_time: AmPmTime | None = "11:59 PM"
+    auto_logoff_time: AmPmTime | None = None
+    # Every Sunday at HH:MM (24h, the gateway's time zone): a full login, 2FA included.
+    cold_restart_time: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
     twofa_timeout_action: Literal["restart", "exit"] = "restart"
+    relogin_after_twofa_timeout: bool = True
+    twofa_device: SingleLine | None = None
     existing_session_detected_action: Literal["primary", "primaryoverride", "secondary", "manual"] = "primary"
+    accept_bid_ask_last_size_notification: Literal["accept", "defer", "ignore"] = "accept"
     read_only_api: bool = False
     master_client_id: ClientId | None = None
+    bypass_warnings: bool | None = None  # None: the gateway's own precaution settings stay as they are
+    allow_blind_trading: bool = False
+    save_tws_settings_at: (
+        Annotated[
+            SingleLine,
+            Field(
+                pattern=r"^(([0-9]{1,2}:[0-5][0-9])( +[0-9]{1,2}:[0-5][0-9])*"
+                r"|Every [0-9]+( (mins|hours))?( [0-9]{1,2}:[0-5][0-9]){0,2})$"
+            ),
+        ]
+        | None
+    ) = None
     time_zone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = "America/New_York"
+    extra: dict[str, IbcValue] = {}  # any other IBC key (data/ibc_keys.txt) -> value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _logoff_drops_default_restart(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("auto_logoff_time") is None or "auto_restart_time" in data:
+            return data
+        return {**data, "auto_restart_time": None}
 
 
 class Simulator(Model):
@@ -119,8 +198,13 @@ class Gateway(Model):
     def _default_ports(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("mode") in MODES:
             mode = data["mode"]
-            return {"api_port": DEFAULT_API_PORT[mode], "front_port": DEFAULT_FRONT_PORT[mode],
-                    "gate_port": DEFAULT_GATE_PORT[mode], "gate_metrics_port": DEFAULT_GATE_METRICS_PORT[mode], **data}
+            return {
+                "api_port": DEFAULT_API_PORT[mode],
+                "front_port": DEFAULT_FRONT_PORT[mode],
+                "gate_port": DEFAULT_GATE_PORT[mode],
+                "gate_metrics_port": DEFAULT_GATE_METRICS_PORT[mode],
+                **data,
+            }
         return data
 
 
@@ -205,10 +289,21 @@ class Host(Model):
         return [a for a in self.apps if mode in a.modes]
 
 
+ArtifactFile = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+
+
+class Build(Model):
+    """One architecture's installer."""
+
+    file: ArtifactFile
+    sha256: Sha256
+
+
 class Artifact(Model):
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
-    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+    file: ArtifactFile  # the x86_64 installer (IBC's zip serves every architecture)
     sha256: Sha256
+    arm64: Build | None = None  # IB Gateway's ...-standalone-linux-arm.sh, for aarch64 hosts
 
 
 class Artifacts(Model):
@@ -233,7 +328,11 @@ class Inventory(Model):
 
     def problem(self, path: tuple, message: str) -> Problem:
         """A problem at a field of the file this inventory was loaded from."""
-        return self._source.problem(path, message) if self._source else Problem("<inventory>", None, str(path), message)
+        return (
+            self._source.problem(path, message)
+            if self._source
+            else Problem("<inventory>", None, str(path), message)
+        )
 
     def path(self, path: Path) -> Path:
         """A path from the inventory: ~ expanded, relative to the inventory's own directory."""
@@ -274,9 +373,11 @@ def warnings(inv: Inventory) -> list[str]:
             where = f"hosts.{name}.apps[{i}] ({app.name})"
             open_modes = [m for m in app.modes if (gw := host.gateway(m)) and not gw.ibc.read_only_api]
             if not host.front.gate and app.read_only and open_modes:
-                found.append(f"{where}: read_only is enforced only by `ibgw gate` (front.gate: true) or a "
-                             f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
-                             f"gateway{'s' if len(open_modes) > 1 else ''}")
+                found.append(
+                    f"{where}: read_only is enforced only by `ibgw gate` (front.gate: true) or a "
+                    f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
+                    f"gateway{'s' if len(open_modes) > 1 else ''}"
+                )
             if not host.front.gate and (app.max_order_quantity or app.allowed_sec_types):
                 found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
     return found
@@ -286,8 +387,10 @@ def _message(error: ErrorDetails) -> str:
     msg = re.sub(r"^Value error, ", "", error["msg"])
     if error["type"] == "extra_forbidden":
         if SECRET_KEY.search(str(error["loc"][-1])):
-            return ("plaintext secrets are not allowed in the inventory; "
-                    "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}")
+            return (
+                "plaintext secrets are not allowed in the inventory; "
+                "use login: {username: ..., password: ...} with {env: VAR} or {file: PATH}"
+            )
         return "unknown field (check its spelling)"
     return msg
 
@@ -310,11 +413,22 @@ def _check_host(inv: Inventory, name: str, host: Host, src: yamlsrc.Source) -> l
     found += _check_apps(host, base)
     found += _check_ports(host, base)
     if host.firewall.enabled and not host.firewall.admin_cidrs:
-        found.append((base + ("firewall", "admin_cidrs"), "the firewall is on but no admin CIDR may reach SSH; "
-                      "list the operator's addresses, or set firewall.enabled: false"))
+        found.append(
+            (
+                base + ("firewall", "admin_cidrs"),
+                "the firewall is on but no admin CIDR may reach SSH; "
+                "list the operator's addresses, or set firewall.enabled: false",
+            )
+        )
     if host.backend == "ibgw":
-        found += [(("artifacts", kind), f"host {name!r} uses the ibgw backend, which needs a pinned {kind} installer")
-                  for kind in ("ib_gateway", "ibc") if getattr(inv.artifacts, kind) is None]
+        found += [
+            (
+                ("artifacts", kind),
+                f"host {name!r} uses the ibgw backend, which needs a pinned {kind} installer",
+            )
+            for kind in ("ib_gateway", "ibc")
+            if getattr(inv.artifacts, kind) is None
+        ]
     return [src.problem(path, msg) for path, msg in found]
 
 
@@ -326,13 +440,58 @@ def _check_gateways(host: Host, base: tuple) -> list[tuple[tuple, str]]:
             found.append((path + ("mode",), f"a {gw.mode} gateway is already defined on this host"))
         seen.add(gw.mode)
         if host.backend == "ibgw" and gw.login is None:
-            found.append((path + ("login",), "missing secret reference: the ibgw backend needs login.username "
-                          "and login.password, each as {env: VAR} or {file: PATH}"))
+            found.append(
+                (
+                    path + ("login",),
+                    "missing secret reference: the ibgw backend needs login.username "
+                    "and login.password, each as {env: VAR} or {file: PATH}",
+                )
+            )
+        found += _check_ibc(gw.ibc, path + ("ibc",))
         prefix = "DU" if gw.mode == "paper" else "U"
         for j, account in enumerate(gw.simulator.accounts):
             if not account.startswith(prefix):
-                found.append((path + ("simulator", "accounts", j),
-                              f"a {gw.mode} account must start with {prefix!r}, got {account!r}"))
+                found.append(
+                    (
+                        path + ("simulator", "accounts", j),
+                        f"a {gw.mode} account must start with {prefix!r}, got {account!r}",
+                    )
+                )
+    return found
+
+
+def _check_ibc(ibc: Ibc, path: tuple) -> list[tuple[tuple, str]]:
+    """What IBC itself would ignore or contradict: both daily times, restart without re-login, extra keys."""
+    found = []
+    if ibc.auto_logoff_time and ibc.auto_restart_time:
+        found.append(
+            (
+                path + ("auto_logoff_time",),
+                "IBC applies only one of auto_restart_time and "
+                "auto_logoff_time (it ignores the logoff time); remove one",
+            )
+        )
+    if ibc.twofa_timeout_action == "restart" and not ibc.relogin_after_twofa_timeout:
+        found.append(
+            (
+                path + ("twofa_timeout_action",),
+                "'restart' needs relogin_after_twofa_timeout: true "
+                "(IBC exits to be restarted only when re-login is allowed); use 'exit' to wait at "
+                "the 2FA dialog",
+            )
+        )
+    for key in ibc.extra:
+        if key in IBC_OWNED:
+            found.append((path + ("extra", key), f"{key} is set by ibgw: use {IBC_OWNED[key]}"))
+        elif key in IBC_FIXED:
+            found.append((path + ("extra", key), f"{key} is fixed by ibgw: {IBC_FIXED[key]}"))
+        elif key not in IBC_KEYS:
+            found.append(
+                (
+                    path + ("extra", key),
+                    f"{key} is not an IBC setting (see IBC's config.ini; keys are case-sensitive)",
+                )
+            )
     return found
 
 
@@ -344,19 +503,35 @@ def _check_apps(host: Host, base: tuple) -> list[tuple[tuple, str]]:
     for i, app in enumerate(host.apps):
         path = base + ("apps", i)
         if app.name in names:
-            found.append((path + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]"))
+            found.append(
+                (path + ("name",), f"app name {app.name!r} is already used by apps[{names[app.name]}]")
+            )
         names.setdefault(app.name, i)
         if app.client_id in (host.health.probe_client_id, host.health.probe_client_id + 1):
-            found.append((path + ("client_id",), f"client_id {app.client_id} is reserved for `ibgw health`'s "
-                          "probe (health.probe_client_id)"))
+            found.append(
+                (
+                    path + ("client_id",),
+                    f"client_id {app.client_id} is reserved for `ibgw health`'s "
+                    "probe (health.probe_client_id)",
+                )
+            )
         for j, mode in enumerate(app.modes):
             if mode not in provided:
-                found.append((path + ("modes", j), f"no {mode} gateway on this host (it has: "
-                              f"{', '.join(sorted(provided))})"))
+                found.append(
+                    (
+                        path + ("modes", j),
+                        f"no {mode} gateway on this host (it has: {', '.join(sorted(provided))})",
+                    )
+                )
             key = (mode, app.client_id)
             if key in owner:
-                found.append((path + ("client_id",), f"client_id {app.client_id} is already used by app "
-                              f"{owner[key]!r} on the {mode} gateway"))
+                found.append(
+                    (
+                        path + ("client_id",),
+                        f"client_id {app.client_id} is already used by app "
+                        f"{owner[key]!r} on the {mode} gateway",
+                    )
+                )
             owner.setdefault(key, app.name)
     return found
 

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from ..errors import InputError, Problem
-from .model import Artifact, Inventory
+from .model import Artifact, Build, Inventory
 
 
 def check_artifacts(inv: Inventory, names: list[str]) -> None:
@@ -21,12 +21,12 @@ def check_artifacts(inv: Inventory, names: list[str]) -> None:
         try:
             actual = file_sha256(local)
         except OSError as exc:
-            problems.append(inv.problem(("artifacts", key), f"cannot read {local}: {exc.strerror}"))
+            problems.append(inv.problem(("artifacts", *key), f"cannot read {local}: {exc.strerror}"))
             continue
         if actual != artifact.sha256:
             problems.append(
                 inv.problem(
-                    ("artifacts", key, "sha256"),
+                    ("artifacts", *key, "sha256"),
                     f"{local} has sha256 {actual}, not the pinned one: refusing to install it",
                 )
             )
@@ -34,13 +34,16 @@ def check_artifacts(inv: Inventory, names: list[str]) -> None:
         raise InputError(problems)
 
 
-def _needed(inv: Inventory, names: list[str]) -> list[tuple[str, Artifact]]:
-    """(field, artifact) for each install the hosts get: IBC once per host, IB Gateway per gateway."""
-    needed: list[tuple[str, Artifact]] = []
+def _needed(inv: Inventory, names: list[str]) -> list[tuple[tuple[str, ...], Artifact | Build]]:
+    """(field, artifact) for each install the hosts get: IBC once per host, IB Gateway per gateway,
+    every architecture's build that is pinned (the host's is known only once its facts are read)."""
+    needed: list[tuple[tuple[str, ...], Artifact | Build]] = []
     for host in (inv.hosts[name] for name in names):
         if host.backend == "ibgw":
             ibc, gateway = inv.artifacts.pinned()
-            needed += [("ibc", ibc)] + [("ib_gateway", gateway)] * len(host.gateways)
+            builds: list[tuple[tuple[str, ...], Artifact | Build]] = [(("ib_gateway",), gateway)]
+            builds += [(("ib_gateway", "arm64"), gateway.arm64)] if gateway.arm64 else []
+            needed += [(("ibc",), ibc)] + builds * len(host.gateways)
     return needed
 
 

@@ -23,8 +23,14 @@ SCHEMA = "ibgw.health/1"
 EXIT = {"healthy": 0, "degraded": 1, "down": 2}
 # IBC's and IB Gateway's own words for the failures users meet most.
 KNOWN_FAILURES = [
-    ("login_failed", re.compile(r"login (has )?failed|invalid (username|password)|unrecognized username", re.I)),
-    ("twofa_timeout", re.compile(r"second factor authentication.*(timed out|timeout)|2fa.*timed? ?out", re.I)),
+    (
+        "login_failed",
+        re.compile(r"login (has )?failed|invalid (username|password)|unrecognized username", re.I),
+    ),
+    (
+        "twofa_timeout",
+        re.compile(r"second factor authentication.*(timed out|timeout)|2fa.*timed? ?out", re.I),
+    ),
     ("existing_session", re.compile(r"existing session detected", re.I)),
     ("error", re.compile(r"\b(ERROR|SEVERE|CRITICAL)\b|Exception\b")),
 ]
@@ -41,15 +47,25 @@ class Finding:
 def check(inv: Inventory, name: str, timeout: float) -> dict:
     """The health report of one host, as the documented JSON schema."""
     host = inv.hosts[name]
-    report: dict = {"host": name, "address": host.address, "checked_at": time.time(), "units": [],
-                    "gateways": [], "firewall": None, "resources": None, "log_findings": []}
+    report: dict = {
+        "host": name,
+        "address": host.address,
+        "checked_at": time.time(),
+        "units": [],
+        "gateways": [],
+        "firewall": None,
+        "resources": None,
+        "log_findings": [],
+    }
     findings: list[Finding] = []
     direct: dict[str, dict] = {}
     try:
         with Transport(target(inv, name, accept_new=False), connect_timeout=timeout) as transport:
             facts = call_agent(transport, _request(host))
-            direct = {gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)
-                      for gw in host.gateways}
+            direct = {
+                gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)
+                for gw in host.gateways
+            }
     except (SshError, AgentError) as exc:
         findings.append(Finding("down", "ssh", name, str(exc)))
         facts = None
@@ -57,8 +73,15 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
         findings += _judge_host(host, facts, report)
     for gw in host.gateways:
         front = _probe(host.health.probe_client_id + 1, gw.front_port, timeout, address=front_address(host))
-        report["gateways"].append({"mode": gw.mode, "api_port": gw.api_port, "front_port": gw.front_port,
-                                   "direct": direct.get(gw.mode), "front": front})
+        report["gateways"].append(
+            {
+                "mode": gw.mode,
+                "api_port": gw.api_port,
+                "front_port": gw.front_port,
+                "direct": direct.get(gw.mode),
+                "front": front,
+            }
+        )
         findings += _judge_gateway(gw.mode, direct.get(gw.mode), front)
     status = max((f.severity for f in findings), key=lambda severity: EXIT[severity], default="healthy")
     report.update(status=status, exit_code=EXIT[status], findings=[asdict(f) for f in findings])
@@ -70,9 +93,14 @@ def front_address(host: Host) -> str:
 
 
 def _request(host: Host) -> dict:
-    return {"op": "health", "units": state.units(host), "firewall": host.firewall.enabled,
-            "disk_paths": ["/", "/var"], "log_minutes": host.health.log_minutes,
-            "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways]}
+    return {
+        "op": "health",
+        "units": state.units(host),
+        "firewall": host.firewall.enabled,
+        "disk_paths": ["/", "/var"],
+        "log_minutes": host.health.log_minutes,
+        "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways],
+    }
 
 
 def _direct(transport: Transport, client_id: int, port: int, timeout: float) -> dict:
@@ -93,24 +121,39 @@ def _probe(client_id: int, port: int, timeout: float, address: str = "127.0.0.1"
 
 
 def _probe_fields(r: ProbeResult) -> dict:
-    return {"server_version": r.server_version, "connection_time": r.connection_time,
-            "next_valid_id": r.next_valid_id, "accounts": list(r.accounts), "round_trip_ms": r.round_trip * 1000}
+    return {
+        "server_version": r.server_version,
+        "connection_time": r.connection_time,
+        "next_valid_id": r.next_valid_id,
+        "accounts": list(r.accounts),
+        "round_trip_ms": r.round_trip * 1000,
+    }
 
 
 def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
     findings = []
     for name, unit in facts["units"].items():
         up_for = facts["uptime"] - unit["since"]
-        report["units"].append({"name": name, **unit, "up_for_s": round(up_for) if unit["active"] == "active" else 0})
+        report["units"].append(
+            {"name": name, **unit, "up_for_s": round(up_for) if unit["active"] == "active" else 0}
+        )
         if unit["active"] != "active":
             findings.append(Finding("down", "unit", name, f"{name} is {unit['active']} ({unit['sub']})"))
         elif unit["restarts"] >= host.health.restart_loop and up_for < 600:
-            findings.append(Finding("degraded", "unit", name, f"restart loop: {unit['restarts']} restarts, "
-                                                              f"up for {up_for:.0f}s"))
+            findings.append(
+                Finding(
+                    "degraded",
+                    "unit",
+                    name,
+                    f"restart loop: {unit['restarts']} restarts, up for {up_for:.0f}s",
+                )
+            )
     findings += _judge_listeners(host, {int(p): set(a) for p, a in facts["listeners"].items()})
     report["firewall"] = {"enabled": host.firewall.enabled, "loaded": facts["firewall"]}
     if host.firewall.enabled and not facts["firewall"]:
-        findings.append(Finding("degraded", "firewall", "inet ibgw", "the nftables table inet ibgw is not loaded"))
+        findings.append(
+            Finding("degraded", "firewall", "inet ibgw", "the nftables table inet ibgw is not loaded")
+        )
     report["resources"] = facts["resources"]
     findings += _judge_resources(host, facts["resources"])
     findings += _judge_logs(facts, report)
@@ -122,26 +165,51 @@ def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding
     for gw in host.gateways:
         addresses = listening.get(gw.api_port, set())
         if not addresses:
-            findings.append(Finding("down", "listen", f"{gw.mode} gateway", f"nothing listens on port {gw.api_port}"))
+            findings.append(
+                Finding("down", "listen", f"{gw.mode} gateway", f"nothing listens on port {gw.api_port}")
+            )
         elif host.backend == "simulator" and addresses != {"127.0.0.1"}:
-            findings.append(Finding("degraded", "listen", f"{gw.mode} gateway",
-                                    f"port {gw.api_port} listens on {', '.join(sorted(addresses))}, not only 127.0.0.1"))
+            findings.append(
+                Finding(
+                    "degraded",
+                    "listen",
+                    f"{gw.mode} gateway",
+                    f"port {gw.api_port} listens on {', '.join(sorted(addresses))}, not only 127.0.0.1",
+                )
+            )
         elif not host.firewall.enabled and addresses - {"127.0.0.1", "::1"}:
-            findings.append(Finding("degraded", "listen", f"{gw.mode} gateway",
-                                    f"port {gw.api_port} is open on {', '.join(sorted(addresses))} and the firewall "
-                                    "is off (IB Gateway cannot bind to loopback only)"))
+            findings.append(
+                Finding(
+                    "degraded",
+                    "listen",
+                    f"{gw.mode} gateway",
+                    f"port {gw.api_port} is open on {', '.join(sorted(addresses))} and the firewall "
+                    "is off (IB Gateway cannot bind to loopback only)",
+                )
+            )
         if host.front.gate and "127.0.0.1" not in listening.get(gw.gate_port, set()):
-            findings.append(Finding("down", "listen", f"{gw.mode} gate", f"nothing listens on 127.0.0.1:{gw.gate_port}"))
+            findings.append(
+                Finding("down", "listen", f"{gw.mode} gate", f"nothing listens on 127.0.0.1:{gw.gate_port}")
+            )
         front = listening.get(gw.front_port, set())
         if not front & {host.front.bind, "0.0.0.0", "::"}:
-            findings.append(Finding("down", "listen", f"{gw.mode} front",
-                                    f"nothing listens on {host.front.bind}:{gw.front_port}"))
+            findings.append(
+                Finding(
+                    "down",
+                    "listen",
+                    f"{gw.mode} front",
+                    f"nothing listens on {host.front.bind}:{gw.front_port}",
+                )
+            )
     return findings
 
 
 def _judge_resources(host: Host, res: dict) -> list[Finding]:
-    findings = [Finding("degraded", "disk", path, f"{used}% used (limit {host.health.disk_max_pct}%)")
-                for path, used in res["disk_used_pct"].items() if used > host.health.disk_max_pct]
+    findings = [
+        Finding("degraded", "disk", path, f"{used}% used (limit {host.health.disk_max_pct}%)")
+        for path, used in res["disk_used_pct"].items()
+        if used > host.health.disk_max_pct
+    ]
     if res["mem_available_mb"] < 0.05 * res["mem_total_mb"]:
         findings.append(Finding("degraded", "memory", "host", f"only {res['mem_available_mb']} MB available"))
     if res["load1"] > 2 * res["cpus"]:
@@ -159,23 +227,38 @@ def _judge_logs(facts: dict, report: dict) -> list[Finding]:
     for line in facts["journal_errors"]:
         report["log_findings"].append({"kind": "journal_error", "file": "journal", "line": line})
         seen[("journal_error", "journal")] = seen.get(("journal_error", "journal"), 0) + 1
-    names = {"login_failed": "IB login failed", "twofa_timeout": "second factor (2FA) timed out",
-             "existing_session": "existing session detected", "error": "errors", "journal_error": "unit errors"}
-    return [Finding("degraded", "logs", file, f"{names[kind]}: {count} line(s) in the last minutes")
-            for (kind, file), count in seen.items()]
+    names = {
+        "login_failed": "IB login failed",
+        "twofa_timeout": "second factor (2FA) timed out",
+        "existing_session": "existing session detected",
+        "error": "errors",
+        "journal_error": "unit errors",
+    }
+    return [
+        Finding("degraded", "logs", file, f"{names[kind]}: {count} line(s) in the last minutes")
+        for (kind, file), count in seen.items()
+    ]
 
 
 def _judge_gateway(mode: str, direct: dict | None, front: dict) -> list[Finding]:
     findings = []
     if direct is not None and not direct["ok"]:
-        findings.append(Finding("down", "api", f"{mode} gateway", f"TWS API probe on the host failed: {direct['error']}"))
+        findings.append(
+            Finding("down", "api", f"{mode} gateway", f"TWS API probe on the host failed: {direct['error']}")
+        )
     for where, result in (("on the host", direct), ("through the front", front)):
         if result and result["ok"]:
             findings += _judge_accounts(mode, where, result["accounts"])
     if not front["ok"]:
-        findings.append(Finding("degraded" if direct and direct["ok"] else "down", "api", f"{mode} front",
-                                f"TWS API probe through the front failed: {front['error']} (is this machine in the "
-                                "allowlist?)"))
+        findings.append(
+            Finding(
+                "degraded" if direct and direct["ok"] else "down",
+                "api",
+                f"{mode} front",
+                f"TWS API probe through the front failed: {front['error']} (is this machine in the "
+                "allowlist?)",
+            )
+        )
     return findings
 
 
@@ -185,6 +268,13 @@ def _judge_accounts(mode: str, where: str, accounts: list[str]) -> list[Finding]
     paper = [a for a in accounts if a.startswith("D")]
     wrong = [a for a in accounts if a not in paper] if mode == "paper" else paper
     if wrong:
-        return [Finding("down", "mode", f"{mode} gateway", f"MODE MISMATCH {where}: the {mode} gateway reports "
-                        f"{'live' if mode == 'paper' else 'paper'} account(s) {', '.join(wrong)}")]
+        return [
+            Finding(
+                "down",
+                "mode",
+                f"{mode} gateway",
+                f"MODE MISMATCH {where}: the {mode} gateway reports "
+                f"{'live' if mode == 'paper' else 'paper'} account(s) {', '.join(wrong)}",
+            )
+        ]
     return []

@@ -45,7 +45,9 @@ def emit(**event):
 def sh(argv, check=True, **kw):
     proc = subprocess.run(argv, capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
-        raise StepError(f"{' '.join(argv)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
+        raise StepError(
+            f"{' '.join(argv)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
     return proc
 
 
@@ -55,14 +57,18 @@ class StepError(Exception):
 
 # ---- facts ---------------------------------------------------------------
 
+
 def facts(req):
     found = os_release()
     refused = unsupported(found, req.get("supported"))
     if refused:  # before dpkg or anything else this host may not have
         return {"os": found, "unsupported": refused}
     paths = {p: stat(p) for p in req["paths"]}  # every file hashed once, here
-    drifted = [p for p, want in req.get("content_unless", {}).items()
-               if (paths.get(p) or {}).get("sha256") not in (want, None)]
+    drifted = [
+        p
+        for p, want in req.get("content_unless", {}).items()
+        if (paths.get(p) or {}).get("sha256") not in (want, None)
+    ]
     return {
         "python": platform.python_version(),
         "arch": platform.machine(),
@@ -89,8 +95,11 @@ def os_release():
             continue
         pairs = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
         values = {k: v.strip().strip("\"'") for k, v in pairs.items()}
-        return {"id": values.get("ID", ""), "version_id": values.get("VERSION_ID", ""),
-                "pretty_name": values.get("PRETTY_NAME") or values.get("NAME", "")}
+        return {
+            "id": values.get("ID", ""),
+            "version_id": values.get("VERSION_ID", ""),
+            "pretty_name": values.get("PRETTY_NAME") or values.get("NAME", ""),
+        }
     return None
 
 
@@ -144,10 +153,20 @@ def stat(path):
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    kind = "dir" if os.path.isdir(path) and not os.path.islink(path) else \
-        "link" if os.path.islink(path) else "file"
-    return {"kind": kind, "mode": st.st_mode & 0o7777, "owner": name_of(pwd.getpwuid, st.st_uid),
-            "group": name_of(grp.getgrgid, st.st_gid), "sha256": sha256_of(path) if kind == "file" else None}
+    kind = (
+        "dir"
+        if os.path.isdir(path) and not os.path.islink(path)
+        else "link"
+        if os.path.islink(path)
+        else "file"
+    )
+    return {
+        "kind": kind,
+        "mode": st.st_mode & 0o7777,
+        "owner": name_of(pwd.getpwuid, st.st_uid),
+        "group": name_of(grp.getgrgid, st.st_gid),
+        "sha256": sha256_of(path) if kind == "file" else None,
+    }
 
 
 def name_of(lookup, ident):
@@ -210,7 +229,8 @@ def health(req):
         "uptime": float(open("/proc/uptime").read().split()[0]),
         "listeners": listeners(),
         "firewall": sh(["nft", "list", "table", "inet", "ibgw"], check=False).returncode == 0
-        if req["firewall"] else None,
+        if req["firewall"]
+        else None,
         "resources": resources(req["disk_paths"]),
         "log_lines": recent_lines(req["log_files"], req["log_minutes"]),
         "journal_errors": journal_errors(req["units"], req["log_minutes"]),
@@ -220,9 +240,13 @@ def health(req):
 def unit_detail(name):
     out = sh(["systemctl", "show", name, "-p", ",".join(UNIT_PROPS)], check=False).stdout
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return {"active": props.get("ActiveState", "unknown"), "sub": props.get("SubState", ""),
-            "restarts": int(props.get("NRestarts") or 0), "result": props.get("Result", ""),
-            "since": int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6}
+    return {
+        "active": props.get("ActiveState", "unknown"),
+        "sub": props.get("SubState", ""),
+        "restarts": int(props.get("NRestarts") or 0),
+        "result": props.get("Result", ""),
+        "since": int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6,
+    }
 
 
 def listeners():
@@ -243,7 +267,7 @@ def listeners():
 
 def proc_address(hexaddr, width):
     raw = bytes.fromhex(hexaddr)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per-word little endian
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # per-word little endian
     family = socket.AF_INET if width == 8 else socket.AF_INET6
     return socket.inet_ntop(family, words)
 
@@ -255,8 +279,13 @@ def resources(paths):
     for path in paths:
         usage = shutil.disk_usage(path)
         disks[path] = round(100 * usage.used / usage.total, 1)
-    return {"mem_total_mb": kib["MemTotal"] // 1024, "mem_available_mb": kib["MemAvailable"] // 1024,
-            "disk_used_pct": disks, "load1": os.getloadavg()[0], "cpus": os.cpu_count()}
+    return {
+        "mem_total_mb": kib["MemTotal"] // 1024,
+        "mem_available_mb": kib["MemAvailable"] // 1024,
+        "disk_used_pct": disks,
+        "load1": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
 
 
 def recent_lines(patterns, minutes):
@@ -327,6 +356,7 @@ def haproxy_table(path, table):
 
 # ---- steps ---------------------------------------------------------------
 
+
 def step_apt(step):
     """apt-get update and install, after waiting (bounded) for whoever holds the dpkg locks."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -341,8 +371,11 @@ def step_apt(step):
     else:
         raise StepError("apt-get update: the apt lists lock was taken again each time it was free")
     wait_for_locks(step["task"], deadline)
-    sh(["apt-get", "-o", lock_option(deadline), "install", "-y", "-qq", "--no-install-recommends"]
-       + step["packages"], env=env)
+    sh(
+        ["apt-get", "-o", lock_option(deadline), "install", "-y", "-qq", "--no-install-recommends"]
+        + step["packages"],
+        env=env,
+    )
 
 
 def lock_option(deadline):
@@ -361,8 +394,10 @@ def wait_for_locks(task, deadline):
         who = f"PID {pid} ({process_name(pid)})"
         now = time.monotonic()
         if now >= deadline:
-            raise StepError(f"the dpkg lock {path} is still held by {who}: gave up waiting "
-                            "(raise --lock-timeout, or see what that process is doing)")
+            raise StepError(
+                f"the dpkg lock {path} is still held by {who}: gave up waiting "
+                "(raise --lock-timeout, or see what that process is doing)"
+            )
         if reported is None or now - reported >= LOCK_REPORT_EVERY:
             emit(event="wait", task=task, message=f"waiting for the dpkg lock held by {who}")
             reported = now
@@ -396,8 +431,19 @@ def process_name(pid):
 def step_user(step):
     name = step["name"]
     if user(name) is None:
-        sh(["useradd", "--system", "--user-group", "--home-dir", step["home"], "--no-create-home",
-            "--shell", "/usr/sbin/nologin", name])
+        sh(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--home-dir",
+                step["home"],
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]
+        )
     for group in user(name)["groups"]:
         if group in PRIVILEGED_GROUPS:
             sh(["gpasswd", "-d", name, group])
@@ -409,13 +455,17 @@ def step_dir(step):
 
 
 def step_file(step):
-    path = step["path"]
+    write_atomic(step["path"], base64.b64decode(step["content"]), step)
+
+
+def write_atomic(path, content, step):
+    """Write to a private temp file, set its attributes, validate it, then rename it over path."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ibgw-")
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(base64.b64decode(step["content"]))
+            fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         set_attrs(tmp, step)
@@ -426,6 +476,72 @@ def step_file(step):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+INI_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+
+
+def ini_values(text):
+    """{section: {key: value}} of an INI file as IB Gateway writes jts.ini (a repeated key: the last)."""
+    values, section = {}, None
+    for line in text.splitlines():
+        header = INI_SECTION.match(line)
+        if header:
+            section = header.group(1)
+            values.setdefault(section, {})
+        elif section is not None and "=" in line and not line.lstrip().startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            values[section][key.strip()] = value.strip()
+    return values
+
+
+def ini_merge(text, want):
+    """text with each want[section][key] set: edited in place, or added at the end of its section
+    (which is added if missing). Every other line, comment and order is kept; a repeated key goes."""
+    out, section, done = [], None, set()
+
+    def close(sec):
+        blanks = []
+        while out and not out[-1].strip():
+            blanks.append(out.pop())
+        out.extend(f"{k}={v}" for k, v in want.get(sec, {}).items() if (sec, k) not in done)
+        done.update((sec, k) for k in want.get(sec, {}))
+        out.extend(blanks)
+
+    for line in text.splitlines():
+        header = INI_SECTION.match(line)
+        if header:
+            close(section)
+            section = header.group(1)
+            out.append(line)
+            continue
+        key = line.split("=", 1)[0].strip() if "=" in line else None
+        if key in want.get(section, {}):
+            if (section, key) not in done:
+                out.append(f"{key}={want[section][key]}")
+                done.add((section, key))
+            continue
+        out.append(line)
+    close(section)
+    for sec, keys in want.items():
+        missing = [f"{k}={v}" for k, v in keys.items() if (sec, k) not in done]
+        if missing:
+            out += ([""] if out and out[-1].strip() else []) + [f"[{sec}]"] + missing
+    return "\n".join(out) + "\n"
+
+
+def step_ini(step):
+    """Converge only ibgw's keys of an INI file the program rewrites (jts.ini); a missing file gets the seed.
+    The owning unit is stopped first, so it cannot write its old values back on exit; the systemd step
+    starts it again."""
+    for unit_name in step.get("stop", ()):
+        sh(["systemctl", "stop", unit_name], check=False)
+    current = read(step["path"])
+    if current is None:
+        content = base64.b64decode(step["seed"])
+    else:
+        content = ini_merge(current, step["values"]).encode()
+    write_atomic(step["path"], content, step)
 
 
 def step_attrs(step):
@@ -448,8 +564,18 @@ def step_venv(step):
     shutil.rmtree(venv, ignore_errors=True)
     sh([sys.executable, "-m", "venv", venv])
     # --isolated: only what was shipped, whatever pip configuration the host has
-    sh([f"{venv}/bin/pip", "install", "--isolated", "-q", "--no-index", "--find-links", step["wheels"],
-        step["requirement"]])
+    sh(
+        [
+            f"{venv}/bin/pip",
+            "install",
+            "--isolated",
+            "-q",
+            "--no-index",
+            "--find-links",
+            step["wheels"],
+            step["requirement"],
+        ]
+    )
     with open(f"{venv}/{step['marker']}", "w") as fh:
         fh.write(step["stamp"])
 
@@ -493,7 +619,9 @@ def stays_up(units, seconds=3.0):
     time.sleep(seconds if units else 0)
     down = [u for u in units if unit(u)["active"] != "active"]
     if down:
-        logs = sh(["journalctl", "--no-pager", "-n", "5", "-o", "cat"] + [f"--unit={u}" for u in down], check=False)
+        logs = sh(
+            ["journalctl", "--no-pager", "-n", "5", "-o", "cat"] + [f"--unit={u}" for u in down], check=False
+        )
         raise StepError(f"not running after start: {', '.join(down)}; last log lines: {logs.stdout.strip()}")
 
 
@@ -515,8 +643,17 @@ def note_pending(path, then):
     os.replace(tmp, path)
 
 
-STEPS = {"apt": step_apt, "user": step_user, "dir": step_dir, "file": step_file, "attrs": step_attrs,
-         "venv": step_venv, "install": step_install, "systemd": step_systemd}
+STEPS = {
+    "apt": step_apt,
+    "user": step_user,
+    "dir": step_dir,
+    "file": step_file,
+    "ini": step_ini,
+    "attrs": step_attrs,
+    "venv": step_venv,
+    "install": step_install,
+    "systemd": step_systemd,
+}
 
 
 def apply(req):

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
 from . import memory, platforms, state, wheelhouse
-from .plan import Plan, Task, facts_request, plan
+from .plan import Plan, PlanError, Task, facts_request, plan
 from .remote import AgentError, call_agent, target
 from .transport import SshError, Transport
 
@@ -71,7 +71,7 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
         report.failed, report.unreachable = str(exc), not report.reached
     except memory.OverBudget as exc:
         report.failed, report.refused = str(exc), True
-    except (AgentError, platforms.UnsupportedOS, wheelhouse.WheelhouseError) as exc:
+    except (AgentError, PlanError, platforms.UnsupportedOS, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
         report.failed = secrets.mask(report.failed)
@@ -79,8 +79,9 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     return report
 
 
-def _converge(inv: Inventory, name: str, transport: Transport, opts: Options, report: Report,
-              secrets: Secrets) -> None:
+def _converge(
+    inv: Inventory, name: str, transport: Transport, opts: Options, report: Report, secrets: Secrets
+) -> None:
     want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")

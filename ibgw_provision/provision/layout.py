@@ -24,6 +24,14 @@ STICK_EXPIRE_S = 86400  # how long the front remembers a source's counters
 FIRST_DISPLAY = 101  # Xvfb displays :101, :102, ... one per gateway
 
 
+DISPLAY_WAIT_S = 30  # how long a gateway waits for its Xvfb display
+
+
+def x11_socket(display: int) -> str:
+    """Xvfb's socket, in the private /tmp its unit shares with the gateway's."""
+    return f"/tmp/.X11-unix/X{display}"
+
+
 def settings_dir(mode: str) -> str:
     """IB Gateway's settings (jts.ini, its own logs): writable by the gateway."""
     return f"{HOME}/{mode}"

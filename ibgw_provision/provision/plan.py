@@ -10,10 +10,11 @@ import base64
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..inventory.secrets import MASK, Secrets
 from . import layout, platforms
+from .agent import ini_merge, ini_values
 from .render import ManagedFile
 from .state import Desired, Install
 from .wheelhouse import Wheelhouse
@@ -62,13 +63,19 @@ def facts_request(want: Desired, wheels: bool) -> dict:
         "content_unless": {f.path: sha256(f.content) for f in want.files},
         "units": want.units,
         "markers": ([f"{layout.VENV}/{layout.VENV_STAMP}"] if wheels else [])
-        + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs] + [layout.PENDING],
+        + [f"{i.dest}/{layout.INSTALL_STAMP}" for i in want.installs]
+        + [layout.PENDING],
         "firewall": layout.FIREWALL_UNIT in want.units,
     }
 
 
-def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | None = None,
-         release: platforms.Release | None = None) -> Plan:
+def plan(
+    want: Desired,
+    facts: dict,
+    secrets: Secrets,
+    wheelhouse: Wheelhouse | None = None,
+    release: platforms.Release | None = None,
+) -> Plan:
     """release: the host's OS, which names its packages (Debian 12's names when None)."""
     result = Plan()
     names = platforms.package_names(want.packages, release) if release else want.packages
@@ -82,6 +89,7 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
         restart |= set(want.venv_units) if task.changed else set()
         if task.step:
             task.step["then"] = {"restart": list(want.venv_units)}
+    want = _for_arch(want, facts.get("arch", "x86_64"))
     installs = [_install(i, facts, result) for i in want.installs]
     result.tasks += installs
     reinstalled = [i.dest + "/" for i, t in zip(want.installs, installs, strict=True) if t.changed]
@@ -90,12 +98,30 @@ def plan(want: Desired, facts: dict, secrets: Secrets, wheelhouse: Wheelhouse | 
         if t.step:
             t.step["then"] = {"restart": list(i.restart)}
     # A fresh install brings its own copies of files we manage inside it (the heap).
-    facts = {**facts, "paths": {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))}}
+    facts = {
+        **facts,
+        "paths": {p: v for p, v in facts["paths"].items() if not p.startswith(tuple(reinstalled))},
+    }
     file_tasks = [(f, _file(f, facts, secrets)) for f in want.files]
     result.tasks += [t for _, t in file_tasks]
     changed_files = [f for f, t in file_tasks if t.changed]
     result.tasks += _units(want, facts, changed_files, restart)
     return result
+
+
+class PlanError(Exception):
+    """The host cannot get what the inventory pins (no installer for its architecture)."""
+
+
+def _for_arch(want: Desired, machine: str) -> Desired:
+    installs = [(i, i.for_arch(machine)) for i in want.installs]
+    missing = sorted({str(i.local.name) for i, chosen in installs if chosen is None})
+    if missing:
+        raise PlanError(
+            f"the host is {machine}, but artifacts.ib_gateway pins no arm64 installer "
+            f"(only {', '.join(missing)}): add artifacts.ib_gateway.arm64 {{file, sha256}}"
+        )
+    return replace(want, installs=[chosen for _, chosen in installs if chosen is not None])
 
 
 def sha256(text: str) -> str:
@@ -106,8 +132,11 @@ def _packages(names: list[str], facts: dict) -> list[Task]:
     missing = [p for p in names if not facts["packages"].get(p)]
     tasks = [Task(f"package {p}", p in missing, "install" if p in missing else "") for p in names]
     if missing:  # one apt run installs them all
-        next(t for t in tasks if t.changed).step = {"kind": "apt", "task": f"install {' '.join(missing)}",
-                                                     "packages": missing}
+        next(t for t in tasks if t.changed).step = {
+            "kind": "apt",
+            "task": f"install {' '.join(missing)}",
+            "packages": missing,
+        }
     return tasks
 
 
@@ -124,30 +153,88 @@ def _user(facts: dict) -> Task:
 
 def _attrs(name: str, want, have: dict | None, kind: str) -> Task:
     """A directory, or a file's owner and mode."""
-    step = {"kind": kind, "task": name, "path": want.path, "owner": want.owner, "group": want.group,
-            "mode": want.mode}
+    step = {
+        "kind": kind,
+        "task": name,
+        "path": want.path,
+        "owner": want.owner,
+        "group": want.group,
+        "mode": want.mode,
+    }
     if have is None:
         return Task(name, True, "create", step=step)
-    diffs = [f"{label} {old} -> {new}" for label, old, new in (
-        ("owner", have["owner"], want.owner), ("group", have["group"], want.group),
-        ("mode", f"{have['mode']:04o}", f"{want.mode:04o}")) if old != new]
+    diffs = [
+        f"{label} {old} -> {new}"
+        for label, old, new in (
+            ("owner", have["owner"], want.owner),
+            ("group", have["group"], want.group),
+            ("mode", f"{have['mode']:04o}", f"{want.mode:04o}"),
+        )
+        if old != new
+    ]
     return Task(name, bool(diffs), ", ".join(diffs), step=step if diffs else None)
 
 
 def _file(f: ManagedFile, facts: dict, secrets: Secrets) -> Task:
     name, have = f"file {f.path}", facts["paths"].get(f.path)
-    step = {"kind": "file", "task": name, "path": f.path, "owner": f.owner, "group": f.group, "mode": f.mode,
-            "content": base64.b64encode(f.content.encode()).decode(), "validate": VALIDATORS.get(f.path),
-            "then": {"restart": list(f.restart), "reload": list(f.reload),
-                     "daemon_reload": f.path.startswith(layout.UNIT_DIR + "/")}}
+    step = {
+        "kind": "file",
+        "task": name,
+        "path": f.path,
+        "owner": f.owner,
+        "group": f.group,
+        "mode": f.mode,
+        "content": base64.b64encode(f.content.encode()).decode(),
+        "validate": VALIDATORS.get(f.path),
+        "then": {
+            "restart": list(f.restart),
+            "reload": list(f.reload),
+            "daemon_reload": f.path.startswith(layout.UNIT_DIR + "/"),
+        },
+    }
     if have is None:
         return Task(name, True, "create", _diff(f, "", secrets), step)
     if have.get("kind", "file") != "file":  # a symlink (or a directory) where our file belongs
         return Task(name, True, f"replace a {have['kind']}", _diff(f, "", secrets), step)
-    if f.seed or have["sha256"] == sha256(f.content):
+    if have["sha256"] == sha256(f.content):
         return _attrs(name, f, have, "attrs")
     old = facts["content"].get(f.path) or ""
+    if f.owned is not None:
+        return _owned_keys(f, old, have, step)
     return Task(name, True, "content differs (drift or a new render)", _diff(f, old, secrets), step)
+
+
+def owned_values(f: ManagedFile) -> dict[str, dict[str, str]]:
+    """The values ibgw owns in an INI file the program rewrites, as rendered."""
+    rendered = ini_values(f.content)
+    owned = f.owned or {}
+    return {section: {key: rendered[section][key] for key in keys} for section, keys in owned.items()}
+
+
+def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
+    """Only ibgw's keys are compared and converged; the rest is the program's own."""
+    name, want = f"file {f.path}", owned_values(f)
+    current = ini_values(old)
+    if all(
+        current.get(section, {}).get(key) == value
+        for section, keys in want.items()
+        for key, value in keys.items()
+    ):
+        return _attrs(name, f, have, "attrs")
+    merged = ini_merge(old, want)
+    diff = "".join(
+        difflib.unified_diff(
+            old.splitlines(True), merged.splitlines(True), f"{f.path} (host)", f"{f.path} (ibgw)"
+        )
+    )
+    step = {
+        **{k: file_step[k] for k in ("task", "path", "owner", "group", "mode", "then")},
+        "kind": "ini",
+        "values": want,
+        "seed": file_step["content"],
+        "stop": list(f.restart),
+    }
+    return Task(name, True, "ibgw's keys differ", diff, step)
 
 
 def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
@@ -155,8 +242,11 @@ def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
     if f.secret:
         old, new = _mask_secret_keys(old, f.content, new)
     old = secrets.mask(old)  # a current secret may sit anywhere in the host's copy
-    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{f.path} (host)",
-                                        f"{f.path} (ibgw)"))
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(True), new.splitlines(True), f"{f.path} (host)", f"{f.path} (ibgw)"
+        )
+    )
 
 
 def _mask_secret_keys(old: str, raw_new: str, new: str) -> tuple[str, str]:
@@ -164,10 +254,15 @@ def _mask_secret_keys(old: str, raw_new: str, new: str) -> tuple[str, str]:
     keys = {line.split("=", 1)[0] for line in new.splitlines() if MASK in line}
     old_values = dict(line.split("=", 1) for line in old.splitlines() if line.split("=", 1)[0] in keys)
     new_values = dict(line.split("=", 1) for line in raw_new.splitlines() if line.split("=", 1)[0] in keys)
-    masked_old = "".join(f"{key}={MASK}\n" if (key := line.split("=", 1)[0]) in keys else line
-                         for line in old.splitlines(True))
-    masked_new = "".join(f"{key}={MASK}{'' if old_values.get(key) == new_values[key] else ' (changed)'}\n"
-                         if (key := line.split("=", 1)[0]) in keys else line for line in new.splitlines(True))
+    masked_old = "".join(
+        f"{key}={MASK}\n" if (key := line.split("=", 1)[0]) in keys else line for line in old.splitlines(True)
+    )
+    masked_new = "".join(
+        f"{key}={MASK}{'' if old_values.get(key) == new_values[key] else ' (changed)'}\n"
+        if (key := line.split("=", 1)[0]) in keys
+        else line
+        for line in new.splitlines(True)
+    )
     return masked_old, masked_new
 
 
@@ -176,8 +271,15 @@ def _venv(wh: Wheelhouse, facts: dict, result: Plan) -> Task:
     if facts["markers"].get(f"{layout.VENV}/{layout.VENV_STAMP}") == wh.stamp:
         return Task(name, False)
     result.uploads += [(w, f"{layout.WHEELS}/{w.name}") for w in wh.wheels]
-    step = {"kind": "venv", "task": name, "path": layout.VENV, "wheels": layout.WHEELS,
-            "requirement": wh.requirement, "marker": layout.VENV_STAMP, "stamp": wh.stamp}
+    step = {
+        "kind": "venv",
+        "task": name,
+        "path": layout.VENV,
+        "wheels": layout.WHEELS,
+        "requirement": wh.requirement,
+        "marker": layout.VENV_STAMP,
+        "stamp": wh.stamp,
+    }
     return Task(name, True, f"install {wh.requirement} from {len(wh.wheels)} shipped wheels", step=step)
 
 
@@ -186,8 +288,16 @@ def _install(install: Install, facts: dict, result: Plan) -> Task:
     if facts["markers"].get(f"{install.dest}/{layout.INSTALL_STAMP}") == install.sha256:
         return Task(name, False)
     result.uploads.append((install.local, install.upload))
-    step = {"kind": "install", "task": name, "upload": install.upload, "sha256": install.sha256,
-            "type": install.kind, "dest": install.dest, "owner": install.owner, "stamp": layout.INSTALL_STAMP}
+    step = {
+        "kind": "install",
+        "task": name,
+        "upload": install.upload,
+        "sha256": install.sha256,
+        "type": install.kind,
+        "dest": install.dest,
+        "owner": install.owner,
+        "stamp": layout.INSTALL_STAMP,
+    }
     return Task(name, True, f"{install.local.name} (sha256 {install.sha256[:12]}…)", step=step)
 
 
@@ -203,11 +313,19 @@ def _pending(facts: dict) -> dict:
 def _units(want: Desired, facts: dict, changed: list[ManagedFile], restart: set[str]) -> list[Task]:
     owed = _pending(facts)
     restart |= {u for f in changed for u in f.restart} | (set(owed.get("restart") or ()) & set(want.units))
-    reload = ({u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & set(want.units))) - restart
+    reload = (
+        {u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & set(want.units))
+    ) - restart
     fw = facts["units"].get(layout.FIREWALL_UNIT, {})
-    if facts.get("firewall") is False and fw.get("active") == "active" and layout.FIREWALL_UNIT not in restart:
+    if (
+        facts.get("firewall") is False
+        and fw.get("active") == "active"
+        and layout.FIREWALL_UNIT not in restart
+    ):
         reload.add(layout.FIREWALL_UNIT)  # active (exited), yet its table is gone: load it again
-    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(owed.get("daemon_reload"))
+    daemon_reload = any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed) or bool(
+        owed.get("daemon_reload")
+    )
     actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
     tasks = []
     for unit in want.units:

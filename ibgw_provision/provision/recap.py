@@ -50,15 +50,36 @@ def status(report: Report) -> str:
 
 def as_json(reports: list[Report], show_diff: bool = False) -> dict:
     """The run in schema ibgw.provision/1: keys are only ever added within a version."""
-    return {"schema": SCHEMA, "exit_code": exit_code(reports), "hosts": [{
-        "host": r.host, "status": status(r), "check": r.checked_only,
-        "ok": r.ok, "changed": r.changed, "unreachable": r.unreachable,
-        "failed": bool(r.failed) and not r.unreachable, "refused": r.refused,
-        "error": r.failed, "warnings": list(r.warnings),
-        "round_trips": r.round_trips, "seconds": round(r.seconds, 3),
-        "tasks": [{"name": t.name, "changed": t.changed, "detail": t.detail,
-                   "diff": t.diff if show_diff and t.diff else None} for t in r.tasks],
-    } for r in reports]}
+    return {
+        "schema": SCHEMA,
+        "exit_code": exit_code(reports),
+        "hosts": [
+            {
+                "host": r.host,
+                "status": status(r),
+                "check": r.checked_only,
+                "ok": r.ok,
+                "changed": r.changed,
+                "unreachable": r.unreachable,
+                "failed": bool(r.failed) and not r.unreachable,
+                "refused": r.refused,
+                "error": r.failed,
+                "warnings": list(r.warnings),
+                "round_trips": r.round_trips,
+                "seconds": round(r.seconds, 3),
+                "tasks": [
+                    {
+                        "name": t.name,
+                        "changed": t.changed,
+                        "detail": t.detail,
+                        "diff": t.diff if show_diff and t.diff else None,
+                    }
+                    for t in r.tasks
+                ],
+            }
+            for r in reports
+        ],
+    }
 
 
 class Recap:
@@ -72,8 +93,13 @@ class Recap:
         if not self.console.is_terminal:
             yield lambda host, message: self._line(host, message)
             return
-        with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
-                      TimeElapsedColumn(), console=self.console, transient=True) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
             rows = {h: progress.add_task("connecting", host=h, total=None) for h in hosts}
             yield lambda host, message: progress.update(rows[host], description=message)
 
@@ -89,10 +115,15 @@ class Recap:
             table.add_column(column, justify="left" if column == "host" else "right")
         for r in reports:
             failed = bool(r.failed) and not r.unreachable
-            table.add_row(r.host, Text(str(r.ok), "green"), Text(str(r.changed), "yellow" if r.changed else ""),
-                          Text(str(int(r.unreachable)), "red" if r.unreachable else ""),
-                          Text(str(int(failed)), "red" if failed else ""), str(r.round_trips),
-                          timefmt.elapsed(r.seconds))
+            table.add_row(
+                r.host,
+                Text(str(r.ok), "green"),
+                Text(str(r.changed), "yellow" if r.changed else ""),
+                Text(str(int(r.unreachable)), "red" if r.unreachable else ""),
+                Text(str(int(failed)), "red" if failed else ""),
+                str(r.round_trips),
+                timefmt.elapsed(r.seconds),
+            )
         self.console.print(table)
         if any(r.checked_only for r in reports):
             self.console.print("check mode: nothing was changed")
@@ -106,7 +137,9 @@ class Recap:
             if task.changed or self.verbose:
                 shown = Text(verb, "yellow") if task.changed else Text("ok", "green")
                 detail = f" ({task.detail})" if task.detail else ""
-                self.console.print(Text.assemble(f"[{report.host}] ", shown, f": {task.name}{detail}"), soft_wrap=True)
+                self.console.print(
+                    Text.assemble(f"[{report.host}] ", shown, f": {task.name}{detail}"), soft_wrap=True
+                )
             if task.changed and self.show_diff and task.diff:
                 self.console.print(Text(task.diff, "cyan"), end="" if task.diff.endswith("\n") else "\n")
         if report.failed:

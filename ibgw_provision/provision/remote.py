@@ -11,14 +11,18 @@ from .transport import Target, Transport
 
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
 # Reads the agent's source, then runs it; the request follows on stdin. No argv payload.
-BOOT = ("python3 -c 'import sys;b=sys.stdin.buffer;"
-        "exec(compile(b.read(int(b.readline())),\"ibgw-agent\",\"exec\"))'")
+BOOT = (
+    "python3 -c 'import sys;b=sys.stdin.buffer;"
+    'exec(compile(b.read(int(b.readline())),"ibgw-agent","exec"))\''
+)
 
 
 # A host without python3: install it with apt, or name the OS that has no apt (exit 3).
-INSTALL_PYTHON = ("sh -c 'if ! command -v apt-get >/dev/null; then [ -r /etc/os-release ] && . /etc/os-release; "
-                  "echo \"${PRETTY_NAME:-unknown (no /etc/os-release)}\" >&2; exit 3; fi; apt-get update -qq && "
-                  "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq python3 >/dev/null'")
+INSTALL_PYTHON = (
+    "sh -c 'if ! command -v apt-get >/dev/null; then [ -r /etc/os-release ] && . /etc/os-release; "
+    'echo "${PRETTY_NAME:-unknown (no /etc/os-release)}" >&2; exit 3; fi; apt-get update -qq && '
+    "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq python3 >/dev/null'"
+)
 
 
 class AgentError(Exception):
@@ -28,8 +32,15 @@ class AgentError(Exception):
 def target(inv: Inventory, name: str, accept_new: bool) -> Target:
     host = inv.hosts[name]
     ssh = host.ssh
-    return Target(name, host.address, ssh.port, ssh.user, inv.path(ssh.key) if ssh.key else None,
-                  inv.path(ssh.known_hosts), accept_new or ssh.host_key == "accept-new")
+    return Target(
+        name,
+        host.address,
+        ssh.port,
+        ssh.user,
+        inv.path(ssh.key) if ssh.key else None,
+        inv.path(ssh.known_hosts),
+        accept_new or ssh.host_key == "accept-new",
+    )
 
 
 def call_agent(transport: Transport, request: dict, on_event=lambda message: None) -> dict:
@@ -57,5 +68,7 @@ def call_agent(transport: Transport, request: dict, on_event=lambda message: Non
             raise AgentError(f"{transport.target.name}: cannot install python3: {boot.stderr.strip()[-300:]}")
         proc = transport.run(sudo + BOOT, stdin, on_line=on_line)
     if proc.rc != 0 or "value" not in result:
-        raise AgentError(f"{transport.target.name}: agent failed (exit {proc.rc}): {proc.stderr.strip()[-500:]}")
+        raise AgentError(
+            f"{transport.target.name}: agent failed (exit {proc.rc}): {proc.stderr.strip()[-500:]}"
+        )
     return result["value"]

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import jinja2
 
-from ..inventory.model import Gateway, Host, Inventory
+from ..inventory.model import IBC_KEYS, Gateway, Host, Inventory
 from ..inventory.secrets import Secrets
 from . import layout
+
+BYPASS = [key for key in IBC_KEYS if key.startswith("Bypass")]  # IBC's API precautions
+
+
+# jts.ini keys ibgw owns: who may connect, API-only mode, the time zone (also the JVM's TZ).
+JTS_OWNED = {"IBGateway": ("TrustedIPs", "ApiOnly"), "Logon": ("TimeZone",)}
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,9 @@ class ManagedFile:
     owner: str = "root"
     group: str = "root"
     secret: bool = False  # holds a secret: never shown, never world-readable
-    seed: bool = False  # written only if missing: the program rewrites it itself
+    # An INI file the program rewrites itself (jts.ini): written whole only if missing; after
+    # that only these keys of its sections are ibgw's, and converge. {section: (key, ...)}
+    owned: dict[str, tuple[str, ...]] | None = None
     reload: tuple[str, ...] = ()  # units to reload when it changes
     restart: tuple[str, ...] = ()  # units to restart when it changes
 
@@ -75,8 +83,10 @@ def _render(template: str, ctx: dict) -> str:
 def _context(inv: Inventory, name: str, host: Host) -> dict:
     gw_art, ibc_art = inv.artifacts.ib_gateway, inv.artifacts.ibc
     tws_version = layout.tws_version(gw_art.version) if gw_art else ""
-    views = [GatewayView(gw, layout.FIRST_DISPLAY + i, layout.tws_path(gw.mode), tws_version)
-             for i, gw in enumerate(host.gateways)]
+    views = [
+        GatewayView(gw, layout.FIRST_DISPLAY + i, layout.tws_path(gw.mode), tws_version)
+        for i, gw in enumerate(host.gateways)
+    ]
     apps = {gw.mode: host.apps_for(gw.mode) for gw in host.gateways}
     return {
         "name": name,
@@ -91,17 +101,27 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
         "firewall_rules": firewall_rules(host, apps),
         "gate_apps": {mode: _gate_apps(host, mode_apps) for mode, mode_apps in apps.items()},
         "ib_gateway": gw_art,
+        "display_wait_s": layout.DISPLAY_WAIT_S,
         "ibc": {"version": ibc_art.version, "dir": layout.ibc_dir(ibc_art.version)} if ibc_art else None,
     }
 
 
 def _gate_apps(host: Host, apps: list) -> list[dict]:
     """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
-    entries = [a.model_dump(include={"name", "client_id", "sources", "read_only", "max_order_quantity",
-                                     "allowed_sec_types"}) for a in apps]
-    probe = {"name": "ibgw-health", "client_id": host.health.probe_client_id + 1, "read_only": True,
-             "sources": host.firewall.admin_cidrs + ["127.0.0.0/8"], "max_order_quantity": None,
-             "allowed_sec_types": None}
+    entries = [
+        a.model_dump(
+            include={"name", "client_id", "sources", "read_only", "max_order_quantity", "allowed_sec_types"}
+        )
+        for a in apps
+    ]
+    probe = {
+        "name": "ibgw-health",
+        "client_id": host.health.probe_client_id + 1,
+        "read_only": True,
+        "sources": host.firewall.admin_cidrs + ["127.0.0.0/8"],
+        "max_order_quantity": None,
+        "allowed_sec_types": None,
+    }
     return entries + [probe]
 
 
@@ -120,23 +140,44 @@ def _seconds(duration: str) -> float:
 def firewall_rules(host: Host, apps: dict) -> list[dict]:
     """nftables allow rules: SSH from admin CIDRs, each front port from its apps' CIDRs."""
     wanted = [("admin", host.ssh.port, host.firewall.admin_cidrs, "SSH from the admin CIDRs")]
-    wanted += [(f"{gw.mode}_apps", gw.front_port, _union(a.sources for a in apps[gw.mode]),
-                f"the {gw.mode} front from its apps") for gw in host.gateways]
+    wanted += [
+        (
+            f"{gw.mode}_apps",
+            gw.front_port,
+            _union(a.sources for a in apps[gw.mode]),
+            f"the {gw.mode} front from its apps",
+        )
+        for gw in host.gateways
+    ]
     rules = []
     for set_name, port, cidrs, why in wanted:
         for family, suffix in (("ipv4", "v4"), ("ipv6", "v6")):
             members = [c for c in cidrs if (":" in c) == (family == "ipv6")]
             if members:
-                rules.append({"set": f"{set_name}_{suffix}", "family": family, "port": port,
-                              "cidrs": members, "why": why})
+                rules.append(
+                    {
+                        "set": f"{set_name}_{suffix}",
+                        "family": family,
+                        "port": port,
+                        "cidrs": members,
+                        "why": why,
+                    }
+                )
     return rules
 
 
 def _front(host: Host, ctx: dict) -> list[ManagedFile]:
     if host.front.kind == "haproxy":
-        return [ManagedFile("/etc/haproxy/haproxy.cfg", _render("haproxy/haproxy.cfg.j2", ctx),
-                            reload=("haproxy.service",))]
-    return [ManagedFile("/etc/nginx/nginx.conf", _render("nginx/nginx.conf.j2", ctx), reload=("nginx.service",))]
+        return [
+            ManagedFile(
+                "/etc/haproxy/haproxy.cfg",
+                _render("haproxy/haproxy.cfg.j2", ctx),
+                reload=("haproxy.service",),
+            )
+        ]
+    return [
+        ManagedFile("/etc/nginx/nginx.conf", _render("nginx/nginx.conf.j2", ctx), reload=("nginx.service",))
+    ]
 
 
 def _logrotate(ctx: dict) -> list[ManagedFile]:
@@ -148,8 +189,12 @@ def _firewall(host: Host, ctx: dict) -> list[ManagedFile]:
         return []
     unit = layout.FIREWALL_UNIT
     return [
-        ManagedFile(f"{layout.ETC}/firewall.nft", _render("nftables/ibgw.nft.j2", ctx), mode=0o600, reload=(unit,)),
-        ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-firewall.service.j2", ctx), restart=(unit,)),
+        ManagedFile(
+            f"{layout.ETC}/firewall.nft", _render("nftables/ibgw.nft.j2", ctx), mode=0o600, reload=(unit,)
+        ),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-firewall.service.j2", ctx), restart=(unit,)
+        ),
     ]
 
 
@@ -157,27 +202,59 @@ def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list
     mode, unit = view.mode, layout.gateway_unit(view.mode)
     files = _gate(view, ctx) if host.front.gate else []
     if host.backend == "simulator":
-        return files + [ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-sim.service.j2", ctx),
-                                    restart=(unit,))]
+        return files + [
+            ManagedFile(
+                f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-sim.service.j2", ctx), restart=(unit,)
+            )
+        ]
     xvfb = layout.xvfb_unit(mode)
     login = {"username": secrets.value(view.login.username), "password": secrets.value(view.login.password)}
     return files + [
-        ManagedFile(f"{layout.UNIT_DIR}/{xvfb}", _render("systemd/ibgw-xvfb.service.j2", ctx), restart=(xvfb, unit)),
-        ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gateway.service.j2", ctx), restart=(unit,)),
-        ManagedFile(layout.ibc_ini(mode), _render("ibc/config.ini.j2", {**ctx, "login": login}),
-                    mode=0o600, secret=True, restart=(unit,), owner=layout.USER, group=layout.GROUP),
-        ManagedFile(f"{layout.settings_dir(mode)}/jts.ini", _render("ibc/jts.ini.j2", ctx),
-                    mode=0o600, seed=True, owner=layout.USER, group=layout.GROUP),
-        ManagedFile(f"{view.tws_path}/ibgateway/{view.tws_version}/ibgateway.vmoptions",
-                    _render("ibc/ibgateway.vmoptions.j2", ctx), restart=(unit,), owner=layout.USER,
-                    group=layout.GROUP),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{xvfb}", _render("systemd/ibgw-xvfb.service.j2", ctx), restart=(xvfb, unit)
+        ),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gateway.service.j2", ctx), restart=(unit,)
+        ),
+        ManagedFile(
+            layout.ibc_ini(mode),
+            _render("ibc/config.ini.j2", {**ctx, "login": login, "bypass_keys": BYPASS}),
+            mode=0o600,
+            secret=True,
+            restart=(unit,),
+            owner=layout.USER,
+            group=layout.GROUP,
+        ),
+        ManagedFile(
+            f"{layout.settings_dir(mode)}/jts.ini",
+            _render("ibc/jts.ini.j2", ctx),
+            mode=0o600,
+            owned=JTS_OWNED,
+            restart=(unit,),
+            owner=layout.USER,
+            group=layout.GROUP,
+        ),
+        ManagedFile(
+            f"{view.tws_path}/ibgateway/{view.tws_version}/ibgateway.vmoptions",
+            _render("ibc/ibgateway.vmoptions.j2", ctx),
+            restart=(unit,),
+            owner=layout.USER,
+            group=layout.GROUP,
+        ),
     ]
 
 
 def _gate(view: GatewayView, ctx: dict) -> list[ManagedFile]:
     unit = layout.gate_unit(view.mode)
     return [
-        ManagedFile(layout.gate_config(view.mode), _render("gate/gate.yml.j2", ctx), mode=0o640,
-                    group=layout.GROUP, restart=(unit,)),
-        ManagedFile(f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gate.service.j2", ctx), restart=(unit,)),
+        ManagedFile(
+            layout.gate_config(view.mode),
+            _render("gate/gate.yml.j2", ctx),
+            mode=0o640,
+            group=layout.GROUP,
+            restart=(unit,),
+        ),
+        ManagedFile(
+            f"{layout.UNIT_DIR}/{unit}", _render("systemd/ibgw-gate.service.j2", ctx), restart=(unit,)
+        ),
     ]

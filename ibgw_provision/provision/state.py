@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..inventory.model import Host, Inventory
@@ -12,8 +12,9 @@ from .render import ManagedFile, render_host
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
 FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}
-# IB Gateway's bundled JRE draws its window on Xvfb through these.
-IBGW_PACKAGES = ["xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
+# IB Gateway's bundled JRE draws its window on Xvfb through these; python3 waits for the display.
+ARM64_MACHINES = ("aarch64", "arm64")
+IBGW_PACKAGES = ["python3", "xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,20 @@ class Install:
     dest: str
     owner: str
     restart: tuple[str, ...]
+    arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
 
     @property
     def upload(self) -> str:
         return f"{layout.UPLOADS}/{self.sha256[:16]}-{self.local.name}"
+
+    def builds(self) -> list[tuple[Path, str]]:
+        return [(self.local, self.sha256)] + ([self.arm64] if self.arm64 else [])
+
+    def for_arch(self, machine: str) -> Install | None:
+        """The installer for a host's `uname -m`; None when none is pinned for it."""
+        if self.kind == "zip" or machine not in ARM64_MACHINES:
+            return self
+        return replace(self, local=self.arm64[0], sha256=self.arm64[1], arm64=None) if self.arm64 else None
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,14 @@ def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
     host = inv.hosts[name]
     venv_units = [layout.gateway_unit(g.mode) for g in host.gateways] if host.backend == "simulator" else []
     venv_units += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
-    return Desired(_packages(host), _dirs(host), render_host(inv, name, secrets), units(host), venv_units,
-                   _installs(inv, host))
+    return Desired(
+        _packages(host),
+        _dirs(host),
+        render_host(inv, name, secrets),
+        units(host),
+        venv_units,
+        _installs(inv, host),
+    )
 
 
 def units(host: Host) -> list[str]:
@@ -78,9 +95,19 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
     (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
     installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
-    installs += [Install(cache / gateway.file, gateway.sha256, "installer",
-                         layout.ib_gateway_dir(g.mode, gateway.version), layout.USER, (layout.gateway_unit(g.mode),))
-                 for g in host.gateways]
+    arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
+    installs += [
+        Install(
+            cache / gateway.file,
+            gateway.sha256,
+            "installer",
+            layout.ib_gateway_dir(g.mode, gateway.version),
+            layout.USER,
+            (layout.gateway_unit(g.mode),),
+            arm64,
+        )
+        for g in host.gateways
+    ]
     return installs
 
 
@@ -94,14 +121,22 @@ def _packages(host: Host) -> list[str]:
 
 def _dirs(host: Host) -> list[Dir]:
     ibkr = {"owner": layout.USER, "group": layout.GROUP}
-    dirs = [Dir(layout.OPT), Dir(layout.ETC, group=layout.GROUP, mode=0o750),
-            Dir(layout.HOME, mode=0o750, **ibkr), Dir(layout.LOG, mode=0o755)]
+    dirs = [
+        Dir(layout.OPT),
+        Dir(layout.ETC, group=layout.GROUP, mode=0o750),
+        Dir(layout.HOME, mode=0o750, **ibkr),
+        Dir(layout.LOG, mode=0o755),
+    ]
     for gw in host.gateways:
-        dirs += [Dir(layout.settings_dir(gw.mode), mode=0o700, **ibkr),
-                 Dir(layout.log_dir(gw.mode), mode=0o750, group=layout.GROUP)]
+        dirs += [
+            Dir(layout.settings_dir(gw.mode), mode=0o700, **ibkr),
+            Dir(layout.log_dir(gw.mode), mode=0o750, group=layout.GROUP),
+        ]
         if host.backend == "ibgw":
-            dirs += [Dir(f"{layout.ETC}/{gw.mode}", mode=0o700, **ibkr),
-                     Dir(layout.tws_path(gw.mode), mode=0o755, **ibkr)]
+            dirs += [
+                Dir(f"{layout.ETC}/{gw.mode}", mode=0o700, **ibkr),
+                Dir(layout.tws_path(gw.mode), mode=0o755, **ibkr),
+            ]
     if needs_venv(host):
         dirs.append(Dir(layout.WHEELS))
     if host.front.gate:

@@ -71,22 +71,37 @@ class Transport:
         client = paramiko.SSHClient()
         if t.known_hosts.exists():
             client.load_host_keys(str(t.known_hosts))
-        client.set_missing_host_key_policy(_AcceptNew(t.known_hosts) if t.accept_new else paramiko.RejectPolicy())
+        client.set_missing_host_key_policy(
+            _AcceptNew(t.known_hosts) if t.accept_new else paramiko.RejectPolicy()
+        )
         where = f"{t.user}@{t.address}:{t.port}"
         try:
-            client.connect(t.address, port=t.port, username=t.user, timeout=self.connect_timeout,
-                           banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
-                           pkey=_load_key(t.key) if t.key else None,
-                           look_for_keys=t.key is None, allow_agent=t.key is None)
+            client.connect(
+                t.address,
+                port=t.port,
+                username=t.user,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                pkey=_load_key(t.key) if t.key else None,
+                look_for_keys=t.key is None,
+                allow_agent=t.key is None,
+            )
         except paramiko.AuthenticationException:
-            raise SshError(f"{where}: authentication failed" + (f" with key {t.key}" if t.key else "")) from None
+            raise SshError(
+                f"{where}: authentication failed" + (f" with key {t.key}" if t.key else "")
+            ) from None
         except paramiko.BadHostKeyException:
-            raise SshError(f"{where}: host key does not match {t.known_hosts}: refusing (possible "
-                           "man-in-the-middle); if the host was rebuilt, remove its old entry") from None
+            raise SshError(
+                f"{where}: host key does not match {t.known_hosts}: refusing (possible "
+                "man-in-the-middle); if the host was rebuilt, remove its old entry"
+            ) from None
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
-                raise SshError(f"{where}: unknown host key (not in {t.known_hosts}); verify it and add it, "
-                               "or pass --accept-new-host-key for first contact") from None
+                raise SshError(
+                    f"{where}: unknown host key (not in {t.known_hosts}); verify it and add it, "
+                    "or pass --accept-new-host-key for first contact"
+                ) from None
             raise SshError(f"{where}: {_reason(exc)}") from None
         except (TimeoutError, OSError) as exc:
             raise SshError(f"{where}: unreachable: {_reason(exc)}") from None
@@ -108,8 +123,13 @@ class Transport:
             raise SshError(f"{self.target.name}: connection lost")
         return transport
 
-    def run(self, command: str, stdin: bytes = b"", on_line: Callable[[str], None] | None = None,
-            timeout: float = 1800) -> Result:
+    def run(
+        self,
+        command: str,
+        stdin: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
+        timeout: float = 1800,
+    ) -> Result:
         """Run one command, feeding stdin; one round trip. on_line sees stdout lines as they come."""
         self.round_trips += 1
         chan = self._ssh().open_session()
@@ -145,10 +165,13 @@ class Transport:
         """A local socket connected to host:port as seen from the remote host (ssh -L, one connection)."""
         self.round_trips += 1
         try:
-            chan = self._ssh().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
-                                            timeout=self.connect_timeout)
+            chan = self._ssh().open_channel(
+                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=self.connect_timeout
+            )
         except (paramiko.SSHException, OSError) as exc:
-            raise SshError(f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}") from None
+            raise SshError(
+                f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}"
+            ) from None
         ours, theirs = socket.socketpair()
         threading.Thread(target=_pump, args=(chan, theirs), daemon=True).start()
         return ours

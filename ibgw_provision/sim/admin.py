@@ -18,7 +18,8 @@ import errno
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Sized
+from typing import Protocol
 
 from ..service import control
 
@@ -27,8 +28,38 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
     from async_timeout import timeout as aio_timeout
 
-if TYPE_CHECKING:
-    from .server import SimServer
+
+class Delaying(Protocol):
+    @property
+    def delayed(self) -> int: ...
+
+
+class Controls(Protocol):
+    """What the admin commands need of the simulator."""
+
+    @property
+    def restart_downtime(self) -> float: ...
+
+    @property
+    def latency(self) -> float: ...
+
+    @property
+    def listening(self) -> bool: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def connections(self) -> Collection[Delaying]: ...
+
+    @property
+    def sessions(self) -> Sized: ...
+
+    def lines_in_use(self) -> int: ...
+
+    def set_latency(self, seconds: float) -> None: ...
+
+    async def restart(self, downtime: float) -> None: ...
 
 
 def _seconds(text: str, scale: float = 1.0) -> float:
@@ -38,13 +69,13 @@ def _seconds(text: str, scale: float = 1.0) -> float:
     return value
 
 
-async def execute(server: SimServer, line: str) -> str:
+async def execute(server: Controls, line: str) -> str:
     """Run one admin command; the reply starts with 'ok' or 'error'."""
     words = line.split()
     try:
         match words:
             case ["restart"]:
-                downtime = server.config.restart_downtime
+                downtime = server.restart_downtime
             case ["restart", seconds]:
                 downtime = _seconds(seconds)
             case ["latency", millis]:
@@ -52,8 +83,10 @@ async def execute(server: SimServer, line: str) -> str:
                 return f"ok latency {server.latency * 1000:g} ms"
             case ["status"]:
                 delayed = sum(s.delayed for s in server.connections)
-                return (f"ok listening={int(server.listening)} port={server.port} clients={len(server.sessions)} "
-                        f"lines={server.lines_in_use()} latency_ms={server.latency * 1000:g} delayed={delayed}")
+                return (
+                    f"ok listening={int(server.listening)} port={server.port} clients={len(server.sessions)} "
+                    f"lines={server.lines_in_use()} latency_ms={server.latency * 1000:g} delayed={delayed}"
+                )
             case _:
                 return "error commands: restart [SECONDS] | latency MS | status"
     except ValueError as exc:
@@ -62,7 +95,7 @@ async def execute(server: SimServer, line: str) -> str:
     return f"ok restarting, down for {downtime:g}s"
 
 
-async def serve(server: SimServer, path: str) -> asyncio.Server:
+async def serve(server: Controls, path: str) -> asyncio.Server:
     """Listen for admin commands on the Unix socket `path` (owner-only), replacing a stale socket there."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -85,8 +118,10 @@ async def command(path: str, line: str, timeout: float = 10.0) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print("usage: python -m ibgw_provision.sim.admin SOCKET restart [SECONDS] | latency MS | status",
-              file=sys.stderr)
+        print(
+            "usage: python -m ibgw_provision.sim.admin SOCKET restart [SECONDS] | latency MS | status",
+            file=sys.stderr,
+        )
         return 2
     try:
         reply = asyncio.run(command(argv[0], " ".join(argv[1:])))

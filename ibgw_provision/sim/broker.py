@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from ..tws.codes import Code
 from .market import NEW_YORK, TIME_ZONE, Quote
 from .universe import Instrument
 
@@ -76,7 +77,10 @@ class Order:
         if price <= 0:
             return None
         if self.order_type == "LMT":
-            marketable = price <= self.lmt_price if self.action == "BUY" else price >= self.lmt_price
+            limit = self.lmt_price
+            if limit is None:  # validation refuses such an order
+                return None
+            marketable = price <= limit if self.action == "BUY" else price >= limit
             return price if marketable else None
         return price
 
@@ -174,23 +178,40 @@ class Broker:
 
     def validate(self, order: Order) -> None:
         if order.order_type not in SUPPORTED_ORDER_TYPES:
-            raise OrderRejected(387, "Unsupported order type for this exchange and security type.")
+            raise OrderRejected(
+                Code.UNSUPPORTED_ORDER_TYPE, "Unsupported order type for this exchange and security type."
+            )
         if order.action not in ("BUY", "SELL"):
-            raise OrderRejected(321, f"Error validating request.-'bN' : cause - Invalid side: {order.action}")
+            raise OrderRejected(
+                Code.REQUEST_VALIDATION_ERROR,
+                f"Error validating request.-'bN' : cause - Invalid side: {order.action}",
+            )
         if not order.quantity.is_finite() or order.quantity <= 0:
-            raise OrderRejected(434, "The order size cannot be zero.")
+            raise OrderRejected(Code.ZERO_ORDER_SIZE, "The order size cannot be zero.")
         if order.order_type == "LMT" and not (order.lmt_price and math.isfinite(order.lmt_price)):
-            raise OrderRejected(321, "Error validating request.-'bN' : cause - The limit price is missing.")
+            raise OrderRejected(
+                Code.REQUEST_VALIDATION_ERROR,
+                "Error validating request.-'bN' : cause - The limit price is missing.",
+            )
         if order.account not in self.accounts:
-            raise OrderRejected(321, f"Error validating request.-'bN' : cause - Unknown account {order.account}")
+            raise OrderRejected(
+                Code.REQUEST_VALIDATION_ERROR,
+                f"Error validating request.-'bN' : cause - Unknown account {order.account}",
+            )
 
     def _modify(self, existing: Order, new: Order) -> Order:
         if not existing.is_open:
-            raise OrderRejected(104 if existing.status == "Filled" else 103,
-                                "Can't modify a filled order." if existing.status == "Filled" else "Duplicate order id")
+            raise OrderRejected(
+                Code.MODIFY_FILLED_ORDER if existing.status == "Filled" else Code.DUPLICATE_ORDER_ID,
+                "Can't modify a filled order." if existing.status == "Filled" else "Duplicate order id",
+            )
         if new.instrument.con_id != existing.instrument.con_id or new.action != existing.action:
-            raise OrderRejected(105, "Order being modified does not match original order.")
-        existing.quantity, existing.lmt_price, existing.order_type = new.quantity, new.lmt_price, new.order_type
+            raise OrderRejected(Code.MODIFY_MISMATCH, "Order being modified does not match original order.")
+        existing.quantity, existing.lmt_price, existing.order_type = (
+            new.quantity,
+            new.lmt_price,
+            new.order_type,
+        )
         existing.tif, existing.order_ref, existing.outside_rth = new.tif, new.order_ref, new.outside_rth
         return existing
 
@@ -210,15 +231,26 @@ class Broker:
         order.commission += commission
         now = datetime.now(NEW_YORK)
         order.completed_time = _stamp(now)
-        execution = Execution(f"{self.seed & 0xFFFFFFFF:08x}.{order.perm_id:08x}.01.01", order, now, shares,
-                              price, order.filled, order.avg_fill_price, commission, realized)
+        execution = Execution(
+            f"{self.seed & 0xFFFFFFFF:08x}.{order.perm_id:08x}.01.01",
+            order,
+            now,
+            shares,
+            price,
+            order.filled,
+            order.avg_fill_price,
+            commission,
+            realized,
+        )
         self.executions.append(execution)
         return execution
 
     def cancel(self, client_id: int, order_id: int) -> Order:
         order = self.orders.get((client_id, order_id))
         if order is None or not order.is_open:
-            raise OrderRejected(10147, f"OrderId {order_id} that needs to be cancelled is not found.")
+            raise OrderRejected(
+                Code.ORDER_TO_CANCEL_NOT_FOUND, f"OrderId {order_id} that needs to be cancelled is not found."
+            )
         order.status = "Cancelled"
         order.completed_time = _stamp(datetime.now(NEW_YORK))
         return order
@@ -241,7 +273,7 @@ def account_values(account: Account, mark) -> dict[str, tuple[str, str]]:
     """Account tags -> (value, currency), marking positions with `mark(instrument) -> price`."""
     held = [p for p in account.positions.values() if p.quantity]
     values = [float(p.quantity) * mark(p.instrument) * p.instrument.size_multiplier for p in held]
-    unrealized = sum(v - float(p.quantity) * p.avg_cost for v, p in zip(values, held))
+    unrealized = sum(v - float(p.quantity) * p.avg_cost for v, p in zip(values, held, strict=True))
     gross = sum(abs(v) for v in values)
     net_liq = account.cash + sum(values)
     margin = 0.25 * gross

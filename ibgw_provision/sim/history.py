@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..tws.codes import Code
 from .market import NEW_YORK, TIME_ZONE, Bar
 from .requests import ReqHistoricalData
 
@@ -16,9 +17,25 @@ MAX_BARS = 10_000
 EARLIEST_YEAR = 1900
 RTH_SECONDS, EXTENDED_SECONDS = 23_400, 57_600  # 09:30-16:00 and 04:00-20:00
 BAR_SIZES = {
-    "1 secs": 1, "5 secs": 5, "10 secs": 10, "15 secs": 15, "30 secs": 30, "1 min": 60, "2 mins": 120,
-    "3 mins": 180, "5 mins": 300, "10 mins": 600, "15 mins": 900, "20 mins": 1200, "30 mins": 1800,
-    "1 hour": 3600, "2 hours": 7200, "3 hours": 10800, "4 hours": 14400, "8 hours": 28800, "1 day": DAY,
+    "1 secs": 1,
+    "5 secs": 5,
+    "10 secs": 10,
+    "15 secs": 15,
+    "30 secs": 30,
+    "1 min": 60,
+    "2 mins": 120,
+    "3 mins": 180,
+    "5 mins": 300,
+    "10 mins": 600,
+    "15 mins": 900,
+    "20 mins": 1200,
+    "30 mins": 1800,
+    "1 hour": 3600,
+    "2 hours": 7200,
+    "3 hours": 10800,
+    "4 hours": 14400,
+    "8 hours": 28800,
+    "1 day": DAY,
 }
 TRADING_DAYS = {"D": 1, "W": 5, "M": 21, "Y": 252}
 _DURATION = re.compile(r"(\d{1,9}) ([SDWMY])")
@@ -32,7 +49,7 @@ class HistoryError(Exception):
 
 
 def _invalid(cause: str) -> HistoryError:
-    return HistoryError(321, f"Error validating request.-'bP' : cause - {cause}")
+    return HistoryError(Code.REQUEST_VALIDATION_ERROR, f"Error validating request.-'bP' : cause - {cause}")
 
 
 @dataclass(frozen=True)
@@ -54,8 +71,10 @@ def parse_end(text: str, now: datetime) -> datetime:
     if not match:
         raise _invalid(f"End date/time: invalid format {text!r}")
     try:
-        zone = timezone.utc if "-" in text else ZoneInfo(match[3]) if match[3] else NEW_YORK
-        end = datetime.strptime(match[1] + match[2], "%Y%m%d%H:%M:%S").replace(tzinfo=zone).astimezone(NEW_YORK)
+        zone = UTC if "-" in text else ZoneInfo(match[3]) if match[3] else NEW_YORK
+        end = (
+            datetime.strptime(match[1] + match[2], "%Y%m%d%H:%M:%S").replace(tzinfo=zone).astimezone(NEW_YORK)
+        )
     except (ValueError, OverflowError, ZoneInfoNotFoundError):
         end = None
     if end is None or end.year < EARLIEST_YEAR:  # bars reach back up to MAX_BARS days from the end
@@ -68,11 +87,14 @@ def _duration_seconds(duration: str, use_rth: bool) -> int:
     if not match or int(match[1]) <= 0:
         raise _invalid(f"Historical data query duration format is invalid: {duration!r}")
     count, unit = int(match[1]), match[2]
-    return count if unit == "S" else count * TRADING_DAYS[unit] * (RTH_SECONDS if use_rth else EXTENDED_SECONDS)
+    return (
+        count if unit == "S" else count * TRADING_DAYS[unit] * (RTH_SECONDS if use_rth else EXTENDED_SECONDS)
+    )
 
 
 def _daily_times(end: datetime, days: int) -> list[datetime]:
-    times, day = [], end.replace(hour=0, minute=0, second=0, microsecond=0)
+    times: list[datetime] = []
+    day = end.replace(hour=0, minute=0, second=0, microsecond=0)
     while len(times) < days:
         if day.weekday() < 5:
             times.append(day)
@@ -82,22 +104,32 @@ def _daily_times(end: datetime, days: int) -> list[datetime]:
 
 def parse_request(req: ReqHistoricalData, now: datetime) -> BarSpec:
     if req.keep_up_to_date:
-        raise HistoryError(162, "Historical Market Data Service error message:keepUpToDate is not supported "
-                                "by ibgw sim")
+        raise HistoryError(
+            Code.HISTORICAL_DATA_ERROR,
+            "Historical Market Data Service error message:keepUpToDate is not supported by ibgw sim",
+        )
     bar_seconds = BAR_SIZES.get(" ".join(req.bar_size.split()))
     if bar_seconds is None:
         raise _invalid("Historical data bar size setting is invalid.")
     seconds, end = _duration_seconds(req.duration, req.use_rth), parse_end(req.end, now)
     daily = bar_seconds >= DAY
-    count = math.ceil(seconds / (RTH_SECONDS if req.use_rth else EXTENDED_SECONDS)) if daily else seconds // bar_seconds
+    count = (
+        math.ceil(seconds / (RTH_SECONDS if req.use_rth else EXTENDED_SECONDS))
+        if daily
+        else seconds // bar_seconds
+    )
     if count > MAX_BARS:  # also keeps one request from stalling the gateway
-        raise HistoryError(162, "Historical Market Data Service error message:Time length exceed max.")
+        raise HistoryError(
+            Code.HISTORICAL_DATA_ERROR, "Historical Market Data Service error message:Time length exceed max."
+        )
     if daily:
         return BarSpec(_daily_times(end, count), bar_seconds, end)
     if count == 0:
         raise _invalid("Historical data query duration is shorter than the bar size.")
     last = datetime.fromtimestamp(end.timestamp() // bar_seconds * bar_seconds, NEW_YORK)
-    return BarSpec([last - timedelta(seconds=bar_seconds * k) for k in range(count - 1, -1, -1)], bar_seconds, end)
+    return BarSpec(
+        [last - timedelta(seconds=bar_seconds * k) for k in range(count - 1, -1, -1)], bar_seconds, end
+    )
 
 
 def bar_date(bar: Bar, bar_seconds: int, format_date: int) -> str:

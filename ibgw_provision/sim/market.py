@@ -144,20 +144,31 @@ class Market:
     def greeks(self, inst: Instrument) -> Greeks:
         spot = self.walk(inst).price
         vol = smile(spot, inst.strike, self.walk(inst).vol)
-        price, delta, gamma, vega, theta = black_scholes(spot, inst.strike, self.years_to_expiry(), vol, inst.right)
+        price, delta, gamma, vega, theta = black_scholes(
+            spot, inst.strike, self.years_to_expiry(), vol, inst.right
+        )
         return Greeks(vol, delta, price, gamma, vega, theta, spot)
 
     def quote(self, inst: Instrument) -> Quote:
         quote = self._quotes.get(inst.con_id)
         if quote is None:
-            quote = self._quotes[inst.con_id] = self._option_quote(inst) if inst.is_option else self._stock_quote(inst)
+            quote = self._quotes[inst.con_id] = (
+                self._option_quote(inst) if inst.is_option else self._stock_quote(inst)
+            )
         return quote
 
     def _stock_quote(self, inst: Instrument) -> Quote:
         walk, step = self.walk(inst), self.step_no
         bid = _tick(walk.price - 0.005)
-        return Quote(bid, _tick(bid + 0.01), _tick(walk.price), _size(step, inst.con_id, 100, 5000),
-                     _size(step + 1, inst.con_id, 100, 5000), _size(step + 2, inst.con_id, 1, 500), walk.volume)
+        return Quote(
+            bid,
+            _tick(bid + 0.01),
+            _tick(walk.price),
+            _size(step, inst.con_id, 100, 5000),
+            _size(step + 1, inst.con_id, 100, 5000),
+            _size(step + 2, inst.con_id, 1, 500),
+            walk.volume,
+        )
 
     def _option_quote(self, inst: Instrument) -> Quote:
         theo = self.greeks(inst).price
@@ -165,9 +176,15 @@ class Market:
         bid = max(0.0, _tick(theo - half))
         ask = max(bid + 0.01, _tick(theo + half))
         step = self.step_no
-        return Quote(bid, _tick(ask), _tick(max(theo, 0.01)), _size(step, inst.con_id, 1, 500),
-                     _size(step + 1, inst.con_id, 1, 500), _size(step + 2, inst.con_id, 1, 50),
-                     self.walk(inst).volume // 1000 + inst.con_id % 500)
+        return Quote(
+            bid,
+            _tick(ask),
+            _tick(max(theo, 0.01)),
+            _size(step, inst.con_id, 1, 500),
+            _size(step + 1, inst.con_id, 1, 500),
+            _size(step + 2, inst.con_id, 1, 50),
+            self.walk(inst).volume // 1000 + inst.con_id % 500,
+        )
 
     def bars(self, inst: Instrument, times: list[datetime], bar_seconds: int) -> list[Bar]:
         """Bars starting at `times` (ascending), walking back from today's price; seeded, so they repeat."""
@@ -183,17 +200,20 @@ class Market:
             close = open_
         return path[::-1]
 
-    def _bar(self, inst: Instrument, start: datetime, ohlc: tuple[float, ...], bar_seconds: int,
-             activity: float) -> Bar:
+    def _bar(
+        self, inst: Instrument, start: datetime, ohlc: tuple[float, ...], bar_seconds: int, activity: float
+    ) -> Bar:
         if inst.is_option:
             price = self._option_price_at(inst, start + timedelta(seconds=bar_seconds))
             ohlc = tuple(price(x) for x in ohlc)
             ohlc = (ohlc[0], max(ohlc), min(ohlc), ohlc[3])
-        o, h, l, c = (_tick(x) for x in ohlc)
+        o, h, lo, c = (_tick(x) for x in ohlc)
         volume = int(SHARES_PER_SECOND * bar_seconds * (0.5 + activity) / (100 if inst.is_option else 1))
-        return Bar(start, o, h, l, c, volume, _tick((h + l + c) / 3), max(1, volume // 100))
+        return Bar(start, o, h, lo, c, volume, _tick((h + lo + c) / 3), max(1, volume // 100))
 
     def _option_price_at(self, inst: Instrument, at: datetime):
         years = self.years_to_expiry(at)
         base = self.walk(inst).vol
-        return lambda spot: black_scholes(spot, inst.strike, years, smile(spot, inst.strike, base), inst.right)[0]
+        return lambda spot: black_scholes(
+            spot, inst.strike, years, smile(spot, inst.strike, base), inst.right
+        )[0]

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from datetime import datetime
 
+from ..tws.codes import Code
 from . import handlers
 from .broker import Broker
 from .config import MAX_CLIENTS, MIN_VERSION, SimConfig
@@ -16,9 +17,9 @@ from .universe import Universe
 log = logging.getLogger("ibgw.sim")
 
 FARM_NOTICES = (
-    (2104, "Market data farm connection is OK:usfarm"),
-    (2106, "HMDS data farm connection is OK:ushmds"),
-    (2158, "Sec-def data farm connection is OK:secdefnj"),
+    (Code.MARKET_DATA_FARM_OK, "Market data farm connection is OK:usfarm"),
+    (Code.HISTORICAL_DATA_FARM_OK, "HMDS data farm connection is OK:ushmds"),
+    (Code.SEC_DEF_FARM_OK, "Sec-def data farm connection is OK:secdefnj"),
 )
 REOPEN_RETRY = 1.0
 DUPLICATE_CLIENT_ID = "Unable to connect as the client id is already in use. Retry with a unique client id."
@@ -48,6 +49,10 @@ class SimServer:
         return self.config.account_names
 
     @property
+    def restart_downtime(self) -> float:
+        return self.config.restart_downtime
+
+    @property
     def listening(self) -> bool:
         return self._listener is not None
 
@@ -58,8 +63,14 @@ class SimServer:
     async def _listen(self) -> None:
         self._listener = await asyncio.start_server(self._accept, self.config.host, self.port)
         self.port = self._listener.sockets[0].getsockname()[1]
-        log.info("listening on %s:%d (%s mode, accounts %s, max version %d)", self.config.host, self.port,
-                 self.config.mode, ",".join(self.accounts), self.config.max_version)
+        log.info(
+            "listening on %s:%d (%s mode, accounts %s, max version %d)",
+            self.config.host,
+            self.port,
+            self.config.mode,
+            ",".join(self.accounts),
+            self.config.max_version,
+        )
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -74,11 +85,15 @@ class SimServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.connections) >= MAX_CLIENTS or self._stopped:
-            log.warning("refusing %s: %s", writer.get_extra_info("peername"),
-                        "shutting down" if self._stopped else f"{MAX_CLIENTS} clients connected")
+            log.warning(
+                "refusing %s: %s",
+                writer.get_extra_info("peername"),
+                "shutting down" if self._stopped else f"{MAX_CLIENTS} clients connected",
+            )
             writer.close()
             return
         session, handler = Session(self, reader, writer), asyncio.current_task()
+        assert handler is not None  # start_server runs each client in its own task
         self.connections.add(session)
         self._handlers.add(handler)
         try:
@@ -91,14 +106,17 @@ class SimServer:
         holder = self.sessions.get(client_id)
         if holder is not None and not holder.closed:
             log.warning("client id %d from %s refused: already in use", client_id, session.peer)
-            session.send(session.encoder.error(-1, 326, DUPLICATE_CLIENT_ID))
+            session.send(session.encoder.error(-1, Code.CLIENT_ID_IN_USE, DUPLICATE_CLIENT_ID))
             return False
         session.client_id = client_id
         self.sessions[client_id] = session
         log.info("client %d connected from %s, server version %d", client_id, session.peer, session.version)
         enc = session.encoder
-        session.send(enc.managed_accounts(self.accounts) + enc.next_valid_id(self.broker.next_order_id)
-                     + b"".join(enc.error(-1, code, text) for code, text in FARM_NOTICES))
+        session.send(
+            enc.managed_accounts(self.accounts)
+            + enc.next_valid_id(self.broker.next_order_id)
+            + b"".join(enc.error(-1, code, text) for code, text in FARM_NOTICES)
+        )
         return True
 
     def forget(self, session: Session) -> None:
@@ -109,6 +127,9 @@ class SimServer:
 
     def handle(self, session: Session, msg_id: int, request: object) -> None:
         handlers.handle(self, session, msg_id, request)
+
+    def versions(self) -> tuple[int, int]:
+        return self.min_version, self.config.max_version
 
     def connection_time(self) -> str:
         return datetime.now().astimezone().strftime("%Y%m%d %H:%M:%S %Z")

@@ -6,12 +6,14 @@ import asyncio
 import collections
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..tws import codec
+from ..tws.codes import Code
 from ..tws.errors import FrameTooLarge, MalformedMessage, ProtocolError
 from ..tws.framing import API_PREFIX, MAX_HELLO, encode_server_hello, negotiate, parse_hello, read_frame
 from ..tws.messages import Out
+from ..tws.requests import StartApi, read_start_api
 from . import requests
 from .responses import Encoder
 from .universe import Instrument
@@ -20,9 +22,6 @@ if sys.version_info >= (3, 11):
     from asyncio import timeout as aio_timeout
 else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
     from async_timeout import timeout as aio_timeout
-
-if TYPE_CHECKING:
-    from .server import SimServer
 
 log = logging.getLogger("ibgw.sim")
 
@@ -33,15 +32,33 @@ MAX_PENDING_BYTES = 64 << 20  # drop a client this far behind: it is not reading
 CLOSE_TIMEOUT = 5.0
 
 
+class Host(Protocol):
+    """What a session needs of the gateway it belongs to."""
+
+    @property
+    def latency(self) -> float: ...
+
+    def versions(self) -> tuple[int, int]:
+        """The lowest and highest server version offered."""
+
+    def connection_time(self) -> str: ...
+
+    def admit(self, session: Session, client_id: int) -> bool: ...
+
+    def handle(self, session: Session, msg_id: int, request: object) -> None: ...
+
+    def forget(self, session: Session) -> None: ...
+
+
 class Session:
     """A connected client. `client_id` is set once START_API has been accepted."""
 
-    def __init__(self, server: SimServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, server: Host, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.server, self.reader, self.writer = server, reader, writer
         host, port = (writer.get_extra_info("peername") or ("?", 0))[:2]
         self.peer = f"{host}:{port}"
         self.version = 0
-        self.encoder: Encoder | None = None
+        self._encoder: Encoder | None = None
         self.client_id: int | None = None
         self.market_data: dict[int, Instrument] = {}  # streaming reqMktData by request id
         self.positions_subscribed = False
@@ -53,6 +70,20 @@ class Session:
         self._flusher: asyncio.Task | None = None
         self.closed = False
 
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder for the negotiated version (ProtocolError before the handshake)."""
+        if self._encoder is None:
+            raise ProtocolError("no version negotiated yet")
+        return self._encoder
+
+    @property
+    def client(self) -> int:
+        """The client id of a logged-on session (ProtocolError before START_API is accepted)."""
+        if self.client_id is None:
+            raise ProtocolError("not logged on")
+        return self.client_id
+
     # ---- sending ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
@@ -63,7 +94,9 @@ class Session:
         if self.closed or not data:
             return
         if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
-            log.warning("client %s (%s): %d bytes unread; dropping it", self.client_id, self.peer, self.pending_bytes)
+            log.warning(
+                "client %s (%s): %d bytes unread; dropping it", self.client_id, self.peer, self.pending_bytes
+            )
             self.closed = True
             self.writer.transport.abort()
             return
@@ -105,7 +138,8 @@ class Session:
         return self.pending_bytes > CONGESTED_BYTES
 
     async def close(self) -> None:
-        """Unregister, write out everything already sent (latency-delayed messages at once), close the socket."""
+        """Unregister, write out everything already sent (latency-delayed messages at once), close the
+        socket."""
         self.server.forget(self)
         if self.closed:
             if not self.writer.transport.is_closing():
@@ -131,7 +165,11 @@ class Session:
                 start = await self._read_start_api()
             if self.server.admit(self, start.client_id):
                 await self._serve()
-        except (ProtocolError, asyncio.IncompleteReadError, OSError) as exc:  # OSError covers resets, timeouts
+        except (
+            ProtocolError,
+            asyncio.IncompleteReadError,
+            OSError,
+        ) as exc:  # OSError covers resets, timeouts
             log.debug("%s: closing: %s", self.peer, exc or type(exc).__name__)
         except Exception:  # a bug must cost one connection, never the gateway
             log.exception("client %s (%s): unexpected error; closing", self.client_id, self.peer)
@@ -142,15 +180,15 @@ class Session:
         if await self.reader.readexactly(len(API_PREFIX)) != API_PREFIX:
             raise ProtocolError("no API prefix")
         hello = parse_hello(await read_frame(self.reader, MAX_HELLO))
-        self.version = negotiate(hello, self.server.min_version, self.server.config.max_version)
-        self.encoder = Encoder(self.version)
+        self.version = negotiate(hello, *self.server.versions())
+        self._encoder = Encoder(self.version)
         self.send(encode_server_hello(self.version, self.server.connection_time()))
 
-    async def _read_start_api(self) -> requests.StartApi:
+    async def _read_start_api(self) -> StartApi:
         message = codec.decode(self.version, await read_frame(self.reader, MAX_START_API))
         if message.msg_id != Out.START_API:
             raise ProtocolError(f"expected START_API, got message {message.msg_id}")
-        return requests.parse(self.version, message)
+        return read_start_api(self.version, message)
 
     async def _serve(self) -> None:
         while not self.closed:
@@ -169,14 +207,27 @@ class Session:
             msg_id = message.msg_id
             request = requests.parse(self.version, message)
         except MalformedMessage as exc:
-            self.send(self.encoder.error(-1, 320, f"Error reading request. Message id {msg_id}. {exc}"))
+            self.send(
+                self.encoder.error(
+                    -1, Code.REQUEST_READ_ERROR, f"Error reading request. Message id {msg_id}. {exc}"
+                )
+            )
             return
         except requests.UnsupportedRequest as exc:
-            self.send(self.encoder.error(
-                -1, 321, f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)"))
+            self.send(
+                self.encoder.error(
+                    -1,
+                    Code.REQUEST_VALIDATION_ERROR,
+                    f"Error validating request.-'{exc.msg_id}' : cause - Unsupported request (ibgw sim)",
+                )
+            )
             return
         try:
             self.server.handle(self, msg_id, request)
         except Exception:  # a bug in one handler must not take the gateway down
             log.exception("client %s: failed to handle %r", self.client_id, request)
-            self.send(self.encoder.error(-1, 320, f"Error reading request. Message id {msg_id}. Internal error"))
+            self.send(
+                self.encoder.error(
+                    -1, Code.REQUEST_READ_ERROR, f"Error reading request. Message id {msg_id}. Internal error"
+                )
+            )

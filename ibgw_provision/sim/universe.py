@@ -59,16 +59,28 @@ class Instrument:
 
 
 def stock(under: Underlying) -> Instrument:
-    return Instrument(under.con_id, under.symbol, "STK", under.primary_exchange, under.long_name,
-                      local_symbol=under.symbol)
+    return Instrument(
+        under.con_id, under.symbol, "STK", under.primary_exchange, under.long_name, local_symbol=under.symbol
+    )
 
 
 def option(under: Underlying, expiry: str, strike: float, right: str) -> Instrument:
     """An OCC-style option: local symbol like 'SPY   250117C00600000'."""
     con_id = OPTION_CON_ID_BASE + under.index * 10_000_000 + int(round(strike * 10)) * 2 + (right == "P")
     local = f"{under.symbol:<6}{expiry[2:]}{right}{int(round(strike * 1000)):08d}"
-    return Instrument(con_id, under.symbol, "OPT", "", under.long_name, expiry, strike, right,
-                      OPTION_MULTIPLIER, under_con_id=under.con_id, local_symbol=local)
+    return Instrument(
+        con_id,
+        under.symbol,
+        "OPT",
+        "",
+        under.long_name,
+        expiry,
+        strike,
+        right,
+        OPTION_MULTIPLIER,
+        under_con_id=under.con_id,
+        local_symbol=local,
+    )
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ means the rest is a protobuf message for id - 200, otherwise the rest is text fi
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from . import versions
 from .errors import MalformedMessage
@@ -32,7 +33,9 @@ class Message:
         return split_fields(self.body)
 
 
-ID_BYTES = 10  # a payload's first ID_BYTES always hold its message id: 4 raw bytes, or up to 9 digits and a NUL
+ID_BYTES = (
+    10  # a payload's first ID_BYTES always hold its message id: 4 raw bytes, or up to 9 digits and a NUL
+)
 
 
 def message_id(version: int, payload: bytes) -> tuple[int, bool, int]:

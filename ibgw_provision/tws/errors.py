@@ -14,6 +14,10 @@ class HandshakeError(ProtocolError):
 class FrameTooLarge(ProtocolError):
     """A length prefix above the allowed maximum."""
 
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"frame of {size} bytes exceeds {limit}")
+        self.size, self.limit = size, limit
+
 
 class MalformedMessage(ProtocolError):
     """A complete frame whose fields or protobuf payload cannot be read."""

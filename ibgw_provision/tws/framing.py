@@ -7,16 +7,18 @@ a 4-byte big-endian length, then the payload (see `codec`).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import FrameTooLarge, HandshakeError
 
 API_PREFIX = b"API\0"
 MAX_FRAME = 0xFFFFFF  # ibapi's MAX_MSG_LEN
 MAX_HELLO = 1024
+ANY_SIZE = 0xFFFFFFFF  # every length a 4-byte prefix can give
 _HEADER = struct.Struct(">I")
 _HELLO = re.compile(r"v(\d{1,6})\.\.(\d{1,6})(?: (.*))?", re.S)
 
@@ -26,25 +28,68 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def frame_spans(buffer: bytes, pos: int = 0, max_size: int = MAX_FRAME) -> Iterator[tuple[int, int]]:
+    """(start, end) of each frame whose length prefix lies in buffer[pos:]: start at its prefix, end after
+    its payload. The last one may end beyond the buffer. FrameTooLarge on a prefix above `max_size`."""
+    end = len(buffer)
+    while end - pos >= 4:
+        (size,) = _HEADER.unpack_from(buffer, pos)
+        if size > max_size:
+            raise FrameTooLarge(size, max_size)
+        yield pos, pos + 4 + size
+        pos += 4 + size
+
+
 def unframe(buffer: bytes, max_size: int = MAX_FRAME) -> tuple[list[bytes], bytes]:
     """Split complete frames off the front of `buffer`; return them and the incomplete rest."""
     frames, pos = [], 0
-    while len(buffer) - pos >= 4:
-        (size,) = _HEADER.unpack_from(buffer, pos)
-        if size > max_size:
-            raise FrameTooLarge(f"frame of {size} bytes exceeds {max_size}")
-        if len(buffer) - pos - 4 < size:
+    for start, end in frame_spans(buffer, 0, max_size):
+        if end > len(buffer):
             break
-        frames.append(buffer[pos + 4:pos + 4 + size])
-        pos += 4 + size
+        frames.append(buffer[start + 4 : end])
+        pos = end
     return frames, buffer[pos:]
 
 
-async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes:
+class FrameCounter:
+    """Counts the frames in a byte stream fed in arbitrary chunks, keeping no data."""
+
+    def __init__(self) -> None:
+        self._owed = 0  # bytes of the current frame still to come
+        self._header = b""  # a length prefix split across chunks
+
+    def feed(self, data: bytes) -> int:
+        """Frames whose length prefix completes in `data`."""
+        frames, pos = 0, self._owed
+        if self._header:
+            take = 4 - len(self._header)
+            header = self._header + data[:take]
+            if len(header) < 4:
+                self._header = header
+                return 0
+            self._header = b""
+            pos, frames = take + _HEADER.unpack(header)[0], 1
+        for _, end in frame_spans(data, pos, ANY_SIZE):
+            frames += 1
+            pos = end
+        if pos < len(data):
+            self._header, self._owed = bytes(data[pos:]), 0
+        else:
+            self._owed = pos - len(data)
+        return frames
+
+
+class ByteReader(Protocol):
+    """What frames are read from: an asyncio.StreamReader, or anything with its readexactly."""
+
+    async def readexactly(self, n: int, /) -> bytes: ...
+
+
+async def read_frame(reader: ByteReader, max_size: int = MAX_FRAME) -> bytes:
     """Read one frame; asyncio.IncompleteReadError at end of stream, FrameTooLarge on a huge prefix."""
     (size,) = _HEADER.unpack(await reader.readexactly(4))
     if size > max_size:
-        raise FrameTooLarge(f"frame of {size} bytes exceeds {max_size}")
+        raise FrameTooLarge(size, max_size)
     return await reader.readexactly(size)
 
 
@@ -78,7 +123,8 @@ def negotiate(hello: Hello, server_min: int, server_max: int) -> int:
     if version < max(hello.min_version, server_min):
         raise HandshakeError(
             f"no common version: client v{hello.min_version}..{hello.max_version}, "
-            f"server v{server_min}..{server_max}")
+            f"server v{server_min}..{server_max}"
+        )
     return version
 
 

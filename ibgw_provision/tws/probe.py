@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import versions
 from .codec import decode, encode_text
+from .codes import Code, is_notice
 from .errors import ProtocolError
 from .fields import FieldReader
 from .framing import MAX_HELLO, Hello, parse_server_hello, read_frame
@@ -26,12 +27,7 @@ else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeo
 
 PROBE_MAX_VERSION = versions.PROTOBUF - 1
 START_API_VERSION = 2
-CONNECT_FAIL = 502  # the code ibapi reports when it cannot connect
-
-
-def is_notice(code: int) -> bool:
-    """Informational codes (farm status 2104/2106/2158 and the other 21xx warnings)."""
-    return 2100 <= code < 2200
+CONNECT_FAIL = Code.CONNECT_FAIL  # the code ibapi reports when it cannot connect
 
 
 @dataclass(frozen=True)
@@ -93,8 +89,9 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     except asyncio.IncompleteReadError:
         raise ProbeError("server closed the connection during the handshake", CONNECT_FAIL) from None
     if not versions.MIN_CLIENT <= version <= PROBE_MAX_VERSION:
-        raise ProbeError(f"server chose version {version}, outside the offered "
-                         f"v{versions.MIN_CLIENT}..{PROBE_MAX_VERSION}")
+        raise ProbeError(
+            f"server chose version {version}, outside the offered v{versions.MIN_CLIENT}..{PROBE_MAX_VERSION}"
+        )
     return version, connection_time
 
 
@@ -132,7 +129,9 @@ async def _connect(host: str, port: int, source: str | None, sock: socket.socket
         raise
 
 
-async def _probe(host: str, port: int, client_id: int, source: str | None, sock: socket.socket | None) -> ProbeResult:
+async def _probe(
+    host: str, port: int, client_id: int, source: str | None, sock: socket.socket | None
+) -> ProbeResult:
     reader, writer = await _connect(host, port, source, sock)
     try:
         version, connection_time = await _handshake(reader, writer)
@@ -140,8 +139,16 @@ async def _probe(host: str, port: int, client_id: int, source: str | None, sock:
         inbox = _Inbox(reader, version)
         next_id, accounts = await _log_on(inbox)
         server_time, round_trip = await _current_time(inbox, writer)
-        return ProbeResult(version, connection_time, client_id, next_id, accounts, server_time, round_trip,
-                           tuple(inbox.notices))
+        return ProbeResult(
+            version,
+            connection_time,
+            client_id,
+            next_id,
+            accounts,
+            server_time,
+            round_trip,
+            tuple(inbox.notices),
+        )
     except BaseException:
         writer.transport.abort()  # on failure or timeout: drop at once, no waiting for a flush
         raise
@@ -151,8 +158,14 @@ async def _probe(host: str, port: int, client_id: int, source: str | None, sock:
             await writer.wait_closed()
 
 
-async def probe(host: str, port: int, client_id: int, timeout: float = 5.0, source: str | None = None,
-                sock: socket.socket | None = None) -> ProbeResult:
+async def probe(
+    host: str,
+    port: int,
+    client_id: int,
+    timeout: float = 5.0,
+    source: str | None = None,
+    sock: socket.socket | None = None,
+) -> ProbeResult:
     """Connect, hand-shake, START_API as `client_id`, time reqCurrentTime, disconnect.
 
     `source` binds the local address (e.g. a distinct 127.x address); `sock`, an already

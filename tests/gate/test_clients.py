@@ -33,13 +33,24 @@ def test_ib_async_logs_on_and_trades(gate, sim):
     order_id = ib_async_app(gate.port, 1, scenario)
     assert sim.server.broker.orders[(1, order_id)].status == "Filled"
     [row] = query(gate.config.audit_db)["orders"]
-    assert (row["app"], row["request"], row["order_id"], row["symbol"], row["sec_type"], row["action"],
-            row["quantity"], row["order_type"], row["decision"]) == (
-        "trader", "placeOrder", order_id, "SPY", "STK", "BUY", "10", "MKT", "forwarded")
+    assert (
+        row["app"],
+        row["request"],
+        row["order_id"],
+        row["symbol"],
+        row["sec_type"],
+        row["action"],
+        row["quantity"],
+        row["order_type"],
+        row["decision"],
+    ) == ("trader", "placeOrder", order_id, "SPY", "STK", "BUY", "10", "MKT", "forwarded")
 
 
-@pytest.mark.parametrize("max_version", [versions.LATEST, versions.PROTOBUF + 1, versions.PROTOBUF - 1],
-                         ids=["protobuf", "raw-ids", "text"])
+@pytest.mark.parametrize(
+    "max_version",
+    [versions.LATEST, versions.PROTOBUF + 1, versions.PROTOBUF - 1],
+    ids=["protobuf", "raw-ids", "text"],
+)
 def test_ibapi_logs_on_and_trades(start_sim, start_gate, max_version):
     sim = start_sim(max_version=max_version)
     gate = start_gate(sim.port)
@@ -54,7 +65,12 @@ def test_ibapi_logs_on_and_trades(start_sim, start_gate, max_version):
         app.stop()
     [row] = query(gate.config.audit_db)["orders"]
     assert (row["order_id"], row["quantity"], row["order_type"], row["limit_price"], row["decision"]) == (
-        order_id, "3", "LMT", 700.0, "forwarded")
+        order_id,
+        "3",
+        "LMT",
+        700.0,
+        "forwarded",
+    )
 
 
 def _ibapi_refused(port: int, client_id: int) -> list[tuple]:
@@ -80,13 +96,18 @@ def test_an_unregistered_client_id_is_refused_before_the_gateway_sees_it(gate, s
     assert not [r for r in caplog.records if r.name == "ibgw.sim" and "client 9 " in r.getMessage()]
     rows = query(gate.config.audit_db)["connections"]
     assert [(r["app"], r["client_id"], r["outcome"], r["version"]) for r in rows] == [
-        (None, 9, "refused", 178), (None, 9, "refused", 226)]
+        (None, 9, "refused", 178),
+        (None, 9, "refused", 226),
+    ]
 
 
 def test_a_known_client_id_from_the_wrong_source_is_refused(gate):
     [(req_id, code, text)] = _ibapi_refused(gate.port, 4)  # app "remote" may connect from 127.0.0.2 only
-    assert (req_id, code, text) == (-1, 502, "refused by ibgw gate: client id 4 (app remote) may not connect "
-                                             "from 127.0.0.1")
+    assert (req_id, code, text) == (
+        -1,
+        502,
+        "refused by ibgw gate: client id 4 (app remote) may not connect from 127.0.0.1",
+    )
 
 
 def test_a_client_id_already_connected_is_refused_and_the_first_stays(gate):
@@ -120,11 +141,15 @@ def test_ib_async_read_only_app_streams_but_its_orders_are_refused(gate, sim):
     assert [(r["request"], r["order_id"], r["decision"], r["reason"]) for r in rows] == [
         ("placeOrder", order_id, "refused", "app watcher is read-only"),
         ("cancelOrder", order_id, "refused", "app watcher is read-only"),
-        ("reqGlobalCancel", None, "refused", "app watcher is read-only")]
+        ("reqGlobalCancel", None, "refused", "app watcher is read-only"),
+    ]
 
 
-@pytest.mark.parametrize("max_version", [versions.LATEST, versions.PROTOBUF + 1, versions.PROTOBUF - 1],
-                         ids=["protobuf", "raw-ids", "text"])
+@pytest.mark.parametrize(
+    "max_version",
+    [versions.LATEST, versions.PROTOBUF + 1, versions.PROTOBUF - 1],
+    ids=["protobuf", "raw-ids", "text"],
+)
 def test_ibapi_read_only_app_order_requests_are_refused(start_sim, start_gate, max_version):
     sim = start_sim(max_version=max_version)
     gate = start_gate(sim.port)
@@ -147,8 +172,14 @@ def test_ibapi_read_only_app_order_requests_are_refused(start_sim, start_gate, m
         trader.stop()
     text = "refused by ibgw gate: app watcher is read-only"
     assert [(req_id, text_) for req_id, _, _, text_, *_ in refusals] == [
-        (order_id, text), (resting, text), (-1, text), (order_id + 1, text)]
-    assert [o.order_id for o in sim.server.broker.orders.values()] == [resting]  # the gateway saw none of them
+        (order_id, text),
+        (resting, text),
+        (-1, text),
+        (order_id + 1, text),
+    ]
+    assert [o.order_id for o in sim.server.broker.orders.values()] == [
+        resting
+    ]  # the gateway saw none of them
     assert sim.server.broker.orders[(1, resting)].status == "Submitted"
 
 
@@ -166,8 +197,11 @@ def test_order_limits_in_both_encodings(gate, sim):
     app = IbapiApp().start(gate.port, client_id=3)
     try:
         order_id = app.wait("nextValidId")[0][0]
-        app.client.placeOrder(order_id, contract(sec_type="OPT", lastTradeDateOrContractMonth="20250101",
-                                                 strike=600.0, right="C"), order("BUY", 1, "MKT"))
+        app.client.placeOrder(
+            order_id,
+            contract(sec_type="OPT", lastTradeDateOrContractMonth="20250101", strike=600.0, right="C"),
+            order("BUY", 1, "MKT"),
+        )
         [(_, _, code, text, _)] = app.wait("error", lambda req_id, when, code, *rest: code == 321)
     finally:
         app.stop()

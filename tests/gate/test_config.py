@@ -26,7 +26,11 @@ def test_defaults_and_normalisation(short_dir):
     data["apps"] = [data["apps"][2] | {"allowed_sec_types": ["stk", "Opt"]}]
     config = load(write_config(short_dir / "gate.yml", data))
     assert (config.handshake_timeout, config.max_frame, config.client_buffer, config.metrics) == (
-        5, 16777216, 1048576, None)
+        5,
+        16777216,
+        1048576,
+        None,
+    )
     [app] = config.apps
     assert (app.allowed_sec_types, app.max_order_quantity) == (["STK", "OPT"], Decimal(5))
     assert app.allows(ip_address("127.1.2.3")) and not app.allows(ip_address("10.0.0.1"))
@@ -34,9 +38,11 @@ def test_defaults_and_normalisation(short_dir):
 
 def test_each_problem_names_its_line_and_field(short_dir):
     path = short_dir / "gate.yml"
-    path.write_text("mode: paper\nlisten: {host: 127.0.0.1, port: 1}\nupstream: {host: h, port: 0}\n"
-                    "proxy_protocol: yes\naudit_db: a\nadmin_socket: b\napps:\n"
-                    "  - {name: x, client_id: -1, sources: [10.0.0.300/32], read_only: false, color: red}\n")
+    path.write_text(
+        "mode: paper\nlisten: {host: 127.0.0.1, port: 1}\nupstream: {host: h, port: 0}\n"
+        "proxy_protocol: yes\naudit_db: a\nadmin_socket: b\napps:\n"
+        "  - {name: x, client_id: -1, sources: [10.0.0.300/32], read_only: false, color: red}\n"
+    )
     with pytest.raises(InputError) as caught:
         load(path)
     problems = sorted(str(p).split(": ", 1)[1] for p in caught.value.problems)

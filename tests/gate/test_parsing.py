@@ -11,18 +11,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ibapi.order_cancel import OrderCancel
 
-from ibgw_provision.gate import orders, proxy, replies
-from ibgw_provision.gate.link import FrameCounter
-from ibgw_provision.tws import decode, frame, versions
+from ibgw_provision.gate import orders, proxy
+from ibgw_provision.tws import decode, frame, replies, versions
 from ibgw_provision.tws.codec import message_id
 from ibgw_provision.tws.errors import HandshakeError, MalformedMessage
+from ibgw_provision.tws.framing import FrameCounter
 from ibgw_provision.tws.messages import Out
 
 from ..kit.gate import proxy_v1, proxy_v2
 from ..kit.sim import contract, ib_async_decode, ibapi_client, ibapi_decode, ibapi_request, order
 
-VERSIONS = [157, versions.ORDER_CONTAINER - 1, 178, versions.CME_TAGGING_FIELDS - 1, 200, versions.PROTOBUF,
-            versions.PROTOBUF_PLACE_ORDER, versions.PROTOBUF_REST_MESSAGES_1, versions.LATEST]
+VERSIONS = [
+    157,
+    versions.ORDER_CONTAINER - 1,
+    178,
+    versions.CME_TAGGING_FIELDS - 1,
+    200,
+    versions.PROTOBUF,
+    versions.PROTOBUF_PLACE_ORDER,
+    versions.PROTOBUF_REST_MESSAGES_1,
+    versions.LATEST,
+]
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -34,15 +43,25 @@ def read(version: int, call) -> orders.OrderRequest:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_order_requests_as_ibapi_sends_them(version):
-    placed = read(version, lambda c: c.placeOrder(42, contract(), order("SELL", "2.5", "LMT", lmtPrice=601.25)))
-    assert placed == orders.OrderRequest("placeOrder", 42, "SPY", "STK", "SELL", Decimal("2.5"), "LMT", 601.25)
-    market = read(version, lambda c: c.placeOrder(43, contract(sec_type="OPT", strike=600.0, right="C"),
-                                                  order("BUY", 1, "MKT")))
+    placed = read(
+        version, lambda c: c.placeOrder(42, contract(), order("SELL", "2.5", "LMT", lmtPrice=601.25))
+    )
+    assert placed == orders.OrderRequest(
+        "placeOrder", 42, "SPY", "STK", "SELL", Decimal("2.5"), "LMT", 601.25
+    )
+    market = read(
+        version,
+        lambda c: c.placeOrder(43, contract(sec_type="OPT", strike=600.0, right="C"), order("BUY", 1, "MKT")),
+    )
     assert (market.sec_type, market.quantity, market.limit_price) == ("OPT", 1, None)
     assert read(version, lambda c: c.cancelOrder(44, OrderCancel())) == orders.OrderRequest("cancelOrder", 44)
     assert read(version, lambda c: c.reqGlobalCancel(OrderCancel())) == orders.OrderRequest("reqGlobalCancel")
-    exercise = read(version, lambda c: c.exerciseOptions(45, contract(sec_type="OPT", strike=600.0, right="P"),
-                                                         1, 3, "DU1234567", 0, "", "", False))
+    exercise = read(
+        version,
+        lambda c: c.exerciseOptions(
+            45, contract(sec_type="OPT", strike=600.0, right="P"), 1, 3, "DU1234567", 0, "", "", False
+        ),
+    )
     assert exercise == orders.OrderRequest("exerciseOptions", 45, "SPY", "OPT", "EXERCISE", Decimal(3))
 
 
@@ -57,28 +76,44 @@ def test_start_api_client_id(version):
 def test_refusals_decode_in_both_clients(version):
     data = replies.error(version, 7, 321, "refused by ibgw gate: app x is read-only")
     [(name, args)] = ibapi_decode(version, data)
-    assert name == "error" and (args[0], args[2], args[3]) == (7, 321, "refused by ibgw gate: app x is read-only")
+    assert name == "error" and (args[0], args[2], args[3]) == (
+        7,
+        321,
+        "refused by ibgw gate: app x is read-only",
+    )
     if version <= 178:  # ib_async speaks up to 178, text only
-        assert ib_async_decode(version, data) == [("error", (7, 321, "refused by ibgw gate: app x is read-only", ""))]
+        assert ib_async_decode(version, data) == [
+            ("error", (7, 321, "refused by ibgw gate: app x is read-only", ""))
+        ]
 
 
-@pytest.mark.parametrize("header, source", [
-    (proxy_v1("10.0.1.5"), (ipaddress.ip_address("10.0.1.5"), 40000)),
-    (proxy_v1("2001:db8::7"), (ipaddress.ip_address("2001:db8::7"), 40000)),
-    (b"PROXY UNKNOWN\r\n", None),
-    (proxy_v2("10.0.1.5", 1234), (ipaddress.ip_address("10.0.1.5"), 1234)),
-    (proxy_v2("2001:db8::7"), (ipaddress.ip_address("2001:db8::7"), 40000)),
-    (proxy_v2("10.0.1.5", command=0), None),  # LOCAL: a health check
-])
+@pytest.mark.parametrize(
+    "header, source",
+    [
+        (proxy_v1("10.0.1.5"), (ipaddress.ip_address("10.0.1.5"), 40000)),
+        (proxy_v1("2001:db8::7"), (ipaddress.ip_address("2001:db8::7"), 40000)),
+        (b"PROXY UNKNOWN\r\n", None),
+        (proxy_v2("10.0.1.5", 1234), (ipaddress.ip_address("10.0.1.5"), 1234)),
+        (proxy_v2("2001:db8::7"), (ipaddress.ip_address("2001:db8::7"), 40000)),
+        (proxy_v2("10.0.1.5", command=0), None),  # LOCAL: a health check
+    ],
+)
 def test_proxy_headers(header, source):
     if header.startswith(b"PROXY"):
         assert proxy.parse_v1(header) == source
     else:
-        assert proxy.parse_v2(header[:16], header[16:16 + proxy.v2_length(header[:16])]) == source
+        assert proxy.parse_v2(header[:16], header[16 : 16 + proxy.v2_length(header[:16])]) == source
 
 
-@pytest.mark.parametrize("header", [b"PROXY TCP4 10.0.1.5\r\n", b"PROXY TCP4 ::1 ::1 1 2\r\n",
-                                    b"PROXY TCP4 10.0.1.5 127.0.0.1 70000 1\r\n", b"PROXY TCP9 a b 1 2\r\n"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"PROXY TCP4 10.0.1.5\r\n",
+        b"PROXY TCP4 ::1 ::1 1 2\r\n",
+        b"PROXY TCP4 10.0.1.5 127.0.0.1 70000 1\r\n",
+        b"PROXY TCP9 a b 1 2\r\n",
+    ],
+)
 def test_bad_proxy_v1_headers(header):
     with pytest.raises(HandshakeError):
         proxy.parse_v1(header)
@@ -118,12 +153,23 @@ def test_message_id_agrees_with_decode(version, payload):
 
 
 @FUZZ
-@given(st.sampled_from(VERSIONS), st.sampled_from(list(orders.ORDER_REQUESTS) + [Out.START_API]), st.booleans(),
-       st.one_of(st.binary(max_size=200), st.lists(st.text(max_size=12), max_size=40).map(
-           lambda fields: "".join(f + "\0" for f in fields).encode("utf-8", "replace"))))
+@given(
+    st.sampled_from(VERSIONS),
+    st.sampled_from(list(orders.ORDER_REQUESTS) + [Out.START_API]),
+    st.booleans(),
+    st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.text(max_size=12), max_size=40).map(
+            lambda fields: "".join(f + "\0" for f in fields).encode("utf-8", "replace")
+        ),
+    ),
+)
 def test_request_readers_never_crash(version, msg_id, as_protobuf, body):
-    payload = struct.pack(">I", msg_id + (200 if as_protobuf else 0)) + body if version >= versions.PROTOBUF \
+    payload = (
+        struct.pack(">I", msg_id + (200 if as_protobuf else 0)) + body
+        if version >= versions.PROTOBUF
         else b"%d\0" % msg_id + body
+    )
     message = decode(version, payload)
     try:
         if msg_id == Out.START_API:
@@ -136,7 +182,10 @@ def test_request_readers_never_crash(version, msg_id, as_protobuf, body):
 
 
 @FUZZ
-@given(st.sampled_from([b"", b"PROXY ", proxy.V2_SIGNATURE, proxy.V2_SIGNATURE + b"\x21\x11"]), st.binary(max_size=120))
+@given(
+    st.sampled_from([b"", b"PROXY ", proxy.V2_SIGNATURE, proxy.V2_SIGNATURE + b"\x21\x11"]),
+    st.binary(max_size=120),
+)
 def test_proxy_header_reader_never_crashes(start, data):
     async def read():
         reader = asyncio.StreamReader()

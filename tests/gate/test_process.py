@@ -52,12 +52,14 @@ def audited_connections_of(process: GateProcess) -> list[dict]:
 
 def test_kill_9_loses_no_forwarded_order(gate_process, sim):
     """Every order the gateway received is in the audit log, however abruptly the gate dies."""
+
     async def scenario():
         client = await logged_on(await open_raw(gate_process.port, 1))
         first = client.next_valid_id
         for order_id in range(first, first + 1000):
-            client.send_ibapi(lambda c, oid=order_id: c.placeOrder(oid, contract(), order("BUY", 1, "LMT",
-                                                                                          lmtPrice=1.0)))
+            client.send_ibapi(
+                lambda c, oid=order_id: c.placeOrder(oid, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+            )
         await until(lambda: len(sim.server.broker.orders) >= 20)
         gate_process.proc.kill()  # SIGKILL, mid-stream
         assert gate_process.proc.wait(STEP) == -signal.SIGKILL
@@ -128,7 +130,11 @@ def test_audit_command(gate_process):
     assert [(r["app"], r["outcome"]) for r in rows["connections"]] == [("watcher", "accepted")]
     [placed] = rows["orders"]
     assert (placed["symbol"], placed["quantity"], placed["decision"], placed["reason"]) == (
-        "SPY", "7", "refused", "app watcher is read-only")
+        "SPY",
+        "7",
+        "refused",
+        "app watcher is read-only",
+    )
     everything = gate_process.cli("audit").stdout
     assert "connections (2)" in everything and "order requests (1)" in everything and "refused" in everything
     future = json.loads(gate_process.cli("audit", "--json", "--since", "2999-01-01T00:00").stdout)
@@ -137,21 +143,36 @@ def test_audit_command(gate_process):
     assert done.returncode == 2 and "neither an ISO time" in done.stderr
 
 
-@pytest.mark.parametrize("change, complaint", [
-    (lambda d: d | {"mode": "demo"}, "mode: Input should be 'paper' or 'live'"),
-    (lambda d: d | {"listen": {"host": "127.0.0.1", "port": 70000}}, "listen.port: Input should be less than"),
-    (lambda d: d | {"extra": 1}, "extra: unknown field"),
-    (lambda d: {k: v for k, v in d.items() if k != "proxy_protocol"}, "proxy_protocol: Field required"),
-    (lambda d: d | {"apps": [d["apps"][0] | {"sources": ["10.0.1.5/24"]}]}, "has host bits set"),
-    (lambda d: d | {"apps": [d["apps"][0] | {"read_only": "maybe"}]},
-     "apps[0].read_only: Input should be a valid boolean"),
-    (lambda d: d | {"apps": [d["apps"][0] | {"max_order_quantity": 0}]},
-     "max_order_quantity: Input should be greater than 0"),
-    (lambda d: d | {"apps": [d["apps"][0] | {"allowed_sec_types": []}]},
-     "allowed_sec_types: List should have at least 1"),
-    (lambda d: d | {"apps": [d["apps"][0], d["apps"][1] | {"client_id": 1}]}, "client_id 1 appears more than once"),
-    (lambda d: d | {"max_frame": 10}, "max_frame: Input should be greater than or equal to 1024"),
-])
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        (lambda d: d | {"mode": "demo"}, "mode: Input should be 'paper' or 'live'"),
+        (
+            lambda d: d | {"listen": {"host": "127.0.0.1", "port": 70000}},
+            "listen.port: Input should be less than",
+        ),
+        (lambda d: d | {"extra": 1}, "extra: unknown field"),
+        (lambda d: {k: v for k, v in d.items() if k != "proxy_protocol"}, "proxy_protocol: Field required"),
+        (lambda d: d | {"apps": [d["apps"][0] | {"sources": ["10.0.1.5/24"]}]}, "has host bits set"),
+        (
+            lambda d: d | {"apps": [d["apps"][0] | {"read_only": "maybe"}]},
+            "apps[0].read_only: Input should be a valid boolean",
+        ),
+        (
+            lambda d: d | {"apps": [d["apps"][0] | {"max_order_quantity": 0}]},
+            "max_order_quantity: Input should be greater than 0",
+        ),
+        (
+            lambda d: d | {"apps": [d["apps"][0] | {"allowed_sec_types": []}]},
+            "allowed_sec_types: List should have at least 1",
+        ),
+        (
+            lambda d: d | {"apps": [d["apps"][0], d["apps"][1] | {"client_id": 1}]},
+            "client_id 1 appears more than once",
+        ),
+        (lambda d: d | {"max_frame": 10}, "max_frame: Input should be greater than or equal to 1024"),
+    ],
+)
 def test_bad_config_is_a_clear_error_with_exit_2(short_dir, change, complaint):
     path = write_config(short_dir / "gate.yml", change(config_data(short_dir, 4002)))
     done = subprocess.run(GATE + ["gate", "--config", str(path)], capture_output=True, text=True, timeout=30)
@@ -161,8 +182,12 @@ def test_bad_config_is_a_clear_error_with_exit_2(short_dir, change, complaint):
 
 def test_unreadable_config_and_missing_option_exit_2(short_dir):
     (short_dir / "bad.yml").write_text("mode: [paper\n")
-    for args in (["gate", "--config", str(short_dir / "bad.yml")], ["gate", "--config", str(short_dir / "none.yml")],
-                 ["gate"], ["gate", "status"]):
+    for args in (
+        ["gate", "--config", str(short_dir / "bad.yml")],
+        ["gate", "--config", str(short_dir / "none.yml")],
+        ["gate"],
+        ["gate", "status"],
+    ):
         done = subprocess.run(GATE + args, capture_output=True, text=True, timeout=30)
         assert (done.returncode, "Traceback" in done.stderr) == (2, False), done.stderr
 
@@ -172,18 +197,27 @@ def test_a_port_in_use_or_a_running_gate_is_a_clear_error(gate_process, short_di
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        data = config_data(short_dir, 4002) | {"listen": {"host": "127.0.0.1", "port": port},
-                                               "admin_socket": str(short_dir / "other.sock")}
-        done = subprocess.run(GATE + ["gate", "--config", str(write_config(short_dir / "taken.yml", data))],
-                              capture_output=True, text=True, timeout=30)
+        data = config_data(short_dir, 4002) | {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "admin_socket": str(short_dir / "other.sock"),
+        }
+        done = subprocess.run(
+            GATE + ["gate", "--config", str(write_config(short_dir / "taken.yml", data))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert (done.returncode, "Traceback" in done.stderr) == (1, False)
-    assert f"cannot start the gate: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port})" \
+    assert (
+        f"cannot start the gate: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port})"
         in done.stderr
+    )
 
     async def second_gate():
         client = await logged_on(await open_raw(gate_process.port, 1))
-        second = subprocess.run(GATE + ["gate", "--config", gate_process.config_path], capture_output=True,
-                                text=True, timeout=30)
+        second = subprocess.run(
+            GATE + ["gate", "--config", gate_process.config_path], capture_output=True, text=True, timeout=30
+        )
         assert second.returncode == 1 and "another gate is running on admin socket" in second.stderr
         assert gate_process.cli("gate", "status").returncode == 0  # the running gate keeps its socket
         assert [r["ended"] for r in audited_connections_of(gate_process)] == [None]  # nor has its log touched
@@ -198,13 +232,17 @@ def test_behind_haproxy_sending_proxy_v2(start_gate, sim):
         s.bind(("127.0.0.1", 0))
         front_port = s.getsockname()[1]
     with tempfile.NamedTemporaryFile("w", suffix=".cfg") as cfg:
-        cfg.write(f"defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n"
-                  f"listen front\n    bind 127.0.0.1:{front_port}\n"
-                  f"    server gate 127.0.0.1:{gate.port} send-proxy-v2\n")
+        cfg.write(
+            f"defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n"
+            f"listen front\n    bind 127.0.0.1:{front_port}\n"
+            f"    server gate 127.0.0.1:{gate.port} send-proxy-v2\n"
+        )
         cfg.flush()
-        haproxy = subprocess.Popen(["haproxy", "-db", "-f", cfg.name], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        haproxy = subprocess.Popen(
+            ["haproxy", "-db", "-f", cfg.name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
+
             async def wait_for_front():
                 for _ in range(200):
                     try:

@@ -38,8 +38,11 @@ def test_a_bound_source_address_is_checked(gate):
         remote = await logged_on(await open_raw(gate.port, 4, source="127.0.0.2"))
         assert await current_time(remote) > 1_600_000_000
         elsewhere = await open_raw(gate.port, 4, source="127.0.0.3")
-        assert await _refusal(elsewhere) == (-1, 502, "refused by ibgw gate: client id 4 (app remote) may not "
-                                                      "connect from 127.0.0.3")
+        assert await _refusal(elsewhere) == (
+            -1,
+            502,
+            "refused by ibgw gate: client id 4 (app remote) may not connect from 127.0.0.3",
+        )
         await remote.close()
 
     run(scenario())
@@ -57,14 +60,23 @@ def test_the_proxy_header_gives_the_source(start_gate, sim, header):
         v6 = await open_raw(gate.port, 5, proxy=header("2001:db8::9"))  # app office is also on 2001:db8::/64
         assert (await logged_on(v6)).accounts == ["DU1234567"]
         spoofed = await open_raw(gate.port, 1, proxy=header("10.9.9.9"))  # app trader is on 127.0.0.0/8 only
-        assert await _refusal(spoofed) == (-1, 502, "refused by ibgw gate: client id 1 (app trader) may not "
-                                                    "connect from 10.9.9.9")
+        assert await _refusal(spoofed) == (
+            -1,
+            502,
+            "refused by ibgw gate: client id 1 (app trader) may not connect from 10.9.9.9",
+        )
         await v6.close()
 
     run(scenario())
-    sources = [(r["client_id"], r["source"].rsplit(":", 1)[0], r["outcome"])
-               for r in query(gate.config.audit_db)["connections"]]
-    assert sources == [(5, "10.0.1.5", "accepted"), (5, "[2001:db8::9]", "accepted"), (1, "10.9.9.9", "refused")]
+    sources = [
+        (r["client_id"], r["source"].rsplit(":", 1)[0], r["outcome"])
+        for r in query(gate.config.audit_db)["connections"]
+    ]
+    assert sources == [
+        (5, "10.0.1.5", "accepted"),
+        (5, "[2001:db8::9]", "accepted"),
+        (1, "10.9.9.9", "refused"),
+    ]
 
 
 def test_without_a_proxy_header_the_front_itself_is_the_source(start_gate, sim, caplog):
@@ -111,10 +123,13 @@ def test_an_oversized_frame_is_refused(start_gate, sim):
     assert row["reason"] == "refused a frame of 4097 bytes (max_frame 4096)"
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b"x1\0", "unreadable message: bad message id b'x1'"),
-    (b"71\x002\x001\x00\x00", "START_API sent twice"),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"x1\0", "unreadable message: bad message id b'x1'"),
+        (b"71\x002\x001\x00\x00", "START_API sent twice"),
+    ],
+)
 def test_a_frame_that_must_not_pass_ends_the_connection(gate, payload, reason):
     async def scenario():
         client = await logged_on(await open_raw(gate.port, 1))
@@ -151,7 +166,9 @@ def test_the_kill_switch_refuses_new_orders_and_survives_a_restart(start_gate, s
     async def place(client, quantity: int, **fields) -> int:
         order_id = client.next_valid_id
         client.next_valid_id += 1
-        client.send_ibapi(lambda c: c.placeOrder(order_id, contract(), order("BUY", quantity, "LMT", **fields)))
+        client.send_ibapi(
+            lambda c: c.placeOrder(order_id, contract(), order("BUY", quantity, "LMT", **fields))
+        )
         return order_id
 
     async def halted_session(port):
@@ -160,8 +177,11 @@ def test_the_kill_switch_refuses_new_orders_and_survives_a_restart(start_gate, s
         await client.expect(3)  # orderStatus: it rests
         assert await admin.command(gate.config.admin_socket, "halt") == {"ok": True, "halted": True}
         refused = await place(client, 2, lmtPrice=100.0)
-        assert await client.error() == (refused, 321, "refused by ibgw gate: trading is halted (ibgw gate halt); "
-                                                      "no new orders until ibgw gate resume")
+        assert await client.error() == (
+            refused,
+            321,
+            "refused by ibgw gate: trading is halted (ibgw gate halt); no new orders until ibgw gate resume",
+        )
         client.send_ibapi(lambda c: c.cancelOrder(resting, OrderCancel()))
         assert (await client.error())[:2] == (resting, 202)  # cancels still pass: the gateway cancels it
         await client.close()
@@ -181,8 +201,13 @@ def test_the_kill_switch_refuses_new_orders_and_survives_a_restart(start_gate, s
 
     run(after_restart(gate.port))
     decisions = [(r["request"], r["decision"]) for r in query(gate.config.audit_db)["orders"]]
-    assert decisions == [("placeOrder", "forwarded"), ("placeOrder", "refused"), ("cancelOrder", "forwarded"),
-                         ("placeOrder", "refused"), ("placeOrder", "forwarded")]
+    assert decisions == [
+        ("placeOrder", "forwarded"),
+        ("placeOrder", "refused"),
+        ("cancelOrder", "forwarded"),
+        ("placeOrder", "refused"),
+        ("placeOrder", "forwarded"),
+    ]
 
 
 def test_status_and_metrics(gate):
@@ -190,19 +215,29 @@ def test_status_and_metrics(gate):
         trader = await logged_on(await open_raw(gate.port, 1))
         await current_time(trader)
         status = await admin.command(gate.config.admin_socket, "status")
-        with urllib.request.urlopen(f"http://127.0.0.1:{gate.gate.metrics_port}/metrics", timeout=STEP) as reply:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{gate.gate.metrics_port}/metrics", timeout=STEP
+        ) as reply:
             metrics = reply.read().decode()
         await trader.close()
         return status, metrics
 
     status, metrics = run(scenario())
     trader = next(a for a in status["apps"] if a["name"] == "trader")
-    assert (status["halted"], trader["connected"], trader["source"].split(":")[0]) == (False, True, "127.0.0.1")
-    assert trader["messages_in"] == 2 and trader["messages_out"] >= 6  # START_API, reqCurrentTime; logon, time
+    assert (status["halted"], trader["connected"], trader["source"].split(":")[0]) == (
+        False,
+        True,
+        "127.0.0.1",
+    )
+    assert (
+        trader["messages_in"] == 2 and trader["messages_out"] >= 6
+    )  # START_API, reqCurrentTime; logon, time
     assert 'ibgw_gate_app_connected{mode="paper",app="trader",client_id="1"} 1' in metrics
     assert 'ibgw_gate_app_messages_in_total{mode="paper",app="trader",client_id="1"} 2' in metrics
     assert 'ibgw_gate_halted{mode="paper"} 0' in metrics
-    seen = float(next(line for line in metrics.splitlines() if line.startswith("ibgw_gate_app_last_seen")).split()[1])
+    seen = float(
+        next(line for line in metrics.splitlines() if line.startswith("ibgw_gate_app_last_seen")).split()[1]
+    )
     assert seen == pytest.approx(trader["last_seen"], abs=0.01)
     assert [a["name"] for a in status["apps"] if not a["connected"]] == [a["name"] for a in APPS[1:]]
 
@@ -233,6 +268,7 @@ async def _close(client, gate) -> None:
 @given(REQUESTS, CUTS)
 def test_fuzz_any_split_of_requests_is_relayed_exactly(gate, requests, cuts):
     """Requests cut at arbitrary points, orders among them, all arrive in order, each answered once."""
+
     async def scenario():
         client = await logged_on(await open_raw(gate.port, 1))
         stream, order_ids = b"", []
@@ -240,7 +276,9 @@ def test_fuzz_any_split_of_requests_is_relayed_exactly(gate, requests, cuts):
             if request == "order":
                 order_ids.append(oid := client.next_valid_id + len(order_ids))
                 stream += ibapi_request(
-                    client.version, lambda c: c.placeOrder(oid, contract(), order("BUY", 1, "LMT", lmtPrice=1.0)))
+                    client.version,
+                    lambda c: c.placeOrder(oid, contract(), order("BUY", 1, "LMT", lmtPrice=1.0)),
+                )
             else:
                 stream += frame(b"49\x001\x00" if request == "time" else b"105\x00")
         points = sorted({cut % len(stream) for cut in cuts} - {0})
@@ -265,6 +303,7 @@ def test_fuzz_any_split_of_requests_is_relayed_exactly(gate, requests, cuts):
 @given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=8), st.booleans())
 def test_fuzz_garbage_never_crashes_the_gate(gate, chunks, before_logon):
     """Garbage before or after the logon: the gate drops or relays it, and keeps serving others."""
+
     async def scenario():
         if before_logon:
             reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)

@@ -27,8 +27,14 @@ SSH_CONFIG = SSH_DIR / "ssh_config"
 
 def ibgw(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI, as a user would."""
-    return subprocess.run([sys.executable, "-m", "ibgw_provision", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ibgw_provision", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def recap(proc: subprocess.CompletedProcess, host: str = "local") -> dict[str, int]:

@@ -58,7 +58,9 @@ class App:
 
 
 def _audit(host, *args: str) -> dict:
-    return json.loads(host.check_output(f"{layout.VENV}/bin/ibgw audit --config {CONFIG} --json {' '.join(args)}"))
+    return json.loads(
+        host.check_output(f"{layout.VENV}/bin/ibgw audit --config {CONFIG} --json {' '.join(args)}")
+    )
 
 
 def test_gates_run_behind_the_front(host):
@@ -90,7 +92,9 @@ def test_a_read_only_app_streams_but_its_orders_are_refused(host):
         refusal = [(code, text) for req_id, code, text in app.errors if req_id == trade.order.orderId]
         assert refusal and refusal[0][0] == 321 and "read-only" in refusal[0][1]
         assert app.ib.isConnected()
-    rows = [r for r in _audit(host, "--app", "python-research")["orders"] if r["order_id"] == trade.order.orderId]
+    rows = [
+        r for r in _audit(host, "--app", "python-research")["orders"] if r["order_id"] == trade.order.orderId
+    ]
     assert rows and rows[0]["decision"] == "refused" and "read-only" in rows[0]["reason"]
 
 

@@ -57,11 +57,15 @@ def _inventory(tmp: Path, sums: dict[str, str]) -> Path:
     text = LOCAL.read_text().replace("backend: simulator", "backend: ibgw")
     login = "login: {username: {env: IBGW_TEST_USER}, password: {env: IBGW_TEST_PASSWORD}}"
     text = text.replace("      - mode: paper\n", f"      - mode: paper\n        {login}\n")
-    text = text.replace("      - mode: live\n", f"      - mode: live\n        {login}\n        java_heap: 1g\n")
+    text = text.replace(
+        "      - mode: live\n", f"      - mode: live\n        {login}\n        java_heap: 1g\n"
+    )
     gw, ibc = "ibgateway-10.30.1t-standalone-linux-x64.sh", "IBCLinux-3.20.0.zip"
-    text = (f"artifacts:\n  cache_dir: {tmp / 'cache'}\n"
-            f"  ib_gateway: {{version: '10.30.1t', file: {gw}, sha256: '{sums[gw]}'}}\n"
-            f"  ibc: {{version: '3.20.0', file: {ibc}, sha256: '{sums[ibc]}'}}\n") + text
+    text = (
+        f"artifacts:\n  cache_dir: {tmp / 'cache'}\n"
+        f"  ib_gateway: {{version: '10.30.1t', file: {gw}, sha256: '{sums[gw]}'}}\n"
+        f"  ibc: {{version: '3.20.0', file: {ibc}, sha256: '{sums[ibc]}'}}\n"
+    ) + text
     path = tmp / "ibgw.yml"
     path.write_text(text)
     return path
@@ -89,8 +93,9 @@ def host(setup, ssh_host):
     return ssh_host
 
 
-@pytest.mark.parametrize("unit", [f"ibgw-{kind}-{mode}.service" for kind in ("xvfb", "gateway")
-                                  for mode in ("paper", "live")])
+@pytest.mark.parametrize(
+    "unit", [f"ibgw-{kind}-{mode}.service" for kind in ("xvfb", "gateway") for mode in ("paper", "live")]
+)
 def test_xvfb_and_gateway_units_run(host, unit):
     assert host.service(unit).is_enabled and host.service(unit).is_running
 
@@ -110,7 +115,9 @@ def test_secret_is_delivered_0600_to_ibkr_and_nowhere_else(setup, host):
         assert (ini.user, ini.group, ini.mode) == ("ibkr", "ibkr", 0o600)
         assert f"IbPassword={PASSWORD}\n" in ini.content_string
     assert PASSWORD not in first.stdout + first.stderr
-    holders = host.run(f"grep -rlF {PASSWORD} /etc /var/lib/ibgw /var/log /opt/ibgw /tmp /root").stdout.split()
+    holders = host.run(
+        f"grep -rlF {PASSWORD} /etc /var/lib/ibgw /var/log /opt/ibgw /tmp /root"
+    ).stdout.split()
     assert sorted(holders) == sorted(layout.ibc_ini(m) for m in ("paper", "live"))
     assert PASSWORD not in host.check_output("ps -eo args")
     assert PASSWORD not in host.check_output("journalctl --no-pager -o cat")
@@ -132,8 +139,9 @@ def test_second_run_reinstalls_nothing(setup):
 def test_a_new_password_shows_as_a_masked_diff(setup, host):
     inv, _ = setup
     new = "pw-" + pysecrets.token_hex(12)
-    check = ibgw("provision", "local", "-i", str(inv), "--check", "--diff",
-                 env={**ENV, "IBGW_TEST_PASSWORD": new})
+    check = ibgw(
+        "provision", "local", "-i", str(inv), "--check", "--diff", env={**ENV, "IBGW_TEST_PASSWORD": new}
+    )
     assert check.returncode == 0
     assert f"would change: file {layout.ibc_ini('paper')}" in check.stdout
     assert "-IbPassword=********\n+IbPassword=******** (changed)\n" in check.stdout
@@ -155,3 +163,23 @@ def test_a_tampered_installer_is_refused_before_connecting(setup, tmp_path):
     proc = ibgw("provision", "local", "-i", str(bad), env=ENV)
     assert proc.returncode == 2
     assert f"{bad}:4: artifacts.ibc.sha256: " in proc.stderr and "refusing to install it" in proc.stderr
+
+
+def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(setup, host):
+    """IB Gateway rewrites jts.ini: ibgw converges only its own keys there, on every run."""
+    inv, _ = setup
+    jts, unit = f"{layout.settings_dir('paper')}/jts.ini", layout.gateway_unit("paper")
+    host.run(f"printf 'Peer=cdc1.ibllc.com:4001\\n' >> {jts}")  # as the gateway adds its own keys
+    zurich = inv.parent / "zurich.yml"
+    paper = "      - mode: paper\n"
+    zurich.write_text(inv.read_text().replace(paper, paper + "        ibc: {time_zone: Europe/Zurich}\n", 1))
+    for path, zone in ((zurich, "Europe/Zurich"), (inv, "America/New_York")):
+        run = ibgw("provision", "local", "-i", str(path), env=ENV)
+        assert run.returncode == 0, run.stdout + run.stderr
+        content = host.file(jts).content_string
+        assert f"TimeZone={zone}\n" in content and content.endswith("Peer=cdc1.ibllc.com:4001\n")
+        assert (host.file(jts).user, host.file(jts).mode) == ("ibkr", 0o600)
+        assert f" TZ={zone}\n" in host.file(f"{layout.UNIT_DIR}/{unit}").content_string
+        assert host.service(unit).is_running
+    again = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    assert recap(again)["changed"] == 0

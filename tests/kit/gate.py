@@ -26,8 +26,14 @@ LOOPBACK = "127.0.0.0/8"
 APPS = [  # every app a test needs; each test uses the client ids it is about
     {"name": "trader", "client_id": 1, "sources": [LOOPBACK], "read_only": False},
     {"name": "watcher", "client_id": 2, "sources": [LOOPBACK], "read_only": True},
-    {"name": "limited", "client_id": 3, "sources": [LOOPBACK], "read_only": False, "max_order_quantity": 5,
-     "allowed_sec_types": ["STK"]},
+    {
+        "name": "limited",
+        "client_id": 3,
+        "sources": [LOOPBACK],
+        "read_only": False,
+        "max_order_quantity": 5,
+        "allowed_sec_types": ["STK"],
+    },
     {"name": "remote", "client_id": 4, "sources": ["127.0.0.2/32"], "read_only": False},
     {"name": "office", "client_id": 5, "sources": ["10.0.1.5/32", "2001:db8::/64"], "read_only": False},
 ]
@@ -37,10 +43,17 @@ GATE = [sys.executable, "-m", "ibgw_provision.gate"]
 
 def config_data(directory, upstream_port: int, **overrides) -> dict:
     """A gate config (as loaded from YAML) for a gateway on `upstream_port`, files under `directory`."""
-    data = {"mode": "paper", "listen": {"host": "127.0.0.1", "port": 0},
-            "upstream": {"host": "127.0.0.1", "port": upstream_port}, "proxy_protocol": False,
-            "audit_db": str(directory / "audit.sqlite"), "admin_socket": str(directory / "gate.sock"),
-            "metrics": {"host": "127.0.0.1", "port": 0}, "handshake_timeout": 2, "apps": APPS}
+    data = {
+        "mode": "paper",
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "upstream": {"host": "127.0.0.1", "port": upstream_port},
+        "proxy_protocol": False,
+        "audit_db": str(directory / "audit.sqlite"),
+        "admin_socket": str(directory / "gate.sock"),
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "handshake_timeout": 2,
+        "apps": APPS,
+    }
     return data | overrides
 
 
@@ -75,8 +88,9 @@ class GateProcess(LoggedProcess):
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """Another command (gate status, audit, ...) with this gate's config."""
-        return subprocess.run(GATE + [*args, "--config", self.config_path], capture_output=True, text=True,
-                              timeout=30)
+        return subprocess.run(
+            GATE + [*args, "--config", self.config_path], capture_output=True, text=True, timeout=30
+        )
 
     def signal(self, number: int) -> None:
         self.proc.send_signal(number)
@@ -111,8 +125,9 @@ def proxy_v2(source: str, port: int = 40000, command: int = 1) -> bytes:
     return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack(">H", len(body)) + body
 
 
-async def open_raw(port: int, client_id: int, *, max_version: int = 200, source: str = "127.0.0.1",
-                   proxy: bytes = b"") -> RawClient:
+async def open_raw(
+    port: int, client_id: int, *, max_version: int = 200, source: str = "127.0.0.1", proxy: bytes = b""
+) -> RawClient:
     """Hand-shake through the gate from `source` (after a PROXY header), send START_API; no wait for logon."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(proxy + Hello(100, max_version).encode())
@@ -152,9 +167,12 @@ def run(coro, timeout: float = 30):
 def ib_async_app(port: int, client_id: int, scenario):
     """Run `scenario(ib, errors)` with an ib_async IB logged on through the gate; errors collects
     (req_id, code, text) from its error event, farm notices left out."""
+
     async def main():
         ib, errors = IB(), []
-        ib.errorEvent += lambda req_id, code, text, contract: is_notice(code) or errors.append((req_id, code, text))
+        ib.errorEvent += lambda req_id, code, text, contract: (
+            is_notice(code) or errors.append((req_id, code, text))
+        )
         await ib.connectAsync("127.0.0.1", port, clientId=client_id, timeout=STEP)
         try:
             return await scenario(ib, errors)
@@ -167,7 +185,9 @@ def ib_async_app(port: int, client_id: int, scenario):
 async def ib_async_refused(port: int, client_id: int) -> list[tuple[int, int, str]]:
     """The errors ib_async reports when the gate refuses its logon (else it would wait out its timeout)."""
     ib, errors = IB(), []
-    ib.errorEvent += lambda req_id, code, text, contract: is_notice(code) or errors.append((req_id, code, text))
+    ib.errorEvent += lambda req_id, code, text, contract: (
+        is_notice(code) or errors.append((req_id, code, text))
+    )
     connecting = asyncio.create_task(ib.connectAsync("127.0.0.1", port, clientId=client_id, timeout=STEP))
     await until(lambda: not ib.client.conn.isConnected() and errors, message=f"{errors}")
     connecting.cancel()

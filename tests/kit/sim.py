@@ -126,6 +126,7 @@ def _recording(name):
     def record(self, *args):
         if not name.endswith("ProtoBuf"):
             self.calls.append((name, args))
+
     return record
 
 
@@ -257,8 +258,9 @@ class RawClient:
     async def connect(cls, port: int, client_id: int, max_version: int = 200, sock=None) -> RawClient:
         """Log on as `client_id` (over `sock` if given), within STEP seconds."""
         async with asyncio.timeout(STEP):
-            reader, writer = await (asyncio.open_connection(sock=sock) if sock
-                                    else asyncio.open_connection("127.0.0.1", port))
+            reader, writer = await (
+                asyncio.open_connection(sock=sock) if sock else asyncio.open_connection("127.0.0.1", port)
+            )
             writer.write(Hello(100, max_version).encode())
             version, _ = parse_server_hello(await read_frame(reader))
             client = cls(reader, writer, version)
@@ -266,11 +268,17 @@ class RawClient:
             while not (client.accounts and client.next_valid_id):
                 message = await client.next_message()
                 if message.msg_id == 15:
-                    client.accounts = (ManagedAccounts.FromString(message.body).accountsList if message.protobuf
-                                       else message.fields()[1]).split(",")
+                    client.accounts = (
+                        ManagedAccounts.FromString(message.body).accountsList
+                        if message.protobuf
+                        else message.fields()[1]
+                    ).split(",")
                 elif message.msg_id == 9:
-                    client.next_valid_id = (NextValidId.FromString(message.body).orderId if message.protobuf
-                                            else int(message.fields()[1]))
+                    client.next_valid_id = (
+                        NextValidId.FromString(message.body).orderId
+                        if message.protobuf
+                        else int(message.fields()[1])
+                    )
         return client
 
     def send_ibapi(self, call) -> None:

@@ -18,17 +18,26 @@ SIM = [sys.executable, "-m", "ibgw_provision.sim"]
 ADMIN = [sys.executable, "-m", "ibgw_provision.sim.admin"]
 
 
-@pytest.mark.parametrize("args, complaint", [
-    (["--listen", "nowhere", "--mode", "paper"], "HOST:PORT"),
-    (["--listen", "127.0.0.1:99999", "--mode", "paper"], "HOST:PORT"),
-    (["--listen", "127.0.0.1:0"], "--mode"),
-    (["--listen", "127.0.0.1:0", "--mode", "demo"], "demo"),
-    (["--listen", "127.0.0.1:0", "--mode", "paper", "--accounts", "U1234567"], "paper accounts look like DU"),
-    (["--listen", "127.0.0.1:0", "--mode", "live", "--accounts", "DU1234567"], "live accounts look like U"),
-    (["--listen", "127.0.0.1:0", "--mode", "paper", "--accounts", "DU111,DU111"], "listed twice"),
-    (["--listen", "127.0.0.1:0", "--mode", "paper", "--max-version", "100"], "--max-version"),
-    (["--listen", "127.0.0.1:0", "--mode", "paper", "--seed", "x"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["--listen", "nowhere", "--mode", "paper"], "HOST:PORT"),
+        (["--listen", "127.0.0.1:99999", "--mode", "paper"], "HOST:PORT"),
+        (["--listen", "127.0.0.1:0"], "--mode"),
+        (["--listen", "127.0.0.1:0", "--mode", "demo"], "demo"),
+        (
+            ["--listen", "127.0.0.1:0", "--mode", "paper", "--accounts", "U1234567"],
+            "paper accounts look like DU",
+        ),
+        (
+            ["--listen", "127.0.0.1:0", "--mode", "live", "--accounts", "DU1234567"],
+            "live accounts look like U",
+        ),
+        (["--listen", "127.0.0.1:0", "--mode", "paper", "--accounts", "DU111,DU111"], "listed twice"),
+        (["--listen", "127.0.0.1:0", "--mode", "paper", "--max-version", "100"], "--max-version"),
+        (["--listen", "127.0.0.1:0", "--mode", "paper", "--seed", "x"], "--seed"),
+    ],
+)
 def test_bad_input_is_a_clear_error_with_exit_2(args, complaint):
     done = subprocess.run(SIM + args, capture_output=True, text=True, timeout=30)
     assert (done.returncode, "Traceback" in done.stderr) == (2, False)
@@ -40,8 +49,12 @@ def test_a_port_in_use_is_a_clear_error_with_exit_2():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(SIM + ["--listen", f"127.0.0.1:{port}", "--mode", "paper"], capture_output=True,
-                              text=True, timeout=30)
+        done = subprocess.run(
+            SIM + ["--listen", f"127.0.0.1:{port}", "--mode", "paper"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert (done.returncode, "Traceback" in done.stderr) == (2, False)
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
@@ -59,8 +72,9 @@ class SimProcess(LoggedProcess):
 
 @pytest.fixture
 def live_sim(tmp_path):
-    process = SimProcess("--mode", "live", "--admin-socket", str(tmp_path / "admin.sock"), "--restart-downtime",
-                         "0.3")
+    process = SimProcess(
+        "--mode", "live", "--admin-socket", str(tmp_path / "admin.sock"), "--restart-downtime", "0.3"
+    )
     process.admin = str(tmp_path / "admin.sock")
     yield process
     if process.proc.poll() is None:

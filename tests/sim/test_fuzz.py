@@ -46,8 +46,12 @@ def test_random_bytes_instead_of_a_handshake(sim):
 
 def test_random_and_truncated_frames_after_logon(sim):
     lengths = st.integers(0, 2**32 - 1).map(lambda n: struct.pack(">I", n))
-    frames = st.lists(st.binary(max_size=200).map(frame) | st.binary(max_size=60).map(lambda b: frame(b)[:-1] or b)
-                      | lengths, max_size=8)
+    frames = st.lists(
+        st.binary(max_size=200).map(frame)
+        | st.binary(max_size=60).map(lambda b: frame(b)[:-1] or b)
+        | lengths,
+        max_size=8,
+    )
 
     @FUZZ
     @given(version=st.sampled_from([178, 200, 226]), payloads=frames)

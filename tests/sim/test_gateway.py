@@ -34,7 +34,12 @@ async def _max_pending(session, seconds: float = 0.5) -> int:
 
 def test_probe_reads_the_logon_and_times_a_round_trip(sim):
     result = run(probe("127.0.0.1", sim.port, client_id=9))
-    assert (result.server_version, result.client_id, result.accounts, result.next_valid_id) == (200, 9, ("DU1234567",), 1)
+    assert (result.server_version, result.client_id, result.accounts, result.next_valid_id) == (
+        200,
+        9,
+        ("DU1234567",),
+        1,
+    )
     assert [code for code, _ in result.notices] == [2104, 2106, 2158]
     assert 0 < result.round_trip < STEP and result.server_time > 1_600_000_000
 
@@ -169,8 +174,11 @@ def test_unreadable_order_values_get_320_not_a_hang_up(sim):
         text.send_ibapi(lambda c: c.placeOrder(5, contract(), order("BUY", "NaN", "MKT")))
         assert (await text.error())[1] == 320
         pb = await RawClient.connect(sim.port, 2, max_version=versions.LATEST)
-        request = PlaceOrderRequest(orderId=5, contract=Contract(symbol="SPY", secType="STK", exchange="SMART"),
-                                    order=Order(action="BUY", totalQuantity="lots", orderType="MKT"))
+        request = PlaceOrderRequest(
+            orderId=5,
+            contract=Contract(symbol="SPY", secType="STK", exchange="SMART"),
+            order=Order(action="BUY", totalQuantity="lots", orderType="MKT"),
+        )
         pb.writer.write(encode_protobuf(Out.PLACE_ORDER, request.SerializeToString()))
         assert (await pb.error())[1] == 320
         assert not sim.server.broker.orders
@@ -216,7 +224,9 @@ def test_market_data_skips_a_congested_client(start_sim, monkeypatch):
         slow, other = await _slow_reader(sim.port, 1), await RawClient.connect(sim.port, 2)
         session = sim.server.sessions[1]
         await until(lambda: session.congested, timeout=3 * STEP)
-        assert await _max_pending(session) < sim_session.CONGESTED_BYTES + (64 << 10)  # one step's ticks at most
+        assert await _max_pending(session) < sim_session.CONGESTED_BYTES + (
+            64 << 10
+        )  # one step's ticks at most
         other.send(Out.REQ_CURRENT_TIME, 1)
         assert int((await other.expect(49))[1]) > 0
         for client in (slow, other):
@@ -226,7 +236,9 @@ def test_market_data_skips_a_congested_client(start_sim, monkeypatch):
 
 
 def test_a_client_too_far_behind_is_dropped(start_sim, monkeypatch):
-    monkeypatch.setattr(sim_session, "MAX_PENDING_BYTES", 64 << 10)  # below CONGESTED_BYTES: nothing is skipped
+    monkeypatch.setattr(
+        sim_session, "MAX_PENDING_BYTES", 64 << 10
+    )  # below CONGESTED_BYTES: nothing is skipped
     sim = start_sim(tick_interval=0.005)
 
     async def scenario():
@@ -242,7 +254,9 @@ def test_a_client_too_far_behind_is_dropped(start_sim, monkeypatch):
 
 
 def _spy_line(client: RawClient, req_id: int) -> None:
-    client.send(Out.REQ_MKT_DATA, 11, req_id, 756733, "", "", "", "", "", "", "SMART", "", "", "", "", 0, "", 0, 0, "")
+    client.send(
+        Out.REQ_MKT_DATA, 11, req_id, 756733, "", "", "", "", "", "", "SMART", "", "", "", "", 0, "", 0, 0, ""
+    )
 
 
 def test_market_data_lines_are_limited_to_100(sim):
@@ -280,8 +294,9 @@ def test_read_only_refuses_orders_with_321(start_sim):
 def test_daily_restart_drops_clients_refuses_then_readmits(sim):
     async def scenario():
         client = await RawClient.connect(sim.port, 1)
-        reply = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-            admin.execute(sim.server, "restart 1"), sim.loop))
+        reply = await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(admin.execute(sim.server, "restart 1"), sim.loop)
+        )
         assert reply.startswith("ok")
         await client.read_until_closed()
         with pytest.raises(ProbeError, match="connection to"):

@@ -12,6 +12,7 @@ from ..kit.sim import STEP, until
 
 def trading_app(port: int, scenario, client_id: int = 1):
     """Run `scenario(ib)` with a connected IB, bounded in time, and disconnect."""
+
     async def main():
         ib = IB()
         await ib.connectAsync("127.0.0.1", port, clientId=client_id, timeout=STEP)
@@ -37,13 +38,18 @@ def test_spy_details_and_0dte_option_chain(sim):
     async def scenario(ib):
         [details] = await ib.reqContractDetailsAsync(Stock("SPY", "SMART", "USD"))
         assert (details.contract.conId, details.contract.primaryExchange, details.longName) == (
-            756733, "ARCA", "SPDR S&P 500 ETF TRUST")
+            756733,
+            "ARCA",
+            "SPDR S&P 500 ETF TRUST",
+        )
         [chain, _] = await ib.reqSecDefOptParamsAsync("SPY", "", "STK", 756733)
         today = datetime.now(NEW_YORK).strftime("%Y%m%d")
         assert (chain.exchange, chain.expirations, chain.multiplier) == ("SMART", [today], "100")
         options = await ib.reqContractDetailsAsync(Option("SPY", today, exchange="SMART"))
         assert len(options) == 2 * len(chain.strikes)
-        assert {d.contract.right for d in options} == {"C", "P"} and all(d.underConId == 756733 for d in options)
+        assert {d.contract.right for d in options} == {"C", "P"} and all(
+            d.underConId == 756733 for d in options
+        )
         [call] = await ib.qualifyContractsAsync(Option("SPY", today, 600, "C", "SMART"))
         assert call.localSymbol == f"SPY   {today[2:]}C00600000"
 
@@ -68,11 +74,20 @@ def test_market_order_fills_with_execution_and_position(sim):
     async def scenario(ib):
         [spy] = await ib.qualifyContractsAsync(Stock("SPY", "SMART", "USD"))
         trade = ib.placeOrder(spy, MarketOrder("BUY", 10))
-        await until(lambda: trade.orderStatus.status == "Filled" and trade.fills
-                    and trade.fills[0].commissionReport.commission > 0)
+        await until(
+            lambda: (
+                trade.orderStatus.status == "Filled"
+                and trade.fills
+                and trade.fills[0].commissionReport.commission > 0
+            )
+        )
         assert [e.status for e in trade.log][:2] == ["PendingSubmit", "Submitted"]
         fill = trade.fills[0]
-        assert (fill.execution.shares, fill.execution.side, fill.execution.acctNumber) == (10, "BOT", "DU1234567")
+        assert (fill.execution.shares, fill.execution.side, fill.execution.acctNumber) == (
+            10,
+            "BOT",
+            "DU1234567",
+        )
         await until(lambda: [(p.contract.conId, p.position) for p in ib.positions()] == [(756733, 10)])
         assert [f.execution.execId for f in await ib.reqExecutionsAsync()] == [fill.execution.execId]
 

@@ -14,8 +14,10 @@ from ..kit.sim import IbapiApp, contract, order
 SPY_CON_ID = 756733
 
 
-@pytest.fixture(params=[versions.LATEST, versions.PROTOBUF_MARKET_DATA, versions.PROTOBUF - 1],
-                ids=["protobuf", "mixed", "text"])
+@pytest.fixture(
+    params=[versions.LATEST, versions.PROTOBUF_MARKET_DATA, versions.PROTOBUF - 1],
+    ids=["protobuf", "mixed", "text"],
+)
 def app(request, start_sim):
     sim = start_sim(max_version=request.param)
     app = IbapiApp().start(sim.port, client_id=1)
@@ -35,11 +37,16 @@ def test_connects_and_reads_accounts(app, request):
 def test_spy_details_and_0dte_option_chain(app):
     app.client.reqContractDetails(1, contract())
     [(_, details)] = app.wait("contractDetails", lambda req_id, d: req_id == 1)
-    assert (details.contract.conId, details.contract.primaryExchange, details.stockType) == (SPY_CON_ID, "ARCA", "ETF")
+    assert (details.contract.conId, details.contract.primaryExchange, details.stockType) == (
+        SPY_CON_ID,
+        "ARCA",
+        "ETF",
+    )
     app.client.reqSecDefOptParams(2, "SPY", "", "STK", SPY_CON_ID)
     app.wait("securityDefinitionOptionParameterEnd")
     [(_, exchange, _, trading_class, multiplier, expirations, strikes)] = app.received(
-        "securityDefinitionOptionParameter", lambda req_id, exchange, *rest: exchange == "SMART")
+        "securityDefinitionOptionParameter", lambda req_id, exchange, *rest: exchange == "SMART"
+    )
     today = datetime.now(NEW_YORK).strftime("%Y%m%d")
     assert (trading_class, multiplier, expirations) == ("SPY", "100", {today})
     app.client.reqContractDetails(3, contract(sec_type="OPT", lastTradeDateOrContractMonth=today))
@@ -51,7 +58,9 @@ def test_spy_details_and_0dte_option_chain(app):
 
 def test_streams_ticks(app):
     app.client.reqMktData(4, contract(), "", False, False, [])
-    ticks = app.wait("tickPrice", lambda req_id, tick_type, price, attrib: req_id == 4 and tick_type == 1, count=5)
+    ticks = app.wait(
+        "tickPrice", lambda req_id, tick_type, price, attrib: req_id == 4 and tick_type == 1, count=5
+    )
     assert all(590 < price < 610 for _, _, price, _ in ticks)
     app.client.cancelMktData(4)
 
@@ -64,8 +73,12 @@ def test_market_order_fills_with_execution_and_position(app):
     statuses = app.wait("orderStatus", lambda oid, status, *rest: oid == order_id and status == "Filled")
     assert statuses[0][2:4] == (Decimal(10), Decimal(0))
     [(req_id, executed, execution)] = app.wait("execDetails")
-    assert (executed.conId, execution.orderId, execution.shares, execution.side) == (SPY_CON_ID, order_id,
-                                                                                       Decimal(10), "BOT")
+    assert (executed.conId, execution.orderId, execution.shares, execution.side) == (
+        SPY_CON_ID,
+        order_id,
+        Decimal(10),
+        "BOT",
+    )
     [(report,)] = app.wait("commissionAndFeesReport")
     assert (report.execId, report.commissionAndFees) == (execution.execId, 1.0)
     [(account, held, quantity, avg_cost)] = app.wait("position")
@@ -78,7 +91,12 @@ def test_limit_order_rests_then_cancels(app):
     app.client.placeOrder(order_id, contract(), order("BUY", 5, "LMT", lmtPrice=100.0))
     app.wait("orderStatus", lambda oid, status, *rest: status == "Submitted")
     [(_, _, placed, state)] = app.wait("openOrder")
-    assert (placed.orderType, placed.lmtPrice, placed.totalQuantity, state.status) == ("LMT", 100.0, 5, "Submitted")
+    assert (placed.orderType, placed.lmtPrice, placed.totalQuantity, state.status) == (
+        "LMT",
+        100.0,
+        5,
+        "Submitted",
+    )
     app.client.cancelOrder(order_id, OrderCancel())
     app.wait("orderStatus", lambda oid, status, *rest: status == "Cancelled")
     assert app.wait("error", lambda req_id, when, code, *rest: code == 202)[0][0] == order_id

@@ -58,8 +58,17 @@ def test_universe_has_three_underlyings_and_their_same_day_chains():
 
 
 def _request(**changes) -> ReqHistoricalData:
-    fields = dict(req_id=1, contract=ContractQuery(con_id=756733), end="", bar_size="5 mins", duration="1 D",
-                  use_rth=True, what_to_show="TRADES", format_date=1, keep_up_to_date=False)
+    fields = dict(
+        req_id=1,
+        contract=ContractQuery(con_id=756733),
+        end="",
+        bar_size="5 mins",
+        duration="1 D",
+        use_rth=True,
+        what_to_show="TRADES",
+        format_date=1,
+        keep_up_to_date=False,
+    )
     return ReqHistoricalData(**(fields | changes))
 
 
@@ -75,13 +84,20 @@ def test_end_times_in_every_ib_format(end):
     assert history.parse_end(end, NOW) == datetime(2025, 1, 10, 16, 0, tzinfo=NEW_YORK)
 
 
-@pytest.mark.parametrize("changes, code", [
-    ({"bar_size": "7 mins"}, 321), ({"duration": "1 X"}, 321), ({"end": "yesterday"}, 321),
-    ({"end": "20250110 16:00:00 Mars/Olympus"}, 321), ({"bar_size": "1 secs", "duration": "1 Y"}, 162),
-    ({"keep_up_to_date": True}, 162), ({"end": "00010101 00:00:00"}, 321),
-    ({"bar_size": "1 day", "duration": "999999999 Y"}, 162),  # refused at once, not walked day by day
-    ({"duration": "99999999999999999999 S"}, 321),
-])
+@pytest.mark.parametrize(
+    "changes, code",
+    [
+        ({"bar_size": "7 mins"}, 321),
+        ({"duration": "1 X"}, 321),
+        ({"end": "yesterday"}, 321),
+        ({"end": "20250110 16:00:00 Mars/Olympus"}, 321),
+        ({"bar_size": "1 secs", "duration": "1 Y"}, 162),
+        ({"keep_up_to_date": True}, 162),
+        ({"end": "00010101 00:00:00"}, 321),
+        ({"bar_size": "1 day", "duration": "999999999 Y"}, 162),  # refused at once, not walked day by day
+        ({"duration": "99999999999999999999 S"}, 321),
+    ],
+)
 def test_bad_historical_requests_get_ib_errors(changes, code):
     with pytest.raises(history.HistoryError) as refused:
         history.parse_request(_request(**changes), NOW)

@@ -53,8 +53,9 @@ def test_decode_protobuf_ids():
     assert (message.msg_id, message.protobuf, message.body) == (In.NEXT_VALID_ID, True, b"\x08\x2a")
 
 
-@pytest.mark.parametrize("version, payload", [(178, b"x\0"), (178, b"12"), (178, b""), (226, b"\0\0"),
-                                              (178, b"9999999999\0")])
+@pytest.mark.parametrize(
+    "version, payload", [(178, b"x\0"), (178, b"12"), (178, b""), (226, b"\0\0"), (178, b"9999999999\0")]
+)
 def test_decode_rejects_bad_message_ids(version, payload):
     with pytest.raises(MalformedMessage):
         decode(version, payload)
@@ -62,7 +63,8 @@ def test_decode_rejects_bad_message_ids(version, payload):
 
 def test_fields_are_written_the_way_the_java_server_writes_them():
     assert encode_fields([True, False, None, 1.5, UNSET_DOUBLE, float("inf"), Decimal("100"), "x"]) == (
-        b"1\x000\x00\x001.5\x001.7976931348623157E308\x00Infinite\x00100\x00x\x00")
+        b"1\x000\x00\x001.5\x001.7976931348623157E308\x00Infinite\x00100\x00x\x00"
+    )
     assert split_fields(b"a\0\0b\0") == ["a", "", "b"]
     assert split_fields(b"a\0b") == ["a", "b"]
 
@@ -74,7 +76,13 @@ def test_ibapi_reads_unset_doubles_back_as_unset():
 def test_field_reader_types_and_errors():
     reader = FieldReader(["7", "", "2.5", "True", "1", "10.5", "tail"])
     assert (reader.int(), reader.int(-1), reader.float(), reader.bool(), reader.bool(), reader.decimal()) == (
-        7, -1, 2.5, True, True, Decimal("10.5"))
+        7,
+        -1,
+        2.5,
+        True,
+        True,
+        Decimal("10.5"),
+    )
     assert reader.remaining() == 1
     with pytest.raises(MalformedMessage):
         reader.int()
@@ -85,7 +93,9 @@ def test_field_reader_types_and_errors():
 @pytest.mark.parametrize("version", range(versions.MIN_CLIENT, versions.LATEST + 1))
 def test_request_protobuf_table_agrees_with_ibapi(version):
     for msg_id in Out:
-        assert versions.request_is_protobuf(version, msg_id) == (getServerVersionForMessage(msg_id) <= version)
+        assert versions.request_is_protobuf(version, msg_id) == (
+            getServerVersionForMessage(msg_id) <= version
+        )
 
 
 def test_every_response_with_a_protobuf_decoder_has_a_switch_version():

@@ -38,7 +38,7 @@ def test_hello_round_trip_with_connect_options():
     hello = Hello(100, 226, "+PACEAPI")
     data = hello.encode()
     assert data.startswith(API_PREFIX)
-    assert parse_hello(unframe(data[len(API_PREFIX):])[0][0]) == hello
+    assert parse_hello(unframe(data[len(API_PREFIX) :])[0][0]) == hello
 
 
 def test_hello_is_what_ibapi_sends():

@@ -7,16 +7,23 @@ import pytest
 from ibgw_provision.observe import health, views
 
 
-@pytest.mark.parametrize("line,kind", [
-    ("2026-11-24 09:30:01:123 IBC: Login has failed: unrecognized username or password", "login_failed"),
-    ("2026-11-24 09:30:01:123 IBC: Second Factor Authentication dialog timed out", "twofa_timeout"),
-    ("2026-11-24 09:30:01:123 IBC: Existing session detected: will log in as primary", "existing_session"),
-    ("2026-11-24 09:30:01,123 ibgw-sim ERROR handler crashed", "error"),
-])
+@pytest.mark.parametrize(
+    "line,kind",
+    [
+        ("2026-11-24 09:30:01:123 IBC: Login has failed: unrecognized username or password", "login_failed"),
+        ("2026-11-24 09:30:01:123 IBC: Second Factor Authentication dialog timed out", "twofa_timeout"),
+        (
+            "2026-11-24 09:30:01:123 IBC: Existing session detected: will log in as primary",
+            "existing_session",
+        ),
+        ("2026-11-24 09:30:01,123 ibgw-sim ERROR handler crashed", "error"),
+    ],
+)
 def test_known_ibc_failures_are_named(line, kind):
     report = {"log_findings": []}
-    findings = health._judge_logs({"log_lines": [{"file": "/var/log/ibgw/live/ibc.log", "line": line}],
-                                   "journal_errors": []}, report)
+    findings = health._judge_logs(
+        {"log_lines": [{"file": "/var/log/ibgw/live/ibc.log", "line": line}], "journal_errors": []}, report
+    )
     assert report["log_findings"][0]["kind"] == kind
     assert findings[0].severity == "degraded" and findings[0].subject == "/var/log/ibgw/live/ibc.log"
 
@@ -27,10 +34,17 @@ def test_ordinary_log_lines_are_not_findings():
     assert health._judge_logs({"log_lines": lines, "journal_errors": []}, report) == []
 
 
-@pytest.mark.parametrize("mode,accounts,mismatch", [
-    ("paper", ["DU123"], False), ("paper", ["DF9"], False), ("paper", ["DU1", "U2"], True),
-    ("live", ["U123"], False), ("live", ["F77"], False), ("live", ["DU123"], True),
-])
+@pytest.mark.parametrize(
+    "mode,accounts,mismatch",
+    [
+        ("paper", ["DU123"], False),
+        ("paper", ["DF9"], False),
+        ("paper", ["DU1", "U2"], True),
+        ("live", ["U123"], False),
+        ("live", ["F77"], False),
+        ("live", ["DU123"], True),
+    ],
+)
 def test_mode_is_checked_by_account_prefix(mode, accounts, mismatch):
     findings = health._judge_accounts(mode, "on the host", accounts)
     assert bool(findings) == mismatch
@@ -46,8 +60,10 @@ def test_a_front_failure_with_a_working_gateway_is_degraded_not_down():
     ok = {"ok": True, "accounts": ["DU1"]}
     (finding,) = health._judge_gateway("paper", ok, {"ok": False, "error": "refused"})
     assert finding.severity == "degraded"
-    assert [f.severity for f in health._judge_gateway("paper", {"ok": False, "error": "x"},
-                                                      {"ok": False, "error": "y"})] == ["down", "down"]
+    assert [
+        f.severity
+        for f in health._judge_gateway("paper", {"ok": False, "error": "x"}, {"ok": False, "error": "y"})
+    ] == ["down", "down"]
 
 
 def test_listeners(local):
@@ -63,9 +79,20 @@ def test_listeners(local):
 
 
 def test_brief_is_one_nagios_style_line():
-    report = {"host": "gw1", "status": "down", "units": [], "gateways": [],
-              "findings": [{"severity": "down", "check": "mode", "subject": "paper gateway",
-                            "message": "MODE MISMATCH on the host"}]}
+    report = {
+        "host": "gw1",
+        "status": "down",
+        "units": [],
+        "gateways": [],
+        "findings": [
+            {
+                "severity": "down",
+                "check": "mode",
+                "subject": "paper gateway",
+                "message": "MODE MISMATCH on the host",
+            }
+        ],
+    }
     assert views.brief(report) == "IBGW CRITICAL - gw1: MODE MISMATCH on the host"
 
 

@@ -45,63 +45,215 @@ ARTIFACTS = textwrap.dedent("""\
 
 # (case id, text to replace in BASE, replacement, field, text on the expected line, message fragment)
 BAD = [
-    ("duplicate-client-id", "client_id: 2", "client_id: 1",
-     "hosts.gw.apps[1].client_id", "client_id: 1\n        modes: [paper, live]",
-     "client_id 1 is already used by app 'bot' on the paper gateway"),
-    ("port-collision", "      - mode: live\n", "      - mode: live\n        api_port: 4004\n",
-     "hosts.gw.gateways[1].api_port", "api_port: 4004", "port 4004 collides with gateways[0].front_port"),
-    ("port-collides-with-ssh", "      - mode: live\n", "      - mode: live\n        front_port: 22\n",
-     "hosts.gw.gateways[1].front_port", "front_port: 22", "collides with ssh.port"),
-    ("unknown-mode", "- mode: paper", "- mode: papr",
-     "hosts.gw.gateways[0].mode", "mode: papr", "'paper' or 'live'"),
-    ("unknown-app-mode", "modes: [paper]", "modes: [paper, demo]",
-     "hosts.gw.apps[0].modes[1]", "modes: [paper, demo]", "'paper' or 'live'"),
-    ("malformed-cidr", "10.0.0.0/24", "10.0.0.300/24",
-     "hosts.gw.apps[0].sources[0]", "sources: [10.0.0.300/24]", "malformed CIDR '10.0.0.300/24'"),
-    ("cidr-host-bits", "10.0.1.5/32", "10.0.1.5/24",
-     "hosts.gw.apps[1].sources[0]", "sources: [10.0.1.5/24]", "has host bits set"),
-    ("malformed-admin-cidr", "192.0.2.100/32", "192.0.2.100/33",
-     "hosts.gw.firewall.admin_cidrs[0]", "admin_cidrs:", "malformed CIDR"),
-    ("mode-without-gateway", "      - mode: live\n", "",
-     "hosts.gw.apps[1].modes[1]", "modes: [paper, live]", "no live gateway on this host"),
-    ("plaintext-password", "      - mode: paper\n",
-     "      - mode: paper\n        login: {username: {env: IB_USER}, password: hunter2}\n",
-     "hosts.gw.gateways[0].login.password", "login:", "plaintext secrets are not allowed"),
-    ("plaintext-password-key", "      - mode: paper\n", "      - mode: paper\n        password: hunter2\n",
-     "hosts.gw.gateways[0].password", "password: hunter2", "plaintext secrets are not allowed"),
-    ("secret-ref-both", "      - mode: paper\n",
-     "      - mode: paper\n        login: {username: {env: U}, password: {env: P, file: /x}}\n",
-     "hosts.gw.gateways[0].login.password", "login:", "exactly one of 'env' or 'file'"),
-    ("missing-secret-reference", "backend: simulator", "backend: ibgw",
-     "hosts.gw.gateways[0].login", "- mode: paper", "missing secret reference"),
-    ("bad-yaml", "    apps:\n", "    apps: [\n",
-     "", "- name: bot", "bad YAML"),
-    ("duplicate-key", "    backend: simulator\n", "    backend: simulator\n    backend: ibgw\n",
-     "hosts.gw.backend", "backend: ibgw", "duplicate key"),
-    ("unknown-field", "client_id: 2", "clientid: 2",
-     "hosts.gw.apps[1].clientid", "clientid: 2", "unknown field"),
-    ("firewall-without-admin", "admin_cidrs: [192.0.2.100/32]", "admin_cidrs: []",
-     "hosts.gw.firewall.admin_cidrs", "admin_cidrs: []", "no admin CIDR may reach SSH"),
-    ("duplicate-gateway", "      - mode: live\n", "      - mode: paper\n        api_port: 5002\n        front_port: 5004\n",
-     "hosts.gw.gateways[1].mode", "- mode: paper\n        api_port: 5002", "a paper gateway is already defined"),
-    ("duplicate-app-name", "name: research", "name: bot",
-     "hosts.gw.apps[1].name", "name: bot\n        client_id: 2", "already used by apps[0]"),
-    ("paper-with-live-account", "      - mode: paper\n", "      - mode: paper\n        simulator: {accounts: [U123]}\n",
-     "hosts.gw.gateways[0].simulator.accounts[0]", "accounts: [U123]", "must start with 'DU'"),
-    ("bad-front-bind", "    firewall:\n", "    front: {bind: example.com}\n    firewall:\n",
-     "hosts.gw.front.bind", "front: {bind: example.com}", "bind must be an IP address"),
-    ("port-out-of-range", "      - mode: live\n", "      - mode: live\n        api_port: 70000\n",
-     "hosts.gw.gateways[1].api_port", "api_port: 70000", "less than or equal to 65535"),
-    ("unknown-group-member", "hosts:\n", "groups: {prod: [gw, gw9]}\nhosts:\n",
-     "groups.prod[1]", "groups:", "no host named 'gw9'"),
-    ("probe-client-id-taken", "client_id: 2", "client_id: 9999",
-     "hosts.gw.apps[1].client_id", "client_id: 9999", "reserved for `ibgw health`'s probe"),
-    ("front-probe-client-id-taken", "client_id: 2", "client_id: 9998",
-     "hosts.gw.apps[1].client_id", "client_id: 9998", "reserved for `ibgw health`'s probe"),
-    ("port-collides-with-metrics", "      - mode: live\n", "      - mode: live\n        front_port: 8405\n",
-     "hosts.gw.gateways[1].front_port", "front_port: 8405", "collides with front.metrics_port"),
-    ("bad-restart-time", "      - mode: paper\n", "      - mode: paper\n        ibc: {auto_restart_time: '23:59'}\n",
-     "hosts.gw.gateways[0].ibc.auto_restart_time", "auto_restart_time", "should match pattern"),
+    (
+        "duplicate-client-id",
+        "client_id: 2",
+        "client_id: 1",
+        "hosts.gw.apps[1].client_id",
+        "client_id: 1\n        modes: [paper, live]",
+        "client_id 1 is already used by app 'bot' on the paper gateway",
+    ),
+    (
+        "port-collision",
+        "      - mode: live\n",
+        "      - mode: live\n        api_port: 4004\n",
+        "hosts.gw.gateways[1].api_port",
+        "api_port: 4004",
+        "port 4004 collides with gateways[0].front_port",
+    ),
+    (
+        "port-collides-with-ssh",
+        "      - mode: live\n",
+        "      - mode: live\n        front_port: 22\n",
+        "hosts.gw.gateways[1].front_port",
+        "front_port: 22",
+        "collides with ssh.port",
+    ),
+    (
+        "unknown-mode",
+        "- mode: paper",
+        "- mode: papr",
+        "hosts.gw.gateways[0].mode",
+        "mode: papr",
+        "'paper' or 'live'",
+    ),
+    (
+        "unknown-app-mode",
+        "modes: [paper]",
+        "modes: [paper, demo]",
+        "hosts.gw.apps[0].modes[1]",
+        "modes: [paper, demo]",
+        "'paper' or 'live'",
+    ),
+    (
+        "malformed-cidr",
+        "10.0.0.0/24",
+        "10.0.0.300/24",
+        "hosts.gw.apps[0].sources[0]",
+        "sources: [10.0.0.300/24]",
+        "malformed CIDR '10.0.0.300/24'",
+    ),
+    (
+        "cidr-host-bits",
+        "10.0.1.5/32",
+        "10.0.1.5/24",
+        "hosts.gw.apps[1].sources[0]",
+        "sources: [10.0.1.5/24]",
+        "has host bits set",
+    ),
+    (
+        "malformed-admin-cidr",
+        "192.0.2.100/32",
+        "192.0.2.100/33",
+        "hosts.gw.firewall.admin_cidrs[0]",
+        "admin_cidrs:",
+        "malformed CIDR",
+    ),
+    (
+        "mode-without-gateway",
+        "      - mode: live\n",
+        "",
+        "hosts.gw.apps[1].modes[1]",
+        "modes: [paper, live]",
+        "no live gateway on this host",
+    ),
+    (
+        "plaintext-password",
+        "      - mode: paper\n",
+        "      - mode: paper\n        login: {username: {env: IB_USER}, password: hunter2}\n",
+        "hosts.gw.gateways[0].login.password",
+        "login:",
+        "plaintext secrets are not allowed",
+    ),
+    (
+        "plaintext-password-key",
+        "      - mode: paper\n",
+        "      - mode: paper\n        password: hunter2\n",
+        "hosts.gw.gateways[0].password",
+        "password: hunter2",
+        "plaintext secrets are not allowed",
+    ),
+    (
+        "secret-ref-both",
+        "      - mode: paper\n",
+        "      - mode: paper\n        login: {username: {env: U}, password: {env: P, file: /x}}\n",
+        "hosts.gw.gateways[0].login.password",
+        "login:",
+        "exactly one of 'env' or 'file'",
+    ),
+    (
+        "missing-secret-reference",
+        "backend: simulator",
+        "backend: ibgw",
+        "hosts.gw.gateways[0].login",
+        "- mode: paper",
+        "missing secret reference",
+    ),
+    ("bad-yaml", "    apps:\n", "    apps: [\n", "", "- name: bot", "bad YAML"),
+    (
+        "duplicate-key",
+        "    backend: simulator\n",
+        "    backend: simulator\n    backend: ibgw\n",
+        "hosts.gw.backend",
+        "backend: ibgw",
+        "duplicate key",
+    ),
+    (
+        "unknown-field",
+        "client_id: 2",
+        "clientid: 2",
+        "hosts.gw.apps[1].clientid",
+        "clientid: 2",
+        "unknown field",
+    ),
+    (
+        "firewall-without-admin",
+        "admin_cidrs: [192.0.2.100/32]",
+        "admin_cidrs: []",
+        "hosts.gw.firewall.admin_cidrs",
+        "admin_cidrs: []",
+        "no admin CIDR may reach SSH",
+    ),
+    (
+        "duplicate-gateway",
+        "      - mode: live\n",
+        "      - mode: paper\n        api_port: 5002\n        front_port: 5004\n",
+        "hosts.gw.gateways[1].mode",
+        "- mode: paper\n        api_port: 5002",
+        "a paper gateway is already defined",
+    ),
+    (
+        "duplicate-app-name",
+        "name: research",
+        "name: bot",
+        "hosts.gw.apps[1].name",
+        "name: bot\n        client_id: 2",
+        "already used by apps[0]",
+    ),
+    (
+        "paper-with-live-account",
+        "      - mode: paper\n",
+        "      - mode: paper\n        simulator: {accounts: [U123]}\n",
+        "hosts.gw.gateways[0].simulator.accounts[0]",
+        "accounts: [U123]",
+        "must start with 'DU'",
+    ),
+    (
+        "bad-front-bind",
+        "    firewall:\n",
+        "    front: {bind: example.com}\n    firewall:\n",
+        "hosts.gw.front.bind",
+        "front: {bind: example.com}",
+        "bind must be an IP address",
+    ),
+    (
+        "port-out-of-range",
+        "      - mode: live\n",
+        "      - mode: live\n        api_port: 70000\n",
+        "hosts.gw.gateways[1].api_port",
+        "api_port: 70000",
+        "less than or equal to 65535",
+    ),
+    (
+        "unknown-group-member",
+        "hosts:\n",
+        "groups: {prod: [gw, gw9]}\nhosts:\n",
+        "groups.prod[1]",
+        "groups:",
+        "no host named 'gw9'",
+    ),
+    (
+        "probe-client-id-taken",
+        "client_id: 2",
+        "client_id: 9999",
+        "hosts.gw.apps[1].client_id",
+        "client_id: 9999",
+        "reserved for `ibgw health`'s probe",
+    ),
+    (
+        "front-probe-client-id-taken",
+        "client_id: 2",
+        "client_id: 9998",
+        "hosts.gw.apps[1].client_id",
+        "client_id: 9998",
+        "reserved for `ibgw health`'s probe",
+    ),
+    (
+        "port-collides-with-metrics",
+        "      - mode: live\n",
+        "      - mode: live\n        front_port: 8405\n",
+        "hosts.gw.gateways[1].front_port",
+        "front_port: 8405",
+        "collides with front.metrics_port",
+    ),
+    (
+        "bad-restart-time",
+        "      - mode: paper\n",
+        "      - mode: paper\n        ibc: {auto_restart_time: '23:59'}\n",
+        "hosts.gw.gateways[0].ibc.auto_restart_time",
+        "auto_restart_time",
+        "should match pattern",
+    ),
 ]
 
 
@@ -152,7 +304,8 @@ def test_ibgw_backend_needs_pinned_artifacts(tmp_path):
 def test_preflight_refuses_a_missing_or_unpinned_installer(tmp_path):
     login = "login: {username: {env: U}, password: {env: P}}"
     text = ARTIFACTS + BASE.replace("backend: simulator", "backend: ibgw").replace(
-        "- mode: paper\n", f"- mode: paper\n        {login}\n").replace("- mode: live\n", f"- mode: live\n        {login}\n")
+        "- mode: paper\n", f"- mode: paper\n        {login}\n"
+    ).replace("- mode: live\n", f"- mode: live\n        {login}\n")
     path = tmp_path / "inv.yml"
     text = text.replace("artifacts:\n", f"artifacts:\n  cache_dir: {tmp_path}\n")
     path.write_text(text)
@@ -163,12 +316,14 @@ def test_preflight_refuses_a_missing_or_unpinned_installer(tmp_path):
     ibc, gateway = err.value.problems  # one problem per file, though both gateways need gw.sh
     assert (ibc.field, gateway.field) == ("artifacts.ibc.sha256", "artifacts.ib_gateway")
     assert "not the pinned one: refusing to install it" in ibc.message and "cannot read" in gateway.message
-    assert ibc.line == next(n for n, line in enumerate(text.splitlines(), 1) if "sha256: \"bbb" in line)
+    assert ibc.line == next(n for n, line in enumerate(text.splitlines(), 1) if 'sha256: "bbb' in line)
 
 
 def test_same_client_id_on_different_gateways_is_fine(tmp_path):
     path = tmp_path / "inv.yml"
-    path.write_text(BASE.replace("modes: [paper, live]", "modes: [live]").replace("client_id: 2", "client_id: 1"))
+    path.write_text(
+        BASE.replace("modes: [paper, live]", "modes: [live]").replace("client_id: 2", "client_id: 1")
+    )
     assert len(inventory.load(path).hosts["gw"].apps) == 2
 
 
@@ -177,7 +332,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
     path.write_text(BASE.replace("10.0.0.0/24", "nope").replace("10.0.1.5/32", "nope/2"))
     with pytest.raises(InputError) as err:
         inventory.load(path)
-    assert [p.field for p in err.value.problems] == ["hosts.gw.apps[0].sources[0]", "hosts.gw.apps[1].sources[0]"]
+    assert [p.field for p in err.value.problems] == [
+        "hosts.gw.apps[0].sources[0]",
+        "hosts.gw.apps[1].sources[0]",
+    ]
 
 
 def test_select_hosts_by_name_group_glob_and_all(example):
@@ -189,8 +347,10 @@ def test_select_hosts_by_name_group_glob_and_all(example):
 
 class TestSecretReferences:
     def _inventory(self, tmp_path, password_ref: str):
-        text = BASE.replace("- mode: paper\n", "- mode: paper\n        login: {username: {env: IBGW_T_USER}, "
-                            f"password: {password_ref}}}\n")
+        text = BASE.replace(
+            "- mode: paper\n",
+            f"- mode: paper\n        login: {{username: {{env: IBGW_T_USER}}, password: {password_ref}}}\n",
+        )
         path = tmp_path / "inv.yml"
         path.write_text(text)
         return inventory.load(path), text
@@ -249,8 +409,13 @@ class TestCli:
     def test_no_traceback_from_the_real_command(self, tmp_path):
         path = tmp_path / "inv.yml"
         path.write_text("hosts: [\n")
-        proc = subprocess.run([sys.executable, "-m", "ibgw_provision", "validate", "-i", str(path)],
-                              capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "ibgw_provision", "validate", "-i", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
         assert f"{path}:2: bad YAML" in proc.stderr
@@ -265,7 +430,9 @@ class TestCli:
         assert result.exit_code == 0, result.output
 
     def test_render_unknown_host_exits_2(self, tmp_path):
-        result = CliRunner().invoke(main, ["render", "nope", "-i", "inventories/example.yml", "--out", str(tmp_path)])
+        result = CliRunner().invoke(
+            main, ["render", "nope", "-i", "inventories/example.yml", "--out", str(tmp_path)]
+        )
         assert result.exit_code == 2
         assert "no host named 'nope'" in result.output
 

@@ -56,7 +56,8 @@ def test_ibs_default_heaps_do_not_fit_and_are_refused_naming_the_gateways(exampl
     with pytest.raises(memory.OverBudget) as refused:
         memory.check("gw1", host, T3_SMALL_MB)
     assert str(refused.value) == (
-        "gw1: needs about 2712 MB (gateways with java_heap paper 768m, live 1024m and their overhead), more than "
+        "gw1: needs about 2712 MB (gateways with java_heap paper 768m, live 1024m and their overhead), "
+        "more than "
         "its 1900 MB (MemTotal, no swap assumed): lower the gateways' java_heap or use a larger host"
     )
     assert memory.check("gw1", host, 4 * 1024 - 100) is None  # a t3.medium holds them

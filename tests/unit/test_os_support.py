@@ -248,7 +248,7 @@ FAKE_APT = textwrap.dedent("""\
     #!/bin/sh
     echo "$*" >> "{log}"
     case "$*" in *update*) if [ ! -e "{log}.busy-once" ]; then touch "{log}.busy-once";
-        echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 42 (apt-get)" >&2; exit 100; fi;;
+        echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 42" >&2; exit 100; fi;;
     esac
     exit 0
 """)

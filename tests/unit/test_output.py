@@ -9,7 +9,6 @@ import socket
 import pytest
 import yaml
 from click.testing import CliRunner
-from rich.console import Console
 
 from ibgw_provision import cli, inventory
 from ibgw_provision.inventory.secrets import Secrets

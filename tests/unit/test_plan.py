@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
 from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.provision import agent, layout, state
-from ibgw_provision.provision.plan import plan, sha256
+from ibgw_provision.provision.plan import PlanError, plan, sha256
 
 
 def converged(want) -> dict:
     """The facts of a host that already is what `want` describes."""
-    paths = {d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
-             for d in want.dirs}
-    paths |= {f.path: {"kind": "file", "mode": f.mode, "owner": f.owner, "group": f.group,
-                       "sha256": sha256(f.content)} for f in want.files}
+    paths = {
+        d.path: {"kind": "dir", "mode": d.mode, "owner": d.owner, "group": d.group, "sha256": None}
+        for d in want.dirs
+    }
+    paths |= {
+        f.path: {
+            "kind": "file",
+            "mode": f.mode,
+            "owner": f.owner,
+            "group": f.group,
+            "sha256": sha256(f.content),
+        }
+        for f in want.files
+    }
     return {
         "packages": dict.fromkeys(want.packages, True),
         "user": {"home": layout.HOME, "shell": "/usr/sbin/nologin", "uid": 990, "groups": ["ibkr"]},
@@ -68,7 +79,11 @@ def test_drift_in_haproxy_cfg_reloads_haproxy_only(want):
     result = plan(want, facts, Secrets())
     assert list(_changed(result)) == ["file /etc/haproxy/haproxy.cfg", "service haproxy.service"]
     systemd = _systemd_step(result)
-    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (["haproxy.service"], [], False)
+    assert (systemd["reload"], systemd["restart"], systemd["daemon_reload"]) == (
+        ["haproxy.service"],
+        [],
+        False,
+    )
     (step,) = [s for s in result.steps() if s["kind"] == "file"]
     assert step["validate"][0] == "haproxy"
     diff = result.changed[0].diff
@@ -107,13 +122,27 @@ def test_mode_and_owner_drift(want):
     assert changed[f"file {layout.ibc_ini('paper')}"] == "owner root -> ibkr, mode 0644 -> 0600"
 
 
-def test_seed_file_is_written_once_then_left_to_the_gateway(want):
+def test_jts_ini_keeps_the_gateways_keys_and_converges_ibgws(want):
     facts = converged(want)
-    jts = f"{layout.settings_dir('paper')}/jts.ini"
+    jts, unit = f"{layout.settings_dir('paper')}/jts.ini", layout.gateway_unit("paper")
+    rendered = next(f.content for f in want.files if f.path == jts)
     facts["paths"][jts]["sha256"] = "rewritten-by-ib-gateway"
+    facts["content"][jts] = rendered.replace("WriteDebug=false", "WriteDebug=true") + "LastLogin=today\n"
     assert plan(want, facts, Secrets()).changed == []
+    facts["content"][jts] = facts["content"][jts].replace("=America/New_York", "=Europe/Paris")
+    result = plan(want, facts, Secrets())
+    assert _changed(result) == {f"file {jts}": "ibgw's keys differ", f"service {unit}": "restart"}
+    (step,) = [s for s in result.steps() if s["kind"] == "ini"]
+    assert step["values"] == {
+        "IBGateway": {"TrustedIPs": "127.0.0.1", "ApiOnly": "true"},
+        "Logon": {"TimeZone": "America/New_York"},
+    }
+    assert step["stop"] == [unit] and step["mode"] == 0o600 and step["owner"] == "ibkr"
+    (task,) = [t for t in result.changed if t.name == f"file {jts}"]
+    assert "-TimeZone=Europe/Paris\n+TimeZone=America/New_York\n" in task.diff
+    assert "WriteDebug" not in task.diff
     del facts["paths"][jts]
-    assert _changed(plan(want, facts, Secrets())) == {f"file {jts}": "create"}
+    assert _changed(plan(want, facts, Secrets())) == {f"file {jts}": "create", f"service {unit}": "restart"}
 
 
 def test_sudoer_ibkr_is_demoted(want):
@@ -143,15 +172,37 @@ def test_secret_diff_masks_old_and_new_values(want, example):
 
 def test_new_gateway_version_installs_and_rewrites_the_heap(want):
     facts = converged(want)
-    live = next(i for i in want.installs if i.dest == layout.ib_gateway_dir("live", "10.30.1t"))
+    live = next(i for i in want.installs if i.dest == layout.ib_gateway_dir("live", "10.37.1n"))
     facts["markers"][f"{live.dest}/{layout.INSTALL_STAMP}"] = "an older installer"
     result = plan(want, facts, Secrets())
     assert _changed(result) == {
-        f"install {live.dest}": "ibgateway-10.30.1t-standalone-linux-x64.sh (sha256 000000000000…)",
+        f"install {live.dest}": "ibgateway-10.37.1n-standalone-linux-x64.sh (sha256 000000000000…)",
         f"file {live.dest}/ibgateway.vmoptions": "create",
         f"service {layout.gateway_unit('live')}": "restart",
     }
     assert result.uploads == [(live.local, live.upload)]
+
+
+def test_an_arm64_host_gets_the_arm_installer(want, example):
+    facts = converged(want) | {"arch": "aarch64"}
+    for install in want.installs:
+        facts["markers"][f"{install.dest}/{layout.INSTALL_STAMP}"] = "none yet"
+    result = plan(want, facts, Secrets())
+    installs = {s["dest"]: s for s in result.steps() if s["kind"] == "install"}
+    arm = example.artifacts.ib_gateway.arm64
+    for mode in ("paper", "live"):
+        step = installs[layout.ib_gateway_dir(mode, "10.37.1n")]
+        assert step["upload"].endswith("-" + arm.file) and step["sha256"] == arm.sha256
+    ibc = installs[layout.ibc_dir("3.24.1")]
+    assert ibc["upload"].endswith("-IBCLinux-3.24.1.zip")
+    assert {local.name for local, _ in result.uploads} == {arm.file, "IBCLinux-3.24.1.zip"}
+
+
+def test_an_arm64_host_without_a_pinned_arm_installer_is_refused(want):
+    unpinned = dataclasses.replace(want, installs=[dataclasses.replace(i, arm64=None) for i in want.installs])
+    with pytest.raises(PlanError, match=r"aarch64.*artifacts\.ib_gateway\.arm64"):
+        plan(unpinned, converged(want) | {"arch": "aarch64"}, Secrets())
+    assert plan(unpinned, converged(want) | {"arch": "x86_64"}, Secrets()).changed == []
 
 
 def test_plan_does_not_mutate_facts(want):
@@ -165,8 +216,11 @@ def test_plan_does_not_mutate_facts(want):
 def test_actions_owed_by_a_failed_run_are_still_taken(want):
     """A run wrote the files, then failed before systemd: the next run finds the files converged."""
     facts = converged(want)
-    owed = {"daemon_reload": True, "restart": [layout.gateway_unit("paper"), "not-ours.service"],
-            "reload": ["haproxy.service"]}
+    owed = {
+        "daemon_reload": True,
+        "restart": [layout.gateway_unit("paper"), "not-ours.service"],
+        "reload": ["haproxy.service"],
+    }
     facts["markers"][layout.PENDING] = __import__("json").dumps(owed)
     systemd = _systemd_step(plan(want, facts, Secrets()))
     assert systemd["daemon_reload"] and systemd["restart"] == [layout.gateway_unit("paper")]

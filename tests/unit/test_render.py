@@ -68,8 +68,10 @@ def test_nginx_allowlist_and_ports_match_inventory(rendered, example):
 def test_firewall_admits_only_what_the_inventory_allows(rendered, example):
     host = example.hosts["gw1"]
     text = rendered["example"][f"{layout.ETC}/firewall.nft"].read_text()
-    sets = {name: {e.strip() for e in body.split(",")}
-            for name, body in re.findall(r"set (\S+) \{.*?elements = \{ (.*?) \}", text, flags=re.S)}
+    sets = {
+        name: {e.strip() for e in body.split(",")}
+        for name, body in re.findall(r"set (\S+) \{.*?elements = \{ (.*?) \}", text, flags=re.S)
+    }
     rules = re.findall(r"ip6? saddr @(\S+) tcp dport (\d+) accept", text)
     assert ("admin_v4", str(host.ssh.port)) in rules
     assert sets["admin_v4"] == set(host.firewall.admin_cidrs)
@@ -86,7 +88,9 @@ def test_ipv6_sources_get_their_own_sets(tmp_path, example):
     host = example.hosts["gw1"]
     apps = [host.apps[0].model_copy(update={"sources": ["2001:db8::/64", "10.0.1.5/32"]})] + host.apps[1:]
     inv = example.model_copy(update={"hosts": {"gw1": host.model_copy(update={"apps": apps})}})
-    text = {f.path: f for f in render_host(inv, "gw1", Secrets(masked=True))}[f"{layout.ETC}/firewall.nft"].content
+    text = {f.path: f for f in render_host(inv, "gw1", Secrets(masked=True))}[
+        f"{layout.ETC}/firewall.nft"
+    ].content
     assert "ip6 saddr @paper_apps_v6 tcp dport 4004 accept" in text
     assert re.search(r"set paper_apps_v6 \{\s+type ipv6_addr", text)
 
@@ -130,10 +134,15 @@ def test_gateway_units(rendered, example, local):
         assert f"User={layout.USER}\n" in unit
     for gw in example.hosts["gw1"].gateways:
         unit = rendered["example"][f"{layout.UNIT_DIR}/{layout.gateway_unit(gw.mode)}"].read_text()
-        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1030 --gateway --mode=" + gw.mode, unit)
+        assert re.search(r"ExecStart=\S+/scripts/ibcstart\.sh 1037 --gateway --mode=" + gw.mode, unit)
         assert f"--on2fatimeout={gw.ibc.twofa_timeout_action}" in unit
         assert f"Requires={layout.xvfb_unit(gw.mode)}" in unit
-        for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StartLimitBurst="):
+        for hardening in (
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "StartLimitBurst=",
+        ):
             assert hardening in unit
 
 
@@ -144,12 +153,17 @@ def test_java_heap_per_gateway(rendered, example):
 
 
 def test_displays_are_distinct(rendered):
-    displays = [re.search(r"Xvfb :(\d+)", p.read_text()).group(1)
-                for path, p in rendered["example"].items() if "ibgw-xvfb-" in path]
+    displays = [
+        re.search(r"Xvfb :(\d+)", p.read_text()).group(1)
+        for path, p in rendered["example"].items()
+        if "ibgw-xvfb-" in path
+    ]
     assert len(displays) == 2 and len(set(displays)) == 2
 
 
-@pytest.mark.parametrize("variant", ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"])
+@pytest.mark.parametrize(
+    "variant", ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"]
+)
 def test_golden(rendered, variant):
     """Any change to a rendered file must be deliberate: IBGW_UPDATE_GOLDEN=1 rewrites them."""
     root = GOLDEN / variant
@@ -178,6 +192,11 @@ def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
         assert apps.keys() == {a.name for a in host.apps_for(gw.mode)} | {"ibgw-health"}
         assert apps["python-research"]["read_only"] and not apps["smart-lean-0dte"]["read_only"]
         assert apps["ibgw-health"] | {"sources": None} == {
-            "name": "ibgw-health", "client_id": host.health.probe_client_id + 1, "read_only": True,
-            "sources": None, "max_order_quantity": None, "allowed_sec_types": None}
+            "name": "ibgw-health",
+            "client_id": host.health.probe_client_id + 1,
+            "read_only": True,
+            "sources": None,
+            "max_order_quantity": None,
+            "allowed_sec_types": None,
+        }
     assert nginx.count("proxy_protocol on;") == len(host.gateways)

@@ -68,7 +68,9 @@ def test_nft_accepts_ruleset(rendered):
 def test_logrotate_accepts_config(rendered, variant, tmp_path):
     (cfg,) = _files(rendered, variant, r"/logrotate\.d/ibgw$")
     passwd, group = tmp_path / "passwd", tmp_path / "group"
-    passwd.write_text(Path("/etc/passwd").read_text() + f"{layout.USER}:x:990:990::{layout.HOME}:/usr/sbin/nologin\n")
+    passwd.write_text(
+        Path("/etc/passwd").read_text() + f"{layout.USER}:x:990:990::{layout.HOME}:/usr/sbin/nologin\n"
+    )
     group.write_text(Path("/etc/group").read_text() + f"{layout.GROUP}:x:990:\n")
     proc = _in_private_mounts(f"""
         mount --bind {passwd} /etc/passwd
@@ -91,11 +93,17 @@ def test_systemd_analyze_verify_accepts_units(rendered, variant):
     ibgw = str(Path(sys.executable).parent / "ibgw")
     setup = "".join(
         f"mkdir -p {shlex.quote(str(Path(c).parent))}\n"
-        + (f"ln -s {shlex.quote(ibgw)} {shlex.quote(c)}\n" if c.endswith("/bin/ibgw")
-           else f"printf '#!/bin/sh\\n' > {shlex.quote(c)}; chmod +x {shlex.quote(c)}\n")
-        for c in provided)
-    proc = _in_private_mounts(f"mount -t tmpfs tmpfs /opt\n{setup}"
-                              f"systemd-analyze verify --man=no {' '.join(shlex.quote(str(u)) for u in units)}")
+        + (
+            f"ln -s {shlex.quote(ibgw)} {shlex.quote(c)}\n"
+            if c.endswith("/bin/ibgw")
+            else f"printf '#!/bin/sh\\n' > {shlex.quote(c)}; chmod +x {shlex.quote(c)}\n"
+        )
+        for c in provided
+    )
+    proc = _in_private_mounts(
+        f"mount -t tmpfs tmpfs /opt\n{setup}"
+        f"systemd-analyze verify --man=no {' '.join(shlex.quote(str(u)) for u in units)}"
+    )
     # verify exits 0 on unknown keys and bad values: any output is a finding.
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
 
@@ -106,3 +114,26 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     unit.write_text("[Service]\nExecStart=/bin/true\nRestartt=always\n")
     proc = _run(["systemd-analyze", "verify", "--man=no", str(unit)])
     assert "Unknown key 'Restartt'" in proc.stderr
+
+
+MAX_EXPOSURE = 2.0  # the README lists the directives no unit can set, and why
+
+
+def _exposure(unit: Path) -> float:
+    """systemd-analyze's overall exposure score of a unit file, 0.0 (safe) .. 10.0 (unsafe)."""
+    proc = _run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)])
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_unit_is_sandboxed(rendered, variant):
+    scores = {u.name: _exposure(u) for u in _files(rendered, variant, r"\.service$")}
+    assert scores and max(scores.values()) <= MAX_EXPOSURE, scores
+
+
+def test_exposure_check_can_fail(tmp_path):
+    unit = tmp_path / "bare.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    assert _exposure(unit) > 9
