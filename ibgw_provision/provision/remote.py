@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..inventory.model import Inventory
-from .platforms import SUPPORTED, UnsupportedOS
+from .platforms import SUPPORTED
 from .transport import Target, Transport
 
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
@@ -63,7 +63,7 @@ def call_agent(transport: Transport, request: dict, on_event=lambda message: Non
     if proc.rc == 127 and not result:  # a minimal Debian has no python3 yet
         boot = transport.run(sudo + INSTALL_PYTHON)
         if boot.rc == 3:
-            raise UnsupportedOS(f"unsupported OS: {boot.stderr.strip()[-200:]} (ibgw supports {SUPPORTED})")
+            raise AgentError(f"unsupported OS: {boot.stderr.strip()[-200:]} (ibgw supports {SUPPORTED})")
         if boot.rc != 0:
             raise AgentError(f"{transport.target.name}: cannot install python3: {boot.stderr.strip()[-300:]}")
         proc = transport.run(sudo + BOOT, stdin, on_line=on_line)

@@ -19,6 +19,7 @@ from ibgw_provision.inventory.secrets import Secrets
 from ibgw_provision.provision import agent, apply, platforms, remote, state
 from ibgw_provision.provision.plan import facts_request, plan
 from ibgw_provision.provision.recap import Recap
+from ibgw_provision.provision.transport import Result, Target
 from tests.conftest import INVENTORIES
 
 AMAZON = (
@@ -274,3 +275,25 @@ def test_the_apply_request_carries_the_lock_timeout_to_the_apt_step(monkeypatch)
     monkeypatch.setitem(agent.STEPS, "apt", lambda step: seen.update(step))
     agent.apply({"steps": [{"kind": "apt", "task": "install x", "packages": ["x"]}], "lock_timeout": 42})
     assert seen["lock_timeout"] == 42
+
+
+def test_call_agent_names_the_os_of_a_host_without_python3_or_apt():
+    class NoPython:
+        target = Target("gw", "203.0.113.10", 22, "root", None, Path("/nonexistent"), False)
+
+        def __init__(self):
+            self.commands = []
+
+        def run(self, command, stdin=b"", on_line=None):
+            self.commands.append(command)
+            if command == remote.INSTALL_PYTHON:
+                return Result(3, "", "Amazon Linux 2\n")
+            return Result(127, "", "sh: python3: not found\n")
+
+    transport = NoPython()
+    with pytest.raises(remote.AgentError) as refused:
+        remote.call_agent(transport, {"op": "facts"})
+    assert str(refused.value) == (
+        "unsupported OS: Amazon Linux 2 (ibgw supports Debian 12, 13 and Ubuntu 22.04, 24.04)"
+    )
+    assert transport.commands == [remote.BOOT, remote.INSTALL_PYTHON]
