@@ -64,4 +64,8 @@ def rendered(tmp_path_factory, example, local):
         rendered[variant] = render_to(
             inventory.load(with_front(example_file, kind, tmp, gate)), "gw1", tmp / variant
         )
-    return rendered | {"local": render_to(local, "local", tmp / "local")}
+    lab = inventory.load(INVENTORIES / "lab.yml")
+    return rendered | {
+        "local": render_to(local, "local", tmp / "local"),
+        "lab": render_to(lab, "gw", tmp / "lab"),
+    }

@@ -19,6 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,13 +42,34 @@ DEFAULT_GATE_METRICS_PORT = {"live": 9101, "paper": 9102}
 Duration = Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")]
 SECRET_KEY = re.compile(r"pass|secret|token", re.I)
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# A version becomes a directory name under /opt/ibgw, a file a name in the cache: never `.` or `..`.
+Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+PROBE_APP = "ibgw-health"  # the name of the health probe's entry in each gate's registry
+MIN_HEAP_MB, MAX_HEAP_MB = 256, 64 * 1024
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _path(value: object) -> object:
+    if isinstance(value, str) and any(not c.isprintable() for c in value):
+        raise ValueError("a path must not hold control characters")
+    return value
+
+
+SafePath = Annotated[Path, BeforeValidator(_path)]
 
 
 def _cidr(text: str) -> str:
     try:
-        return str(ipaddress.ip_network(text, strict=True))
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(f"malformed CIDR {text!r}: {exc}") from None
+    if network.version == 6 and network.subnet_of(IPV4_MAPPED):
+        # The firewall and the front see IPv4 clients as IPv4: this would match no one.
+        mapped = ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+        raise ValueError(
+            f"{text!r} is an IPv4-mapped IPv6 network, which no IPv4 client matches; write {mapped}"
+        )
+    return str(network)
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
@@ -59,7 +83,7 @@ class SecretRef(Model):
     """A secret kept on the operator machine: an environment variable or a file."""
 
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
-    file: Path | None = None
+    file: SafePath | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -146,14 +170,14 @@ class Ibc(Model):
     # Every Sunday at HH:MM (24h, the gateway's time zone): a full login, 2FA included.
     cold_restart_time: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
     twofa_timeout_action: Literal["restart", "exit"] = "restart"
-    relogin_after_twofa_timeout: bool = True
+    relogin_after_twofa_timeout: StrictBool = True
     twofa_device: SingleLine | None = None
     existing_session_detected_action: Literal["primary", "primaryoverride", "secondary", "manual"] = "primary"
     accept_bid_ask_last_size_notification: Literal["accept", "defer", "ignore"] = "accept"
-    read_only_api: bool = False
+    read_only_api: StrictBool = False
     master_client_id: ClientId | None = None
-    bypass_warnings: bool | None = None  # None: the gateway's own precaution settings stay as they are
-    allow_blind_trading: bool = False
+    bypass_warnings: StrictBool | None = None  # None: the gateway's own precaution settings stay as they are
+    allow_blind_trading: StrictBool = False
     save_tws_settings_at: (
         Annotated[
             SingleLine,
@@ -179,7 +203,21 @@ class Simulator(Model):
     """Options for `ibgw sim` when the host's backend is `simulator`."""
 
     accounts: list[Annotated[str, Field(pattern=r"^[A-Z]{1,3}[0-9]{1,12}$")]] = []
-    seed: int = 1
+    seed: StrictInt = 1
+    # loopback: 127.0.0.1 only. all: every interface, as IB Gateway itself does (IBC issue #173),
+    # so that the firewall, not the bind address, is what keeps the API port closed.
+    listen: Literal["loopback", "all"] = "loopback"
+
+
+def _heap(size: str) -> str:
+    """-Xmx for IB Gateway: the JVM's size syntax, at least enough for it to log in."""
+    match = re.fullmatch(r"([1-9][0-9]{0,6})([mMgG])", size)
+    if not match:
+        raise ValueError(f"java_heap must be a JVM size such as 768m or 2g, got {size!r}")
+    mb = int(match[1]) * (1024 if match[2] in "gG" else 1)
+    if not MIN_HEAP_MB <= mb <= MAX_HEAP_MB:
+        raise ValueError(f"java_heap must be between {MIN_HEAP_MB}m and {MAX_HEAP_MB // 1024}g, got {size}")
+    return size
 
 
 class Gateway(Model):
@@ -190,7 +228,7 @@ class Gateway(Model):
     gate_metrics_port: Port  # its Prometheus text, on 127.0.0.1
     login: Login | None = None
     ibc: Ibc = Ibc()
-    java_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "768m"
+    java_heap: Annotated[str, AfterValidator(_heap)] = "768m"
     simulator: Simulator = Simulator()
 
     @model_validator(mode="before")
@@ -215,10 +253,27 @@ class App(Model):
     client_id: ClientId
     modes: list[Mode] = Field(min_length=1)
     sources: list[Cidr] = Field(min_length=1)
-    read_only: bool = False
-    # Order limits, enforced by `ibgw gate` (front.gate: true).
-    max_order_quantity: float | None = Field(default=None, gt=0)
+    read_only: StrictBool = False
+    # Order limits, enforced by `ibgw gate` (front.gate: true), which refuses the same values.
+    max_order_quantity: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
     allowed_sec_types: list[Annotated[str, Field(pattern=r"^[A-Z]{2,6}$")]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_probe(cls, name: str) -> str:
+        if name == PROBE_APP:
+            raise ValueError(f"{PROBE_APP!r} is the name of `ibgw health`'s probe in the gate; pick another")
+        return name
+
+    @field_validator("allowed_sec_types")
+    @classmethod
+    def _some_sec_type(cls, types: list[str] | None) -> list[str] | None:
+        if types == []:
+            raise ValueError(
+                "list at least one security type, or leave the key out to allow any "
+                "(read_only: true allows no orders)"
+            )
+        return types
 
 
 class Timeouts(Model):
@@ -232,11 +287,11 @@ class Front(Model):
 
     kind: Literal["haproxy", "nginx"] = "haproxy"
     bind: str = "0.0.0.0"
-    maxconn: int = Field(default=256, ge=1, le=100000)
-    per_source_limit: int = Field(default=16, ge=1, le=10000)
+    maxconn: StrictInt = Field(default=256, ge=1, le=100000)
+    per_source_limit: StrictInt = Field(default=16, ge=1, le=10000)
     timeouts: Timeouts = Timeouts()
     metrics_port: Port = 8405  # HAProxy's Prometheus exporter, on 127.0.0.1 only
-    gate: bool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
+    gate: StrictBool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
 
     @field_validator("bind")
     @classmethod
@@ -251,24 +306,24 @@ class Health(Model):
     """What `ibgw health` uses and how it judges."""
 
     # Reserved, with the next id: the probes on the host and through the front.
-    probe_client_id: Annotated[int, Field(ge=0, le=2**31 - 2)] = 9998
-    log_minutes: int = Field(default=15, ge=1, le=1440)
-    disk_max_pct: int = Field(default=90, ge=1, le=100)
-    restart_loop: int = Field(default=3, ge=1)  # restarts within the last 10 minutes
+    probe_client_id: Annotated[StrictInt, Field(ge=0, le=2**31 - 2)] = 9998
+    log_minutes: StrictInt = Field(default=15, ge=1, le=1440)
+    disk_max_pct: StrictInt = Field(default=90, ge=1, le=100)
+    restart_loop: StrictInt = Field(default=3, ge=1, le=1000)  # restarts within the last 10 minutes
 
 
 class Firewall(Model):
     """nftables: SSH from admin CIDRs, front ports from app CIDRs, nothing else."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     admin_cidrs: list[Cidr] = []
 
 
 class Ssh(Model):
-    user: str = "root"
+    user: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")] = "root"  # POSIX portable names
     port: Port = 22
-    key: Path | None = None
-    known_hosts: Path = Path("~/.ssh/known_hosts")
+    key: SafePath | None = None
+    known_hosts: SafePath = Path("~/.ssh/known_hosts")
     host_key: Literal["verify", "accept-new"] = "verify"
 
 
@@ -289,7 +344,7 @@ class Host(Model):
         return [a for a in self.apps if mode in a.modes]
 
 
-ArtifactFile = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+ArtifactFile = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")]  # a bare name
 
 
 class Build(Model):
@@ -300,7 +355,7 @@ class Build(Model):
 
 
 class Artifact(Model):
-    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+    version: Version
     file: ArtifactFile  # the x86_64 installer (IBC's zip serves every architecture)
     sha256: Sha256
     arm64: Build | None = None  # IB Gateway's ...-standalone-linux-arm.sh, for aarch64 hosts
@@ -309,7 +364,7 @@ class Artifact(Model):
 class Artifacts(Model):
     """Pinned installers, read from a local cache on the operator machine."""
 
-    cache_dir: Path = Path("~/.cache/ibgw/artifacts")
+    cache_dir: SafePath = Path("~/.cache/ibgw/artifacts")
     ib_gateway: Artifact | None = None
     ibc: Artifact | None = None
 

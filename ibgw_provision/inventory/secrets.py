@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
@@ -27,9 +29,21 @@ class Secrets:
         return value
 
     def mask(self, text: str) -> str:
-        for value in sorted(self.values, key=len, reverse=True):
-            text = text.replace(value, MASK)
+        return mask_values(text, self.values)
+
+
+def mask_values(text: str, values: Iterable[str]) -> str:
+    """Mask each value where it stands as a whole token, never inside a longer word (`per` in `paper`)."""
+    ordered = sorted({v for v in values if v}, key=len, reverse=True)
+    if not ordered:
         return text
+    return re.sub("|".join(_token(v) for v in ordered), MASK, text)
+
+
+def _token(value: str) -> str:
+    start = r"(?<!\w)" if re.match(r"\w", value[0]) else ""
+    end = r"(?!\w)" if re.match(r"\w", value[-1]) else ""
+    return start + re.escape(value) + end
 
 
 def _read(ref: SecretRef) -> str:

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from ..inventory.model import Host, Inventory
+from ..inventory.model import Gateway, Host, Inventory
 from ..provision import layout, state
 from ..provision.remote import AgentError, call_agent, target
 from ..provision.transport import SshError, Transport
@@ -160,6 +160,11 @@ def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
     return findings
 
 
+def loopback_only(host: Host, gw: Gateway) -> bool:
+    """Whether the gateway binds 127.0.0.1 only: the simulator can; IB Gateway cannot."""
+    return host.backend == "simulator" and gw.simulator.listen == "loopback"
+
+
 def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding]:
     findings = []
     for gw in host.gateways:
@@ -168,7 +173,7 @@ def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding
             findings.append(
                 Finding("down", "listen", f"{gw.mode} gateway", f"nothing listens on port {gw.api_port}")
             )
-        elif host.backend == "simulator" and addresses != {"127.0.0.1"}:
+        elif loopback_only(host, gw) and addresses != {"127.0.0.1"}:
             findings.append(
                 Finding(
                     "degraded",

@@ -450,6 +450,7 @@ def step_user(step):
 
 
 def step_dir(step):
+    refuse_planted_links(step["path"])
     os.makedirs(step["path"], exist_ok=True)
     set_attrs(step["path"], step)
 
@@ -460,6 +461,7 @@ def step_file(step):
 
 def write_atomic(path, content, step):
     """Write to a private temp file, set its attributes, validate it, then rename it over path."""
+    refuse_planted_links(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ibgw-")
     try:
@@ -545,7 +547,18 @@ def step_ini(step):
 
 
 def step_attrs(step):
+    refuse_planted_links(step["path"])
     set_attrs(step["path"], step)
+
+
+def refuse_planted_links(path):
+    """A symlink in a parent of `path` that root does not own was planted (the ibkr user owns its home):
+    never create, write or chown through it."""
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        if os.path.islink(parent) and os.lstat(parent).st_uid != 0:
+            raise StepError(f"{path}: {parent} is a symlink root does not own (refusing to follow it)")
+        parent = os.path.dirname(parent)
 
 
 def set_attrs(path, step):
@@ -583,6 +596,7 @@ def step_venv(step):
 def step_install(step):
     """Unpack IBC's zip, or run IB Gateway's installer, into dest; the stamp is written last."""
     upload, dest = step["upload"], step["dest"]
+    inside(dest, step["base"])
     if sha256_of(upload) != step["sha256"]:
         raise StepError(f"{upload}: sha256 differs from the pinned one after upload")
     shutil.rmtree(dest, ignore_errors=True)
@@ -601,6 +615,14 @@ def step_install(step):
             os.lchown(name, owner.pw_uid, owner.pw_gid)
     with open(os.path.join(dest, step["stamp"]), "w") as fh:
         fh.write(step["sha256"])
+
+
+def inside(path, base):
+    """Refuse a path that is not plainly and really (symlinks resolved) strictly below base: it is deleted."""
+    plain = os.path.isabs(path) and os.path.isabs(base) and os.path.normpath(path) == path
+    real, real_base = os.path.realpath(path), os.path.realpath(base)
+    if not plain or os.path.commonpath([real, real_base]) != real_base or real == real_base:
+        raise StepError(f"refusing to install into {path!r}: not strictly inside {base!r}")
 
 
 def step_systemd(step):

@@ -10,6 +10,7 @@ import base64
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 
 from ..inventory.secrets import MASK, Secrets
@@ -20,7 +21,7 @@ from .state import Desired, Install
 from .wheelhouse import Wheelhouse
 
 VALIDATORS = {  # run on the host against the new file before it replaces the old one
-    "/etc/haproxy/haproxy.cfg": ["haproxy", "-c", "-q", "-f", "{}"],
+    "/etc/haproxy/haproxy.cfg": ["haproxy", "-c", "-f", "{}"],  # no -q: it would hide the reason
     "/etc/nginx/nginx.conf": ["nginx", "-t", "-q", "-c", "{}"],
     f"{layout.ETC}/firewall.nft": ["nft", "-c", "-f", "{}"],
 }
@@ -238,10 +239,13 @@ def _owned_keys(f: ManagedFile, old: str, have: dict, file_step: dict) -> Task:
 
 
 def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
-    new = secrets.mask(f.content)
     if f.secret:
-        old, new = _mask_secret_keys(old, f.content, new)
-    old = secrets.mask(old)  # a current secret may sit anywhere in the host's copy
+        old, new = _secret_file_lines(old, f.content, secrets)
+    else:  # rendered from the inventory alone: only host lines ibgw would not write can hold a secret
+        new, ours = f.content, set(f.content.splitlines())
+        old = "".join(
+            line if line.rstrip("\r\n") in ours else secrets.mask(line) for line in old.splitlines(True)
+        )
     return "".join(
         difflib.unified_diff(
             old.splitlines(True), new.splitlines(True), f"{f.path} (host)", f"{f.path} (ibgw)"
@@ -249,21 +253,56 @@ def _diff(f: ManagedFile, old: str, secrets: Secrets) -> str:
     )
 
 
-def _mask_secret_keys(old: str, raw_new: str, new: str) -> tuple[str, str]:
-    """Mask the old value of every `key=` whose new value is a secret; mark those that changed."""
-    keys = {line.split("=", 1)[0] for line in new.splitlines() if MASK in line}
-    old_values = dict(line.split("=", 1) for line in old.splitlines() if line.split("=", 1)[0] in keys)
-    new_values = dict(line.split("=", 1) for line in raw_new.splitlines() if line.split("=", 1)[0] in keys)
-    masked_old = "".join(
-        f"{key}={MASK}\n" if (key := line.split("=", 1)[0]) in keys else line for line in old.splitlines(True)
+# A key named like a secret (IbPassword, FIXLoginId), not merely containing one (BypassOrderPrecautions).
+SECRET_NAME = re.compile(
+    r"(password|passwd|passphrase|secret|token|loginid|username|userid|credentials?)$", re.I
+)
+KEY_VALUE = re.compile(r"^\s*([^=\s#;][^=]*?)\s*=\s*(.*?)\s*$")
+COMMENT = re.compile(r"^\s*[#;]\s*")
+
+
+def _secret_file_lines(old: str, raw_new: str, secrets: Secrets) -> tuple[str, str]:
+    """A secret file's two sides with no content that could hold a secret: the value of every secret key
+    (by name, or because ibgw writes a secret there), of every key ibgw does not write, of any line that is
+    not `key=value`, every comment ibgw does not write or that holds a secret, old or new, are masked; a
+    changed secret is marked. Equal lines mask equally, so masking adds no line to the diff."""
+    new_pairs, old_pairs = _pairs(raw_new), _pairs(old)
+    known = set(secrets.values) | {MASK}
+    secret_keys = {k for k, v in new_pairs.items() if SECRET_NAME.search(k) or v in known}
+    secret_keys |= {k for k in old_pairs if SECRET_NAME.search(k)}
+    known |= {v for k, v in (old_pairs | new_pairs).items() if k in secret_keys and v}
+    ours = set(raw_new.splitlines())
+
+    def hide(text: str, mark: bool) -> str:
+        body = text.rstrip("\r\n")
+        comment = COMMENT.match(body)
+        match = KEY_VALUE.match(body[comment.end() :] if comment else body)
+        if not body.strip():
+            return text
+        if comment:  # the host's own comments may say anything
+            secret = (match and match[1].casefold() in secret_keys) or any(v in body for v in known)
+            return f"{comment.group().rstrip()} {MASK}\n" if secret or body not in ours else text
+        if not match:
+            return f"{MASK}\n"
+        key, folded = match[1], match[1].casefold()
+        if folded in secret_keys or folded not in new_pairs or any(v in match[2] for v in known):
+            changed = mark and folded in secret_keys and old_pairs.get(folded) != new_pairs.get(folded)
+            return f"{key}={MASK}{' (changed)' if changed else ''}\n"
+        return text
+
+    return (
+        "".join(hide(t, False) for t in old.splitlines(True)),
+        "".join(hide(t, True) for t in raw_new.splitlines(True)),
     )
-    masked_new = "".join(
-        f"{key}={MASK}{'' if old_values.get(key) == new_values[key] else ' (changed)'}\n"
-        if (key := line.split("=", 1)[0]) in keys
-        else line
-        for line in new.splitlines(True)
-    )
-    return masked_old, masked_new
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """key (case-folded) -> value, of every `key = value` line that is not a comment; the last one wins."""
+    found = {}
+    for text_line in text.splitlines():
+        if not COMMENT.match(text_line) and (match := KEY_VALUE.match(text_line)):
+            found[match[1].casefold()] = match[2]
+    return found
 
 
 def _venv(wh: Wheelhouse, facts: dict, result: Plan) -> Task:
@@ -295,6 +334,7 @@ def _install(install: Install, facts: dict, result: Plan) -> Task:
         "sha256": install.sha256,
         "type": install.kind,
         "dest": install.dest,
+        "base": install.base,
         "owner": install.owner,
         "stamp": layout.INSTALL_STAMP,
     }

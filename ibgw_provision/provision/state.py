@@ -33,6 +33,7 @@ class Install:
     sha256: str
     kind: str  # "zip" (IBC) or "installer" (IB Gateway's install4j script)
     dest: str
+    base: str  # dest must lie strictly inside it: the agent refuses anything else
     owner: str
     restart: tuple[str, ...]
     arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
@@ -94,7 +95,17 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
         return []
     (ibc, gateway), cache = inv.artifacts.pinned(), inv.path(inv.artifacts.cache_dir)
     units = tuple(layout.gateway_unit(g.mode) for g in host.gateways)
-    installs = [Install(cache / ibc.file, ibc.sha256, "zip", layout.ibc_dir(ibc.version), "root", units)]
+    installs = [
+        Install(
+            cache / ibc.file,
+            ibc.sha256,
+            "zip",
+            layout.ibc_dir(ibc.version),
+            f"{layout.OPT}/ibc",
+            "root",
+            units,
+        )
+    ]
     arm64 = (cache / gateway.arm64.file, gateway.arm64.sha256) if gateway.arm64 else None
     installs += [
         Install(
@@ -102,6 +113,7 @@ def _installs(inv: Inventory, host: Host) -> list[Install]:
             gateway.sha256,
             "installer",
             layout.ib_gateway_dir(g.mode, gateway.version),
+            layout.tws_path(g.mode),
             layout.USER,
             (layout.gateway_unit(g.mode),),
             arm64,

@@ -132,17 +132,19 @@ class Transport:
     ) -> Result:
         """Run one command, feeding stdin; one round trip. on_line sees stdout lines as they come."""
         self.round_trips += 1
-        chan = self._ssh().open_session()
+        chan: paramiko.Channel | None = None
         try:
+            chan = self._ssh().open_session()
             chan.exec_command(command)
             chan.sendall(stdin)
             chan.shutdown_write()
             out, err = self._drain(chan, on_line, time.monotonic() + timeout, command)
             return Result(chan.recv_exit_status(), out, err)
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:  # EOFError: paramiko's closed socket
             raise SshError(f"{self.target.name}: connection lost: {_reason(exc)}") from None
         finally:
-            chan.close()
+            if chan is not None:
+                chan.close()
 
     def _drain(self, chan, on_line, deadline: float, command: str) -> tuple[str, str]:
         out, err, pending = bytearray(), bytearray(), b""
@@ -168,7 +170,7 @@ class Transport:
             chan = self._ssh().open_channel(
                 "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=self.connect_timeout
             )
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(
                 f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}"
             ) from None
@@ -184,7 +186,7 @@ class Transport:
                     self.round_trips += 1
                     _makedirs(sftp, str(PurePosixPath(remote).parent))
                     sftp.put(str(local), remote)
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(f"{self.target.name}: upload failed: {_reason(exc)}") from None
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ibgw_provision import inventory
 from ibgw_provision.observe import health, views
+from tests.conftest import INVENTORIES
 
 
 @pytest.mark.parametrize(
@@ -102,3 +104,14 @@ def test_a_gate_that_does_not_listen_is_down(local):
     del listening[host.gateway("paper").gate_port]
     (finding,) = health._judge_listeners(host, listening)
     assert (finding.severity, finding.subject) == ("down", "paper gate")
+
+
+def test_a_simulator_that_listens_everywhere_is_judged_like_ib_gateway():
+    lab = inventory.load(INVENTORIES / "lab.yml")
+    host = lab.hosts["gw"]
+    front = {g.front_port: {host.front.bind} for g in host.gateways}
+    gates = {g.gate_port: {"127.0.0.1"} for g in host.gateways}
+    everywhere = {g.api_port: {"0.0.0.0"} for g in host.gateways} | front | gates
+    assert health._judge_listeners(host, everywhere) == []  # the firewall is on: it closes them
+    firewall_off = host.model_copy(update={"firewall": host.firewall.model_copy(update={"enabled": False})})
+    assert {f.check for f in health._judge_listeners(firewall_off, everywhere)} == {"listen"}

@@ -9,7 +9,7 @@ import pytest
 
 from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.provision import agent, layout, state
-from ibgw_provision.provision.plan import PlanError, plan, sha256
+from ibgw_provision.provision.plan import PlanError, _secret_file_lines, plan, sha256
 
 
 def converged(want) -> dict:
@@ -249,3 +249,100 @@ def test_a_flushed_firewall_table_is_loaded_again(want):
         pytest.skip("the example host has no firewall")
     facts = converged(want) | {"firewall": False}
     assert _systemd_step(plan(want, facts, Secrets()))["reload"] == [layout.FIREWALL_UNIT]
+
+
+# ---- issue 13: --diff shows no secret, old or new; installs stay inside their base ----------------
+
+
+@pytest.fixture
+def ibc_diff(example, monkeypatch):
+    """The paper config.ini's diff against an old host copy, with the current login user-1 / pw-1."""
+    monkeypatch.setattr(
+        "ibgw_provision.inventory.secrets._read",
+        lambda ref: "user-1" if "USER" in (ref.env or "") else "pw-1",
+    )
+
+    def diff(old: str) -> str:
+        resolver = Secrets()
+        desired = state.desired(example, "gw1", resolver)
+        facts, path = converged(desired), layout.ibc_ini("paper")
+        facts["paths"][path]["sha256"] = "0" * 64
+        facts["content"][path] = old
+        (task,) = [t for t in plan(desired, facts, resolver).changed if t.name == f"file {path}"]
+        return task.diff
+
+    return diff
+
+
+@pytest.mark.parametrize(
+    "old_line",
+    [
+        "IbPassword = old-pw",
+        "ibpassword=old-pw",
+        "IBPASSWORD\t=\told-pw",
+        "# IbPassword=old-pw",
+        "#old-pw",
+        "old-pw",
+        "IbPasswrd=old-pw",
+        "IbPassword=old-pw\n# the password was old-pw",
+        "  IbPassword=old-pw\r",
+        "[section] old-pw",
+        "TradingMode=live\nIbPassword=pw-1-old-pw",
+    ],
+)
+def test_a_secret_files_diff_shows_no_secret_however_the_host_spells_it(ibc_diff, old_line):
+    diff = ibc_diff(f"IbLoginId = old-user\n{old_line}\nTradingMode=live\n")
+    assert "old-pw" not in diff and "old-user" not in diff and "pw-1" not in diff and "user-1" not in diff
+    assert "-TradingMode=live" in diff and "+TradingMode=paper" in diff  # what is no secret still shows
+    assert f"+IbPassword={MASK} (changed)\n" in diff and f"+IbLoginId={MASK} (changed)\n" in diff
+
+
+def test_an_unchanged_secret_is_not_marked_and_our_comments_show(ibc_diff):
+    diff = ibc_diff("# Holds the IB login: mode 0600, owned by ibkr.\nIbLoginId=user-1\nIbPassword=pw-1\n")
+    assert f" IbPassword={MASK}\n" in diff and f" IbLoginId={MASK}\n" in diff and "(changed)" not in diff
+    assert " # Holds the IB login: mode 0600, owned by ibkr.\n" in diff
+
+
+def test_other_files_diffs_are_not_masked_where_a_short_secret_is_a_common_word(example, monkeypatch):
+    monkeypatch.setattr(
+        "ibgw_provision.inventory.secrets._read", lambda ref: "paper" if "USER" in (ref.env or "") else "pw-1"
+    )
+    resolver = Secrets()
+    desired = state.desired(example, "gw1", resolver)
+    facts = converged(desired)
+    facts["paths"]["/etc/haproxy/haproxy.cfg"]["sha256"] = "0" * 64
+    facts["content"]["/etc/haproxy/haproxy.cfg"] = "# the login was paper / pw-1\nfrontend paper\n"
+    (task,) = [t for t in plan(desired, facts, resolver).changed if t.name == "file /etc/haproxy/haproxy.cfg"]
+    assert "\n frontend paper\n" in task.diff and "default_backend paper_gateway\n" in task.diff
+    assert f"-# the login was {MASK} / {MASK}\n" in task.diff  # a line only the host has may hold one
+    assert task.diff.count(MASK) == 2
+
+
+def test_a_key_that_merely_contains_pass_is_no_secret():
+    resolver = Secrets()
+    resolver.values.add("pw-1")
+    old, new = _secret_file_lines(
+        "BypassOrderPrecautions=no\nIbPassword=pw-0\n",
+        "BypassOrderPrecautions=yes\nIbPassword=pw-1\n",
+        resolver,
+    )
+    assert old == f"BypassOrderPrecautions=no\nIbPassword={MASK}\n"
+    assert new == f"BypassOrderPrecautions=yes\nIbPassword={MASK} (changed)\n"
+
+
+def test_masking_free_text_masks_whole_tokens_only():
+    resolver = Secrets()
+    resolver.values |= {"per", "p@ss!"}
+    assert (
+        resolver.mask("paper per per. per_x p@ss! x-p@ss!y") == f"paper {MASK} {MASK}. per_x {MASK} x-{MASK}y"
+    )
+
+
+def test_every_install_step_names_the_base_its_dest_must_stay_in(want):
+    installs = [
+        s for s in plan(want, {**converged(want), "markers": {}}, Secrets()).steps() if s["kind"] == "install"
+    ]
+    assert len(installs) == 3
+    for step in installs:
+        agent.inside(step["dest"], step["base"])
+        assert step["base"] in (f"{layout.OPT}/ibc", layout.tws_path("paper"), layout.tws_path("live"))

@@ -162,7 +162,7 @@ def test_displays_are_distinct(rendered):
 
 
 @pytest.mark.parametrize(
-    "variant", ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"]
+    "variant", ["example", "example-nginx", "example-direct", "example-nginx-direct", "local", "lab"]
 )
 def test_golden(rendered, variant):
     """Any change to a rendered file must be deliberate: IBGW_UPDATE_GOLDEN=1 rewrites them."""

@@ -20,7 +20,7 @@ import pytest
 
 from ibgw_provision.provision import layout
 
-VARIANTS = ["example", "example-nginx", "example-direct", "example-nginx-direct", "local"]
+VARIANTS = ["example", "example-nginx", "example-direct", "example-nginx-direct", "local", "lab"]
 
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def _files(rendered, variant: str, pattern: str) -> list[Path]:
     return [p for path, p in rendered[variant].items() if re.search(pattern, path)]
 
 
-@pytest.mark.parametrize("variant", ["example", "example-direct", "local"])
+@pytest.mark.parametrize("variant", ["example", "example-direct", "local", "lab"])
 def test_haproxy_accepts_config(rendered, variant):
     (cfg,) = _files(rendered, variant, r"/haproxy\.cfg$")
     proc = _run(["haproxy", "-c", "-f", str(cfg)])
