@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ibgw_provision.gate.link import FrameCounter
 from ibgw_provision.tws import Hello, In, Out, decode, encode_text, parse_server_hello, read_frame
+from ibgw_provision.tws.framing import FrameCounter
 
 PYTHON = sys.executable
 CLIENT_VERSION = 200  # text, like the probe
@@ -75,7 +75,6 @@ listen tws
 GATE_CFG = """mode: paper
 listen: {{host: 127.0.0.1, port: {port}}}
 upstream: {{host: 127.0.0.1, port: {upstream}}}
-proxy_protocol: false
 audit_db: {dir}/gate.sqlite
 admin_socket: {dir}/gate.sock
 metrics: null

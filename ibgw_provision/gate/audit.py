@@ -8,6 +8,7 @@ at any moment has logged every order it forwarded. `ibgw audit` reads it.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS orders (
     quantity TEXT,
     order_type TEXT,
     limit_price REAL,
-    decision TEXT NOT NULL CHECK (decision IN ('forwarded', 'refused')),
+    -- forwarding: committed before the bytes go out (they may not have); forwarded: written
+    decision TEXT NOT NULL CHECK (decision IN ('forwarding', 'forwarded', 'refused')),
     reason TEXT
 );
 CREATE TABLE IF NOT EXISTS settings (
@@ -55,6 +57,20 @@ CREATE INDEX IF NOT EXISTS connections_started ON connections(started);
 CREATE INDEX IF NOT EXISTS orders_at ON orders(at);
 """
 HALTED = "halted"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Give a log written before the 'forwarding' state the new CHECK (SQLite cannot alter one)."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'orders'").fetchone()
+    if row is None or "'forwarding'" in row[0]:
+        return
+    create = re.search(r"CREATE TABLE IF NOT EXISTS orders \(.*?\n\);", SCHEMA, re.S)
+    assert create is not None
+    db.execute("BEGIN")  # one transaction: the rows move or nothing changes
+    db.execute("ALTER TABLE orders RENAME TO orders_before_forwarding")
+    db.execute(create[0])
+    db.execute("INSERT INTO orders SELECT * FROM orders_before_forwarding")
+    db.execute("DROP TABLE orders_before_forwarding")
 
 
 def now() -> str:
@@ -73,6 +89,7 @@ class AuditLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         with self._db:
+            _migrate(self._db)
             self._db.executescript(SCHEMA)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ibgw-gate-audit")
 
@@ -100,6 +117,10 @@ class AuditLog:
             (app, client_id, source, version, now(), ended, outcome, reason),
         )
 
+    async def order_forwarded(self, row_id: int) -> None:
+        """The order's bytes were handed to the gateway's socket."""
+        await self._write("UPDATE orders SET decision = 'forwarded' WHERE id = ?", (row_id,))
+
     async def connection_ended(self, row_id: int, reason: str) -> None:
         await self._write(
             "UPDATE connections SET ended = ?, reason = ? WHERE id = ?", (now(), reason, row_id)
@@ -107,9 +128,10 @@ class AuditLog:
 
     async def order(
         self, connection_id: int, app: str, client_id: int, order: OrderRequest, reason: str | None
-    ) -> None:
+    ) -> int:
+        """Record an order request: 'forwarding' (to be confirmed by order_forwarded) or 'refused'."""
         quantity = None if order.quantity is None else str(order.quantity)
-        await self._write(
+        return await self._write(
             "INSERT INTO orders (at, connection_id, app, client_id, request, order_id, symbol, sec_type, "
             "action, quantity, order_type, limit_price, decision, reason) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -126,7 +148,7 @@ class AuditLog:
                 quantity,
                 order.order_type,
                 order.limit_price,
-                "forwarded" if reason is None else "refused",
+                "forwarding" if reason is None else "refused",
                 reason,
             ),
         )

@@ -218,7 +218,7 @@ def _print_table(title: str, rows: list[dict], columns: tuple[str, ...]) -> None
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def audit(config_path: str, app: str | None, since: datetime | None, as_json: bool) -> None:
     """Show the gate's audit log: connections (accepted and refused) and order requests
-    (forwarded and refused)."""
+    (forwarding: committed, maybe not sent; forwarded: the gateway's TCP took it; refused)."""
     from .audit import query
 
     config = _load(config_path)

@@ -27,7 +27,7 @@ from pydantic import (
 from .. import yamlsrc
 from ..constrained import ClientId, Mode, Name
 from ..errors import InputError
-from ..tws.framing import MAX_HELLO
+from ..tws.framing import MAX_FRAME, MAX_HELLO
 
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -78,18 +78,40 @@ class App(Model):
         return any(address in network for network in self.sources)
 
 
+class FrontSocket(Model):
+    """The unix socket the front reaches the gate on: the only place a PROXY header is trusted."""
+
+    path: Path
+    group: Annotated[str, Field(min_length=1)] | None = None  # the front's group; None keeps the gate's
+
+
+class Lobby(Model):
+    """Bounds on connections that have not yet been admitted (nothing of theirs reaches the gateway)."""
+
+    per_source: Annotated[int, Field(ge=1, le=65536)] = 8
+    total: Annotated[int, Field(ge=1, le=65536)] = 256
+    max_frame: Annotated[int, Field(ge=256, le=65536)] = 4096  # START_API's largest accepted frame
+
+
 class GateConfig(Model):
     mode: Mode
-    listen: Endpoint
+    listen: Endpoint | None  # TCP, for direct use: a PROXY header there is never trusted
+    front_socket: FrontSocket | None = None
     upstream: Upstream
-    proxy_protocol: StrictBool
+    lobby: Lobby = Lobby()
     audit_db: Path
     admin_socket: Path
     metrics: Endpoint | None = None
     handshake_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
-    max_frame: Annotated[int, Field(ge=MAX_HELLO, le=2**31)] = 16 * 1024 * 1024
+    max_frame: Annotated[int, Field(ge=MAX_HELLO, le=MAX_FRAME)] = MAX_FRAME  # as ibapi: payload <= 0xFFFFFF
     client_buffer: Annotated[int, Field(ge=4096, le=2**31)] = 1024 * 1024
     apps: list[App]
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> GateConfig:
+        if self.listen is None and self.front_socket is None:
+            raise ValueError("give listen, front_socket or both")
+        return self
 
     @model_validator(mode="after")
     def _unique_apps(self) -> GateConfig:

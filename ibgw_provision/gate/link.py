@@ -8,6 +8,9 @@ straight to `sink` as received: no buffering, no copy.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import struct
+import termios
 from collections.abc import Callable
 from typing import cast
 
@@ -26,6 +29,7 @@ class Link(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._holds: set[str] = set()
+        self.sent = 0  # bytes handed to write() so far
 
     # ---- asyncio callbacks ---------------------------------------------------------------
 
@@ -89,6 +93,21 @@ class Link(asyncio.Protocol):
     def write(self, data) -> None:
         if not self.transport.is_closing():
             self.transport.write(data)
+            self.sent += len(data)
+
+    def delivered(self, mark: int) -> bool:
+        """Whether the peer has acknowledged the first `mark` bytes written: neither our buffer
+        nor the kernel's send queue (unsent or unacknowledged bytes) holds any of them."""
+        return self.sent - self.queued - self._kernel_queued() >= mark
+
+    def _kernel_queued(self) -> int:
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
 
     @property
     def queued(self) -> int:

@@ -1,35 +1,41 @@
 """One app connection through the gate.
 
-PROXY header (when the front sends one), then the handshake relayed to the gateway: the server's
-hello gives the negotiated version, START_API the client id. Admitted, the connection becomes
-a relay: the gateway's bytes go to the app as they arrive; the app's frames go to the gateway
-as they arrive too, except order requests, which wait for a decision committed to the audit log.
+PROXY header (on the front's socket only), then the handshake, answered by the gate itself
+(see `lobby`): nothing reaches the gateway before START_API is read and its client id admitted.
+Then the gate dials the gateway, has it agree the same version, and passes START_API on.
+Admitted, the connection becomes a relay: the gateway's bytes go to the app as they arrive;
+the app's frames go to the gateway as they arrive too, except order requests, which wait for a
+decision committed to the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import sys
 import time
 
-from ..tws import codec, replies
+from ..tws import codec, replies, versions
 from ..tws.errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
 from ..tws.framing import (
     API_PREFIX,
     MAX_HELLO,
     FrameCounter,
+    Hello,
+    encode_server_hello,
     frame,
     frame_spans,
+    negotiate,
     parse_hello,
-    parse_server_hello,
     read_frame,
 )
 from ..tws.messages import Out
 from . import orders, policy, proxy
 from .config import App
 from .link import Link
+from .lobby import Lobby
 from .state import AppStats, GateState
 
 if sys.version_info >= (3, 11):
@@ -45,11 +51,20 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return (address.ipv4_mapped or address) if address.version == 6 else address
 
 
+INT32 = range(-(2**31), 2**31)  # IB client ids are 32-bit signed integers
+GATEWAY_CHANGED = "gateway version changed, reconnect"
+
+
 class Connection:
-    def __init__(self, gate: GateState, client: Link):
+    def __init__(self, gate: GateState, client: Link, lobby: Lobby, front: bool = False):
         self.gate, self.config, self.client = gate, gate.config, client
-        host, port = client.transport.get_extra_info("peername")[:2]
-        self.source = (_address(host), port)
+        self.lobby, self.front = lobby, front  # front: the front's unix socket, which sends PROXY headers
+        peer = client.transport.get_extra_info("peername")
+        self.source = (_address(peer[0]), peer[1]) if not front else (None, 0)
+        self.hello: Hello | None = None
+        self._waiting = False  # counted in the lobby's bounds
+        self._over_bound = False
+        self._allowed = False  # some app may connect from the source (its lobby pool)
         self.upstream: Link | None = None
         self.version = 0
         self.client_id: int | None = None
@@ -58,15 +73,19 @@ class Connection:
         self.audit_id: int | None = None
         self.reason: str | None = None
         self._ended = asyncio.Event()
-        self._partial = b""  # an incomplete frame from the app
+        self._partial = bytearray()  # an incomplete frame from the app (appended to: linear time)
         self._backlog: bytearray | None = None  # the app's bytes after an order that awaits its decision
         self._deciding: asyncio.Task | None = None
+        self._unconfirmed: collections.deque[tuple[int, int]] = collections.deque()  # (row, end mark)
+        self._confirming: asyncio.Task | None = None
         self._frames_out = FrameCounter()
         client.on_lost = lambda: self.end("client closed the connection")
 
     @property
     def peer(self) -> str:
         host, port = self.source
+        if host is None:
+            return "front (no PROXY header yet)"
         return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
 
     @property
@@ -94,6 +113,7 @@ class Connection:
             log.exception("connection from %s failed", self.peer)
             self.end("internal error (see the gate's log)")
         finally:
+            self._leave_lobby()
             await self._close()
 
     # ---- handshake and admission -----------------------------------------------------------
@@ -106,40 +126,41 @@ class Connection:
         except TimeoutError:
             failure = f"handshake not complete within {self.config.handshake_timeout:g}s"
         except asyncio.IncompleteReadError as exc:
-            if not exc.partial and self.upstream is None:
+            if not exc.partial and self.hello is None:
                 log.debug("%s closed without a handshake", self.peer)
                 return None
             failure = "connection closed during the handshake"
         except ProtocolError as exc:
             failure = str(exc)
-        log.warning("connection from %s dropped: %s", self.peer, failure)
+        if not self._over_bound:  # that is counted and logged by the lobby
+            log.warning("connection from %s dropped: %s", self.peer, failure)
         return None
 
     async def _handshake(self) -> bytes:
-        if self.config.proxy_protocol:
-            source = await proxy.read_source(self.client)
-            self.source = source or self.source
+        """Answer the app's hello as the gateway would; the START_API payload (small: lobby.max_frame)."""
+        if self.front:
+            self.source = await proxy.read_source(self.client) or (None, 0)
+        if not self._enter_lobby():
+            raise HandshakeError("over the bound on unadmitted connections")
         if await self.client.readexactly(len(API_PREFIX)) != API_PREFIX:
             raise HandshakeError("no API prefix")
-        hello = await read_frame(self.client, MAX_HELLO)
-        parse_hello(hello)
-        self.upstream = await self._connect()
-        self.upstream.write(API_PREFIX + frame(hello))
-        server_hello = await read_frame(self.upstream, MAX_HELLO)
-        self.version, _ = parse_server_hello(server_hello)
-        self.client.write(frame(server_hello))
-        return await read_frame(self.client, self.config.max_frame)
+        self.hello = parse_hello(await read_frame(self.client, MAX_HELLO))
+        self.version = negotiate(self.hello, versions.MIN_CLIENT, await self.lobby.gateway.version())
+        self.client.write(encode_server_hello(self.version, self.lobby.gateway.connection_time()))
+        return await read_frame(self.client, self.lobby.max_frame)
 
-    async def _connect(self) -> Link:
-        upstream = self.config.upstream
-        try:
-            _, link = await asyncio.get_running_loop().create_connection(Link, upstream.host, upstream.port)
-        except OSError as exc:
-            raise HandshakeError(f"gateway {upstream} unreachable: {exc.strerror or exc}") from None
-        link.on_lost = lambda: self.end("gateway closed the connection")
-        link.on_pause = lambda: self.client.hold("gateway")
-        link.on_resume = lambda: self.client.release("gateway")
-        return link
+    def _enter_lobby(self) -> bool:
+        self._allowed = self.lobby.allowed(self.source[0])
+        self._waiting = self.lobby.bounds.enter(self.source[0], self._allowed)
+        if not self._waiting:
+            self._over_bound = True
+            self.client.close(abort=True)
+        return self._waiting
+
+    def _leave_lobby(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.lobby.bounds.leave(self.source[0], self._allowed)
 
     async def _admit(self, start_api: bytes) -> bool:
         try:
@@ -150,21 +171,64 @@ class Connection:
         except MalformedMessage as exc:
             log.warning("connection from %s dropped: %s", self.peer, exc)
             return False
+        if client_id not in INT32:
+            await self._refuse(
+                client_id, policy.CONNECT_FAILED, f"client id {client_id} is not a 32-bit integer"
+            )
+            return False
         self.app = app = self.config.apps_by_client_id.get(client_id)
-        refusal = policy.connection_refusal(
-            self.config, client_id, self.source[0], self.gate.connected.keys()
-        )
+        refusal: tuple[int, str] | None
+        if self.source[0] is None:  # a LOCAL or UNKNOWN PROXY header: no app's address
+            refusal = policy.CONNECT_FAILED, "the front named no source address"
+        else:
+            refusal = policy.connection_refusal(
+                self.config, client_id, self.source[0], self.gate.connected.keys()
+            )
         if refusal is not None:
             await self._refuse(client_id, *refusal)
             return False
         assert app is not None  # connection_refusal refuses an unregistered client id
-        self.gate.connected[client_id] = self
+        self.gate.connected[client_id] = self  # held while the gateway is dialled: a duplicate gets 326
+        failure = await self._dial()
+        if failure is not None:
+            del self.gate.connected[client_id]
+            await self._refuse(client_id, policy.CONNECT_FAILED, failure)
+            return False
+        return await self._accepted(app, client_id, start_api)
+
+    async def _dial(self) -> str | None:
+        """Connect to the gateway at exactly this connection's version; why not, or None.
+
+        The gate offers the gateway versions up to the one it agreed with the app: a gateway that
+        answers less has changed since the gate learned its version."""
+        assert self.hello is not None
+        try:
+            link, version, _ = await self.lobby.gateway.dial(
+                Hello(versions.MIN_CLIENT, self.version, self.hello.options)
+            )
+        except HandshakeError as exc:
+            return str(exc)
+        if version != self.version:
+            link.close(abort=True)
+            self.lobby.gateway.learn(min(version, self.version))
+            log.warning("gateway answered version %d to a hello for %d", version, self.version)
+            return f"{GATEWAY_CHANGED} (it answered version {version}, not {self.version})"
+        self.upstream = link
+        link.on_lost = lambda: self.end("gateway closed the connection")
+        link.on_pause = lambda: self.client.hold("gateway")
+        link.on_resume = lambda: self.client.release("gateway")
+        if link.lost:
+            self.end("gateway closed the connection")
+        return None
+
+    async def _accepted(self, app: App, client_id: int, start_api: bytes) -> bool:
+        self._leave_lobby()
         self.stats = stats = self.gate.stats[app.name]
         stats.connect(self.peer)
         self.audit_id = await self.gate.audit.connection(
             app.name, client_id, self.peer, self.version, "accepted"
         )
-        assert self.upstream is not None  # the handshake connected it
+        assert self.upstream is not None  # _dial connected it
         self.upstream.write(frame(start_api))
         stats.messages_in += 1
         log.info("%s connected, server version %d", self.who, self.version)
@@ -177,7 +241,12 @@ class Connection:
             "refused client %d from %s (server version %d): %s", client_id, self.peer, self.version, reason
         )
         await self.gate.audit.connection(
-            self.app.name if self.app else None, client_id, self.peer, self.version, "refused", reason
+            self.app.name if self.app else None,
+            client_id if client_id in INT32 else -1,
+            self.peer,
+            self.version,
+            "refused",
+            reason,
         )
 
     # ---- relay -----------------------------------------------------------------------------
@@ -197,25 +266,43 @@ class Connection:
             self.client.close(abort=True)
 
     def _from_client(self, data: bytes) -> None:
-        """The app's bytes: whole frames go on at once, uncopied, up to an order request, which waits."""
+        """The app's bytes: whole frames go on at once, up to an order request, which waits.
+
+        A chunk that holds only whole frames is forwarded uncopied. An unfinished frame is kept in
+        a bytearray that later chunks are appended to, so a frame dribbled in small pieces costs
+        linear time."""
         if self._ended.is_set():  # nothing more goes through once the connection is ending
             return
         if self._backlog is not None:  # an order awaits its decision; what follows it waits too
             self._backlog += data
             return
-        buffer = self._partial + data if self._partial else data
+        if self._partial:
+            self._partial += data
+            buffer: bytes | bytearray = self._partial
+        else:
+            buffer = data
         pos, order_end = self._scan(buffer)
         if pos < 0:
             return
         assert self.stats is not None
-        self._forward(buffer, pos)
-        if order_end is None:
-            self._partial = buffer[pos:]
+        if buffer is self._partial:  # forward a copy: the bytearray changes size below
+            self._forward(bytes(memoryview(buffer)[:pos]), pos)
         else:
-            self._hold_order(buffer, pos, order_end)
+            self._forward(buffer, pos)
+        if order_end is None:
+            self._keep(buffer, pos)
+        else:
+            self._hold_order(bytes(buffer[pos:]), 0, order_end - pos)
         self.stats.last_seen = time.time()
 
-    def _scan(self, buffer: bytes) -> tuple[int, int | None]:
+    def _keep(self, buffer: bytes | bytearray, pos: int) -> None:
+        """Keep buffer[pos:], the start of a frame still to come."""
+        if buffer is self._partial:
+            del self._partial[:pos]
+        else:
+            self._partial = bytearray(memoryview(buffer)[pos:])
+
+    def _scan(self, buffer: bytes | bytearray) -> tuple[int, int | None]:
         """(end of the frames that pass, end of the order request after them or None);
         (-1, None) after ending the connection on a frame that must not pass."""
         pos, stats = 0, self.stats
@@ -236,10 +323,12 @@ class Connection:
             return -1, None
         return pos, None
 
-    def _message_id(self, buffer: bytes, start: int, size: int) -> int | None:
+    def _message_id(self, buffer: bytes | bytearray, start: int, size: int) -> int | None:
         """The id of the message at `start`, or None after ending the connection on one that must not pass."""
         try:
-            msg_id, _, _ = codec.message_id(self.version, buffer[start : start + min(size, codec.ID_BYTES)])
+            msg_id, _, _ = codec.message_id(
+                self.version, bytes(buffer[start : start + min(size, codec.ID_BYTES)])
+            )
         except MalformedMessage as exc:
             self._stop_on(f"unreadable message: {exc}")
             return None
@@ -252,7 +341,7 @@ class Connection:
         log.warning("%s: %s; disconnecting", self.who, reason)
         self.end(reason)
 
-    def _forward(self, buffer: bytes, end: int) -> None:
+    def _forward(self, buffer: bytes | bytearray, end: int) -> None:
         """Send the first `end` bytes of `buffer` to the gateway, uncopied when that is all of it."""
         if end:
             assert self.upstream is not None
@@ -261,7 +350,7 @@ class Connection:
     def _hold_order(self, buffer: bytes, start: int, end: int) -> None:
         """Stop reading from the app while the order request in buffer[start:end] is decided."""
         self._backlog = bytearray(buffer[end:])
-        self._partial = b""
+        self._partial = bytearray()
         self.client.hold("order")
         message = codec.decode(self.version, buffer[start + 4 : end])
         self._deciding = asyncio.create_task(self._decide(message, buffer[start:end]))
@@ -277,13 +366,14 @@ class Connection:
             order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
             reason = f"unreadable {order.request}: {exc}"
         try:
-            await self.gate.record_order(audit_id, app.name, client_id, order, reason)
+            row = await self.gate.record_order(audit_id, app.name, client_id, order, reason)
         except Exception:  # no audit, no order: fail closed
             log.exception("%s: cannot write the audit log; disconnecting", self.who)
             self.end("audit log write failed")
             return
         if reason is None:
             upstream.write(original)
+            self._confirm(row, upstream.sent)
         else:
             log.warning(
                 "%s: refused %s%s: %s",
@@ -300,18 +390,54 @@ class Connection:
         if self._backlog is None:
             self.client.release("order")
 
+    def _confirm(self, row: int, mark: int) -> None:
+        """Record order `row` forwarded once the gateway's TCP has acknowledged its bytes (up to `mark`)."""
+        self._unconfirmed.append((row, mark))
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._confirm_loop())
+
+    def _delivered(self) -> list[int]:
+        """Take the rows of the orders whose bytes the gateway has acknowledged, oldest first."""
+        upstream, rows = self.upstream, []
+        assert upstream is not None
+        while self._unconfirmed and upstream.delivered(self._unconfirmed[0][1]):
+            rows.append(self._unconfirmed.popleft()[0])
+        return rows
+
+    async def _confirm_loop(self) -> None:
+        delay = 0.0005
+        while self._unconfirmed and not self._ended.is_set():
+            rows = self._delivered()
+            for row in rows:
+                await self._record_forwarded(row)
+            delay = 0.0005 if rows else min(2 * delay, 0.05)
+            await asyncio.sleep(delay)
+
+    async def _record_forwarded(self, row: int) -> None:
+        try:
+            await self.gate.audit.order_forwarded(row)
+        except Exception:
+            log.exception("%s: cannot record order row %d as forwarded", self.who, row)
+
     # ---- closing ---------------------------------------------------------------------------
 
     async def _close(self) -> None:
         if self._deciding is not None:
             await asyncio.wait({self._deciding})  # a committed order still reaches the gateway
+        if self._confirming is not None:  # a write it started still commits on the audit thread
+            self._confirming.cancel()
+            await asyncio.wait({self._confirming})
+        confirmed = self._delivered() if self.upstream is not None else []  # the rest stay 'forwarding'
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
+        if self.stats is not None and self.app is not None:
+            self.gate.disconnected(self.client_id, self.app.name, self)
+        for row in confirmed:
+            await self._record_forwarded(row)
         if self.stats is None or self.app is None:
             return
         reason = self.reason or "closed"
-        self.gate.disconnected(self.client_id, self.app.name, self)
         log.info("%s disconnected: %s", self.who, reason)
         if self.audit_id is not None:
             try:

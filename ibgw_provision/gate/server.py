@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 from dataclasses import asdict
 
 from . import admin, metrics
 from .config import GateConfig
 from .link import Link
+from .lobby import Lobby
 from .relay import Connection
 from .state import AppStats, GateState
 
 log = logging.getLogger("ibgw.gate")
 STOP_TIMEOUT = 10.0
+BACKLOG = 1024  # a burst of connections waits in the kernel, not in SYN retries
 
 
 class Gate:
@@ -21,7 +25,8 @@ class Gate:
         self.config = config
         self.state = GateState.open(config)
         self.audit = self.state.audit
-        self.port = config.listen.port
+        self.port = config.listen.port if config.listen else None
+        self.lobby = Lobby(config)
         self.metrics_port = config.metrics.port if config.metrics else None
         self._tasks: dict[Connection, asyncio.Task] = {}
         self._servers: list[asyncio.Server] = []
@@ -40,37 +45,74 @@ class Gate:
         return self.state.connected
 
     async def start(self) -> None:
-        """Admin socket first (it fails if this gate already runs), then the listener and metrics."""
-        listen, loop = self.config.listen, asyncio.get_running_loop()
+        """Admin socket first (it fails if this gate already runs), then the listeners and metrics."""
+        loop = asyncio.get_running_loop()
         self._admin = await admin.serve(self, self.config.admin_socket)
         self._servers.append(self._admin)
         self.audit.end_orphans()
-        listener = await loop.create_server(
-            lambda: Link(self._accept, self.config.max_frame + 4), listen.host, listen.port
-        )
-        self._servers.append(listener)
-        self.port = listener.sockets[0].getsockname()[1]
+        self.lobby.gateway.refresh()  # learn the gateway's version now; no gateway yet is no failure
+        limit = self.lobby.max_frame + 4  # the most a Link buffers before the app is admitted
+        if self.config.listen is not None:
+            listen = self.config.listen
+            listener = await loop.create_server(
+                lambda: Link(lambda link: self._accept(link, False), limit),
+                listen.host,
+                listen.port,
+                backlog=BACKLOG,
+            )
+            self._servers.append(listener)
+            self.port = listener.sockets[0].getsockname()[1]
+        if self.config.front_socket is not None:
+            self._servers.append(await self._serve_front(limit))
         if self.config.metrics is not None:
             endpoint = await metrics.serve(self.state, self.config.metrics.host, self.config.metrics.port)
             self._servers.append(endpoint)
             self.metrics_port = endpoint.sockets[0].getsockname()[1]
         log.info(
-            "%s gate listening on %s:%d for %s, %d apps%s, trading %s (%s event loop)",
+            "%s gate listening on %s for %s, %d apps, trading %s (%s event loop)",
             self.config.mode,
-            listen.host,
-            self.port,
+            " and ".join(self._listening()),
             self.config.upstream,
             len(self.config.apps),
-            ", PROXY protocol" if self.config.proxy_protocol else "",
             "HALTED" if self.halted else "open",
             type(loop).__module__.split(".")[0],
         )
 
-    def _accept(self, link: Link) -> None:
-        if link.transport.get_extra_info("peername") is None:  # gone before we saw it (a TCP check)
+    def _listening(self) -> list[str]:
+        where = []
+        if self.config.listen is not None:
+            where.append(f"{self.config.listen.host}:{self.port} (TCP, no PROXY header trusted)")
+        if self.config.front_socket is not None:
+            where.append(f"{self.config.front_socket.path} (the front's, with PROXY headers)")
+        return where
+
+    async def _serve_front(self, limit: int) -> asyncio.Server:
+        """The unix socket the front connects to: owner and the front's group only (0660)."""
+        front = self.config.front_socket
+        assert front is not None
+        if front.path.is_socket():
+            front.path.unlink()  # left by a killed gate; the admin socket proved none runs
+        old = os.umask(0o117)  # created 0660, never wider even for an instant
+        try:
+            server = await asyncio.get_running_loop().create_unix_server(
+                lambda: Link(lambda link: self._accept(link, True), limit), str(front.path), backlog=BACKLOG
+            )
+        finally:
+            os.umask(old)
+        if front.group is not None:
+            shutil.chown(front.path, group=front.group)
+        os.chmod(front.path, 0o660)
+        return server
+
+    def _accept(self, link: Link, front: bool) -> None:
+        if not front and link.transport.get_extra_info("peername") is None:  # gone already (a TCP check)
             link.transport.close()
             return
-        connection = Connection(self.state, link)
+        if self.lobby.bounds.full():  # the total bound, before any work
+            self.lobby.bounds.overflow("any source")
+            link.transport.abort()
+            return
+        connection = Connection(self.state, link, self.lobby, front)
         task = asyncio.create_task(connection.run())
         self._tasks[connection] = task
         task.add_done_callback(lambda _: self._tasks.pop(connection, None))
@@ -91,11 +133,13 @@ class Gate:
         ]
         return {
             "mode": self.config.mode,
-            "listen": f"{self.config.listen.host}:{self.port}",
+            "listen": ", ".join(self._listening()),
             "upstream": str(self.config.upstream),
             "halted": self.halted,
             "connections": len(self._tasks),
             "refused_connections": self.state.refused_connections,
+            "unadmitted": self.lobby.bounds.count,
+            "unadmitted_closed_over_bound": self.lobby.bounds.refused,
             "apps": apps,
         }
 
@@ -109,5 +153,7 @@ class Gate:
             await asyncio.wait(list(self._tasks.values()), timeout=STOP_TIMEOUT)
         if self._admin is not None:
             admin.remove(self.config.admin_socket)
+        if self.config.front_socket is not None and self.config.front_socket.path.is_socket():
+            self.config.front_socket.path.unlink()
         self.audit.close()
         log.info("stopped")

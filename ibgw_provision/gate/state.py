@@ -53,14 +53,15 @@ class GateState:
 
     async def record_order(
         self, audit_id: int, app: str, client_id: int, order: OrderRequest, reason: str | None
-    ) -> None:
-        """Commit the order request and the decision on it to the audit log."""
-        await self.audit.order(audit_id, app, client_id, order, reason)
+    ) -> int:
+        """Commit the order request and the decision on it to the audit log; its row id."""
+        row = await self.audit.order(audit_id, app, client_id, order, reason)
         stats = self.stats[app]
         if reason is None:
             stats.orders_forwarded += 1
         else:
             stats.orders_refused += 1
+        return row
 
     async def set_halted(self, halted: bool, by: str) -> None:
         """The kill switch: while on, new orders are refused. Persisted before this returns."""

@@ -87,5 +87,18 @@ def gate_audit_db(mode: str) -> str:
     return f"{GATE_STATE}/{mode}.sqlite"
 
 
+def gate_run_dir(mode: str) -> str:
+    """The gate unit's RuntimeDirectory: its sockets."""
+    return f"/run/ibgw-gate-{mode}"
+
+
 def gate_admin_socket(mode: str) -> str:
-    return f"/run/ibgw-gate-{mode}/gate.sock"
+    return f"{gate_run_dir(mode)}/gate.sock"
+
+
+def gate_front_socket(mode: str) -> str:
+    """Where the front reaches the gate (PROXY headers trusted here only)."""
+    return f"{gate_run_dir(mode)}/front.sock"
+
+
+FRONT_GROUP = {"haproxy": "haproxy", "nginx": "www-data"}  # the group each front's workers run as

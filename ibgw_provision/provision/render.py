@@ -97,6 +97,8 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
         "apps": apps,
         "allow": {mode: _union(a.sources for a in mode_apps) for mode, mode_apps in apps.items()},
         "front_listen": f"[{host.front.bind}]" if ":" in host.front.bind else host.front.bind,
+        "front_group": layout.FRONT_GROUP[host.front.kind],
+        "api_ports": [gw.api_port for gw in host.gateways],
         "stream_timeout": max(host.front.timeouts.client, host.front.timeouts.server, key=_seconds),
         "firewall_rules": firewall_rules(host, apps),
         "gate_apps": {mode: _gate_apps(host, mode_apps) for mode, mode_apps in apps.items()},

@@ -28,7 +28,9 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-def frame_spans(buffer: bytes, pos: int = 0, max_size: int = MAX_FRAME) -> Iterator[tuple[int, int]]:
+def frame_spans(
+    buffer: bytes | bytearray, pos: int = 0, max_size: int = MAX_FRAME
+) -> Iterator[tuple[int, int]]:
     """(start, end) of each frame whose length prefix lies in buffer[pos:]: start at its prefix, end after
     its payload. The last one may end beyond the buffer. FrameTooLarge on a prefix above `max_size`."""
     end = len(buffer)

@@ -11,7 +11,7 @@ from ibapi.order_cancel import OrderCancel
 from ibgw_provision.gate.audit import query
 from ibgw_provision.tws import versions
 
-from ..kit.gate import UNREGISTERED, ib_async_app, ib_async_refused, run
+from ..kit.gate import UNREGISTERED, audited_orders, ib_async_app, ib_async_refused, run
 from ..kit.sim import IbapiApp, contract, order, until
 
 SPY = Stock("SPY", "SMART", "USD")
@@ -32,7 +32,7 @@ def test_ib_async_logs_on_and_trades(gate, sim):
 
     order_id = ib_async_app(gate.port, 1, scenario)
     assert sim.server.broker.orders[(1, order_id)].status == "Filled"
-    [row] = query(gate.config.audit_db)["orders"]
+    [row] = audited_orders(gate.config.audit_db)
     assert (
         row["app"],
         row["request"],
@@ -63,7 +63,7 @@ def test_ibapi_logs_on_and_trades(start_sim, start_gate, max_version):
         app.wait("orderStatus", lambda oid, status, *rest: oid == order_id and status == "Filled")
     finally:
         app.stop()
-    [row] = query(gate.config.audit_db)["orders"]
+    [row] = audited_orders(gate.config.audit_db)
     assert (row["order_id"], row["quantity"], row["order_type"], row["limit_price"], row["decision"]) == (
         order_id,
         "3",
@@ -137,7 +137,7 @@ def test_ib_async_read_only_app_streams_but_its_orders_are_refused(gate, sim):
     text = "refused by ibgw gate: app watcher is read-only"
     assert errors == [(order_id, 321, text), (order_id, 321, text), (-1, 321, text)]
     assert sim.server.broker.orders == {}
-    rows = query(gate.config.audit_db)["orders"]
+    rows = audited_orders(gate.config.audit_db)
     assert [(r["request"], r["order_id"], r["decision"], r["reason"]) for r in rows] == [
         ("placeOrder", order_id, "refused", "app watcher is read-only"),
         ("cancelOrder", order_id, "refused", "app watcher is read-only"),
@@ -206,5 +206,5 @@ def test_order_limits_in_both_encodings(gate, sim):
     finally:
         app.stop()
     assert text == "refused by ibgw gate: secType OPT is not allowed for app limited (allowed: STK)"
-    decisions = [(r["quantity"], r["sec_type"], r["decision"]) for r in query(gate.config.audit_db)["orders"]]
+    decisions = [(r["quantity"], r["sec_type"], r["decision"]) for r in audited_orders(gate.config.audit_db)]
     assert decisions == [("5", "STK", "forwarded"), ("6", "STK", "refused"), ("1", "OPT", "refused")]

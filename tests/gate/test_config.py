@@ -17,7 +17,7 @@ RENDERED = sorted((Path(__file__).resolve().parent.parent / "golden").glob("*/et
 @pytest.mark.parametrize("path", RENDERED, ids=lambda p: f"{p.parts[-4]}/{p.name}")
 def test_rendered_configs_load(path):
     config = load(path)
-    assert config.mode in path.name and config.proxy_protocol and config.apps
+    assert config.mode in path.name and config.front_socket and config.listen and config.apps
 
 
 def test_defaults_and_normalisation(short_dir):
@@ -27,10 +27,11 @@ def test_defaults_and_normalisation(short_dir):
     config = load(write_config(short_dir / "gate.yml", data))
     assert (config.handshake_timeout, config.max_frame, config.client_buffer, config.metrics) == (
         5,
-        16777216,
+        0xFFFFFF,  # ibapi's MAX_MSG_LEN: the largest payload a client or the gateway accepts
         1048576,
         None,
     )
+    assert (config.lobby.per_source, config.lobby.total, config.lobby.max_frame) == (8, 256, 4096)
     [app] = config.apps
     assert (app.allowed_sec_types, app.max_order_quantity) == (["STK", "OPT"], Decimal(5))
     assert app.allows(ip_address("127.1.2.3")) and not app.allows(ip_address("10.0.0.1"))
@@ -40,7 +41,7 @@ def test_each_problem_names_its_line_and_field(short_dir):
     path = short_dir / "gate.yml"
     path.write_text(
         "mode: paper\nlisten: {host: 127.0.0.1, port: 1}\nupstream: {host: h, port: 0}\n"
-        "proxy_protocol: yes\naudit_db: a\nadmin_socket: b\napps:\n"
+        "front_socket: {path: s}\naudit_db: a\nadmin_socket: b\napps:\n"
         "  - {name: x, client_id: -1, sources: [10.0.0.300/32], read_only: false, color: red}\n"
     )
     with pytest.raises(InputError) as caught:

@@ -15,7 +15,18 @@ from ibgw_provision.gate import admin
 from ibgw_provision.gate.audit import query
 from ibgw_provision.tws import API_PREFIX, Hello, frame, parse_server_hello, read_frame
 
-from ..kit.gate import APPS, audited_connections, current_time, logged_on, open_raw, proxy_v1, proxy_v2, run
+from ..kit.gate import (
+    APPS,
+    audited_connections,
+    audited_orders,
+    current_time,
+    front_socket,
+    logged_on,
+    open_raw,
+    proxy_v1,
+    proxy_v2,
+    run,
+)
 from ..kit.sim import STEP, contract, ibapi_request, order, until
 
 
@@ -49,17 +60,18 @@ def test_a_bound_source_address_is_checked(gate):
 
 
 @pytest.mark.parametrize("header", [proxy_v1, proxy_v2], ids=["v1", "v2"])
-def test_the_proxy_header_gives_the_source(start_gate, sim, header):
-    gate = start_gate(sim.port, proxy_protocol=True)
+def test_the_proxy_header_gives_the_source(start_gate, sim, short_dir, header):
+    gate = start_gate(sim.port, front_socket={"path": str(short_dir / "front.sock")})
+    front = front_socket(gate)
 
     async def scenario():
-        office = await logged_on(await open_raw(gate.port, 5, proxy=header("10.0.1.5")))
+        office = await logged_on(await open_raw(front, 5, proxy=header("10.0.1.5")))
         assert await current_time(office) > 1_600_000_000
         await office.close()
         await until(lambda: not gate.gate.connected)
-        v6 = await open_raw(gate.port, 5, proxy=header("2001:db8::9"))  # app office is also on 2001:db8::/64
+        v6 = await open_raw(front, 5, proxy=header("2001:db8::9"))  # app office is also on 2001:db8::/64
         assert (await logged_on(v6)).accounts == ["DU1234567"]
-        spoofed = await open_raw(gate.port, 1, proxy=header("10.9.9.9"))  # app trader is on 127.0.0.0/8 only
+        spoofed = await open_raw(front, 1, proxy=header("10.9.9.9"))  # app trader is on 127.0.0.0/8 only
         assert await _refusal(spoofed) == (
             -1,
             502,
@@ -79,20 +91,21 @@ def test_the_proxy_header_gives_the_source(start_gate, sim, header):
     ]
 
 
-def test_without_a_proxy_header_the_front_itself_is_the_source(start_gate, sim, caplog):
-    gate = start_gate(sim.port, proxy_protocol=True)
+def test_a_missing_or_local_proxy_header_admits_nobody(start_gate, sim, short_dir, caplog):
+    gate = start_gate(sim.port, front_socket={"path": str(short_dir / "front.sock")})
+    front = front_socket(gate)
 
     async def scenario():
-        local = await logged_on(await open_raw(gate.port, 1, proxy=proxy_v2("10.0.1.5", command=0)))  # LOCAL
-        assert await current_time(local) > 1_600_000_000
-        await local.close()
-        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+        local = await open_raw(front, 1, proxy=proxy_v2("10.0.1.5", command=0))  # LOCAL: no source address
+        assert await _refusal(local) == (-1, 502, "refused by ibgw gate: the front named no source address")
+        reader, writer = await asyncio.open_unix_connection(front)
         writer.write(Hello(100, 200).encode())  # no header at all: dropped before the gateway is contacted
         assert await _closed(reader)
         writer.close()
 
     run(scenario())
     assert any("expected a PROXY protocol header" in r.getMessage() for r in caplog.records)
+    assert not sim.server.sessions
 
 
 def test_an_incomplete_handshake_is_closed_after_the_timeout(start_gate, sim, caplog):
@@ -101,7 +114,7 @@ def test_an_incomplete_handshake_is_closed_after_the_timeout(start_gate, sim, ca
     async def scenario():
         reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
         writer.write(Hello(100, 200).encode())
-        parse_server_hello(await read_frame(reader))  # relayed from the gateway, then no START_API
+        parse_server_hello(await read_frame(reader))  # answered by the gate itself, then no START_API
         assert await _closed(reader)
         writer.close()
 
@@ -200,7 +213,7 @@ def test_the_kill_switch_refuses_new_orders_and_survives_a_restart(start_gate, s
         await client.close()
 
     run(after_restart(gate.port))
-    decisions = [(r["request"], r["decision"]) for r in query(gate.config.audit_db)["orders"]]
+    decisions = [(r["request"], r["decision"]) for r in audited_orders(gate.config.audit_db)]
     assert decisions == [
         ("placeOrder", "forwarded"),
         ("placeOrder", "refused"),

@@ -47,7 +47,6 @@ def config_data(directory, upstream_port: int, **overrides) -> dict:
         "mode": "paper",
         "listen": {"host": "127.0.0.1", "port": 0},
         "upstream": {"host": "127.0.0.1", "port": upstream_port},
-        "proxy_protocol": False,
         "audit_db": str(directory / "audit.sqlite"),
         "admin_socket": str(directory / "gate.sock"),
         "metrics": {"host": "127.0.0.1", "port": 0},
@@ -111,6 +110,17 @@ def audited_connections(gate: RunningGate, count: int) -> list[dict]:
     raise AssertionError(f"fewer than {count} connections ended: {rows}")
 
 
+def audited_orders(db_path) -> list[dict]:
+    """The audit log's order rows once none is still 'forwarding' (confirmed as the gateway's TCP
+    acknowledges the bytes, just after they are written)."""
+    for _ in range(int(STEP / 0.01)):
+        rows = query(db_path)["orders"]
+        if all(r["decision"] != "forwarding" for r in rows):
+            return rows
+        time.sleep(0.01)
+    raise AssertionError(f"orders still 'forwarding': {rows}")
+
+
 def proxy_v1(source: str, port: int = 40000) -> bytes:
     family = "TCP6" if ":" in source else "TCP4"
     target = "::1" if family == "TCP6" else "127.0.0.1"
@@ -125,11 +135,26 @@ def proxy_v2(source: str, port: int = 40000, command: int = 1) -> bytes:
     return V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack(">H", len(body)) + body
 
 
+def front_socket(gate: RunningGate) -> str:
+    assert gate.config.front_socket is not None
+    return str(gate.config.front_socket.path)
+
+
 async def open_raw(
-    port: int, client_id: int, *, max_version: int = 200, source: str = "127.0.0.1", proxy: bytes = b""
+    port: int | str,
+    client_id: int,
+    *,
+    max_version: int = 200,
+    source: str = "127.0.0.1",
+    proxy: bytes = b"",
 ) -> RawClient:
-    """Hand-shake through the gate from `source` (after a PROXY header), send START_API; no wait for logon."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    """Hand-shake through the gate from `source` (after a PROXY header), send START_API; no wait for logon.
+
+    A str `port` is the path of the gate's front socket (where a PROXY header is trusted)."""
+    if isinstance(port, str):
+        reader, writer = await asyncio.open_unix_connection(port)
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(proxy + Hello(100, max_version).encode())
     version, _ = parse_server_hello(await asyncio.wait_for(read_frame(reader), STEP))
     start = ibapi_client(version, client_id)

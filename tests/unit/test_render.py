@@ -37,8 +37,10 @@ def test_haproxy_allowlist_and_ports_match_inventory(rendered, example, local, v
         assert set(acl) == _expected_allow(host)[gw.mode]
         assert "tcp-request connection reject if !app_source" in front
         assert f"sc0_conn_cur gt {host.front.per_source_limit}" in front
-        upstream = gw.gate_port if host.front.gate else gw.api_port
-        assert f"server {gw.mode} 127.0.0.1:{upstream} " in sections[f"backend {gw.mode}_gateway"]
+        upstream = (
+            f"unix@{layout.gate_front_socket(gw.mode)}" if host.front.gate else f"127.0.0.1:{gw.api_port}"
+        )
+        assert f"server {gw.mode} {upstream} " in sections[f"backend {gw.mode}_gateway"]
 
 
 def test_a_gateway_no_app_may_use_rejects_everyone(tmp_path, example):
@@ -62,7 +64,10 @@ def test_nginx_allowlist_and_ports_match_inventory(rendered, example):
         assert set(re.findall(r"allow (\S+);", server)) == _expected_allow(host)[gw.mode]
         assert server.rstrip().endswith(f"proxy_pass {gw.mode}_gateway;")
         assert "deny all;" in server
-        assert f"server 127.0.0.1:{gw.gate_port if host.front.gate else gw.api_port} " in text
+        target = (
+            f"unix:{layout.gate_front_socket(gw.mode)}" if host.front.gate else f"127.0.0.1:{gw.api_port}"
+        )
+        assert f"server {target} " in text
 
 
 def test_firewall_admits_only_what_the_inventory_allows(rendered, example):
@@ -183,11 +188,13 @@ def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
     nginx = rendered["example-nginx"]["/etc/nginx/nginx.conf"].read_text()
     for gw in host.gateways:
         backend = sections[f"backend {gw.mode}_gateway"]
-        assert f"server {gw.mode} 127.0.0.1:{gw.gate_port} send-proxy-v2 check check-send-proxy" in backend
-        assert f"server 127.0.0.1:{gw.gate_port} " in nginx
+        socket = layout.gate_front_socket(gw.mode)
+        assert f"server {gw.mode} unix@{socket} send-proxy-v2 check check-send-proxy" in backend
+        assert f"server unix:{socket} " in nginx
         config = yaml.safe_load(rendered["example"][layout.gate_config(gw.mode)].read_text())
         assert config["upstream"] == {"host": "127.0.0.1", "port": gw.api_port}
-        assert config["listen"] == {"host": "127.0.0.1", "port": gw.gate_port} and config["proxy_protocol"]
+        assert config["listen"] == {"host": "127.0.0.1", "port": gw.gate_port}
+        assert config["front_socket"] == {"path": socket}
         apps = {a["name"]: a for a in config["apps"]}
         assert apps.keys() == {a.name for a in host.apps_for(gw.mode)} | {"ibgw-health"}
         assert apps["python-research"]["read_only"] and not apps["smart-lean-0dte"]["read_only"]

@@ -57,9 +57,22 @@ def test_nginx_accepts_stream_config(rendered, variant):
     assert "[warn]" not in proc.stderr
 
 
-def test_nft_accepts_ruleset(rendered):
+def _with_ibkr(tmp_path, script: str) -> subprocess.CompletedProcess:
+    """`script` where the gateway user exists (as on a provisioned host), in private mounts."""
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(
+        Path("/etc/passwd").read_text() + f"{layout.USER}:x:990:990::{layout.HOME}:/usr/sbin/nologin\n"
+    )
+    group.write_text(Path("/etc/group").read_text() + f"{layout.GROUP}:x:990:\n")
+    return _in_private_mounts(f"""
+        mount --bind {passwd} /etc/passwd
+        mount --bind {group} /etc/group
+        {script}""")
+
+
+def test_nft_accepts_ruleset(rendered, tmp_path):
     (ruleset,) = _files(rendered, "example", r"/firewall\.nft$")
-    proc = _run(["nft", "-c", "-f", str(ruleset)])
+    proc = _with_ibkr(tmp_path, f"nft -c -f {ruleset}")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout + proc.stderr == ""
 
