@@ -14,10 +14,12 @@ from . import inventory
 from .errors import InputError, exit_bad_input
 from .gate.cli import audit, gate
 from .inventory import secrets
+from .pki.cli import pki
 from .provision.remote import AgentError
 from .provision.render import render_host
 from .provision.transport import SshError
 from .sim.cli import sim
+from .tunnel.cli import tunnel
 
 
 def input_errors(func):
@@ -49,7 +51,7 @@ def main() -> None:
     """Provision and run a shared Interactive Brokers Gateway host."""
 
 
-for command in (sim, gate, audit):
+for command in (sim, gate, audit, pki, tunnel):
     main.add_command(command)
 
 
@@ -68,7 +70,10 @@ def validate(inventory_path: str, check_secrets: bool, as_json: bool) -> None:
     try:
         inv = inventory.load(inventory_path)
         if check_secrets:
+            from .inventory.preflight import check_pki
+
             secrets.check(inv)
+            check_pki(inv)
     except InputError as exc:
         if as_json:
             click.echo(json.dumps(validate_json(inventory_path, None, exc), indent=2))
@@ -195,7 +200,7 @@ def provision(
 ) -> None:
     """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed or was
     unreachable, 2 bad input (or a host that cannot hold what the inventory asks)."""
-    from .inventory.preflight import check_artifacts
+    from .inventory.preflight import check_artifacts, check_pki
     from .provision import recap as recaps
     from .provision.apply import Options
     from .provision.apply import provision as run
@@ -204,6 +209,7 @@ def provision(
     names = select_hosts(inv, pattern, limit)
     secrets.check(inv, names)
     check_artifacts(inv, names)
+    check_pki(inv, names)
     recap = recaps.Recap(
         show_diff=show_diff, verbose=verbose, console=recaps.console_for(sys.stderr) if as_json else None
     )

@@ -53,7 +53,8 @@ class _Loader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def load(path: str | Path) -> Source:
+def load(path: str | Path, max_nodes: int = MAX_NODES) -> Source:
+    """The document at `path`; `max_nodes` bounds its values once aliases are expanded."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -65,7 +66,7 @@ def load(path: str | Path) -> Source:
         node = loader.get_single_node()
         if node is None:
             raise InputError([Problem(file, 1, "", "the file is empty")])
-        lines = _index(node, file)
+        lines = _index(node, file, max_nodes)
         data = loader.construct_document(node)
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
@@ -89,7 +90,7 @@ def load(path: str | Path) -> Source:
     return Source(file, data, lines)
 
 
-def _index(root: yaml.Node, file: str) -> dict[Path_, int]:
+def _index(root: yaml.Node, file: str, max_nodes: int = MAX_NODES) -> dict[Path_, int]:
     """The line of every key and item, walking aliases as the data will have them, within bounds."""
     lines: dict[Path_, int] = {(): root.start_mark.line + 1}
     stack: list[tuple[yaml.Node, Path_, int]] = [(root, (), 1)]
@@ -97,10 +98,10 @@ def _index(root: yaml.Node, file: str) -> dict[Path_, int]:
     while stack:
         node, path, depth = stack.pop()
         count += 1
-        if count > MAX_NODES or depth > MAX_DEPTH:
+        if count > max_nodes or depth > MAX_DEPTH:
             why = (
-                f"more than {MAX_NODES} values once aliases are expanded"
-                if count > MAX_NODES
+                f"more than {max_nodes} values once aliases are expanded"
+                if count > max_nodes
                 else f"nested deeper than {MAX_DEPTH} levels once aliases are expanded"
             )
             top = path[:1]  # the deep path itself can be as long as the bound

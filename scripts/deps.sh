@@ -9,6 +9,8 @@ packages=(
   debootstrap systemd-container openssh-client iproute2
   # the lab (tests/lab/lab): its bastion's sshd and its apt proxy, both run by the lab itself
   openssh-server tinyproxy
+  # front.tls: `ibgw tunnel --print-stunnel`'s configuration is run by the real stunnel
+  stunnel4
 )
 
 missing=()

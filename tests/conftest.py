@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from ibgw_provision import inventory
+from ibgw_provision.inventory.model import Pki as PkiDir
 from ibgw_provision.inventory.secrets import Secrets
+from ibgw_provision.pki.ca import Pki
 from ibgw_provision.provision.render import render_host
 
 pytest_plugins = ["tests.kit.fixtures", "tests.kit.lab"]  # sim, gate and lab fixtures, registered once
@@ -33,6 +35,7 @@ def with_front(path: Path, kind: str, tmp: Path, gate: bool = True) -> Path:
         path.read_text()
         .replace("kind: haproxy", f"kind: {kind}")
         .replace("gate: true", f"gate: {gate}".lower())
+        .replace("tls: true", f"tls: {gate}".lower())  # the gate terminates front.tls
     )
     out = tmp / f"{path.stem}-{kind}{'' if gate else '-direct'}.yml"
     out.write_text(text)
@@ -40,8 +43,16 @@ def with_front(path: Path, kind: str, tmp: Path, gate: bool = True) -> Path:
 
 
 @pytest.fixture(scope="session")
-def example():
-    return inventory.load(INVENTORIES / "example.yml")
+def example(tmp_path_factory):
+    """inventories/example.yml, its app CA (front.tls) in a temporary pki directory."""
+    inv = inventory.load(INVENTORIES / "example.yml")
+    ca = Pki(tmp_path_factory.mktemp("pki") / "example")
+    ca.init("example")
+    for name, host in inv.hosts.items():
+        ca.issue_server(name, host.address)
+        for app in host.apps:
+            ca.issue_app(app.name)
+    return inv.model_copy(update={"pki": PkiDir(dir=ca.dir)})
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS connections (
     started TEXT NOT NULL,         -- UTC, ISO 8601
     ended TEXT,
     outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused')),
-    reason TEXT                    -- why it was refused, or how it ended
+    reason TEXT,                   -- why it was refused, or how it ended
+    cert_serial TEXT               -- front.tls: the serial (hex) of the app's client certificate
 );
 CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY,
@@ -59,6 +60,9 @@ CREATE INDEX IF NOT EXISTS connections_started ON connections(started);
 CREATE INDEX IF NOT EXISTS orders_at ON orders(at);
 """
 HALTED = "halted"
+# Columns added after the first release, created in an existing log at open (SQLite ADD COLUMN
+# keeps every row; the new column is NULL in rows written before it).
+ADDED_COLUMNS = {"connections": {"cert_serial": "TEXT"}}
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -84,6 +88,14 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
 class AuditLog:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +105,7 @@ class AuditLog:
         with self._db:
             _migrate(self._db)
             self._db.executescript(SCHEMA)
+            _add_columns(self._db)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ibgw-gate-audit")
 
     def _commit(self, sql: str, params: tuple) -> int:
@@ -111,12 +124,14 @@ class AuditLog:
         version: int,
         outcome: str,
         reason: str | None = None,
+        cert_serial: str | None = None,
     ) -> int:
+        """A connection's row. client_id -1 and version 0: refused before the TWS handshake (TLS)."""
         ended = now() if outcome == "refused" else None
         return await self._write(
-            "INSERT INTO connections (app, client_id, source, version, started, ended, outcome, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (app, client_id, source, version, now(), ended, outcome, reason),
+            "INSERT INTO connections (app, client_id, source, version, started, ended, outcome, reason, "
+            "cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (app, client_id, source, version, now(), ended, outcome, reason, cert_serial),
         )
 
     async def order_forwarded(self, row_id: int) -> None:

@@ -37,9 +37,12 @@ def _load(path: str | None) -> GateConfig:
 
 async def _serve(config: GateConfig) -> None:
     from .server import Gate  # loads ibapi's protobuf modules: only when the relay runs
+    from .tls import FilesError
 
     try:
         gate = Gate(config)
+    except FilesError as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the audit log {config.audit_db}: {exc}") from None
 
@@ -56,6 +59,7 @@ async def _serve(config: GateConfig) -> None:
         {
             signal.SIGUSR1: lambda: gate.set_halted(True, "SIGUSR1"),
             signal.SIGUSR2: lambda: gate.set_halted(False, "SIGUSR2"),
+            signal.SIGHUP: gate.reload_tls,
         },
     )
 
@@ -69,7 +73,8 @@ def gate(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     admits each app by client id and source, and applies its order rules (read-only, limits,
     kill switch), auditing every connection and order request.
 
-    SIGTERM or Ctrl-C exits cleanly; SIGUSR1 halts new orders, SIGUSR2 resumes them.
+    SIGTERM or Ctrl-C exits cleanly; SIGUSR1 halts new orders, SIGUSR2 resumes them; SIGHUP
+    re-reads the TLS files (front.tls: CA, CRL, server certificate) for new connections.
     """
     ctx.obj = config_path
     if ctx.invoked_subcommand is not None:

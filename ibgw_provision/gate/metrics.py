@@ -34,6 +34,9 @@ def render(gate: GateState) -> str:
         "# HELP ibgw_gate_connections_refused_total Connections refused at START_API",
         "# TYPE ibgw_gate_connections_refused_total counter",
         f'ibgw_gate_connections_refused_total{{mode="{mode}"}} {gate.refused_connections}',
+        "# HELP ibgw_gate_interlock_tripped 1 once the gateway reported accounts of the other mode",
+        "# TYPE ibgw_gate_interlock_tripped gauge",
+        f'ibgw_gate_interlock_tripped{{mode="{mode}"}} {int(gate.interlock is not None)}',
     ]
     for name, kind, help_text, field in _APP_METRICS:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ..tws import requests
+from ..tws import requests, requests_policy
 from ..tws.codec import Message
 from ..tws.messages import Out
 
@@ -18,7 +18,7 @@ ORDER_REQUESTS: dict[int, str] = {
     Out.REQ_GLOBAL_CANCEL: "reqGlobalCancel",
     Out.EXERCISE_OPTIONS: "exerciseOptions",
 }
-NEW_ORDERS = frozenset({"placeOrder", "exerciseOptions"})  # what the kill switch stops; cancels still pass
+NEW_ORDERS = frozenset({"placeOrder", "exerciseOptions"})  # refused while halted
 EXERCISE_ACTIONS = {requests.EXERCISE: "EXERCISE", requests.LAPSE: "LAPSE"}
 
 
@@ -34,11 +34,24 @@ class OrderRequest:
     quantity: Decimal | None = None
     order_type: str = ""
     limit_price: float | None = None
+    # What the policy reads beyond the audit columns.
+    con_id: int = 0
+    multiplier: str = ""
+    legs: tuple[requests.ComboLeg, ...] = ()
+    cash_qty: float | None = None
+    client_id: int | None = None  # the order's own client id (protobuf requests only)
+    parent_id: int = 0
+    what_if: bool = False  # a margin preview: never placed, never open
 
     @property
     def reply_id(self) -> int:
         """The request id a refusal is sent with: the order id, or -1 when there is none."""
         return -1 if self.order_id is None else self.order_id
+
+
+def refused_request(msg_id: int) -> OrderRequest:
+    """The audit log's view of a refused request that is not an order (updateConfig, replaceFA, ...)."""
+    return OrderRequest(requests_policy.name(msg_id))
 
 
 def client_id(version: int, message: Message) -> int:
@@ -59,6 +72,13 @@ def audited(request: requests.Request) -> OrderRequest:
                 request.total_quantity,
                 request.order_type,
                 request.lmt_price,
+                contract.con_id,
+                contract.multiplier,
+                contract.combo_legs,
+                request.cash_qty,
+                request.client_id,
+                request.parent_id,
+                request.what_if,
             )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)
@@ -70,6 +90,8 @@ def audited(request: requests.Request) -> OrderRequest:
                 contract.sec_type,
                 EXERCISE_ACTIONS.get(action, str(action)),
                 Decimal(request.quantity),
+                con_id=contract.con_id,
+                multiplier=contract.multiplier,
             )
         case requests.GlobalCancel():
             return OrderRequest("reqGlobalCancel")

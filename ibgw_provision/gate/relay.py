@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 
-from ..tws import codec, replies, versions
+from ..tws import codec, replies, requests, responses, versions
 from ..tws.errors import FrameTooLarge, HandshakeError, MalformedMessage, ProtocolError
 from ..tws.framing import (
     API_PREFIX,
@@ -31,8 +31,9 @@ from ..tws.framing import (
     parse_hello,
     read_frame,
 )
-from ..tws.messages import Out
-from . import orders, policy, proxy
+from ..tws.messages import In, Out
+from ..tws.responses import CONTRACT_MESSAGES, ResponseTap
+from . import interlock, orders, policy, proxy, tls
 from .config import App
 from .link import Link
 from .lobby import Lobby
@@ -44,6 +45,8 @@ else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeo
     from async_timeout import timeout as aio_timeout
 
 log = logging.getLogger("ibgw.gate")
+# What the gate reads of the gateway's messages on their way to the app.
+TAPPED = CONTRACT_MESSAGES | {In.ORDER_STATUS, In.ERR_MSG, In.MANAGED_ACCTS, In.OPEN_ORDER_END}
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -72,13 +75,15 @@ class Connection:
         self.stats: AppStats | None = None
         self.audit_id: int | None = None
         self.reason: str | None = None
+        self.peer_cert: tls.Peer | None = None  # with front.tls: the app's verified certificate
         self._ended = asyncio.Event()
         self._partial = bytearray()  # an incomplete frame from the app (appended to: linear time)
         self._backlog: bytearray | None = None  # the app's bytes after an order that awaits its decision
         self._deciding: asyncio.Task | None = None
         self._unconfirmed: collections.deque[tuple[int, int]] = collections.deque()  # (row, end mark)
         self._confirming: asyncio.Task | None = None
-        self._frames_out = FrameCounter()
+        self._frames_out: FrameCounter | ResponseTap = FrameCounter()
+        self._accounts_checked = asyncio.Event()  # the gateway's accounts for this logon fit the gate's mode
         client.on_lost = lambda: self.end("client closed the connection")
 
     @property
@@ -87,6 +92,10 @@ class Connection:
         if host is None:
             return "front (no PROXY header yet)"
         return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+
+    @property
+    def _serial(self) -> str | None:
+        return self.peer_cert.serial if self.peer_cert else None
 
     @property
     def who(self) -> str:
@@ -142,12 +151,23 @@ class Connection:
             self.source = await proxy.read_source(self.client) or (None, 0)
         if not self._enter_lobby():
             raise HandshakeError("over the bound on unadmitted connections")
+        if self.gate.tls is not None:  # front.tls: within the lobby's bounds, before any TWS API byte
+            await self._secure(self.gate.tls)
         if await self.client.readexactly(len(API_PREFIX)) != API_PREFIX:
             raise HandshakeError("no API prefix")
         self.hello = parse_hello(await read_frame(self.client, MAX_HELLO))
         self.version = negotiate(self.hello, versions.MIN_CLIENT, await self.lobby.gateway.version())
         self.client.write(encode_server_hello(self.version, self.lobby.gateway.connection_time()))
         return await read_frame(self.client, self.lobby.max_frame)
+
+    async def _secure(self, context: tls.Policy) -> None:
+        """front.tls (gate/tls.py): the TLS handshake with the app's certificate, before any TWS API byte."""
+        try:
+            self.client, self.peer_cert = await tls.accept(self.client, context)
+        except tls.Refused as exc:
+            self.gate.refused_connections += 1
+            await self.gate.audit.connection(None, -1, self.peer, 0, "refused", str(exc))
+            raise
 
     def _enter_lobby(self) -> bool:
         self._allowed = self.lobby.allowed(self.source[0])
@@ -184,6 +204,11 @@ class Connection:
             refusal = policy.connection_refusal(
                 self.config, client_id, self.source[0], self.gate.connected.keys()
             )
+        if refusal is None and app is not None:
+            mismatch = tls.certificate_refusal(app.name, client_id, self.peer_cert)
+            refusal = None if mismatch is None else (policy.CONNECT_FAILED, mismatch)
+        if refusal is None and self.gate.interlock is not None:  # the gateway is of the other mode
+            refusal = policy.CONNECT_FAILED, f"paper/live interlock tripped: {self.gate.interlock}"
         if refusal is not None:
             await self._refuse(client_id, *refusal)
             return False
@@ -226,7 +251,7 @@ class Connection:
         self.stats = stats = self.gate.stats[app.name]
         stats.connect(self.peer)
         self.audit_id = await self.gate.audit.connection(
-            app.name, client_id, self.peer, self.version, "accepted"
+            app.name, client_id, self.peer, self.version, "accepted", cert_serial=self._serial
         )
         assert self.upstream is not None  # _dial connected it
         self.upstream.write(frame(start_api))
@@ -247,12 +272,18 @@ class Connection:
             self.version,
             "refused",
             reason,
+            cert_serial=self._serial,
         )
 
     # ---- relay -----------------------------------------------------------------------------
 
     async def _relay(self) -> None:
         assert self.upstream is not None
+        if self.gate.interlock is not None:
+            self._refuse_interlock()
+            return
+        self._frames_out = ResponseTap(self.version, TAPPED, self._from_gateway_message)
+        self._count_open_orders()
         self.upstream.relay(self._from_gateway)
         self.client.relay(self._from_client)
         await self._ended.wait()
@@ -315,7 +346,7 @@ class Connection:
                 if msg_id is None:
                     return -1, None
                 stats.messages_in += 1
-                if msg_id in orders.ORDER_REQUESTS:
+                if msg_id in orders.ORDER_REQUESTS or self._refuses(msg_id):
                     return start, end
                 pos = end
         except FrameTooLarge as exc:
@@ -356,15 +387,10 @@ class Connection:
         self._deciding = asyncio.create_task(self._decide(message, buffer[start:end]))
 
     async def _decide(self, message: codec.Message, original: bytes) -> None:
-        """Audit an order request durably, then forward it or answer the refusal; then carry on."""
+        """Audit a held request durably, then forward it or answer the refusal; then carry on."""
         app, upstream, client_id, audit_id = self.app, self.upstream, self.client_id, self.audit_id
         assert app is not None and upstream is not None and client_id is not None and audit_id is not None
-        try:
-            order = orders.read_order(self.version, message)
-            reason = policy.order_refusal(app, self.gate.halted, order)
-        except MalformedMessage as exc:
-            order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
-            reason = f"unreadable {order.request}: {exc}"
+        order, reason = await self._judge(app, client_id, message)
         try:
             row = await self.gate.record_order(audit_id, app.name, client_id, order, reason)
         except Exception:  # no audit, no order: fail closed
@@ -372,6 +398,7 @@ class Connection:
             self.end("audit log write failed")
             return
         if reason is None:
+            self._count(app, order)
             upstream.write(original)
             self._confirm(row, upstream.sent)
         else:
@@ -418,6 +445,113 @@ class Connection:
             await self.gate.audit.order_forwarded(row)
         except Exception:
             log.exception("%s: cannot record order row %d as forwarded", self.who, row)
+
+    # ---- the request policy (orders, settings, limits) and what the gateway's replies teach it -----
+
+    def _refuses(self, msg_id: int) -> bool:
+        """Does the policy refuse this non-order request id now? A refusal waits for its audit row."""
+        assert self.app is not None and self.client_id is not None
+        return policy.request_refusal(self.app, self.gate.halted, msg_id, self.client_id) is not None
+
+    async def _judge(
+        self, app: App, client_id: int, message: codec.Message
+    ) -> tuple[orders.OrderRequest, str | None]:
+        """The audit view of a held request and why it is refused (None: forward it)."""
+        if message.msg_id not in orders.ORDER_REQUESTS:
+            request = orders.refused_request(message.msg_id)
+            return request, policy.request_refusal(app, self.gate.halted, message.msg_id, client_id)
+        try:
+            order = orders.read_order(self.version, message)
+        except MalformedMessage as exc:
+            order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
+            return order, f"unreadable {order.request}: {exc}"
+        if not await self._accounts_fit():
+            why = self.gate.interlock or "no managedAccounts in time"
+            return order, f"the gateway's accounts are not checked: {why}"
+        if order.request == "placeOrder" and not await self._open_orders_listed(app):
+            return order, "the gateway has not listed the app's open orders (max_open_orders): try again"
+        risk = self.gate.app_risk(app.name)
+        context = policy.Context(client_id, self.gate.halted, self.gate.contracts, risk)
+        return order, policy.order_refusal(app, order, context)
+
+    async def _accounts_fit(self) -> bool:
+        """Wait (bounded) until this logon's accounts are known to fit the gate's mode."""
+        try:
+            async with aio_timeout(self.config.handshake_timeout):
+                await self._accounts_checked.wait()
+        except TimeoutError:
+            return False
+        return self.gate.interlock is None
+
+    def _count_open_orders(self) -> None:
+        """For an app with max_open_orders: ask the gateway for its open orders at each logon, as orders
+        may have ended while it was away (the replies reach the app too, as after its own request)."""
+        assert self.app is not None and self.upstream is not None
+        if self.app.max_open_orders is not None and self.client_id != 0:  # client 0's would bind TWS orders
+            self.gate.app_risk(self.app.name).rebuild()
+            self.upstream.write(requests.encode_req_open_orders(self.version))
+
+    async def _open_orders_listed(self, app: App) -> bool:
+        """Wait (bounded) for the gateway's list of this app's open orders, when one was asked for."""
+        rebuilt = self.gate.app_risk(app.name).rebuilt
+        if app.max_open_orders is None or rebuilt is None:
+            return True
+        try:
+            async with aio_timeout(self.config.handshake_timeout):
+                await rebuilt.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _count(self, app: App, order: orders.OrderRequest) -> None:
+        """Count a forwarded order toward the app's rate and open-order limits."""
+        if order.request in orders.NEW_ORDERS:
+            risk = self.gate.app_risk(app.name)
+            new = order.request == "placeOrder" and not order.what_if and order.order_id not in risk.open
+            tracked = app.max_open_orders is not None
+            risk.forwarded(order.order_id, new and tracked, app.max_orders_per_minute)
+
+    def _from_gateway_message(self, message: codec.Message) -> None:
+        """Learn from a gateway message the tap picked out: contracts, order states, the logon's accounts."""
+        try:
+            self._learn(message)
+        except MalformedMessage as exc:
+            log.warning("%s: unreadable message %d from the gateway: %s", self.who, message.msg_id, exc)
+            if message.msg_id == In.MANAGED_ACCTS:
+                self._interlock(f"unreadable managedAccounts: {exc}")
+
+    def _learn(self, message: codec.Message) -> None:
+        msg_id, version, app = message.msg_id, self.version, self.app
+        assert app is not None
+        if msg_id in CONTRACT_MESSAGES:
+            self.gate.contracts.learn(responses.read_contract(version, message))
+        if app.max_open_orders is None:
+            pass
+        elif msg_id == In.ORDER_STATUS:
+            state = responses.read_order_status(version, message)
+            self.gate.app_risk(app.name).status(state.order_id, state.status)
+        elif msg_id == In.ERR_MSG:
+            error = responses.read_error(version, message)
+            self.gate.app_risk(app.name).error(error.req_id, error.code)
+        elif msg_id == In.OPEN_ORDER_END:
+            self.gate.app_risk(app.name).listed()
+        if msg_id == In.MANAGED_ACCTS:
+            reason = interlock.mismatch(self.config.mode, responses.read_managed_accounts(version, message))
+            if reason is not None:
+                self._interlock(reason)
+            self._accounts_checked.set()
+
+    def _interlock(self, reason: str) -> None:
+        interlock.trip(self.gate, reason)
+        self._accounts_checked.set()
+        self.end(f"paper/live interlock: {reason}")
+        self.client.close()
+
+    def _refuse_interlock(self) -> None:
+        reason = f"paper/live interlock tripped: {self.gate.interlock}"
+        self.client.write(replies.error(self.version, -1, policy.CONNECT_FAILED, policy.REFUSED + reason))
+        log.warning("%s refused: %s", self.who, reason)
+        self.end(reason)
 
     # ---- closing ---------------------------------------------------------------------------
 

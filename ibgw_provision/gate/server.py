@@ -8,7 +8,7 @@ import os
 import shutil
 from dataclasses import asdict
 
-from . import admin, metrics
+from . import admin, interlock, metrics
 from .config import GateConfig
 from .link import Link
 from .lobby import Lobby
@@ -31,6 +31,7 @@ class Gate:
         self._tasks: dict[Connection, asyncio.Task] = {}
         self._servers: list[asyncio.Server] = []
         self._admin: asyncio.Server | None = None
+        self._probe: asyncio.Task | None = None
 
     @property
     def halted(self) -> bool:
@@ -50,6 +51,7 @@ class Gate:
         self._admin = await admin.serve(self, self.config.admin_socket)
         self._servers.append(self._admin)
         self.audit.end_orphans()
+        self._probe = asyncio.create_task(interlock.probe_at_start(self.state))  # paper/live check
         self.lobby.gateway.refresh()  # learn the gateway's version now; no gateway yet is no failure
         limit = self.lobby.max_frame + 4  # the most a Link buffers before the app is admitted
         if self.config.listen is not None:
@@ -84,6 +86,8 @@ class Gate:
             where.append(f"{self.config.listen.host}:{self.port} (TCP, no PROXY header trusted)")
         if self.config.front_socket is not None:
             where.append(f"{self.config.front_socket.path} (the front's, with PROXY headers)")
+        if self.state.tls is not None:  # front.tls: on every listener
+            where = [f"{w[:-1]}, then TLS with client certificates)" for w in where]
         return where
 
     async def _serve_front(self, limit: int) -> asyncio.Server:
@@ -117,6 +121,11 @@ class Gate:
         self._tasks[connection] = task
         task.add_done_callback(lambda _: self._tasks.pop(connection, None))
 
+    async def reload_tls(self) -> None:
+        """SIGHUP: re-read the TLS files (CA, CRL, server certificate) for new connections."""
+        if self.state.tls is not None:
+            self.state.tls.reload()
+
     async def set_halted(self, halted: bool, by: str) -> None:
         """The kill switch: while on, new orders are refused. Persisted before this returns."""
         await self.state.set_halted(halted, by)
@@ -136,6 +145,7 @@ class Gate:
             "listen": ", ".join(self._listening()),
             "upstream": str(self.config.upstream),
             "halted": self.halted,
+            "interlock": self.state.interlock,
             "connections": len(self._tasks),
             "refused_connections": self.state.refused_connections,
             "unadmitted": self.lobby.bounds.count,
@@ -147,6 +157,8 @@ class Gate:
         """Stop listening, end every connection (recording why), close the audit log."""
         for server in self._servers:
             server.close()
+        if self._probe is not None:
+            self._probe.cancel()
         for connection in list(self._tasks):
             connection.stop("gate stopped")
         if self._tasks:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from .audit import AuditLog
 from .config import GateConfig
 from .orders import OrderRequest
+from .risk import AppRisk, ContractBook
+from .tls import Policy
 
 log = logging.getLogger("ibgw.gate")
 
@@ -40,11 +42,23 @@ class GateState:
     stats: dict[str, AppStats]
     connected: dict[int, object] = field(default_factory=dict)  # admitted connections by client id
     refused_connections: int = 0
+    contracts: ContractBook = field(default_factory=ContractBook)  # conIds as the gateway described them
+    risk: dict[str, AppRisk] = field(default_factory=dict)  # by app name, made on first use
+    interlock: str | None = None  # why the paper/live interlock tripped; every app is refused then
+    tls: Policy | None = None  # front.tls: the app CA, CRL and server certificate for new connections
+
+    def app_risk(self, app: str) -> AppRisk:
+        risk = self.risk.get(app)
+        if risk is None:
+            risk = self.risk[app] = AppRisk()
+        return risk
 
     @classmethod
     def open(cls, config: GateConfig) -> GateState:
         audit = AuditLog(config.audit_db)
-        return cls(config, audit, audit.halted(), {app.name: AppStats() for app in config.apps})
+        stats = {app.name: AppStats() for app in config.apps}
+        tls = Policy(config.tls) if config.tls is not None else None
+        return cls(config, audit, audit.halted(), stats, tls=tls)
 
     def disconnected(self, client_id: int | None, app: str, connection: object) -> None:
         if client_id is not None and self.connected.get(client_id) is connection:

@@ -246,6 +246,16 @@ class Gateway(Model):
         return data
 
 
+GATE_LIMITS = (
+    "max_order_quantity",
+    "allowed_sec_types",
+    "max_cash_quantity",
+    "max_notional_per_order",
+    "max_orders_per_minute",
+    "max_open_orders",
+)
+
+
 class App(Model):
     """One trading app: its client id, the modes it may use and where it connects from."""
 
@@ -257,6 +267,23 @@ class App(Model):
     # Order limits, enforced by `ibgw gate` (front.gate: true), which refuses the same values.
     max_order_quantity: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
     allowed_sec_types: list[Annotated[str, Field(pattern=r"^[A-Z]{2,6}$")]] | None = None
+    # Risk limits and permissions, enforced by `ibgw gate` (README "The gate").
+    max_cash_quantity: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_notional_per_order: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_orders_per_minute: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None
+    max_open_orders: Annotated[int, Field(strict=True, ge=1, le=10_000)] | None = None
+    allow_settings: StrictBool = False  # updateConfig, replaceFA, setServerLogLevel, ...
+    allow_global_cancel: StrictBool | None = None  # default: only for an app with no limit at all
+
+    @model_validator(mode="after")
+    def _permissions(self) -> App:
+        if self.read_only and (self.allow_settings or self.allow_global_cancel):
+            raise ValueError("a read_only app cannot have allow_settings or allow_global_cancel")
+        return self
+
+    @property
+    def has_limits(self) -> bool:
+        return any(getattr(self, f) is not None for f in GATE_LIMITS)
 
     @field_validator("name")
     @classmethod
@@ -292,6 +319,7 @@ class Front(Model):
     timeouts: Timeouts = Timeouts()
     metrics_port: Port = 8405  # HAProxy's Prometheus exporter, on 127.0.0.1 only
     gate: StrictBool = False  # relay through `ibgw gate`: client ids bound to apps, read-only, order audit
+    tls: StrictBool = False  # apps connect over TLS 1.3 with a certificate of ibgw's app CA (needs gate)
 
     @field_validator("bind")
     @classmethod
@@ -375,10 +403,17 @@ class Artifacts(Model):
         return self.ibc, self.ib_gateway
 
 
+class Pki(Model):
+    """ibgw's app CA on the operator machine (`ibgw pki`); front.tls hosts get its files."""
+
+    dir: SafePath | None = None  # default ~/.config/ibgw/pki/<the inventory file's name, without .yml>
+
+
 class Inventory(Model):
     hosts: dict[Name, Host] = Field(min_length=1)
     groups: dict[Name, list[Name]] = {}
     artifacts: Artifacts = Artifacts()
+    pki: Pki = Pki()
     _source: yamlsrc.Source | None = PrivateAttr(default=None)
 
     def problem(self, path: tuple, message: str) -> Problem:
@@ -394,6 +429,24 @@ class Inventory(Model):
         path = Path(path).expanduser()
         base = Path(self._source.file).parent if self._source else Path.cwd()
         return path if path.is_absolute() else base / path
+
+    def pki_dir(self) -> Path:
+        """The app CA's directory on the operator machine (pki.dir, or one per inventory)."""
+        if self.pki.dir is not None:
+            return self.path(self.pki.dir)
+        name = Path(self._source.file).stem if self._source else "inventory"
+        return Path("~/.config/ibgw/pki").expanduser() / name
+
+    def pki_files(self, host: str) -> dict[str, Path]:
+        """What a front.tls host gets from the pki directory (`ibgw pki` writes them there)."""
+        directory = self.pki_dir()
+        server = directory / "servers" / host
+        return {
+            "ca": directory / "ca.pem",
+            "crl": directory / "crl.pem",
+            "cert": server / "cert.pem",
+            "key": server / "key.pem",
+        }
 
     def select(self, pattern: str) -> list[str]:
         """Host names for HOST, GROUP, 'all' or a glob."""
@@ -433,7 +486,7 @@ def warnings(inv: Inventory) -> list[str]:
                     f"read-only gateway; its orders reach the {' and '.join(open_modes)} "
                     f"gateway{'s' if len(open_modes) > 1 else ''}"
                 )
-            if not host.front.gate and (app.max_order_quantity or app.allowed_sec_types):
+            if not host.front.gate and app.has_limits:
                 found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
     return found
 
@@ -467,6 +520,8 @@ def _check_host(inv: Inventory, name: str, host: Host, src: yamlsrc.Source) -> l
     found += _check_gateways(host, base)
     found += _check_apps(host, base)
     found += _check_ports(host, base)
+    if host.front.tls and not host.front.gate:
+        found.append((base + ("front", "tls"), "front.tls is terminated by ibgw gate: set front.gate: true"))
     if host.firewall.enabled and not host.firewall.admin_cidrs:
         found.append(
             (

@@ -34,6 +34,39 @@ def check_artifacts(inv: Inventory, names: list[str]) -> None:
         raise InputError(problems)
 
 
+def check_pki(inv: Inventory, names: list[str] | None = None) -> None:
+    """front.tls: the pki directory has the CA, its CRL, each host's server certificate and key, and a
+    certificate for every app; keys are 0600. Checked before provisioning and by validate --secrets."""
+    problems: list[Problem] = []
+    ca_key = inv.pki_dir() / "ca.key"
+    for name in names or list(inv.hosts):
+        host = inv.hosts[name]
+        if not host.front.tls:
+            continue
+        where = ("hosts", name, "front", "tls")
+        for path in [*inv.pki_files(name).values(), ca_key]:
+            problem = _file_problem(path, secret=path.suffix == ".key" or path.name == "key.pem")
+            if problem:
+                problems.append(inv.problem(where, f"{problem}; run `ibgw pki init -i INVENTORY`"))
+        for i, app in enumerate(host.apps):
+            cert = inv.pki_dir() / "apps" / app.name / "cert.pem"
+            if not cert.is_file():
+                message = f"no certificate issued to app {app.name} ({cert}); run `ibgw pki issue {app.name}`"
+                problems.append(inv.problem(("hosts", name, "apps", i, "name"), message))
+    if problems:
+        raise InputError(list(dict.fromkeys(problems)))
+
+
+def _file_problem(path: Path, secret: bool) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if secret and mode & 0o077:
+        return f"{path} is readable by others (chmod 600 it)"
+    return None
+
+
 def _needed(inv: Inventory, names: list[str]) -> list[tuple[tuple[str, ...], Artifact | Build]]:
     """(field, artifact) for each install the hosts get: IBC once per host, IB Gateway per gateway,
     every architecture's build that is pinned (the host's is known only once its facts are read)."""

@@ -18,6 +18,7 @@ from ..provision import layout, state
 from ..provision.remote import AgentError, call_agent, target
 from ..provision.transport import SshError, Transport
 from ..tws.probe import ProbeError, ProbeResult, probe
+from . import certificates
 
 SCHEMA = "ibgw.health/1"
 EXIT = {"healthy": 0, "degraded": 1, "down": 2}
@@ -71,8 +72,16 @@ def check(inv: Inventory, name: str, timeout: float) -> dict:
         facts = None
     if facts:
         findings += _judge_host(host, facts, report)
+    server_pem = facts.get("tls_cert") if facts else None
+    findings += [
+        Finding(sev, "certificate", subject, msg)
+        for sev, subject, msg in certificates.findings(inv, name, server_pem)
+    ]
+    tls = certificates.probe_context(inv) if host.front.tls else None
     for gw in host.gateways:
-        front = _probe(host.health.probe_client_id + 1, gw.front_port, timeout, address=front_address(host))
+        front = _probe(
+            host.health.probe_client_id + 1, gw.front_port, timeout, address=front_address(host), tls=tls
+        )
         report["gateways"].append(
             {
                 "mode": gw.mode,
@@ -100,6 +109,8 @@ def _request(host: Host) -> dict:
         "disk_paths": ["/", "/var"],
         "log_minutes": host.health.log_minutes,
         "log_files": [f"{layout.log_dir(g.mode)}/*.log" for g in host.gateways],
+        "tls_cert": layout.TLS_FILES["cert"] if host.front.tls else None,
+        "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
     }
 
 
@@ -112,9 +123,13 @@ def _direct(transport: Transport, client_id: int, port: int, timeout: float) -> 
     return _probe(client_id, port, timeout, sock=sock)
 
 
-def _probe(client_id: int, port: int, timeout: float, address: str = "127.0.0.1", sock=None) -> dict:
+def _probe(
+    client_id: int, port: int, timeout: float, address: str = "127.0.0.1", sock=None, tls=None
+) -> dict:
+    if isinstance(tls, str):  # the probe's certificate is missing: say so instead of probing
+        return {"ok": False, "error": tls}
     try:
-        result = asyncio.run(probe(address, port, client_id, timeout=timeout, sock=sock))
+        result = asyncio.run(probe(address, port, client_id, timeout=timeout, sock=sock, tls=tls))
     except ProbeError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, **_probe_fields(result)}
@@ -154,6 +169,7 @@ def _judge_host(host: Host, facts: dict, report: dict) -> list[Finding]:
         findings.append(
             Finding("degraded", "firewall", "inet ibgw", "the nftables table inet ibgw is not loaded")
         )
+    findings += judge_gates(facts.get("gates") or {})
     report["resources"] = facts["resources"]
     findings += _judge_resources(host, facts["resources"])
     findings += _judge_logs(facts, report)
@@ -207,6 +223,21 @@ def _judge_listeners(host: Host, listening: dict[int, set[str]]) -> list[Finding
                 )
             )
     return findings
+
+
+def judge_gates(gates: dict[str, dict | None]) -> list[Finding]:
+    """A gate whose paper/live interlock tripped refuses every app: down."""
+    return [
+        Finding(
+            "down",
+            "interlock",
+            f"{mode} gate",
+            f"paper/live interlock tripped: the {mode} gateway reports accounts of the other mode; "
+            "the gate refuses every app (see ibgw gate status)",
+        )
+        for mode, flags in sorted(gates.items())
+        if flags and flags.get("interlock_tripped")
+    ]
 
 
 def _judge_resources(host: Host, res: dict) -> list[Finding]:

@@ -234,7 +234,18 @@ def health(req):
         "resources": resources(req["disk_paths"]),
         "log_lines": recent_lines(req["log_files"], req["log_minutes"]),
         "journal_errors": journal_errors(req["units"], req["log_minutes"]),
+        "tls_cert": read_public(req.get("tls_cert")),
+        "gates": {mode: gate_flags(port) for mode, port in req.get("gates", {}).items()},
     }
+
+
+def read_public(path):
+    """A public file's text (the front's certificate, for its expiry), or None if it is not there."""
+    try:
+        with open(path) as fh:
+            return fh.read(65536)
+    except (TypeError, OSError):
+        return None
 
 
 def unit_detail(name):
@@ -334,6 +345,19 @@ def gate_metrics(port):
         if match:
             apps.setdefault(match.group(2), {})[match.group(1)] = float(match.group(3))
     return apps
+
+
+GATE_FLAG = re.compile(r"^ibgw_gate_(halted|interlock_tripped)\{[^}]*\} (\S+)$")
+
+
+def gate_flags(port):
+    """The gate's switches from its metrics: {halted, interlock_tripped} as booleans; None if it is down."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return {m.group(1): float(m.group(2)) > 0 for m in map(GATE_FLAG.match, text.splitlines()) if m}
 
 
 def haproxy_table(path, table):

@@ -102,3 +102,7 @@ def gate_front_socket(mode: str) -> str:
 
 
 FRONT_GROUP = {"haproxy": "haproxy", "nginx": "www-data"}  # the group each front's workers run as
+
+
+TLS_DIR = f"{ETC}/tls"  # front.tls: the app CA, its CRL, the front's certificate and key (for the gates)
+TLS_FILES = {name: f"{TLS_DIR}/{name}.pem" for name in ("ca", "crl", "cert", "key")}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..errors import InputError
 from ..inventory.model import IBC_KEYS, Gateway, Host, Inventory
 from ..inventory.secrets import Secrets
 from . import layout
@@ -70,7 +71,7 @@ _ENV = jinja2.Environment(
 def render_host(inv: Inventory, name: str, secrets: Secrets) -> list[ManagedFile]:
     host = inv.hosts[name]
     ctx = _context(inv, name, host)
-    files = _front(host, ctx) + _logrotate(ctx) + _firewall(host, ctx)
+    files = _front(host, ctx) + _logrotate(ctx) + _firewall(host, ctx) + _tls(inv, name, host, secrets)
     for view in ctx["gateways"]:
         files += _gateway(host, view, {**ctx, "gw": view}, secrets)
     return files
@@ -110,12 +111,7 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
 
 def _gate_apps(host: Host, apps: list) -> list[dict]:
     """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
-    entries = [
-        a.model_dump(
-            include={"name", "client_id", "sources", "read_only", "max_order_quantity", "allowed_sec_types"}
-        )
-        for a in apps
-    ]
+    entries = [_gate_app(a) for a in apps]
     probe = {
         "name": "ibgw-health",
         "client_id": host.health.probe_client_id + 1,
@@ -125,6 +121,23 @@ def _gate_apps(host: Host, apps: list) -> list[dict]:
         "allowed_sec_types": None,
     }
     return entries + [probe]
+
+
+GATE_APP_FIELDS = {"name", "client_id", "sources", "read_only", "max_order_quantity", "allowed_sec_types"}
+GATE_APP_OPTIONAL = {  # rendered only when set, so gate configs without them stay as they were
+    "max_cash_quantity",
+    "max_notional_per_order",
+    "max_orders_per_minute",
+    "max_open_orders",
+    "allow_settings",
+    "allow_global_cancel",
+}
+
+
+def _gate_app(app) -> dict:
+    entry = app.model_dump(include=GATE_APP_FIELDS)
+    optional = app.model_dump(include=GATE_APP_OPTIONAL, exclude_defaults=True)
+    return entry | {key: optional[key] for key in sorted(optional)}
 
 
 def _union(source_lists) -> list[str]:
@@ -244,6 +257,48 @@ def _gateway(host: Host, view: GatewayView, ctx: dict, secrets: Secrets) -> list
             group=layout.GROUP,
         ),
     ]
+
+
+def _tls(inv: Inventory, name: str, host: Host, secrets: Secrets) -> list[ManagedFile]:
+    """front.tls: the pki directory's CA, CRL and this front's certificate and key, for the gates.
+
+    A change reloads the gates (SIGHUP): new connections use the new files, none is dropped."""
+    if not host.front.tls:
+        return []
+    gates = tuple(layout.gate_unit(g.mode) for g in host.gateways)
+    files = []
+    for kind, local in inv.pki_files(name).items():
+        key = kind == "key"
+        if secrets.masked:  # render and --check: where it comes from, not what it holds
+            relative = local.relative_to(inv.pki_dir())
+            content = f"# {kind}: {relative} in the operator's pki directory (`ibgw pki`)\n"
+        else:
+            content = _pki_file(inv, name, local, key)
+            if key:
+                secrets.values.add(content.strip())
+        files.append(
+            ManagedFile(
+                layout.TLS_FILES[kind],
+                content,
+                mode=0o640 if key else 0o644,
+                group=layout.GROUP if key else "root",
+                secret=key,
+                reload=gates,
+            )
+        )
+    return files
+
+
+def _pki_file(inv: Inventory, name: str, path: Path, key: bool) -> str:
+    """A file of the pki directory, or bad input naming the host's front.tls."""
+    where = ("hosts", name, "front", "tls")
+    try:
+        if key and path.stat().st_mode & 0o077:
+            raise InputError([inv.problem(where, f"{path} is readable by others; chmod 600 it")])
+        return path.read_text(encoding="ascii")
+    except OSError as exc:
+        message = f"cannot read {path}: {exc.strerror}; run `ibgw pki init -i INVENTORY` first"
+        raise InputError([inv.problem(where, message)]) from None
 
 
 def _gate(view: GatewayView, ctx: dict) -> list[ManagedFile]:

@@ -153,6 +153,8 @@ def _dirs(host: Host) -> list[Dir]:
         dirs.append(Dir(layout.WHEELS))
     if host.front.gate:
         dirs.append(Dir(layout.GATE_STATE, mode=0o700, **ibkr))
+    if host.front.tls:
+        dirs.append(Dir(layout.TLS_DIR, group=layout.GROUP, mode=0o750))
     if host.backend == "ibgw":
         dirs += [Dir(f"{layout.OPT}/ibc"), Dir(layout.UPLOADS, mode=0o700)]
     return dirs

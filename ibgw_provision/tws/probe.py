@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
 
@@ -119,9 +120,14 @@ async def _current_time(inbox: _Inbox, writer: asyncio.StreamWriter) -> tuple[in
             return reader.int(), loop.time() - started
 
 
-async def _connect(host: str, port: int, source: str | None, sock: socket.socket | None):
+async def _connect(
+    host: str, port: int, source: str | None, sock: socket.socket | None, tls: ssl.SSLContext | None = None
+):
     if sock is None:
-        return await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
+        local = (source, 0) if source else None
+        if tls is not None:  # a front with front.tls: TLS first, with the probe's client certificate
+            return await asyncio.open_connection(host, port, local_addr=local, ssl=tls, server_hostname=host)
+        return await asyncio.open_connection(host, port, local_addr=local)
     try:
         return await asyncio.open_connection(sock=sock)
     except BaseException:
@@ -130,9 +136,14 @@ async def _connect(host: str, port: int, source: str | None, sock: socket.socket
 
 
 async def _probe(
-    host: str, port: int, client_id: int, source: str | None, sock: socket.socket | None
+    host: str,
+    port: int,
+    client_id: int,
+    source: str | None,
+    sock: socket.socket | None,
+    tls: ssl.SSLContext | None = None,
 ) -> ProbeResult:
-    reader, writer = await _connect(host, port, source, sock)
+    reader, writer = await _connect(host, port, source, sock, tls)
     try:
         version, connection_time = await _handshake(reader, writer)
         writer.write(encode_text(version, Out.START_API, (START_API_VERSION, client_id, "")))
@@ -165,6 +176,7 @@ async def probe(
     timeout: float = 5.0,
     source: str | None = None,
     sock: socket.socket | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ProbeResult:
     """Connect, hand-shake, START_API as `client_id`, time reqCurrentTime, disconnect.
 
@@ -174,10 +186,12 @@ async def probe(
     """
     try:
         async with aio_timeout(timeout):
-            return await _probe(host, port, client_id, source, sock)
+            return await _probe(host, port, client_id, source, sock, tls)
     except TimeoutError:
         raise ProbeError(f"no complete answer from {host}:{port} within {timeout:g}s") from None
     except ProtocolError as exc:
         raise ProbeError(f"protocol error from {host}:{port}: {exc}") from None
+    except ssl.SSLError as exc:
+        raise ProbeError(f"TLS with {host}:{port} failed: {exc.reason or exc}", CONNECT_FAIL) from None
     except OSError as exc:
         raise ProbeError(f"connection to {host}:{port} failed: {exc.strerror or exc}", CONNECT_FAIL) from None

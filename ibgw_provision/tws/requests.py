@@ -21,12 +21,13 @@ from ibapi.protobuf import (
     CancelOrderRequest_pb2,
     ExerciseOptionsRequest_pb2,
     GlobalCancelRequest_pb2,
+    OpenOrdersRequest_pb2,
     PlaceOrderRequest_pb2,
     StartApiRequest_pb2,
 )
 
 from . import versions
-from .codec import Message
+from .codec import Message, encode_protobuf, encode_text
 from .errors import MalformedMessage
 from .fields import UNSET_DOUBLE, FieldReader
 from .messages import Out
@@ -448,6 +449,18 @@ def read_exercise_options(version: int, message: Message) -> ExerciseOptions:
         pb.customerAccount,
         pb.professionalCustomer,
     )
+
+
+# ---- what a server side sends on its own behalf ---------------------------------------------------
+
+
+def encode_req_open_orders(version: int) -> bytes:
+    """reqOpenOrders as ibapi sends it at `version` (protobuf from the version it switches)."""
+    if versions.request_is_protobuf(version, Out.REQ_OPEN_ORDERS):
+        return encode_protobuf(
+            Out.REQ_OPEN_ORDERS, OpenOrdersRequest_pb2.OpenOrdersRequest().SerializeToString()
+        )
+    return encode_text(version, Out.REQ_OPEN_ORDERS, (1,))
 
 
 Request = StartApi | PlaceOrder | CancelOrder | GlobalCancel | ExerciseOptions

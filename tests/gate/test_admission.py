@@ -359,6 +359,7 @@ def test_an_order_is_forwarding_until_the_gateway_takes_it(start_gate, short_dir
             await reader.readexactly(4)
             await read_frame(reader)
             writer.write(frame(b"200\x0020260101 09:30:00 EST\x00"))
+            writer.write(frame(b"15\x001\x00DU1234567\x00"))  # managedAccounts: orders wait for it
             writer.transport.pause_reading()  # nor does asyncio read on for it
             await reading.wait()
             writer.transport.resume_reading()

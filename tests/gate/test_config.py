@@ -1,13 +1,21 @@
 """The gate config contract: what provisioning renders loads, and the rules that span fields."""
 
+import tempfile
+import time
 from decimal import Decimal
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from ibgw_provision import inventory
 from ibgw_provision.errors import InputError
 from ibgw_provision.gate.config import load
+from ibgw_provision.inventory.secrets import Secrets
+from ibgw_provision.provision.render import render_host
 
 from ..kit.gate import config_data, write_config
 
@@ -55,3 +63,78 @@ def test_each_problem_names_its_line_and_field(short_dir):
         "upstream.port: Input should be greater than or equal to 1",
     ]
     assert {str(p).split(":")[1] for p in caught.value.problems} == {"3", "8"}
+
+
+LOCAL = Path(__file__).resolve().parent.parent.parent / "inventories" / "local.yml"
+ODD = [None, 0, -1, 1, 2.5, 1e-300, 1e308, 10_000, 10_001, 1_000_001, True, "5", float("inf"), float("nan")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            name: st.sampled_from(ODD)
+            for name in (
+                "max_cash_quantity",
+                "max_notional_per_order",
+                "max_orders_per_minute",
+                "max_open_orders",
+            )
+        }
+        | {
+            "allow_settings": st.sampled_from([True, False, None, "yes"]),
+            "allow_global_cancel": st.sampled_from([True, False, None, 1]),
+            "read_only": st.booleans(),
+            "max_order_quantity": st.sampled_from([None, 1, 2.5, 1e308]),
+        },
+    )
+)
+def test_every_accepted_inventory_renders_a_gate_config_the_gate_loads(fields):
+    data = yaml.safe_load(LOCAL.read_text())
+    [host] = data["hosts"].values()
+    host["apps"][0].update(fields)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "inv.yml"
+        path.write_text(yaml.safe_dump(data))
+        try:
+            inv = inventory.load(path)
+        except InputError:
+            return  # refused with a clear error: nothing is rendered
+        [name] = inv.hosts
+        files = [
+            f
+            for f in render_host(inv, name, Secrets(masked=True))
+            if "/gate-" in f.path and f.path.endswith(".yml")
+        ]
+        assert files
+        for managed in files:
+            rendered = Path(directory) / "gate.yml"
+            rendered.write_text(managed.content)
+            config = load(rendered)
+            app = next(a for a in config.apps if a.name == host["apps"][0]["name"])
+            for key, value in fields.items():
+                if (
+                    key in ("max_orders_per_minute", "max_open_orders", "allow_settings")
+                    and value is not None
+                ):
+                    assert getattr(app, key) == value
+
+
+def _load_time(directory: Path, count: int) -> float:
+    apps = [
+        {"name": f"app{i}", "client_id": i, "sources": ["10.0.0.0/8"], "read_only": i % 2 == 0}
+        for i in range(1, count + 1)
+    ]
+    path = write_config(directory / f"gate-{count}.yml", config_data(directory, 4002, apps=apps))
+    started = time.monotonic()
+    assert len(load(path).apps_by_client_id) == count
+    return time.monotonic() - started
+
+
+def test_sixty_thousand_apps_load_in_linear_time(short_dir):
+    """Loading is linear in the number of apps (it was quadratic: 60,000 apps took over a minute).
+    Ten times the apps may take at most twenty times as long; a quadratic load takes a hundred."""
+    small, large = _load_time(short_dir, 6_000), _load_time(short_dir, 60_000)
+    assert large < 20 * small + 1.0, (small, large)
+    assert large < 120  # a bound, not a measurement: the loaded shared machine is slow

@@ -4,6 +4,7 @@ counts, and the errors it writes, checked against the clients' own decoders; fuz
 import asyncio
 import ipaddress
 import struct
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -46,7 +47,8 @@ def test_order_requests_as_ibapi_sends_them(version):
     placed = read(
         version, lambda c: c.placeOrder(42, contract(), order("SELL", "2.5", "LMT", lmtPrice=601.25))
     )
-    assert placed == orders.OrderRequest(
+    assert placed.client_id == (0 if version >= versions.PROTOBUF_PLACE_ORDER else None)  # ibapi's default
+    assert replace(placed, client_id=None) == orders.OrderRequest(
         "placeOrder", 42, "SPY", "STK", "SELL", Decimal("2.5"), "LMT", 601.25
     )
     market = read(

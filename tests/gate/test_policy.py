@@ -6,7 +6,8 @@ import pytest
 
 from ibgw_provision.gate.config import App
 from ibgw_provision.gate.orders import OrderRequest
-from ibgw_provision.gate.policy import order_refusal
+from ibgw_provision.gate.policy import Context, order_refusal
+from ibgw_provision.gate.risk import AppRisk, ContractBook
 
 LIMITED = App(
     name="limited",
@@ -33,5 +34,5 @@ def _order(quantity: str, sec_type: str = "STK") -> OrderRequest:
     ],
 )
 def test_limits(quantity, sec_type, refused):
-    reason = order_refusal(LIMITED, False, _order(quantity, sec_type))
+    reason = order_refusal(LIMITED, _order(quantity, sec_type), Context(3, False, ContractBook(), AppRisk()))
     assert reason is None if refused is None else refused in reason

@@ -115,3 +115,18 @@ def test_a_simulator_that_listens_everywhere_is_judged_like_ib_gateway():
     assert health._judge_listeners(host, everywhere) == []  # the firewall is on: it closes them
     firewall_off = host.model_copy(update={"firewall": host.firewall.model_copy(update={"enabled": False})})
     assert {f.check for f in health._judge_listeners(firewall_off, everywhere)} == {"listen"}
+
+
+def test_a_tripped_gate_interlock_is_down_in_the_schema():
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(health.__file__).parent / "health.schema.json").read_text())
+    findings = health.judge_gates({"live": {"halted": False, "interlock_tripped": True}, "paper": None})
+    assert [(f.severity, f.check, f.subject) for f in findings] == [("down", "interlock", "live gate")]
+    finding_schema = schema["$defs"]["finding"] | {"$defs": schema["$defs"]}
+    jsonschema.validate(dataclasses.asdict(findings[0]), finding_schema)
+    assert health.judge_gates({"live": {"halted": True, "interlock_tripped": False}}) == []

@@ -246,6 +246,31 @@ BAD = [
         "front_port: 8405",
         "collides with front.metrics_port",
     ),
+    *(
+        (
+            f"gate-{field}-{value}",
+            "        sources: [10.0.1.5/32]\n",
+            f"        sources: [10.0.1.5/32]\n        {field}: {value}\n",
+            f"hosts.gw.apps[1].{field}",
+            f"{field}: {value}",
+            fragment,
+        )
+        for field, value, fragment in (
+            ("max_cash_quantity", ".inf", "finite number"),
+            ("max_notional_per_order", "0", "greater than 0"),
+            ("max_orders_per_minute", "2.5", "valid integer"),
+            ("max_open_orders", "10001", "less than or equal to 10000"),
+            ("allow_settings", "maybe", "valid boolean"),
+        )
+    ),
+    (
+        "read-only-with-allow-settings",
+        "        sources: [10.0.1.5/32]\n",
+        "        sources: [10.0.1.5/32]\n        read_only: true\n        allow_settings: true\n",
+        "hosts.gw.apps[1]",
+        "- name: research",
+        "a read_only app cannot have allow_settings",
+    ),
     (
         "bad-restart-time",
         "      - mode: paper\n",

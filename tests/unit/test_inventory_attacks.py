@@ -307,7 +307,7 @@ def test_alias_bombs_fail_fast_with_one_line(tmp_path, text, line):
 def test_the_gate_config_loader_is_bounded_too(tmp_path):
     path = write(tmp_path, LAUGHS.replace("hosts:", "apps:"))
     assert bounded("gate", "--config", str(path)) == [
-        f"error: {path}:10: apps: more than 100000 values once aliases are expanded"
+        f"error: {path}:10: apps: more than {gate_config.MAX_NODES} values once aliases are expanded"
     ]
 
 

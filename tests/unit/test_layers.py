@@ -16,9 +16,11 @@ ALLOWED = {
     "service": {"service", "core"},
     "inventory": {"inventory", "core"},
     "provision": {"provision", "inventory", "core"},
-    "observe": {"observe", "provision", "inventory", "tws", "core"},
+    "observe": {"observe", "provision", "inventory", "tws", "pki", "core"},
     "sim": {"sim", "tws", "service", "core"},
     "gate": {"gate", "tws", "service", "core"},
+    "pki": {"pki", "inventory", "core"},
+    "tunnel": {"tunnel", "service", "core"},
 }
 
 

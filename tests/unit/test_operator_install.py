@@ -177,3 +177,14 @@ def test_the_lock_pins_every_dependency_exactly():
     for line in LOCK.read_text().splitlines():
         if line and not line.startswith((" ", "#")):
             assert re.match(r"^[a-z0-9-]+==[^ ;]+ \\$", line), line  # exact, for every host, with hashes
+
+
+def test_the_lock_covers_every_declared_dependency():
+    """A dependency added to pyproject.toml needs `scripts/lock_host_deps.py` run again."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = {canonicalize_name(Requirement(r).name) for r in declared} - set(locked())
+    assert not missing, f"not in {LOCK.name}: {sorted(missing)}; run scripts/lock_host_deps.py"

@@ -346,3 +346,23 @@ def test_every_install_step_names_the_base_its_dest_must_stay_in(want):
     for step in installs:
         agent.inside(step["dest"], step["base"])
         assert step["base"] in (f"{layout.OPT}/ibc", layout.tws_path("paper"), layout.tws_path("live"))
+
+
+def test_a_new_crl_reloads_the_gates_and_restarts_nothing(want):
+    facts = converged(want)
+    facts["paths"][layout.TLS_FILES["crl"]]["sha256"] = "0" * 64
+    systemd = _systemd_step(plan(want, facts, Secrets()))
+    assert systemd["reload"] == [layout.gate_unit("paper"), layout.gate_unit("live")]
+    assert systemd["restart"] == [] and not systemd["daemon_reload"]
+
+
+def test_the_front_key_is_a_secret_masked_in_diffs(want):
+    facts = converged(want)
+    path = layout.TLS_FILES["key"]
+    facts["paths"][path]["sha256"] = "0" * 64
+    facts["content"][path] = "-----BEGIN PRIVATE KEY-----\nold-key-material\n-----END PRIVATE KEY-----\n"
+    (task,) = [t for t in plan(want, facts, Secrets()).changed if t.name == f"file {path}"]
+    assert "old-key-material" not in task.diff
+    key = next(f for f in want.files if f.path == path)
+    assert key.secret and (key.mode, key.owner, key.group) == (0o640, "root", "ibkr")
+    assert all(line not in task.diff for line in key.content.splitlines()[1:-1])

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ibgw_provision.inventory.model import Pki as PkiDir
 from ibgw_provision.inventory.secrets import MASK, Secrets
+from ibgw_provision.pki.ca import Pki
 from ibgw_provision.provision import layout
 from ibgw_provision.provision.render import render_host
 
@@ -114,19 +116,33 @@ def test_ibc_config_per_mode(rendered, example):
         assert "TrustedIPs=127.0.0.1\n" in jts
 
 
-def test_secret_files_are_private_to_ibkr_and_hold_real_values_only_when_provisioning(example, monkeypatch):
+def test_secret_files_are_private_to_ibkr_and_hold_real_values_only_when_provisioning(
+    example, monkeypatch, tmp_path
+):
     monkeypatch.setenv("IB_PAPER_USER", "paperuser")
     monkeypatch.setenv("IB_PAPER_PASSWORD", "pp-secret")
     monkeypatch.setenv("IB_LIVE_USER", "liveuser")
     monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"value-of-{ref.env or 'file'}")
+    ca = Pki(tmp_path / "pki")
+    ca.init("example")
+    ca.issue_server("gw1", example.hosts["gw1"].address)
+    example = example.model_copy(update={"pki": PkiDir(dir=ca.dir)})
     resolver = Secrets()
     files = render_host(example, "gw1", resolver)
     secret_files = [f for f in files if f.secret]
-    assert {f.path for f in secret_files} == {layout.ibc_ini("paper"), layout.ibc_ini("live")}
-    for f in secret_files:
-        assert (f.mode, f.owner, f.group) == (0o600, "ibkr", "ibkr")
+    tls_key = layout.TLS_FILES["key"]
+    assert {f.path for f in secret_files} == {layout.ibc_ini("paper"), layout.ibc_ini("live"), tls_key}
+    for f in secret_files:  # the gate (user ibkr) reads the TLS key through its group
+        expected = (0o640, "root", "ibkr") if f.path == tls_key else (0o600, "ibkr", "ibkr")
+        assert (f.mode, f.owner, f.group) == expected
         assert MASK not in f.content
         assert MASK in resolver.mask(f.content)
+    by_path = {f.path: f for f in files}
+    assert by_path[tls_key].content == (ca.server_dir("gw1") / "key.pem").read_text()
+    assert by_path[layout.TLS_FILES["crl"]].content == ca.crl.read_text()
+    for kind in ("ca", "crl", "cert", "key"):  # a new CRL reloads the gates, it does not restart them
+        assert by_path[layout.TLS_FILES[kind]].reload == ("ibgw-gate-paper.service", "ibgw-gate-live.service")
+        assert by_path[layout.TLS_FILES[kind]].restart == ()
     for f in files:
         if not f.secret:
             assert "value-of-" not in f.content, f.path
