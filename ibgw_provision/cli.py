@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -127,17 +129,27 @@ for command in (sim, gate, pki, tunnel):
     is_flag=True,
     help="Also resolve every secret reference (env vars, files) on this machine.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema ibgw.validate/1).")
 @input_errors
-def validate(inventory_path: str, check_secrets: bool) -> None:
+def validate(inventory_path: str, check_secrets: bool, as_json: bool) -> None:
     """Check an inventory; every error names its file, line and field."""
-    inv = inventory.load(inventory_path)
-    if check_secrets:
-        from .inventory.preflight import check_pki
+    try:
+        inv = inventory.load(inventory_path)
+        if check_secrets:
+            from .inventory.preflight import check_pki
 
-        secrets.check(inv)
-        check_pki(inv)
-    for warning in inventory.warnings(inv):
+            secrets.check(inv)
+            check_pki(inv)
+    except InputError as exc:
+        if as_json:
+            click.echo(json.dumps(validate_json(inventory_path, None, exc), indent=2))
+        raise
+    warnings = inventory.warnings(inv)
+    for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+    if as_json:
+        click.echo(json.dumps(validate_json(inventory_path, inv, None, warnings), indent=2))
+        return
     for name, host in inv.hosts.items():
         modes = ", ".join(f"{g.mode}:{g.api_port}->{g.front_port}" for g in host.gateways)
         click.echo(
@@ -147,22 +159,71 @@ def validate(inventory_path: str, check_secrets: bool) -> None:
     click.echo(f"{inventory_path}: ok")
 
 
+def validate_json(path: str, inv, error: InputError | None, warnings: list[str] = ()) -> dict:  # type: ignore[assignment]
+    """`validate --json`: schema ibgw.validate/1; keys are only ever added within a version."""
+    hosts = [
+        {
+            "name": name,
+            "backend": h.backend,
+            "front": h.front.kind,
+            "gate": h.front.gate,
+            "gateways": [
+                {"mode": g.mode, "api_port": g.api_port, "front_port": g.front_port, "java_heap": g.java_heap}
+                for g in h.gateways
+            ],
+            "apps": [a.name for a in h.apps],
+        }
+        for name, h in (inv.hosts.items() if inv else ())
+    ]
+    errors = [
+        {"file": p.file, "line": p.line, "field": p.field, "message": p.message}
+        for p in (error.problems if error else ())
+    ]
+    return {
+        "schema": "ibgw.validate/1",
+        "inventory": path,
+        "ok": error is None,
+        "errors": errors,
+        "warnings": list(warnings),
+        "hosts": hosts,
+    }
+
+
 @main.command()
 @click.argument("host")
 @INVENTORY
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into."
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="List the files written as JSON (schema ibgw.render/1)."
+)
 @input_errors
-def render(host: str, inventory_path: str, out_dir: str) -> None:
+def render(host: str, inventory_path: str, out_dir: str, as_json: bool) -> None:
     """Write every file HOST gets under DIR, at its target path. Secrets are masked."""
     inv = inventory.load(inventory_path)
+    written = []
     for f in render_host(inv, single_host(inv, host), secrets.Secrets(masked=True)):
         target = Path(out_dir) / f.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.content, encoding="utf-8")
         os.chmod(target, f.mode)
-        click.echo(f"{f.mode:04o} {f.owner}:{f.group} {f.path}{'  (secret, masked)' if f.secret else ''}")
+        written.append(
+            {
+                "path": f.path,
+                "mode": f"{f.mode:04o}",
+                "owner": f.owner,
+                "group": f.group,
+                "secret": f.secret,
+                "written": str(target),
+            }
+        )
+        if not as_json:
+            click.echo(f"{f.mode:04o} {f.owner}:{f.group} {f.path}{'  (secret, masked)' if f.secret else ''}")
+    if as_json:
+        click.echo(
+            json.dumps({"schema": "ibgw.render/1", "host": host, "out": out_dir, "files": written}, indent=2)
+        )
 
 
 @main.command()
@@ -194,6 +255,19 @@ def render(host: str, inventory_path: str, out_dir: str) -> None:
     type=click.FloatRange(1, 300),
     help="Seconds to connect and log in over SSH.",
 )
+@click.option(
+    "--lock-timeout",
+    default=300,
+    show_default=True,
+    type=click.IntRange(0, 3600),
+    help="Seconds the host's apt waits for the dpkg lock (cloud-init, unattended-upgrades).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the run as JSON (schema ibgw.provision/1) on stdout; progress goes to stderr.",
+)
 @ssh_options
 @input_errors
 def provision(
@@ -211,12 +285,15 @@ def provision(
     private_key: str | None,
     ssh_config: str | None,
     ask_become_pass: bool,
+    lock_timeout: int,
+    as_json: bool,
 ) -> None:
-    """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed, 2 bad input."""
+    """Converge HOST, GROUP or 'all' to the inventory. Exit 0 converged, 1 a host failed or was
+    unreachable, 2 bad input (or a host that cannot hold what the inventory asks)."""
     from .inventory.preflight import check_artifacts, check_pki
+    from .provision import recap as recaps
     from .provision.apply import Options
     from .provision.apply import provision as run
-    from .provision.recap import Recap
     from .provision.restarts import Mode
 
     inv = inventory.load(inventory_path)
@@ -226,17 +303,23 @@ def provision(
     check_pki(inv, names)
     ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout, accept_new)
     preload_keys(inv, names, ssh)
-    recap = Recap(show_diff=show_diff, verbose=verbose)
+    recap = recaps.Recap(
+        show_diff=show_diff, verbose=verbose, console=recaps.console_for(sys.stderr) if as_json else None
+    )
     with recap.progress(names) as on_event:
         opts = Options(
             check=check,
             accept_new=accept_new,
             restart=cast(Mode, restart),
+            lock_timeout=lock_timeout,
             ssh=ssh,
             forks=forks,
             on_event=on_event,
         )
         reports = run(inv, names, opts)
+    if as_json:
+        click.echo(json.dumps(recaps.as_json(reports, show_diff), indent=2))
+        sys.exit(recaps.exit_code(reports))
     sys.exit(recap.show(reports))
 
 
@@ -273,15 +356,15 @@ def decommission(
     ask_become_pass: bool,
 ) -> None:
     """Stop and remove everything ibgw put on HOST (its manifest). Exit 0 done, 1 failed, 2 bad input."""
+    from .provision import recap as recaps
     from .provision.apply import Options
     from .provision.apply import provision as run
-    from .provision.recap import Recap
 
     inv = inventory.load(inventory_path)
     name = single_host(inv, host)
     ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout, accept_new)
     preload_keys(inv, [name], ssh)
-    recap = Recap(show_diff=False)
+    recap = recaps.Recap(show_diff=False)
     with recap.progress([name]) as on_event:
         opts = Options(
             check=check,
@@ -338,9 +421,6 @@ def health(
     ask_become_pass: bool,
 ) -> None:
     """Is HOST or GROUP serving? Exit 0 healthy, 1 degraded, 2 down or mode mismatch."""
-    import json
-    from concurrent.futures import ThreadPoolExecutor
-
     from rich.console import Console
 
     from .observe import health as checks
@@ -387,8 +467,6 @@ def monitor(
     ask_become_pass: bool,
 ) -> None:
     """Live view, every second, of who is connected through HOST's front, by app."""
-    import json
-
     from rich.console import Console
     from rich.live import Live
 
@@ -447,8 +525,6 @@ def apps(
     ask_become_pass: bool,
 ) -> None:
     """The app registry; with HOST, also who is connected now through its front."""
-    import json
-
     from rich.console import Console
 
     from .observe import monitor as mon

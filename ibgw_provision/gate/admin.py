@@ -14,10 +14,16 @@ import asyncio
 import contextlib
 import errno
 import json
+import sys
 from pathlib import Path
 from typing import Protocol
 
 from ..service import control
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 MAX_REPLY = 1 << 20
 COMMANDS = ("halt", "resume", "status")
@@ -74,7 +80,7 @@ def remove(path: Path) -> None:
 
 async def command(path: Path, line: str, timeout: float = 10.0) -> dict:
     """Send one command to a running gate; its reply."""
-    async with asyncio.timeout(timeout):
+    async with aio_timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(path, limit=MAX_REPLY)
         try:
             writer.write(line.encode() + b"\n")

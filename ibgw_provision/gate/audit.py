@@ -11,9 +11,11 @@ import asyncio
 import re
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; hosts may run 3.10 (Ubuntu 22.04)
 
 if TYPE_CHECKING:
     from .orders import OrderRequest

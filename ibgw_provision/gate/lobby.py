@@ -13,14 +13,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from ..tws import versions
 from ..tws.errors import HandshakeError, ProtocolError
 from ..tws.framing import MAX_HELLO, Hello, parse_server_hello, read_frame
 from .config import GateConfig, IPAddress
 from .link import Link
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+
 
 log = logging.getLogger("ibgw.gate")
 OFFER = Hello(versions.MIN_CLIENT, versions.LATEST)  # the range the gate can read
@@ -43,7 +51,7 @@ class Gateway:
         """A new link to the gateway after `hello`: (link, its version, its connection time)."""
         upstream = self.config.upstream
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
+            async with aio_timeout(self.config.handshake_timeout):
                 _, link = await asyncio.get_running_loop().create_connection(
                     Link, upstream.host, upstream.port
                 )

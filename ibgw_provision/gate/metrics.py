@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 
 from .state import GateState
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192
@@ -57,7 +63,7 @@ def _response(status: str, body: str, content_type: str = "text/plain; charset=u
 
 async def _handle(gate: GateState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
+        async with aio_timeout(REQUEST_TIMEOUT):
             request = await reader.readuntil(b"\r\n\r\n")
         method, _, rest = request.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import ipaddress
 import logging
+import sys
 import time
 
 from ..tws import codec, replies, requests, responses, versions
@@ -37,6 +38,11 @@ from .config import App
 from .link import Link
 from .lobby import Lobby
 from .state import AppStats, GateState
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 log = logging.getLogger("ibgw.gate")
 # What the gate reads of the gateway's messages on their way to the app.
@@ -124,7 +130,7 @@ class Connection:
     async def _handshake_in_time(self) -> bytes | None:
         """The START_API payload, or None (logged) when the handshake fails."""
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
+            async with aio_timeout(self.config.handshake_timeout):
                 return await self._handshake()
         except TimeoutError:
             failure = f"handshake not complete within {self.config.handshake_timeout:g}s"
@@ -471,7 +477,7 @@ class Connection:
     async def _accounts_fit(self) -> bool:
         """Wait (bounded) until this logon's accounts are known to fit the gate's mode."""
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
+            async with aio_timeout(self.config.handshake_timeout):
                 await self._accounts_checked.wait()
         except TimeoutError:
             return False
@@ -491,7 +497,7 @@ class Connection:
         if app.max_open_orders is None or rebuilt is None:
             return True
         try:
-            async with asyncio.timeout(self.config.handshake_timeout):
+            async with aio_timeout(self.config.handshake_timeout):
                 await rebuilt.wait()
         except TimeoutError:
             return False

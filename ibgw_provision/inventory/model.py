@@ -594,7 +594,7 @@ def _utc_minute(ampm: str | None, zone: str) -> int | None:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         tz = zoneinfo.ZoneInfo("UTC")
     local = datetime.datetime.combine(datetime.date.today(), clock, tzinfo=tz)
-    utc = local.astimezone(datetime.UTC)
+    utc = local.astimezone(datetime.timezone.utc)
     return utc.hour * 60 + utc.minute
 
 

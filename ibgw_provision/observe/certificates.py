@@ -18,7 +18,7 @@ def findings(inv: Inventory, name: str, server_pem: str | None) -> list[tuple[st
     if not host.front.tls:
         return []
     found = []
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     if server_pem:
         end = not_after(server_pem.encode())
         if end <= now + datetime.timedelta(days=WARN_DAYS):

@@ -48,7 +48,7 @@ class Entry:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

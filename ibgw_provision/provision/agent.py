@@ -10,6 +10,7 @@ import base64
 import collections
 import ctypes
 import errno
+import fcntl
 import glob
 import grp
 import hashlib
@@ -23,6 +24,7 @@ import shutil
 import signal
 import socket
 import stat as statmod
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,12 @@ REMOVABLE = (
     "/etc/systemd/system/ibgw-",
     "/etc/logrotate.d/ibgw",
 )
+OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
+# What apt and dpkg lock, front to back; cloud-init and unattended-upgrades hold them after boot.
+DPKG_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock")
+LOCK_TIMEOUT = 300  # seconds to wait for them, unless the request says otherwise
+LOCK_REPORT_EVERY = 10.0  # seconds between "waiting for the dpkg lock" events
+LOCK_POLL = 0.5
 
 
 def emit(**event):
@@ -65,6 +73,10 @@ class StepError(Exception):
 
 
 def facts(req):
+    found = os_release()
+    refused = unsupported(found, req.get("supported"))
+    if refused:  # before dpkg or anything else this host may not have
+        return {"os": found, "unsupported": refused}
     owned = manifest(req["manifest"]) if req.get("manifest") else None
     listed = manifest_paths(owned) if owned else []
     paths = {p: stat(p) for p in dict.fromkeys(req["paths"] + listed)}  # every file hashed once, here
@@ -77,6 +89,8 @@ def facts(req):
         "python": platform.python_version(),
         "arch": platform.machine(),
         "glibc": platform.libc_ver()[1],
+        "os": found,
+        "memory_mb": mem_total_mb(),
         "packages": packages(req["packages"]),
         "user": user(req["user"]),
         "paths": paths,
@@ -151,6 +165,44 @@ def manifest_like(path):
 
 def manifest_paths(owned):
     return owned["paths"] + [p for entries in owned["installs"].values() for entry in entries for p in entry]
+
+
+def os_release():
+    """ID, VERSION_ID and PRETTY_NAME from os-release(5); None if the host has none."""
+    for path in OS_RELEASE:
+        try:
+            with open(path) as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        pairs = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+        values = {k: v.strip().strip("\"'") for k, v in pairs.items()}
+        return {
+            "id": values.get("ID", ""),
+            "version_id": values.get("VERSION_ID", ""),
+            "pretty_name": values.get("PRETTY_NAME") or values.get("NAME", ""),
+        }
+    return None
+
+
+def unsupported(found, table):
+    """The host's OS name if the operator's table of releases does not list it, or it lacks dpkg."""
+    if table is None:
+        return None
+    name = (found or {}).get("pretty_name") or "unknown (no /etc/os-release)"
+    if not found or found["version_id"] not in table.get(found["id"], ()):
+        return name
+    if shutil.which("dpkg-query") is None:
+        return name + " without dpkg"
+    return None
+
+
+def mem_total_mb():
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return None
 
 
 def firewall_loaded():
@@ -397,8 +449,10 @@ def haproxy_table(path, table):
         sock.connect(path)
         sock.sendall(f"show table {table}\n".encode())
         data = b""
-        while chunk := sock.recv(65536):
+        chunk = sock.recv(65536)
+        while chunk:  # no walrus: this file must compile on an old python3, to refuse that host clearly
             data += chunk
+            chunk = sock.recv(65536)
     rows = []
     for line in data.decode().splitlines():
         if line.startswith("0x"):
@@ -534,12 +588,12 @@ def relay(req):
         sock.connect(req["socket"])
 
         def upstream():
-            while data := sys.stdin.buffer.read1(65536):
+            for data in iter(lambda: sys.stdin.buffer.read1(65536), b""):  # no walrus: Python 3.6 hosts
                 sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
 
         threading.Thread(target=upstream, daemon=True).start()
-        while data := sock.recv(65536):
+        for data in iter(lambda: sock.recv(65536), b""):
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
     os._exit(0)  # the stream was the answer: no result line after it
@@ -549,9 +603,74 @@ def relay(req):
 
 
 def step_apt(step):
+    """apt-get update and install, after waiting (bounded) for whoever holds the dpkg locks."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    sh(["apt-get", "update", "-qq"], env=env)
-    sh(["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + step["packages"], env=env)
+    deadline = time.monotonic() + step.get("lock_timeout", LOCK_TIMEOUT)
+    for _ in range(20):  # update takes the lists lock, which apt's own timeout does not cover: retry
+        wait_for_locks(step["task"], deadline)
+        proc = sh(["apt-get", "-o", lock_option(deadline), "update", "-qq"], check=False, env=env)
+        if proc.returncode == 0:
+            break
+        if "Could not get lock" not in proc.stderr or time.monotonic() >= deadline:
+            raise StepError(f"apt-get update exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    else:
+        raise StepError("apt-get update: the apt lists lock was taken again each time it was free")
+    wait_for_locks(step["task"], deadline)
+    sh(
+        ["apt-get", "-o", lock_option(deadline), "install", "-y", "-qq", "--no-install-recommends"]
+        + step["packages"],
+        env=env,
+    )
+
+
+def lock_option(deadline):
+    """apt's own wait for the dpkg frontend lock (apt 1.9.11 and later), for what is left of ours."""
+    return f"DPkg::Lock::Timeout={max(1, int(deadline - time.monotonic()))}"
+
+
+def wait_for_locks(task, deadline):
+    """Until no process holds a dpkg or apt lock, or the deadline; an event every LOCK_REPORT_EVERY s."""
+    reported = None
+    while True:
+        held = [(path, pid) for path, pid in ((p, lock_holder(p)) for p in DPKG_LOCKS) if pid]
+        if not held:
+            return
+        path, pid = held[0]
+        who = f"PID {pid} ({process_name(pid)})"
+        now = time.monotonic()
+        if now >= deadline:
+            raise StepError(
+                f"the dpkg lock {path} is still held by {who}: gave up waiting "
+                "(raise --lock-timeout, or see what that process is doing)"
+            )
+        if reported is None or now - reported >= LOCK_REPORT_EVERY:
+            emit(event="wait", task=task, message=f"waiting for the dpkg lock held by {who}")
+            reported = now
+        time.sleep(min(LOCK_POLL, deadline - now))
+
+
+def lock_holder(path):
+    """The PID that holds a POSIX lock on `path` (as apt and dpkg take them), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: nobody holds it
+    try:  # struct flock: l_type, l_whence, l_start, l_len, l_pid (64-bit Linux layout)
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    finally:
+        os.close(fd)
+    if kind == fcntl.F_UNLCK:
+        return None
+    return pid if pid > 0 else "unknown"  # an open-file-description lock has no owner PID
+
+
+def process_name(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def step_user(step):
@@ -702,10 +821,12 @@ def step_venv(step):
     venv = step["path"]
     shutil.rmtree(venv, ignore_errors=True)
     sh([sys.executable, "-m", "venv", venv])
+    # --isolated: only what was shipped, whatever pip configuration the host has
     sh(
         [
             f"{venv}/bin/pip",
             "install",
+            "--isolated",
             "-q",
             "--no-index",
             "--find-links",
@@ -965,6 +1086,8 @@ def apply(req):
     done = 0
     for step in req["steps"]:
         emit(event="start", task=step["task"])
+        if step["kind"] == "apt" and req.get("lock_timeout") is not None:
+            step = dict(step, lock_timeout=req["lock_timeout"])
         try:
             STEPS[step["kind"]](step)
             if step.get("then") and req.get("pending"):

@@ -21,7 +21,7 @@ from typing import cast
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
-from . import restarts, state, wheelhouse
+from . import memory, platforms, restarts, state, wheelhouse
 from .plan import Plan, PlanError, decommission, decommission_facts_request, facts_request, plan
 from .remote import AgentError, SshOptions, call_agent, target
 from .shapes import Facts, Task
@@ -34,10 +34,14 @@ WHEELHOUSE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser
 class Report:
     host: str
     tasks: list[Task] = field(default_factory=list)
-    failed: str | None = None
+    failed: str | None = None  # why the host failed, was unreachable or was refused
     round_trips: int = 0
     seconds: float = 0.0
     checked_only: bool = False
+    reached: bool = False  # the agent answered: an SSH failure before that is `unreachable`
+    unreachable: bool = False
+    refused: bool = False  # the inventory asks what the host cannot give (exit 2): nothing was changed
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -57,6 +61,7 @@ class Options:
     purge: bool = False  # with decommission: the ibkr user, its home and the logs too
     ssh: SshOptions = SshOptions()
     forks: int = 8  # hosts at once
+    lock_timeout: int = 300  # seconds the host's apt waits for the dpkg lock
     on_event: Callable[[str, str], None] = lambda host, message: None
 
 
@@ -69,6 +74,7 @@ def provision(inv: Inventory, names: list[str], opts: Options) -> list[Report]:
 def _decommission(transport: Transport, name: str, opts: Options, report: Report) -> None:
     opts.on_event(name, "reading facts")
     facts = cast(Facts, call_agent(transport, decommission_facts_request()))
+    report.reached = True
     the_plan = decommission(facts, opts.purge)
     report.tasks = the_plan.tasks
     if opts.check or not the_plan.changed:
@@ -86,7 +92,11 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
                 _decommission(transport, name, opts, report)
             else:
                 _converge(inv, name, transport, opts, report, secrets)
-    except (SshError, AgentError, PlanError, wheelhouse.WheelhouseError) as exc:
+    except SshError as exc:
+        report.failed, report.unreachable = str(exc), not report.reached
+    except memory.OverBudget as exc:
+        report.failed, report.refused = str(exc), True
+    except (AgentError, PlanError, platforms.UnsupportedOS, wheelhouse.WheelhouseError) as exc:
         report.failed = str(exc)
     if report.failed:  # a failing command's output on the host may echo what we sent it
         report.failed = secrets.mask(report.failed)
@@ -101,11 +111,17 @@ def _converge(
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
     facts = cast(Facts, call_agent(transport, facts_request(want, wheels=venv)))
+    report.reached = True
+    release = platforms.release(facts)  # an unsupported OS is refused before anything else
+    warning = memory.check(name, inv.hosts[name], facts.get("memory_mb"))
+    if warning:
+        report.warnings.append(warning)
+        opts.on_event(name, f"warning: {warning}")
     wheels = None
     if venv:
         opts.on_event(name, "building wheels")
         wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
-    the_plan = plan(want, facts, secrets, wheels, restarts.Policy(opts.restart))
+    the_plan = plan(want, facts, secrets, wheels, restarts.Policy(opts.restart), release)
     report.tasks = the_plan.tasks
     if opts.check or not the_plan.changed:
         return
@@ -113,7 +129,7 @@ def _converge(
 
 
 def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, report: Report) -> None:
-    request = the_plan.request()
+    request = {**the_plan.request(), "lock_timeout": opts.lock_timeout}
     stage = None
     if the_plan.uploads:
         opts.on_event(name, f"uploading {len(the_plan.uploads)} files")
@@ -123,6 +139,8 @@ def _apply(transport: Transport, the_plan: Plan, name: str, opts: Options, repor
     def on_event(event: dict) -> None:
         if event.get("event") == "start":
             opts.on_event(name, event["task"])
+        elif event.get("event") == "wait":  # e.g. for the dpkg lock: said every ten seconds or so
+            opts.on_event(name, event["message"])
 
     try:
         result = call_agent(transport, request, on_event=on_event)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..inventory.secrets import MASK, Secrets
-from . import absence, layout, restarts
+from . import absence, layout, platforms, restarts
 from .agent import ini_merge, ini_values
 from .render import ManagedFile
 from .shapes import (
@@ -69,7 +69,8 @@ def facts_request(want: Desired, wheels: bool) -> dict:
     """What to read from the host, in one round trip."""
     return {
         "op": "facts",
-        "packages": want.packages,
+        "supported": platforms.supported(),
+        "packages": platforms.every_name(want.packages),  # the OS, known from this answer, picks the names
         "user": layout.USER,
         "paths": [d.path for d in want.dirs] + [f.path for f in want.files] + want.absent,
         "content_unless": {f.path: sha256(f.content) for f in want.files},
@@ -91,9 +92,12 @@ def plan(
     secrets: Secrets,
     wheelhouse: Wheelhouse | None = None,
     policy: restarts.Policy | None = None,
+    release: platforms.Release | None = None,
 ) -> Plan:
+    """release: the host's OS, which names its packages (Debian 12's names when None)."""
     result = Plan()
-    result.tasks += _packages(want, facts)
+    names = platforms.package_names(want.packages, release) if release else want.packages
+    result.tasks += _packages(names, facts)
     result.tasks.append(_user(facts))
     result.tasks += [_attrs(f"dir {d.path}", d, facts["paths"].get(d.path), "dir") for d in want.dirs]
     restart: set[str] = set()
@@ -182,9 +186,9 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _packages(want: Desired, facts: Facts) -> list[Task]:
-    missing = [p for p in want.packages if not facts["packages"].get(p)]
-    tasks = [Task(f"package {p}", p in missing, "install" if p in missing else "") for p in want.packages]
+def _packages(names: list[str], facts: Facts) -> list[Task]:
+    missing = [p for p in names if not facts["packages"].get(p)]
+    tasks = [Task(f"package {p}", p in missing, "install" if p in missing else "") for p in names]
     if missing:  # one apt run installs them all
         next(t for t in tasks if t.changed).step = AptStep(
             kind="apt", task=f"install {' '.join(missing)}", packages=missing

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import SecretError, Secrets
+from .platforms import SUPPORTED
 from .transport import SshError, Target, Transport
 
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
@@ -31,6 +32,14 @@ REFUSED = re.compile(r"^Please login as the user", re.I)  # cloud images' forced
 ROOT_REFUSED_EXIT = 142
 SUDO_WRONG = re.compile(r"incorrect password attempt|Sorry, try again", re.I)
 SUDO_NEEDS_PASSWORD = re.compile(r"a password is required|a terminal is required", re.I)
+
+
+# A host without python3: install it with apt, or name the OS that has no apt (exit 3).
+INSTALL_PYTHON = (
+    "sh -c 'if ! command -v apt-get >/dev/null; then [ -r /etc/os-release ] && . /etc/os-release; "
+    'echo "${PRETTY_NAME:-unknown (no /etc/os-release)}" >&2; exit 3; fi; apt-get update -qq && '
+    "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq python3 >/dev/null'"
+)
 
 
 class AgentError(Exception):
@@ -161,12 +170,10 @@ def call_agent(transport: Transport, request: dict, on_event=lambda message: Non
 
 
 def _install_python(transport: Transport) -> None:
-    command, prefix = as_root(
-        transport,
-        "sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-        "apt-get install -y -qq python3 >/dev/null'",
-    )
+    command, prefix = as_root(transport, INSTALL_PYTHON)
     boot = transport.run(command, prefix)
+    if boot.rc == 3:
+        raise AgentError(f"unsupported OS: {boot.stderr.strip()[-200:]} (ibgw supports {SUPPORTED})")
     if boot.rc != 0:
         raise AgentError(
             f"{transport.target.name}: cannot install python3: {_failure(transport, boot.rc, boot.stderr)}"

@@ -35,7 +35,7 @@ class GatewayUnits:
 @dataclass(frozen=True)
 class Policy:
     mode: Mode = "safe"
-    now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
 
 
 def gateways(host: Host) -> list[GatewayUnits]:

@@ -65,6 +65,9 @@ class Facts(TypedDict):
     clients: NotRequired[dict[str, int]]  # established connections to each gateway's API port
     gate_apps: NotRequired[dict[str, dict[str, dict[str, float]] | None]]  # per mode: its gate's apps
     pending: NotRequired[dict[str, PendingRecord]]  # per gateway unit: its restart that waits
+    os: NotRequired[dict[str, str] | None]  # os-release's id, version_id, pretty_name
+    unsupported: NotRequired[str | None]  # the OS's name, when the request's table does not list it
+    memory_mb: NotRequired[int | None]  # MemTotal
 
 
 # ---- steps -----------------------------------------------------------------

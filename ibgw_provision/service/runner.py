@@ -25,8 +25,19 @@ def run(main: Coroutine[Any, Any, None], name: str, verbose: bool, fast: bool = 
         level=logging.DEBUG if verbose else logging.INFO,
         format=f"%(asctime)s {name} %(levelname)s %(message)s",
     )
-    with asyncio.Runner(loop_factory=_uvloop() if fast else None) as runner:
-        runner.run(main)
+    factory = _uvloop() if fast else None
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    else:  # Python 3.10 (Ubuntu 22.04's) has no asyncio.Runner: the same, by hand
+        loop = factory() if factory else asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:

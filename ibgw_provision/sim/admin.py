@@ -23,6 +23,11 @@ from typing import Protocol
 
 from ..service import control
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
+
 
 class Delaying(Protocol):
     @property
@@ -101,7 +106,7 @@ async def serve(server: Controls, path: str) -> asyncio.Server:
 
 async def command(path: str, line: str, timeout: float = 10.0) -> str:
     """Send one command to a running simulator and return its reply."""
-    async with asyncio.timeout(timeout):
+    async with aio_timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(path)
         try:
             writer.write(line.encode() + b"\n")

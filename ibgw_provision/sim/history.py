@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..tws.codes import Code
 from .market import NEW_YORK, TIME_ZONE, Bar
 from .requests import ReqHistoricalData
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; hosts may run 3.10 (Ubuntu 22.04)
 
 DAY = 86400
 MAX_BARS = 10_000

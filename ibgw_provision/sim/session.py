@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 from typing import Protocol
 
 from ..tws import codec
@@ -16,6 +17,11 @@ from ..tws.requests import StartApi, read_start_api
 from . import requests
 from .responses import Encoder
 from .universe import Instrument
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 log = logging.getLogger("ibgw.sim")
 
@@ -154,7 +160,7 @@ class Session:
 
     async def run(self) -> None:
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with aio_timeout(HANDSHAKE_TIMEOUT):
                 await self._handshake()
                 start = await self._read_start_api()
             if self.server.admit(self, start.client_id):

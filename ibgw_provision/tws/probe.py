@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 
 from . import versions
@@ -19,6 +20,11 @@ from .errors import ProtocolError
 from .fields import FieldReader
 from .framing import MAX_HELLO, Hello, parse_server_hello, read_frame
 from .messages import In, Out
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as aio_timeout
+else:  # Python 3.10 (Ubuntu 22.04's): the same context manager from async-timeout
+    from async_timeout import timeout as aio_timeout
 
 PROBE_MAX_VERSION = versions.PROTOBUF - 1
 START_API_VERSION = 2
@@ -179,7 +185,7 @@ async def probe(
     and is closed afterwards. Every failure, a timeout included, is a ProbeError.
     """
     try:
-        async with asyncio.timeout(timeout):
+        async with aio_timeout(timeout):
             return await _probe(host, port, client_id, source, sock, tls)
     except TimeoutError:
         raise ProbeError(f"no complete answer from {host}:{port} within {timeout:g}s") from None

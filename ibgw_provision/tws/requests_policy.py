@@ -10,14 +10,17 @@ against every request id the installed ibapi defines or sends, and ib_async send
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum
 
 
-class Kind(StrEnum):
+class Kind(str, Enum):  # a StrEnum (Python 3.11+), also on 3.10 (Ubuntu 22.04's)
     READ = "read"  # reads data or ends a read subscription; changes nothing on the gateway or account
     ORDER = "order"  # creates, changes or cancels orders, or exercises options (positions)
     SETTINGS = "settings"  # changes the gateway's settings, the account's FA setup, or what others see
     SESSION = "session"  # sets up or authenticates the API session (the gate handles START_API itself)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 READ, ORDER, SETTINGS, SESSION = Kind.READ, Kind.ORDER, Kind.SETTINGS, Kind.SESSION

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -451,24 +452,36 @@ def test_dir_is_created_or_fixed(tmp_path):
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o2750, 0, 0)
 
 
-def test_apt_installs_without_questions(fakebin):
+@pytest.fixture
+def no_dpkg_locks(tmp_path, monkeypatch):
+    """The dpkg lock files, in a temporary directory: never this machine's (test_os_support waits on them)."""
+    monkeypatch.setattr(agent, "DPKG_LOCKS", tuple(str(tmp_path / n) for n in ("lock-frontend", "lock")))
+
+
+def apt_calls(fakebin) -> list[str]:
+    """apt-get's argv, with the lock timeout apt is given (what is left of 300 s) shown as N."""
+    return [re.sub(r"DPkg::Lock::Timeout=(29\d|300) ", "DPkg::Lock::Timeout=N ", c) for c in fakebin.calls()]
+
+
+def test_apt_installs_without_questions(fakebin, no_dpkg_locks):
     fakebin.add("apt-get", 'echo "DEBIAN_FRONTEND=$DEBIAN_FRONTEND" >> "$0.env"')
-    agent.step_apt({"packages": ["haproxy", "xvfb"]})
-    assert fakebin.calls() == [
-        "apt-get update -qq",
-        "apt-get install -y -qq --no-install-recommends haproxy xvfb",
+    agent.step_apt({"task": "install haproxy xvfb", "packages": ["haproxy", "xvfb"]})
+    assert apt_calls(fakebin) == [
+        "apt-get -o DPkg::Lock::Timeout=N update -qq",
+        "apt-get -o DPkg::Lock::Timeout=N install -y -qq --no-install-recommends haproxy xvfb",
     ]
     assert (fakebin.dir / "apt-get.env").read_text() == "DEBIAN_FRONTEND=noninteractive\n" * 2
 
 
-def test_apt_failure_names_the_command_and_its_error(fakebin):
+def test_apt_failure_names_the_command_and_its_error(fakebin, no_dpkg_locks):
     fakebin.add(
-        "apt-get", 'echo "E: Unable to locate package xvfbb" >&2; [ "$1" = update ] && exit 0', rc=100
+        "apt-get", 'echo "E: Unable to locate package xvfbb" >&2; [ "$3" = update ] && exit 0', rc=100
     )
     with pytest.raises(agent.StepError) as failed:
-        agent.step_apt({"packages": ["xvfbb"]})
-    assert str(failed.value) == (
-        "apt-get install -y -qq --no-install-recommends xvfbb exited 100: E: Unable to locate package xvfbb"
+        agent.step_apt({"task": "install xvfbb", "packages": ["xvfbb"]})
+    assert re.sub(r"Timeout=\d+", "Timeout=N", str(failed.value)) == (
+        "apt-get -o DPkg::Lock::Timeout=N install -y -qq --no-install-recommends xvfbb exited 100: "
+        "E: Unable to locate package xvfbb"
     )
 
 

@@ -47,9 +47,9 @@ def test_a_converged_host_prints_only_the_recap():
     code, out = shown([converged()])
     assert code == 0
     assert out.splitlines() == [
-        "PLAY RECAP                                  ",
-        "host  ok  changed  failed  round trips  time",
-        "gw1    2        0       0            2  0.8s",
+        "PLAY RECAP                                               ",
+        "host  ok  changed  unreachable  failed  round trips  time",
+        "gw1    2        0            0       0            2  0.8s",
     ]
 
 
@@ -62,8 +62,8 @@ def test_changes_are_listed_per_host_then_counted():
         "[gw2] changed: service haproxy.service (reload)",
     ]
     assert lines[-2:] == [
-        "gw1    2        0       0            2  0.8s",
-        "gw2    1        2       0            3  4.1s",
+        "gw1    2        0            0       0            2  0.8s",
+        "gw2    1        2            0       0            3  4.1s",
     ]
     assert "maxconn" not in out  # diffs only when asked
 
@@ -101,7 +101,7 @@ def test_a_failed_host_is_named_counted_and_fails_the_run():
     code, out = shown([converged(), failed])
     assert code == 1
     assert "[gw3] FAILED: file /etc/x: haproxy -c exited 1: bad" in out.splitlines()
-    assert out.splitlines()[-1].split() == ["gw3", "0", "1", "1", "3", "2.0s"]
+    assert out.splitlines()[-1].split() == ["gw3", "0", "1", "0", "1", "3", "2.0s"]
 
 
 def test_check_mode_says_what_would_change_and_that_nothing_did():

@@ -239,6 +239,7 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
             "markers": converged(want)["markers"] | {f"{layout.VENV}/{layout.VENV_STAMP}": "stamp"},
             "firewall": True,
             "manifest": absence.wanted(want, wheels),  # the venv is ibgw's too
+            "os": {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"},
         }
         gw.agent_reply = lambda request: facts | {"python": "3.11.2", "glibc": "2.36", "arch": "x86_64"}
         opts = apply.Options(ssh=SshOptions(ssh_config=tmp_path / "none"))
@@ -612,7 +613,7 @@ def test_the_command_line_reports_an_ssh_failure_in_one_line_and_never_echoes_th
         input=PASSWORD + "\n",
     )
     assert result.exit_code == 1, result.output
-    assert f"[gw1] FAILED: admin@127.0.0.1:{closed}: unreachable: " in result.output
+    assert f"[gw1] UNREACHABLE: admin@127.0.0.1:{closed}: unreachable: " in result.output
     assert "Traceback" not in result.output and PASSWORD not in result.output
 
 
@@ -630,6 +631,6 @@ def test_a_passphrase_key_without_a_terminal_or_passphrase_fails_in_one_line(tmp
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert (
-        f"[gw1] FAILED: SSH key {locked} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
+        f"[gw1] UNREACHABLE: SSH key {locked} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
         "ssh.passphrase (no terminal to ask on)\n"
     ) in result.output
