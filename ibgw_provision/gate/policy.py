@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 from dataclasses import dataclass
 from decimal import Decimal
@@ -187,6 +188,8 @@ def _notional(app: App, order: OrderRequest, ctx: Context) -> str | None:
     limit, price = app.max_notional_per_order, order.limit_price
     if limit is None or price is None or order.sec_type.upper() == "BAG":
         return None
+    if not math.isfinite(price):  # NaN or infinity: no notional can be judged, so no order passes
+        return f"app {app.name} has max_notional_per_order; the limit price {price} is not a number"
     multiplier = _multiplier(order, ctx)
     if multiplier is None:
         return (

@@ -891,12 +891,19 @@ def step_install(step):
                     os.chmod(os.path.join(root, name), 0o755)
     else:
         sh(["sh", upload, "-q", "-dir", dest])
-    owner = pwd.getpwnam(step["owner"])
-    for root, dirs, names in os.walk(dest):
-        for name in [root] + [os.path.join(root, n) for n in dirs + names]:
-            os.lchown(name, owner.pw_uid, owner.pw_gid)
+    chown_tree(dest, pwd.getpwnam(step["owner"]))
     with open(os.path.join(dest, step["stamp"]), "w") as fh:
         fh.write(step["sha256"])
+
+
+def chown_tree(top, owner):
+    """Give a tree root made to its owner, deepest entries first and each relative to its directory's
+    open fd: the owner cannot redirect a chown elsewhere, since every directory is still root's own
+    until all it holds is done."""
+    for _, dirs, names, fd in os.fwalk(top, topdown=False, follow_symlinks=False):
+        for name in dirs + names:
+            os.chown(name, owner.pw_uid, owner.pw_gid, dir_fd=fd, follow_symlinks=False)
+    os.chown(top, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
 
 
 def step_pending(step):
