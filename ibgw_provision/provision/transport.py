@@ -249,8 +249,7 @@ class Transport:
         try:
             chan = self._ssh().open_session()
             chan.exec_command(command)
-            chan.sendall(stdin)
-            chan.shutdown_write()
+            self._feed(chan, stdin)
             out, err = self._drain(chan, on_line, time.monotonic() + timeout, command)
             return Result(chan.recv_exit_status(), out, err)
         except (paramiko.SSHException, OSError, EOFError) as exc:  # EOFError: paramiko's closed socket
@@ -258,6 +257,17 @@ class Transport:
         finally:
             if chan is not None:
                 chan.close()
+
+    @staticmethod
+    def _feed(chan: paramiko.Channel, stdin: bytes) -> None:
+        """Send stdin. A command that ends before reading it all (a forced command that refuses the
+        login) closes the channel: what it said and its exit status still tell why."""
+        try:
+            chan.sendall(stdin)
+            chan.shutdown_write()
+        except OSError:
+            if not chan.exit_status_ready():
+                raise
 
     def _drain(self, chan, on_line, deadline: float, command: str) -> tuple[str, str]:
         out, err, pending = bytearray(), bytearray(), b""

@@ -38,10 +38,11 @@ def ibgw(*args: str, timeout: float = 900, env: dict | None = None) -> subproces
 
 
 def recap(proc: subprocess.CompletedProcess, host: str = "local") -> dict[str, int]:
-    """The PLAY RECAP row of one host: ok, changed, failed, round trips."""
-    match = re.search(rf"^{host}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s", proc.stdout, flags=re.M)
+    """The PLAY RECAP row of one host: ok, changed, unreachable, failed, round trips."""
+    match = re.search(rf"^{host}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s", proc.stdout, flags=re.M)
     assert match, proc.stdout + proc.stderr
-    return dict(zip(("ok", "changed", "failed", "round_trips"), map(int, match.groups()), strict=True))
+    keys = ("ok", "changed", "unreachable", "failed", "round_trips")
+    return dict(zip(keys, map(int, match.groups()), strict=True))
 
 
 def _testhost(command: str) -> None:

@@ -156,7 +156,8 @@ def test_a_passphrase_key_from_the_environment(lab, converged, tmp_path):
         else:
             assert result.exit_code == 1
             assert (
-                one_line(result.output, "[gw] FAILED") == f"[gw] FAILED: wrong passphrase for SSH key {key}"
+                one_line(result.output, "[gw] UNREACHABLE")
+                == f"[gw] UNREACHABLE: wrong passphrase for SSH key {key}"
             )
 
 
@@ -175,7 +176,7 @@ def test_a_cert_authority_line_in_known_hosts(lab, converged, tmp_path):
     known.write_text(authority + only_ca)
     result = ibgw("provision", "gw", "-i", str(lab_inventory(tmp_path, known_hosts=str(known))), "--check",
                   "--ssh-config", NO_SSH_CONFIG)  # fmt: skip
-    line = one_line(result.output, "[gw] FAILED")
+    line = one_line(result.output, "[gw] UNREACHABLE")
     assert "admin@198.18.0.10:22:" in line and "host certificates are not supported" in line
     assert line.endswith("(via jump host 1 (root@198.18.0.2:22))")
 
@@ -194,6 +195,6 @@ def test_proxyjump_from_an_ssh_config_file(lab, converged, tmp_path):
     broken.write_text(config.read_text().replace("HostName 198.18.0.2", "HostName 198.18.0.2\n  Port 2222"))
     result = ibgw("provision", "gw", "-i", str(inv), "--check", "--ssh-config", str(broken))
     assert result.exit_code == 1
-    assert one_line(result.output, "[gw] FAILED").startswith(
-        "[gw] FAILED: jump host 1 (root@198.18.0.2:2222): unreachable: "
+    assert one_line(result.output, "[gw] UNREACHABLE").startswith(
+        "[gw] UNREACHABLE: jump host 1 (root@198.18.0.2:2222): unreachable: "
     )
