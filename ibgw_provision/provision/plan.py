@@ -488,7 +488,7 @@ def _held(
             continue
         held |= set(gw.units)
         record = PendingRecord(units=units, reason=reason, apps=apps)
-        detail = f"restart pending: {reason}; `--restart now` applies it"
+        detail = f"restart pending: {reason}; `--restart {gw.mode}` or `--restart now` applies it"
         same = {k: v for k, v in recorded.get(main, {}).items() if k != "since"} == record
         step = PendingStep(
             kind="pending", task=f"pending restart {main}", path=layout.pending_file(main), record=record
