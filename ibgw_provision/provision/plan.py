@@ -7,6 +7,7 @@ step that converges it; services restart only when their own inputs changed.
 from __future__ import annotations
 
 import base64
+import datetime
 import difflib
 import hashlib
 import json
@@ -27,6 +28,7 @@ from .shapes import (
     InstallStep,
     PathFacts,
     PendingRecord,
+    PendingRestart,
     PendingStep,
     Step,
     SystemdStep,
@@ -394,6 +396,7 @@ def _install(install: Install, facts: Facts, result: Plan) -> Task:
 
 
 NO_UNIT = UnitFacts(enabled="", active="")  # a unit the facts do not name
+SINCE = "%Y-%m-%dT%H:%M:%SZ"  # as the agent stamps a pending record
 
 
 def _pending(facts: Facts) -> dict:
@@ -489,9 +492,12 @@ def _held(
         held |= set(gw.units)
         record = PendingRecord(units=units, reason=reason, apps=apps)
         detail = f"restart pending: {reason}; `--restart {gw.mode}` or `--restart now` applies it"
-        same = {k: v for k, v in recorded.get(main, {}).items() if k != "since"} == record
+        old: dict = dict(recorded.get(main) or {})
+        since = old.pop("since", None) or policy.now.astimezone(datetime.UTC).strftime(SINCE)
+        same = old == record
         step = PendingStep(
             kind="pending", task=f"pending restart {main}", path=layout.pending_file(main), record=record
         )
-        tasks.append(Task(f"restart {main}", not same, detail, step=None if same else step, pending=True))
+        shown = PendingRestart(unit=main, units=units, reason=reason, apps=apps, since=since)
+        tasks.append(Task(f"restart {main}", not same, detail, step=None if same else step, pending=shown))
     return tasks, held, cleared

@@ -50,6 +50,16 @@ class PendingRecord(TypedDict):
     since: NotRequired[str]  # when it was first recorded (the agent's clock, UTC)
 
 
+class PendingRestart(TypedDict):
+    """A gateway's waiting restart as the recap, `provision --json` and `ibgw health` show it."""
+
+    unit: str  # the gateway's main unit
+    units: list[str]
+    reason: str
+    apps: list[str]
+    since: str  # when first recorded on the host (this run's clock if this run records it)
+
+
 class Facts(TypedDict):
     packages: dict[str, bool]
     user: UserFacts | None
@@ -235,4 +245,4 @@ class Task:
     detail: str = ""
     diff: str = ""
     step: Step | None = None
-    pending: bool = False  # a restart that waits: shown even when its record is already on the host
+    pending: PendingRestart | None = None  # a restart that waits: shown even when already recorded
