@@ -17,27 +17,13 @@ from ..errors import InputError
 from ..inventory.model import IBC_KEYS, Gateway, Host, Inventory
 from ..inventory.secrets import Secrets
 from . import layout
+from .resources import File as ManagedFile
 
 BYPASS = [key for key in IBC_KEYS if key.startswith("Bypass")]  # IBC's API precautions
 
 
 # jts.ini keys ibgw owns: who may connect, API-only mode, the time zone (also the JVM's TZ).
 JTS_OWNED = {"IBGateway": ("TrustedIPs", "ApiOnly"), "Logon": ("TimeZone",)}
-
-
-@dataclass(frozen=True)
-class ManagedFile:
-    path: str  # absolute path on the host
-    content: str
-    mode: int = 0o644
-    owner: str = "root"
-    group: str = "root"
-    secret: bool = False  # holds a secret: never shown, never world-readable
-    # An INI file the program rewrites itself (jts.ini): written whole only if missing; after
-    # that only these keys of its sections are ibgw's, and converge. {section: (key, ...)}
-    owned: dict[str, tuple[str, ...]] | None = None
-    reload: tuple[str, ...] = ()  # units to reload when it changes
-    restart: tuple[str, ...] = ()  # units to restart when it changes
 
 
 @dataclass(frozen=True)
