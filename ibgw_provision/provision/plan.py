@@ -21,7 +21,7 @@ from .resources import (  # noqa: F401 (VALIDATORS, owned_values, sha256, _secre
     owned_values,
     sha256,
 )
-from .shapes import Facts, Step, SystemdStep, Task
+from .shapes import Facts, FactsRequest, Step, SystemdStep, Task
 from .state import Desired
 from .wheelhouse import Wheelhouse
 
@@ -44,17 +44,28 @@ class Plan:
         return {"op": "apply", "steps": self.first + self.steps(), "pending": layout.PENDING}
 
 
-def _request(resources: list) -> dict:
+def _request(resources: list[Resource]) -> FactsRequest:
     """What to read from the host, in one round trip: each resource adds what it needs."""
-    req: dict = {"op": "facts", "packages": [], "user": layout.USER, "paths": [], "content_unless": {}}
-    req |= {"units": [], "markers": [], "firewall": False, "manifest": layout.MANIFEST}
+    req = FactsRequest(
+        op="facts",
+        packages=[],
+        user=layout.USER,
+        paths=[],
+        content_unless={},
+        units=[],
+        markers=[],
+        firewall=False,
+        manifest=layout.MANIFEST,
+    )
     for resource in resources:
         resource.request(req)
     return req
 
 
-def facts_request(want: Desired, wheels: bool) -> dict:
-    return {"supported": platforms.supported(), **_request(want.resources(wheels) + want.gone())}
+def facts_request(want: Desired, wheels: bool) -> FactsRequest:
+    req = _request([*want.resources(wheels), *want.gone()])
+    req["supported"] = platforms.supported()
+    return req
 
 
 def plan(
@@ -86,7 +97,7 @@ def _run(resources: list[Resource], ctx: Context) -> list[Task]:
     return [task for resource in sorted(resources, key=lambda r: r.phase) for task in resource.plan(ctx)]
 
 
-def decommission_facts_request() -> dict:
+def decommission_facts_request() -> FactsRequest:
     """Only the manifest (with the state of what it names) and the user."""
     return _request([])
 

@@ -27,6 +27,7 @@ from .shapes import (
     AptStep,
     AttrsStep,
     Facts,
+    FactsRequest,
     FileStep,
     IniStep,
     InstallStep,
@@ -94,7 +95,7 @@ class Packages:
     phase: ClassVar[int] = SETUP
     emits: ClassVar[str] = "apt"
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["packages"] += platforms.every_name(self.names)  # the OS, known from the answer, picks
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -121,7 +122,7 @@ class User:
     def phase(self) -> int:
         return SETUP if self.present else SERVICES
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["user"] = self.name
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -154,7 +155,7 @@ class Dir:
     def phase(self) -> int:
         return SETUP if self.present else REMOVE
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["paths"].append(self.path)
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -185,7 +186,7 @@ class File:
     def phase(self) -> int:
         return FILES if self.present else REMOVE
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["paths"].append(self.path)
         if self.present:
             req["content_unless"][self.path] = sha256(self.content)  # a drifted file's content is read
@@ -378,7 +379,7 @@ class Venv:
     phase: ClassVar[int] = SETUP
     emits: ClassVar[str] = "venv"
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["markers"].append(f"{layout.VENV}/{layout.VENV_STAMP}")
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -429,7 +430,7 @@ class Install:
             return self
         return replace(self, local=self.arm64[0], sha256=self.arm64[1], arm64=None) if self.arm64 else None
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["markers"].append(f"{self.dest}/{layout.INSTALL_STAMP}")
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -468,7 +469,7 @@ class Firewall:
     def phase(self) -> int:
         return SETUP if self.present else STOP
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["firewall"] = self.present
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -493,7 +494,7 @@ class Unit:
     phase: ClassVar[int] = STOP
     emits: ClassVar[str] = "stop"
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["units"].append(self.name)
 
     def plan(self, ctx: Context) -> list[Task]:
@@ -518,7 +519,7 @@ class Units:
     phase: ClassVar[int] = SERVICES
     emits: ClassVar[tuple[str, ...]] = ("systemd", "pending")
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["units"] += self.names
         req["markers"].append(layout.PENDING)
         req["clients"] = [gw.api_port for gw in self.gateways]  # who a gateway's restart would cut
@@ -526,6 +527,18 @@ class Units:
         req["pending"] = layout.PENDING_DIR
 
     def plan(self, ctx: Context) -> list[Task]:
+        restart, reload, daemon_reload = self._inputs(ctx)
+        pending, held, cleared = self._held(ctx.facts, restart | reload, ctx.policy)
+        tasks = self._actions(ctx.facts, restart - held, reload - held, daemon_reload, cleared)
+        for _, task in ctx.files:  # jts.ini: its gateway must stop to take ibgw's keys; it waits with it
+            if task.step and task.step["kind"] == "ini" and set(task.step["stop"]) & held:
+                task.changed, task.step = False, None
+                task.detail = "ibgw's keys differ: written at the gateway's pending restart"
+        return tasks + pending
+
+    def _inputs(self, ctx: Context) -> tuple[set[str], set[str], bool]:
+        """The units to restart, to reload, and whether systemd reloads its unit files: changed inputs,
+        actions a failed run still owes, and restarts recorded as pending."""
         facts, wanted, changed = ctx.facts, set(self.names), [f for f, t in ctx.files if t.changed]
         owed = _owed(facts)
         restart = (
@@ -535,14 +548,17 @@ class Units:
         reload = (
             {u for f in changed for u in f.reload} | (set(owed.get("reload") or ()) & wanted) | ctx.reload
         )
-        reload -= restart
         daemon_reload = (
             any(f.path.startswith(layout.UNIT_DIR + "/") for f in changed)
             or bool(owed.get("daemon_reload"))
             or ctx.unit_files_removed
         )
-        pending, held, cleared = self._held(facts, restart | reload, ctx.policy)
-        restart, reload = restart - held, reload - held
+        return restart, reload - restart, daemon_reload
+
+    def _actions(
+        self, facts: Facts, restart: set[str], reload: set[str], daemon_reload: bool, cleared: list[str]
+    ) -> list[Task]:
+        """A task per unit; the first that changes carries the one systemd step with every unit's action."""
         actions: dict[str, list[str]] = {"enable": [], "start": [], "restart": [], "reload": []}
         tasks = []
         for unit in self.names:
@@ -560,7 +576,7 @@ class Units:
             for verb in todo:
                 actions[verb].append(unit)
             tasks.append(Task(f"service {unit}", bool(todo), ", ".join(todo)))
-        if any(actions.values()) or daemon_reload or cleared:  # one step carries every unit's action
+        if any(actions.values()) or daemon_reload or cleared:
             carrier = next((t for t in tasks if t.changed), None)
             if carrier is None:
                 carrier = Task("systemd daemon-reload", True)
@@ -575,11 +591,7 @@ class Units:
                 reload=actions["reload"],
                 clear=cleared,
             )
-        for _, task in ctx.files:  # jts.ini: its gateway must stop to take ibgw's keys; it waits with it
-            if task.step and task.step["kind"] == "ini" and set(task.step["stop"]) & held:
-                task.changed, task.step = False, None
-                task.detail = "ibgw's keys differ: written at the gateway's pending restart"
-        return tasks + pending
+        return tasks
 
     def _held(
         self, facts: Facts, bouncing: set[str], policy: restarts.Policy
@@ -631,7 +643,7 @@ class Record:
     phase: ClassVar[int] = RECORD
     emits: ClassVar[str] = "manifest"
 
-    def request(self, req: dict) -> None:
+    def request(self, req: FactsRequest) -> None:
         req["manifest"] = layout.MANIFEST  # the agent reads it, and the state of what it names
 
     def plan(self, ctx: Context) -> list[Task]:

@@ -12,6 +12,24 @@ from typing import Literal, NotRequired, TypedDict
 # ---- facts -----------------------------------------------------------------
 
 
+class FactsRequest(TypedDict):
+    """What the agent reads, in one round trip: each resource adds what it needs (resources.py)."""
+
+    op: Literal["facts"]
+    supported: NotRequired[dict]  # platforms.supported(): the releases and their package names
+    packages: list[str]
+    user: str
+    paths: list[str]  # stat'ed (and hashed), with the manifest's
+    content_unless: dict[str, str]  # path -> sha256: read the content of a file that differs
+    units: list[str]
+    markers: list[str]  # small files read whole: stamps, owed unit actions
+    firewall: bool  # is ibgw's table loaded
+    manifest: str
+    clients: NotRequired[list[int]]  # ports whose established connections are counted
+    gates: NotRequired[dict[str, int]]  # mode -> its gate's metrics port: the apps connected
+    pending: NotRequired[str]  # the directory of pending restart records
+
+
 class PathFacts(TypedDict):
     kind: Literal["file", "dir", "link"]
     mode: int
