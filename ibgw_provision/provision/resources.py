@@ -144,6 +144,8 @@ class User:
 
 @dataclass(frozen=True)
 class Dir:
+    """A directory with its owner and mode."""
+
     path: str
     owner: str = "root"
     group: str = "root"
@@ -351,10 +353,14 @@ def _pairs(text: str) -> dict[str, str]:
 
 
 def _removal(path: str, ctx: Context) -> list[Task]:
-    """A path ibgw may remove (absence.py chose it): a directory with all below it, unless a container;
-    nothing when it is not there, or when a tree removed with it holds it."""
+    """A path ibgw may remove (only what absence.py chose): a directory with all below it, unless a
+    container; nothing when it is not there, or when a tree removed with it holds it."""
     have = ctx.facts["paths"].get(path)
-    if have is None or any(path.startswith(p + "/") and _tree(p, ctx) for p in ctx.gone):
+    if (
+        have is None
+        or path not in ctx.gone
+        or any(path.startswith(p + "/") and _tree(p, ctx) for p in ctx.gone)
+    ):
         return []
     tree = _tree(path, ctx)
     ctx.unit_files_removed |= path.startswith(layout.UNIT_DIR + "/")

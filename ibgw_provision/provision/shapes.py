@@ -1,6 +1,6 @@
 """The typed shapes that cross the wire to and from agent.py: the facts it reads, the steps it runs.
 
-agent.py runs alone on the host and cannot import this; these types are what plan.py
+agent.py runs alone on the host and cannot import this; these types are what the plan
 builds and reads, and what the agent's functions of the same names take and return.
 """
 
