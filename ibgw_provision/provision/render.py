@@ -104,12 +104,13 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
 
 
 def _gate_apps(host: Host, apps: list) -> list[dict]:
-    """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
+    """The gate's registry for one mode: its apps, and health's front probe (which may only ask the time)."""
     entries = [_gate_app(a) for a in apps]
     probe = {
         "name": "ibgw-health",
         "client_id": host.health.probe_client_id + 1,
         "read_only": True,
+        "probe_only": True,
         "sources": host.firewall.admin_cidrs + ["127.0.0.0/8"],
         "max_order_quantity": None,
         "allowed_sec_types": None,
