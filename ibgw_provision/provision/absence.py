@@ -10,10 +10,11 @@ the one before it stay, with their uploads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import layout
-from .resources import File, Firewall, Record, Resource, Unit
+from .resources import Dir, File, Firewall, Record, Resource, Unit
 from .shapes import Facts, Manifest, ManifestStep
 from .state import Desired
 from .wheelhouse import Wheelhouse
@@ -46,17 +47,17 @@ def plan_removals(
     old: Manifest | None,
     new: Manifest,
     facts: Facts,
-    absent: tuple[str, ...] = (),
+    absent: Sequence[File | Dir | Unit] = (),
     purge: bool = False,
-    units: tuple[str, ...] = (),
 ) -> Removals:
-    """absent, units: paths and units that must not exist (if ibgw's) beside what the inventory dropped."""
+    """absent: what must not exist (if ibgw's to remove) beside what the inventory dropped."""
     old = old or EMPTY
+    units = {r.name for r in absent if isinstance(r, Unit)}
     history = _history(old, new)
     kept_installs = {p for entries in history.values() for entry in entries for p in entry}
     dropped = {p for entries in old["installs"].values() for entry in entries for p in entry} - kept_installs
     wanted_paths = set(new["paths"]) | kept_installs
-    stale = (set(old["paths"]) | dropped | set(absent)) - wanted_paths
+    stale = (set(old["paths"]) | dropped | {r.path for r in absent if not isinstance(r, Unit)}) - wanted_paths
     stale = {p for p in stale if layout.removable(p) and not _ancestor(p, wanted_paths)}
     kept = set() if purge else {p for p in stale if layout.kept(p)}
     trees = {entry[0] for entries in history.values() for entry in entries}  # kept install trees
@@ -68,7 +69,7 @@ def plan_removals(
     )
     paths = stale - kept - {p for p in stale if _under(p, trees)}
     stop: list[Resource] = [
-        Unit(u, present=False) for u in sorted((set(old["units"]) - set(new["units"])) | set(units))
+        Unit(u, present=False) for u in sorted((set(old["units"]) - set(new["units"])) | units)
     ]
     stop += [Firewall(present=False)] if old["firewall"] and not new["firewall"] else []
     remove = [File(p, present=False) for p in sorted(paths, reverse=True)]  # deepest first

@@ -15,7 +15,6 @@ from .resources import (  # noqa: F401 (VALIDATORS, owned_values, sha256, _secre
     VALIDATORS,
     Context,
     Resource,
-    Unit,
     User,
     _secret_file_lines,
     owned_values,
@@ -79,13 +78,7 @@ def plan(
     """release: the host's OS, which names its packages (Debian 12's names when None)."""
     ctx = Context(facts, secrets, policy or restarts.Policy(), wheelhouse, release)
     want = _for_arch(want, facts.get("arch", "x86_64"))
-    gone = absence.plan_removals(
-        facts.get("manifest"),
-        absence.wanted(want, wheelhouse),
-        facts,
-        tuple(r.path for r in want.gone() if not isinstance(r, Unit)),
-        units=tuple(r.name for r in want.gone() if isinstance(r, Unit)),
-    )
+    gone = absence.plan_removals(facts.get("manifest"), absence.wanted(want, wheelhouse), facts, want.gone())
     ctx.gone = gone.paths
     result = Plan(tasks=_run(want.resources(wheelhouse is not None) + gone.resources, ctx))
     result.uploads, result.first = ctx.uploads, [gone.first] if result.changed else []
