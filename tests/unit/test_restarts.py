@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ibgw_provision import cli
 from ibgw_provision.inventory.model import TradingHours
 from ibgw_provision.inventory.secrets import Secrets
-from ibgw_provision.provision import agent, layout, restarts, state
+from ibgw_provision.provision import agent, apply, layout, restarts, state
 from ibgw_provision.provision.plan import plan
 from ibgw_provision.provision.render import render_host
 from tests.conftest import INVENTORIES
@@ -185,6 +185,17 @@ def test_the_cli_refuses_a_bad_restart_in_one_line(tmp_path):
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"error: --restart: {message}")
+
+
+def test_the_cli_passes_the_named_gateways_on(monkeypatch):
+    seen = []
+    monkeypatch.setattr(apply, "provision", lambda inv, names, opts: seen.append(opts) or [])
+    for args, expected in (([], ("safe", set())), (["--restart", "paper,live"], ("safe", {"paper", "live"}))):
+        result = CliRunner().invoke(
+            cli.main, ["provision", "local", "-i", str(INVENTORIES / "local.yml"), *args]
+        )
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].restart, seen[-1].restart_gateways) == expected
 
 
 def test_a_recorded_pending_restart_shows_unchanged_then_happens_when_allowed(want):
