@@ -97,6 +97,7 @@ class PlaceOrder:
     what_if: bool
     cash_qty: float | None  # None: not set (always None below CASH_QTY)
     client_id: int | None = None  # only protobuf requests carry it
+    attached_orders: bool = False  # protobuf attachedOrders (a stop loss, a profit taker) in the request
     unread_fields: int = 0  # text fields after the last one the layout knows: 0 for a well-formed request
 
 
@@ -231,6 +232,12 @@ def _skip_conditions(r: FieldReader) -> None:
         r.skip(2)  # conditionsIgnoreRth, conditionsCancelOrder
 
 
+def _sends_scale_fields(increment: float | None) -> bool:
+    """ibapi's (and the Java client's) test on scalePriceIncrement: set and above 0, infinity included.
+    (ib_async leaves infinity out: its order then reads as unread fields and is refused by the gate.)"""
+    return increment is not None and increment != UNSET_DOUBLE and increment > 0
+
+
 def _skip_middle(version: int, r: FieldReader, order_type: str) -> bool:
     """The fields between `hidden` (after the legs) and `whatIf`; whatIf."""
     r.skip(
@@ -244,8 +251,8 @@ def _skip_middle(version: int, r: FieldReader, order_type: str) -> bool:
     if delta_neutral_order_type:
         r.skip(8)  # deltaNeutralConId .. deltaNeutralDesignatedLocation
     r.skip(6)  # continuousUpdate .. scaleInitLevelSize, scaleSubsLevelSize
-    if 0 < (r.float() or 0.0) < UNSET_DOUBLE:  # scalePriceIncrement
-        r.skip(7)
+    if _sends_scale_fields(r.float(None)):
+        r.skip(7)  # scalePriceAdjustValue .. scaleRandomPercent
     r.skip(3)  # scaleTable, activeStartTime, activeStopTime
     if r.str():  # hedgeType
         r.skip()  # hedgeParam
@@ -322,7 +329,7 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     r.skip(4)  # blockOrder, sweepToFill, displaySize, triggerMethod
     outside_rth = r.bool()
     r.skip()  # hidden
-    legs = _combo_legs(r) if contract.sec_type == "BAG" else ()
+    legs = _combo_legs(r) if contract.sec_type.upper() == "BAG" else ()  # as the Java client: any case
     contract = replace(contract, sec_id_type=sec_id_type, sec_id=sec_id, combo_legs=legs)
     what_if = _skip_middle(version, r, order_type)
     _skip_to_cash_qty(version, r, order_type)
@@ -374,6 +381,8 @@ def _pb_place_order(pb: Any) -> PlaceOrder:
         o.whatIf,
         _price(optional("cashQty")),
         optional("clientId"),
+        # ibapi always sets the field; an empty one attaches nothing.
+        pb.HasField("attachedOrders") and pb.attachedOrders.ByteSize() > 0,
     )
 
 

@@ -25,6 +25,7 @@ from ibapi.wrapper import EWrapper
 from ibgw_provision.tws import decode, versions
 from ibgw_provision.tws import requests as R
 from ibgw_provision.tws.errors import MalformedMessage
+from ibgw_provision.tws.fields import UNSET_DOUBLE
 from ibgw_provision.tws.messages import Out
 
 VERSIONS = [
@@ -348,3 +349,52 @@ def test_truncated_requests_are_malformed(version):
     payload = ibapi_request(version, lambda c: c.placeOrder(46, contract(), order("BUY", 1, "MKT")))[4:]
     with pytest.raises(MalformedMessage):
         R.read(version, decode(version, payload[: len(payload) // 2]))
+
+
+# ---- the layout ends where ibapi's does: no field left over, whatever the values ----------------------
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v < versions.PROTOBUF_PLACE_ORDER])
+@pytest.mark.parametrize("increment", [math.inf, 0.5, -1.0, math.nan, UNSET_DOUBLE, 0.0])
+def test_scale_fields_are_skipped_exactly_when_ibapi_sends_them(version, increment):
+    """ibapi sends the 7 scale fields for any scalePriceIncrement above 0 but unset, infinity included:
+    read otherwise, clearingAccount ("1") would be read as whatIf."""
+    scaled = _order(version, "BUY", 1, "MKT", scalePriceIncrement=increment, clearingAccount="1")
+    placed = read(version, lambda c: c.placeOrder(47, contract(), scaled))
+    assert (placed.what_if, placed.unread_fields, placed.lmt_price) == (False, 0, None)
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v < versions.PROTOBUF_PLACE_ORDER])
+@pytest.mark.parametrize("price", [math.inf, -math.inf, math.nan, UNSET_DOUBLE, -1e308])
+def test_non_finite_prices_take_one_field_each(version, price):
+    odd = _order(version, "BUY", 1, "LMT", lmtPrice=price, auxPrice=price, whatIf=False, clearingAccount="1")
+    placed = read(version, lambda c: c.placeOrder(48, contract(), odd))
+    assert (placed.what_if, placed.unread_fields) == (False, 0)
+    expected = None if price in (math.inf, UNSET_DOUBLE) else price
+    assert placed.lmt_price == expected or (math.isnan(price) and math.isnan(placed.lmt_price))
+
+
+def test_a_lower_case_bag_is_read_with_its_legs():
+    """The Java client sends legs for any case of BAG (ibapi only for "BAG"): the gate reads them as the
+    gateway does. ibapi's "bag" order has no legs where they are read, so it does not end where it should."""
+    legs = [_leg(111, 1, "BUY"), _leg(222, 2, "SELL")]
+    version = 200
+    frame = ibapi_request(
+        version,
+        lambda c: c.placeOrder(
+            49, contract("SPY", "BAG", comboLegs=legs), _order(version, "BUY", 1, "LMT", lmtPrice=1.0)
+        ),
+    )
+    payload = frame[4:]
+    assert b"\x00BAG\x00" in payload
+    lower = R.read(version, decode(version, payload.replace(b"\x00BAG\x00", b"\x00bag\x00", 1)))
+    assert [leg.con_id for leg in lower.contract.combo_legs] == [111, 222]
+    assert lower.unread_fields == 0
+    ibapi_lower = contract("SPY", "bag", comboLegs=legs)
+    try:
+        misread = read(
+            version, lambda c: c.placeOrder(50, ibapi_lower, _order(version, "BUY", 1, "LMT", lmtPrice=1.0))
+        )
+    except MalformedMessage:
+        return
+    assert misread.unread_fields != 0
