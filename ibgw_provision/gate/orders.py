@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from ..tws import requests, requests_policy
 from ..tws.codec import Message
+from ..tws.errors import MalformedMessage
 from ..tws.messages import Out
 
 ORDER_REQUESTS: dict[int, str] = {
@@ -42,6 +43,7 @@ class OrderRequest:
     client_id: int | None = None  # the order's own client id (protobuf requests only)
     parent_id: int = 0
     what_if: bool = False  # a margin preview: never placed, never open
+    attached_orders: bool = False  # a protobuf placeOrder that also asks for a stop loss or profit taker
 
     @property
     def reply_id(self) -> int:
@@ -79,6 +81,7 @@ def audited(request: requests.Request) -> OrderRequest:
                 request.client_id,
                 request.parent_id,
                 request.what_if,
+                request.attached_orders,
             )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)
@@ -98,6 +101,21 @@ def audited(request: requests.Request) -> OrderRequest:
     raise ValueError(f"not an order request: {request!r}")
 
 
+class Misread(MalformedMessage):
+    """An order request read to the end of its layout with fields left over: `order` is what was read."""
+
+    def __init__(self, order: OrderRequest, unread_fields: int):
+        super().__init__(f"{unread_fields} fields after the end of the order's layout")
+        self.order = order
+
+
 def read_order(version: int, message: Message) -> OrderRequest:
-    """The order request in `message` (an id in ORDER_REQUESTS); MalformedMessage if unreadable."""
-    return audited(requests.read(version, message))
+    """The order request in `message` (an id in ORDER_REQUESTS); MalformedMessage if unreadable.
+
+    A text placeOrder must end where its layout ends: a field left over means the gate read some field
+    at another place than the gateway will (whatIf among them), so it cannot be judged.
+    """
+    request = requests.read(version, message)
+    if isinstance(request, requests.PlaceOrder) and request.unread_fields:
+        raise Misread(audited(request), request.unread_fields)
+    return audited(request)

@@ -89,6 +89,8 @@ def order_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
 def _place_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
     if order.client_id not in (None, 0, ctx.client_id):  # ibapi sends 0 when the app leaves it unset
         return f"the order's clientId {order.client_id} is not this connection's client id {ctx.client_id}"
+    if order.attached_orders and app.limited:
+        return "attached orders in one message are not judged: send them as separate placeOrder messages"
     for check in (_quantity, _cash, _sec_types, _legs, _notional, _rate, _open_orders):
         reason = check(app, order, ctx)
         if reason is not None:
@@ -97,7 +99,7 @@ def _place_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
 
 
 def _exercise_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
-    for check in (_sec_types, _quantity, _rate):
+    for check in (_sec_types, _quantity, _notional, _rate):
         reason = check(app, order, ctx)
         if reason is not None:
             return reason
@@ -111,6 +113,8 @@ def _quantity(app: App, order: OrderRequest, ctx: Context) -> str | None:
     if limit is not None and quantity <= 0 and order.request == "placeOrder":
         # A cash-quantity order has no share quantity: its size cannot be held to the limit.
         return f"app {app.name} has a quantity limit: an order must give a positive quantity (not cashQty)"
+    if quantity <= 0 and not order.cash_qty and (limit is not None or app.max_notional_per_order is not None):
+        return f"app {app.name} has order limits: an order must give a positive quantity or a cashQty"
     return None
 
 
@@ -172,57 +176,131 @@ def _legs(app: App, order: OrderRequest, ctx: Context) -> str | None:
 
 
 DEFAULT_MULTIPLIERS = {"STK": Decimal(1), "CASH": Decimal(1), "OPT": Decimal(100)}
-
-
-def _multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
-    """The contract's multiplier: as the order gives it, else as the gateway described the conId, else
-    the usual one for STK, CASH (1) and OPT (100); None when unknown."""
-    texts = [order.multiplier]
-    if order.con_id and (facts := ctx.contracts.get(order.con_id)) is not None:
-        texts.append(facts.multiplier)
-    for text in texts:
-        try:
-            value = Decimal(text)
-        except ArithmeticError:
-            continue
-        if value.is_finite() and value > 0:
-            return value
-    return DEFAULT_MULTIPLIERS.get(order.sec_type.upper())
+CAPPED_TYPES = ("LMT", "STP LMT", "LIT", "LOC", "LOO")  # order types whose fill lmtPrice caps
+SELLS = frozenset({"SELL", "SSHORT", "SLONG"})
 
 
 def _notional(app: App, order: OrderRequest, ctx: Context) -> str | None:
-    """quantity x limit price x multiplier; an order the gate cannot price is refused under the limit."""
-    limit, price = app.max_notional_per_order, order.limit_price
+    """max_notional_per_order bounds what the gate can price: a BUY of one contract whose fill its limit
+    price caps. What a limit price cannot bound (a SELL, whose limit is a floor; a combo, whose net price
+    hides its legs' size; an exercise, which pays the strike) needs max_order_quantity as well."""
+    limit = app.max_notional_per_order
     if limit is None or order.what_if:  # a margin preview is never placed
         return None
-    if price is None:
+    unbounded = _unbounded(order)
+    if unbounded is None and order.action.upper() != "BUY":
+        action = order.action or "(none)"
+        return f"app {app.name} has max_notional_per_order: action {action} is not BUY or SELL"
+    if unbounded is not None and app.max_order_quantity is None:
         return (
-            f"app {app.name} has max_notional_per_order: a {order.order_type or 'market'} order without a "
-            "limit price cannot be priced (send a limit order)"
+            f"app {app.name} has max_notional_per_order and no max_order_quantity: {unbounded}, "
+            "so its notional cannot be bounded"
         )
-    if not math.isfinite(price):  # NaN or infinity: no notional can be judged, so no order passes
+    return _priced(app, order, ctx, limit, lower_bound=unbounded is not None)
+
+
+def _unbounded(order: OrderRequest) -> str | None:
+    """Why a limit price cannot bound this order's notional from above (None: it can, if it is a BUY)."""
+    if order.request == "exerciseOptions":
+        return "an exercise pays the strike"
+    if order.sec_type.upper() == "BAG":
+        return "a combo's net price hides its legs' size"
+    if order.action.upper() in SELLS:
+        return f"a {order.action.upper()}'s limit price is a floor, not a cap"
+    return None
+
+
+def _priced(app: App, order: OrderRequest, ctx: Context, limit: Decimal, lower_bound: bool) -> str | None:
+    """A BUY's notional (an upper bound), or what quantity bounds: its notional's lower bound, if any."""
+    if order.request == "exerciseOptions":
+        return None  # bounded by max_order_quantity alone
+    unknown = _unknown_con_id(order, ctx)
+    if unknown is not None:
+        return f"app {app.name} has max_notional_per_order: {unknown}"
+    price, order_type = order.limit_price, order.order_type.upper()
+    if price is not None and not math.isfinite(price):
         return f"app {app.name} has max_notional_per_order; the limit price {price} is not a number"
-    multiplier = _combo_multiplier(order, ctx) if order.sec_type.upper() == "BAG" else _multiplier(order, ctx)
-    if multiplier is None:
+    if lower_bound:
+        if order_type not in CAPPED_TYPES or price is None:
+            return None  # no price bounds it from below: max_order_quantity bounds it
+        price = abs(price) if order.sec_type.upper() == "BAG" else max(price, 0.0)
+    elif order_type not in CAPPED_TYPES:
         return (
-            f"app {app.name} has max_notional_per_order; the multiplier of this {order.sec_type} is unknown"
+            f"app {app.name} has max_notional_per_order: a {order.order_type or '(typeless)'} order's price "
+            "is not capped by a limit price, so its notional cannot be bounded "
+            f"(send {', '.join(CAPPED_TYPES[:-1])} or {CAPPED_TYPES[-1]})"
         )
-    notional = (order.quantity or 0) * Decimal(repr(abs(price))) * multiplier
+    elif price is None or price <= 0:
+        return (
+            f"app {app.name} has max_notional_per_order: the limit price of a {order_type} BUY must be "
+            f"a positive number, not {'(none)' if price is None else price}"
+        )
+    return _within(app, order, ctx, limit, Decimal(repr(price)), lower_bound)
+
+
+def _within(
+    app: App, order: OrderRequest, ctx: Context, limit: Decimal, price: Decimal, lower_bound: bool
+) -> str | None:
+    """max(|quantity| x price x multiplier, cashQty) against the limit."""
+    cash = order.cash_qty or 0.0
+    if not math.isfinite(cash) or cash < 0:
+        return f"app {app.name} has max_notional_per_order: cashQty {cash} is not a positive number"
+    combo = order.sec_type.upper() == "BAG"
+    multiplier = _combo_multiplier(order, ctx) if combo else _contract_multiplier(order, ctx)
+    if multiplier is None:
+        if lower_bound:
+            return None
+        what = order.sec_type or "contract"
+        return f"app {app.name} has max_notional_per_order; the multiplier of this {what} is unknown"
+    notional = max(abs(order.quantity or Decimal(0)) * price * multiplier, Decimal(repr(cash)))
     if notional > limit:
         return f"notional {notional:f} is above app {app.name}'s max_notional_per_order of {limit}"
     return None
 
 
+def _unknown_con_id(order: OrderRequest, ctx: Context) -> str | None:
+    """Why the contract's multiplier cannot be known: a conId (or a combo leg's) the gate has not learned."""
+    if order.sec_type.upper() == "BAG":
+        for n, leg in enumerate(order.legs, 1):
+            if ctx.contracts.get(leg.con_id) is None:
+                return f"combo leg {n}: conId {leg.con_id} is unknown to the gate{QUALIFY}"
+        return None if order.legs else "the combo has no legs"
+    if order.con_id and ctx.contracts.get(order.con_id) is None:
+        return f"conId {order.con_id} is unknown to the gate, so its multiplier cannot be checked{QUALIFY}"
+    return None
+
+
+QUALIFY = " (qualify the contract with reqContractDetails first)"
+
+
+def _contract_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
+    """The larger of the order's multiplier and the one the gateway gave for its conId; else the usual one
+    (STK, CASH 1, OPT 100) for the secType the gateway gave (the declared one for conId 0); None if none."""
+    texts, sec_type = [order.multiplier], order.sec_type
+    if order.con_id and (facts := ctx.contracts.get(order.con_id)) is not None:
+        texts.append(facts.multiplier)
+        sec_type = facts.sec_type
+    found = [value for value in map(_positive, texts) if value is not None]
+    return max(found) if found else DEFAULT_MULTIPLIERS.get(sec_type.upper())
+
+
+def _positive(text: str) -> Decimal | None:
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return None
+    return value if value.is_finite() and value > 0 else None
+
+
 def _combo_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
-    """A combo's price is per unit of the combo: its legs' largest multiplier, as the gateway gave each
-    leg's conId (None if a leg is unknown)."""
+    """A combo's price is per unit of the combo: its legs' largest multiplier (None if a leg's is unknown)."""
     found = []
     for leg in order.legs:
         facts = ctx.contracts.get(leg.con_id)
         if facts is None:
             return None
         leg_order = OrderRequest("placeOrder", sec_type=facts.sec_type, con_id=leg.con_id)
-        found.append(_multiplier(leg_order, ctx))
+        found.append(_contract_multiplier(leg_order, ctx))
     known = [m for m in found if m is not None]
     return max(known) if known and len(known) == len(found) else None
 

@@ -462,6 +462,8 @@ class Connection:
         try:
             order = orders.read_order(self.version, message)
         except MalformedMessage as exc:
+            if isinstance(exc, orders.Misread):  # refused with what was read: its order id, its audit row
+                return exc.order, f"unreadable {exc.order.request}: {exc}"
             order = orders.OrderRequest(orders.ORDER_REQUESTS[message.msg_id])
             return order, f"unreadable {order.request}: {exc}"
         if not await self._accounts_fit():

@@ -2,12 +2,15 @@
 with requests built by ibapi's own encoder at a text (200) and a protobuf (226) version."""
 
 import json
+import math
+import struct
 import time
 
 import pytest
 from ibapi.contract import ComboLeg
 from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf.UpdateConfigRequest_pb2 import UpdateConfigRequest
+from ibapi.server_versions import MIN_SERVER_VER_ATTACHED_ORDERS
 
 from ibgw_provision.gate.audit import query
 from ibgw_provision.observe import health
@@ -16,7 +19,7 @@ from ibgw_provision.tws import versions
 from ibgw_provision.tws.messages import In
 
 from ..kit.gate import LOOPBACK, GateProcess, config_data, open_raw, run, write_config
-from ..kit.sim import STEP, RawClient, contract, order, until
+from ..kit.sim import STEP, RawClient, contract, ibapi_request, order, until
 
 TEXT, PROTOBUF = versions.PROTOBUF - 1, versions.LATEST
 BOTH = pytest.mark.parametrize("version", [TEXT, PROTOBUF], ids=["text", "protobuf"])
@@ -29,6 +32,12 @@ def _app(name: str, client_id: int, **rules) -> dict:
 
 
 TRADER = _app("trader", 1)
+NOTIONAL = _app("notional", 8, max_notional_per_order=1000)
+BOUNDED = _app("bounded", 9, max_notional_per_order=1000, max_order_quantity=1000)
+NOT_CAPPED = (
+    "app {app} has max_notional_per_order: a {type} order's price is not capped by a limit price, so its "
+    "notional cannot be bounded (send LMT, STP LMT, LIT, LOC or LOO)"
+)
 WATCHER = _app("watcher", 2, read_only=True)
 STK_ONLY = _app("stk-only", 3, max_order_quantity=10, allowed_sec_types=["STK", "BAG"])
 OPTIONS = _app("options", 4, max_order_quantity=10, allowed_sec_types=["STK", "OPT", "BAG"])
@@ -422,7 +431,7 @@ def test_orders_per_minute(start, version):
 
 @BOTH
 def test_notional_per_order(start, sim, version):
-    gate = start(_app("notional", 8, max_notional_per_order=1000))
+    gate = start(NOTIONAL)
     option = _option_con_id(sim)
 
     async def scenario():
@@ -439,31 +448,43 @@ def test_notional_per_order(start, sim, version):
             2
         ] == REFUSED + "notional 2000.0 is above app notional's max_notional_per_order of 1000"
         market = _place(client, contract(), order("BUY", 1, "MKT"))
-        assert await client.error() == (
-            market,
-            321,
-            REFUSED + "app notional has max_notional_per_order: a MKT order without a limit price cannot be "
-            "priced (send a limit order)",
-        )
-        call, put = option, _option_con_id(sim, "P")
-        spread = _bag(call, put, ratio=1)
-        unknown_leg = _place(client, spread, order("BUY", 1, "LMT", lmtPrice=5.0))
-        assert (await client.error())[2] == (
-            REFUSED + "app notional has max_notional_per_order; the multiplier of this BAG is unknown"
-        )
-        await _qualify(client, put, req_id=78)
-        wide = _place(client, spread, order("BUY", 3, "LMT", lmtPrice=-4.0))  # a credit: its size counts
-        assert (await client.error())[2] == (
-            REFUSED + "notional 1200.0 is above app notional's max_notional_per_order of 1000"
-        )
-        within = _place(client, spread, order("BUY", 2, "LMT", lmtPrice=5.0))
-        answer = await client.error()  # the simulator, not the gate, answers this combo
-        assert answer[0] == within and not answer[2].startswith(REFUSED), answer
+        assert await client.error() == (market, 321, REFUSED + NOT_CAPPED.format(app="notional", type="MKT"))
         _place(client, contract(), order("BUY", 5, "LMT", lmtPrice=600.0, whatIf=True))  # a preview
         await _message(client, In.OPEN_ORDER)
         _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=600.0))
         await _message(client, In.ORDER_STATUS)
-        return opt, unknown_leg, wide
+        return opt
+
+    run(scenario())
+
+
+@BOTH
+def test_a_combo_under_max_notional_is_bounded_by_quantity_and_its_net_price(start, sim, version):
+    gate = start(BOUNDED)
+    call, put = _option_con_id(sim, "C"), _option_con_id(sim, "P")
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        await _qualify(client, call)
+        spread = _bag(call, put, ratio=1)
+        unknown_leg = _place(client, spread, order("BUY", 1, "LMT", lmtPrice=5.0))
+        assert await client.error() == (
+            unknown_leg,
+            321,
+            REFUSED
+            + f"app bounded has max_notional_per_order: combo leg 2: conId {put} is unknown to the gate"
+            " (qualify the contract with reqContractDetails first)",
+        )
+        await _qualify(client, put, req_id=78)
+        wide = _place(client, spread, order("BUY", 3, "LMT", lmtPrice=-4.0))  # a credit: its size counts
+        assert (await client.error())[:3] == (
+            wide,
+            321,
+            REFUSED + "notional 1200.0 is above app bounded's max_notional_per_order of 1000",
+        )
+        within = _place(client, spread, order("BUY", 2, "LMT", lmtPrice=5.0))
+        answer = await client.error()  # the simulator, not the gate, answers this combo
+        assert answer[0] == within and not answer[2].startswith(REFUSED), answer
 
     run(scenario())
 
@@ -632,3 +653,287 @@ def test_open_orders_are_listed_again_at_each_logon(start, sim):
             await _message(back, In.ORDER_STATUS)
 
     run(scenario())
+
+
+# ---- review 1: what max_notional_per_order can and cannot bound ---------------------------------------
+
+
+def _forwarded(gate) -> list[tuple]:
+    return [d for d in _decisions(gate) if d[2] != "refused"]
+
+
+@BOTH
+def test_notional_refuses_order_types_a_limit_price_does_not_cap(start, version):
+    """IB ignores lmtPrice on MKT and STP orders: a token limit price priced them at nothing."""
+    gate = start(NOTIONAL)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        for order_type, fields in (
+            ("MKT", {"lmtPrice": 0.0}),
+            ("STP", {"auxPrice": 600.0, "lmtPrice": 0.001}),
+        ):
+            refused = _place(client, contract(), order("BUY", 1_000_000, order_type, **fields))
+            assert await client.error() == (
+                refused,
+                321,
+                REFUSED + NOT_CAPPED.format(app="notional", type=order_type),
+            )
+        token = _place(client, contract(), order("BUY", 1_000_000, "LMT", lmtPrice=0.0))
+        assert await client.error() == (
+            token,
+            321,
+            REFUSED + "app notional has max_notional_per_order: the limit price of a LMT BUY must be a "
+            "positive number, not 0.0",
+        )
+        _place(client, contract(), order("BUY", 1, "STP LMT", auxPrice=600.0, lmtPrice=601.0))
+        _place(client, contract(), order("BUY", 1, "lmt", lmtPrice=600.0))  # any case of a capped type
+        await _alive(client)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"] * 3 + ["forwarded"] * 2
+
+
+@BOTH
+def test_notional_refuses_a_sell_unless_quantity_bounds_it(start, version):
+    """A SELL's limit is a floor: 1e6 SPY at 0.001 'cost' 1000."""
+    gate = start(NOTIONAL, BOUNDED)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        for action in ("SELL", "SSHORT"):
+            refused = _place(client, contract(), order(action, 1_000_000, "LMT", lmtPrice=0.001))
+            assert await client.error() == (
+                refused,
+                321,
+                REFUSED + "app notional has max_notional_per_order and no max_order_quantity: "
+                f"a {action}'s limit price is a floor, not a cap, so its notional cannot be bounded",
+            )
+        bounded = await RawClient.connect(gate.port, 9, max_version=version)
+        above = _place(bounded, contract(), order("SELL", 10, "LMT", lmtPrice=600.0))  # at least 6000
+        assert await bounded.error() == (
+            above,
+            321,
+            REFUSED + "notional 6000.0 is above app bounded's max_notional_per_order of 1000",
+        )
+        _place(bounded, contract(), order("SELL", 1000, "MKT"))  # max_order_quantity bounds it
+        await _message(bounded, In.ORDER_STATUS)
+
+    run(scenario())
+
+
+@BOTH
+def test_notional_counts_cash_qty_and_refuses_non_positive_quantities(start, version):
+    gate = start(NOTIONAL)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        cash = _place(client, contract(), order("BUY", 0, "LMT", lmtPrice=600.0, cashQty=50_000_000.0))
+        assert await client.error() == (
+            cash,
+            321,
+            REFUSED + "notional 50000000.0 is above app notional's max_notional_per_order of 1000",
+        )
+        for quantity in (-1_000_000, 0):
+            negative = _place(client, contract(), order("BUY", quantity, "LMT", lmtPrice=600.0))
+            assert await client.error() == (
+                negative,
+                321,
+                REFUSED
+                + "app notional has order limits: an order must give a positive quantity or a cashQty",
+            )
+        _place(client, contract(), order("BUY", 0, "LMT", lmtPrice=600.0, cashQty=900.0))
+        await _alive(client)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"] * 3 + ["forwarded"]
+
+
+@BOTH
+def test_notional_refuses_a_combo_unless_quantity_bounds_it(start, sim, version):
+    """BUY call + SELL put at one strike is about 100 shares a unit; a net 0.01 priced 900 units at 900."""
+    gate = start(NOTIONAL, BOUNDED)
+    call, put = _option_con_id(sim, "C"), _option_con_id(sim, "P")
+    synthetic = _bag(call, put, ratio=1)
+    synthetic.comboLegs[1].action = "SELL"
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        await _qualify(client, call, 77)
+        await _qualify(client, put, 78)
+        refused = _place(client, synthetic, order("BUY", 900, "LMT", lmtPrice=0.01))
+        assert await client.error() == (
+            refused,
+            321,
+            REFUSED + "app notional has max_notional_per_order and no max_order_quantity: "
+            "a combo's net price hides its legs' size, so its notional cannot be bounded",
+        )
+        bounded = await RawClient.connect(gate.port, 9, max_version=version)
+        within = _place(bounded, synthetic, order("BUY", 900, "LMT", lmtPrice=0.01))  # quantity bounds it
+        answer = await bounded.error()  # the simulator, not the gate, answers this combo
+        assert answer[0] == within and not answer[2].startswith(REFUSED), answer
+
+    run(scenario())
+
+
+@BOTH
+def test_notional_refuses_an_exercise_unless_quantity_bounds_it(start, sim, version):
+    gate = start(NOTIONAL, BOUNDED)
+    call = _option_con_id(sim, "C")
+    option = contract("SPY", "OPT", conId=call)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        client.send_ibapi(lambda c: c.exerciseOptions(5, option, 1, 1_000_000, "", 0, "", "", False))
+        assert await client.error() == (
+            5,
+            321,
+            REFUSED + "app notional has max_notional_per_order and no max_order_quantity: "
+            "an exercise pays the strike, so its notional cannot be bounded",
+        )
+        bounded = await RawClient.connect(gate.port, 9, max_version=version)
+        bounded.send_ibapi(lambda c: c.exerciseOptions(6, option, 1, 1_000_000, "", 0, "", "", False))
+        assert await bounded.error() == (
+            6,
+            321,
+            REFUSED + "quantity 1000000 is above app bounded's limit of 1000",
+        )
+        bounded.send_ibapi(lambda c: c.exerciseOptions(7, option, 1, 10, "", 0, "", "", False))
+        await _alive(bounded)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused", "refused", "forwarded"]
+
+
+@BOTH
+def test_notional_takes_the_larger_multiplier_and_refuses_unqualified_con_ids(start, sim, version):
+    """An unqualified conId was priced by its declared secType (STK: x1); a declared multiplier of 0.01 won
+    over the gateway's 100."""
+    gate = start(NOTIONAL)
+    call = _option_con_id(sim, "C")
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        disguised = _place(client, contract("SPY", "STK", conId=call), order("BUY", 100, "LMT", lmtPrice=5.0))
+        assert await client.error() == (
+            disguised,
+            321,
+            REFUSED + f"app notional has max_notional_per_order: conId {call} is unknown to the gate, so its "
+            "multiplier cannot be checked (qualify the contract with reqContractDetails first)",
+        )
+        await _qualify(client, call)  # the gate learns OPT, multiplier 100
+        for con_tract in (
+            contract("SPY", "OPT", conId=call, multiplier="0.01"),
+            contract("SPY", "STK", conId=call),  # no multiplier: the default of the learned secType
+        ):
+            small = _place(client, con_tract, order("BUY", 100, "LMT", lmtPrice=5.0))
+            assert await client.error() == (
+                small,
+                321,
+                REFUSED + "notional 50000.0 is above app notional's max_notional_per_order of 1000",
+            )
+
+    run(scenario())
+
+
+# ---- review 1: a request the gate reads differently from the gateway is not judged -----------------------
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def test_an_infinite_scale_increment_no_longer_shifts_whatif(start):
+    """ibapi sends 7 scale fields for scalePriceIncrement=inf; the gate skipped them only below it, and read
+    clearingAccount ('1') as whatIf: a market order passed as a margin preview."""
+    gate = start(NOTIONAL)
+    shifted = order("BUY", 1_000_000, "MKT", scalePriceIncrement=math.inf, clearingAccount="1")
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=TEXT)
+        refused = _place(client, contract(), shifted)
+        assert await client.error() == (refused, 321, REFUSED + NOT_CAPPED.format(app="notional", type="MKT"))
+
+    run(scenario())
+    rows = query(gate.audit_db)["orders"]
+    assert [(r["order_type"], r["decision"]) for r in rows] == [("MKT", "refused")]
+
+
+def test_a_text_order_with_fields_left_over_is_refused_as_unreadable(start):
+    """Fields after the layout's end mean the gate read some field where the gateway will not."""
+    gate = start(TRADER)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 1, max_version=TEXT)
+        order_id = client.next_valid_id
+        frame = ibapi_request(TEXT, lambda c: c.placeOrder(order_id, contract(), order("BUY", 1, "MKT")))
+        client.writer.write(_frame(frame[4:] + b"1\x00"))
+        assert await client.error() == (
+            order_id,
+            321,
+            REFUSED + "unreadable placeOrder: 1 fields after the end of the order's layout",
+        )
+        await _alive(client)
+
+    run(scenario())
+
+
+def test_a_lower_case_bag_is_judged_by_its_legs(start, sim):
+    """The Java client (so the gateway) takes combo legs for any case of BAG; the gate read them only for
+    "BAG", so a "bag" carried legs the gate never saw."""
+    gate = start(STK_ONLY)
+    call = _option_con_id(sim, "C")
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 3, max_version=TEXT)
+        await _qualify(client, call)
+        order_id = client.next_valid_id
+        frame = ibapi_request(
+            TEXT, lambda c: c.placeOrder(order_id, _bag(call, ratio=1), order("BUY", 1, "LMT", lmtPrice=1.0))
+        )
+        client.writer.write(frame.replace(b"\x00BAG\x00", b"\x00bag\x00", 1))
+        assert await client.error() == (
+            order_id,
+            321,
+            REFUSED
+            + f"combo leg 1: secType OPT (conId {call}) is not allowed for app stk-only (allowed: STK, BAG)",
+        )
+
+    run(scenario())
+
+
+def test_protobuf_attached_orders_are_refused_for_a_limited_app(start):
+    """PlaceOrderRequest.attachedOrders (server 218 on) asks the gateway for a stop loss and a profit taker
+    in one message: the gate judged, counted and audited one order."""
+    assert PROTOBUF >= MIN_SERVER_VER_ATTACHED_ORDERS
+    gate = start(_app("rate", 8, max_orders_per_minute=1, max_open_orders=1), TRADER)
+
+    def bracket(oid: int):
+        return order(
+            "BUY",
+            1,
+            "LMT",
+            lmtPrice=1.0,
+            slOrderId=oid + 1,
+            slOrderType="MKT",
+            ptOrderId=oid + 2,
+            ptOrderType="MKT",
+        )
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=PROTOBUF)
+        refused = _place(client, contract(), bracket(client.next_valid_id))
+        assert await client.error() == (
+            refused,
+            321,
+            REFUSED
+            + "attached orders in one message are not judged: send them as separate placeOrder messages",
+        )
+        _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))  # no attached orders: judged
+        await _message(client, In.ORDER_STATUS)
+        trader = await RawClient.connect(gate.port, 1, max_version=PROTOBUF)
+        _place(trader, contract(), bracket(trader.next_valid_id))  # an app without limits may
+        await _message(trader, In.ORDER_STATUS)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused", "forwarded", "forwarded"]
