@@ -44,6 +44,8 @@ class OrderRequest:
     parent_id: int = 0
     what_if: bool = False  # a margin preview: never placed, never open
     attached_orders: bool = False  # a protobuf placeOrder that also asks for a stop loss or profit taker
+    discretionary_amt: float = 0.0  # how far past the limit price it may fill
+    adjusted_order_type: str = ""  # what an adjustable stop becomes once triggered
 
     @property
     def reply_id(self) -> int:
@@ -82,6 +84,8 @@ def audited(request: requests.Request) -> OrderRequest:
                 request.parent_id,
                 request.what_if,
                 request.attached_orders,
+                request.discretionary_amt,
+                request.adjusted_order_type,
             )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)

@@ -217,25 +217,40 @@ def _priced(app: App, order: OrderRequest, ctx: Context, limit: Decimal, lower_b
     unknown = _unknown_con_id(order, ctx)
     if unknown is not None:
         return f"app {app.name} has max_notional_per_order: {unknown}"
-    price, order_type = order.limit_price, order.order_type.upper()
+    price, order_type, discretion = order.limit_price, order.order_type.upper(), order.discretionary_amt
     if price is not None and not math.isfinite(price):
         return f"app {app.name} has max_notional_per_order; the limit price {price} is not a number"
+    if not (math.isfinite(discretion) and discretion >= 0):
+        return f"app {app.name} has max_notional_per_order; discretionaryAmt {discretion} is not a price"
     if lower_bound:
         if order_type not in CAPPED_TYPES or price is None:
             return None  # no price bounds it from below: max_order_quantity bounds it
-        price = abs(price) if order.sec_type.upper() == "BAG" else max(price, 0.0)
-    elif order_type not in CAPPED_TYPES:
+        floor = abs(price) if order.sec_type.upper() == "BAG" else max(price - discretion, 0.0)
+        return _within(app, order, ctx, limit, Decimal(repr(floor)), lower_bound)
+    cap = _cap(app, order)
+    return cap if isinstance(cap, str) else _within(app, order, ctx, limit, Decimal(repr(cap)), lower_bound)
+
+
+def _cap(app: App, order: OrderRequest) -> float | str:
+    """The highest price a BUY may fill at: its limit price plus its discretionary amount; or why none."""
+    price, order_type = order.limit_price, order.order_type.upper()
+    if order.adjusted_order_type.upper() not in ("", "NONE"):
+        return (
+            f"app {app.name} has max_notional_per_order: an adjustable order becomes "
+            f"{order.adjusted_order_type} once triggered, so its limit price does not cap it"
+        )
+    if order_type not in CAPPED_TYPES:
         return (
             f"app {app.name} has max_notional_per_order: a {order.order_type or '(typeless)'} order's price "
             "is not capped by a limit price, so its notional cannot be bounded "
             f"(send {', '.join(CAPPED_TYPES[:-1])} or {CAPPED_TYPES[-1]})"
         )
-    elif price is None or price <= 0:
+    if price is None or price <= 0:
         return (
             f"app {app.name} has max_notional_per_order: the limit price of a {order_type} BUY must be "
             f"a positive number, not {'(none)' if price is None else price}"
         )
-    return _within(app, order, ctx, limit, Decimal(repr(price)), lower_bound)
+    return price + order.discretionary_amt  # a discretionary amount lets a BUY fill above its limit
 
 
 def _within(

@@ -98,6 +98,8 @@ class PlaceOrder:
     cash_qty: float | None  # None: not set (always None below CASH_QTY)
     client_id: int | None = None  # only protobuf requests carry it
     attached_orders: bool = False  # protobuf attachedOrders (a stop loss, a profit taker) in the request
+    discretionary_amt: float = 0.0  # how far past lmtPrice the order may fill
+    adjusted_order_type: str = ""  # what an adjustable stop becomes once triggered ("" or "None": nothing)
     unread_fields: int = 0  # text fields after the last one the layout knows: 0 for a well-formed request
 
 
@@ -238,11 +240,11 @@ def _sends_scale_fields(increment: float | None) -> bool:
     return increment is not None and increment != UNSET_DOUBLE and increment > 0
 
 
-def _skip_middle(version: int, r: FieldReader, order_type: str) -> bool:
-    """The fields between `hidden` (after the legs) and `whatIf`; whatIf."""
-    r.skip(
-        7 if version >= versions.FA_PROFILE_DESUPPORT else 8
-    )  # "", discretionaryAmt .. faPercentage[, faProfile]
+def _skip_middle(version: int, r: FieldReader, order_type: str) -> tuple[bool, float]:
+    """The fields between `hidden` (after the legs) and `whatIf`; whatIf and discretionaryAmt."""
+    r.skip()  # sharesAllocation (always "")
+    discretionary_amt = r.float() or 0.0
+    r.skip(5 if version >= versions.FA_PROFILE_DESUPPORT else 6)  # goodAfterTime .. faPercentage[, faProfile]
     if version >= versions.MODELS_SUPPORT:
         r.skip()  # modelCode
     r.skip(21)  # shortSaleSlot .. overridePercentageConstraints, volatility, volatilityType
@@ -262,20 +264,24 @@ def _skip_middle(version: int, r: FieldReader, order_type: str) -> bool:
     if r.str():  # algoStrategy
         r.skip(2 * r.int())  # algoParams
     r.skip()  # algoId
-    return r.bool()
+    return r.bool(), discretionary_amt
 
 
-def _skip_to_cash_qty(version: int, r: FieldReader, order_type: str) -> None:
+def _skip_to_cash_qty(version: int, r: FieldReader, order_type: str) -> str:
+    """The fields between whatIf and cashQty; adjustedOrderType."""
+    adjusted_order_type = ""
     r.skip(4)  # orderMiscOptions, solicited, randomizeSize, randomizePrice
     if version >= versions.PEGGED_TO_BENCHMARK:
         if order_type in ("PEG BENCH", "PEGBENCH"):
             r.skip(5)  # referenceContractId .. referenceExchangeId
         _skip_conditions(r)
-        r.skip(7)  # adjustedOrderType .. adjustableTrailingUnit
+        adjusted_order_type = r.str()
+        r.skip(6)  # triggerPrice .. adjustableTrailingUnit
     if version >= versions.EXT_OPERATOR:
         r.skip()
     if version >= versions.SOFT_DOLLAR_TIER:
         r.skip(2)  # softDollarTier name, value
+    return adjusted_order_type
 
 
 _TAIL = (
@@ -331,8 +337,8 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     r.skip()  # hidden
     legs = _combo_legs(r) if contract.sec_type.upper() == "BAG" else ()  # as the Java client: any case
     contract = replace(contract, sec_id_type=sec_id_type, sec_id=sec_id, combo_legs=legs)
-    what_if = _skip_middle(version, r, order_type)
-    _skip_to_cash_qty(version, r, order_type)
+    what_if, discretionary_amt = _skip_middle(version, r, order_type)
+    adjusted_order_type = _skip_to_cash_qty(version, r, order_type)
     cash_qty = _price(r.float(None)) if version >= versions.CASH_QTY else None
     _skip_tail(version, r, contract, order_type)
     return PlaceOrder(
@@ -352,6 +358,8 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
         outside_rth,
         what_if,
         cash_qty,
+        discretionary_amt=discretionary_amt,
+        adjusted_order_type=adjusted_order_type,
         unread_fields=r.remaining(),
     )
 
@@ -383,6 +391,8 @@ def _pb_place_order(pb: Any) -> PlaceOrder:
         optional("clientId"),
         # ibapi always sets the field; an empty one attaches nothing.
         pb.HasField("attachedOrders") and pb.attachedOrders.ByteSize() > 0,
+        o.discretionaryAmt,
+        o.adjustedOrderType,
     )
 
 

@@ -937,3 +937,32 @@ def test_protobuf_attached_orders_are_refused_for_a_limited_app(start):
 
     run(scenario())
     assert [d[2] for d in _decisions(gate)] == ["refused", "forwarded", "forwarded"]
+
+
+@BOTH
+def test_notional_counts_the_discretionary_amount_and_refuses_adjustable_orders(start, version):
+    """A discretionary amount lets a BUY fill above its limit price; an adjustable STP LMT becomes a plain
+    stop (a market order) once triggered."""
+    gate = start(NOTIONAL)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        discretion = _place(
+            client, contract(), order("BUY", 1, "LMT", lmtPrice=600.0, discretionaryAmt=500.0)
+        )
+        assert await client.error() == (
+            discretion,
+            321,
+            REFUSED + "notional 1100.0 is above app notional's max_notional_per_order of 1000",
+        )
+        adjusted = order("BUY", 1, "STP LMT", auxPrice=600.0, lmtPrice=601.0, adjustedOrderType="STP")
+        adjustable = _place(client, contract(), adjusted)
+        assert await client.error() == (
+            adjustable,
+            321,
+            REFUSED
+            + "app notional has max_notional_per_order: an adjustable order becomes STP once triggered, "
+            "so its limit price does not cap it",
+        )
+
+    run(scenario())

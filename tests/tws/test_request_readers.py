@@ -398,3 +398,20 @@ def test_a_lower_case_bag_is_read_with_its_legs():
     except MalformedMessage:
         return
     assert misread.unread_fields != 0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_discretionary_amount_and_adjusted_order_type(version):
+    """What lets an order fill past its limit price: a discretionary amount, an adjustable stop's new type."""
+    adjusts = version >= versions.PEGGED_TO_BENCHMARK
+    fields = {"adjustedOrderType": "STP", "triggerPrice": 590.0} if adjusts else {}
+    placed = read(
+        version,
+        lambda c: c.placeOrder(
+            54,
+            contract(),
+            _order(version, "BUY", 1, "STP LMT", lmtPrice=600.0, discretionaryAmt=2.5, **fields),
+        ),
+    )
+    assert (placed.discretionary_amt, placed.adjusted_order_type) == (2.5, "STP" if adjusts else "")
+    assert (placed.lmt_price, placed.unread_fields) == (600.0, 0)
