@@ -9,6 +9,7 @@ import getpass
 import grp
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -517,6 +518,33 @@ def test_jump_failures_name_their_hop(tmp_path, key):
         message = fails(target_)
     assert message.startswith(f"root@127.0.0.1:{closed}: unreachable from the jump host")
     assert message.endswith(f"(via jump host 1 (jumper@127.0.0.1:{bastion.port}))")
+
+
+def test_a_forward_from_the_jump_host_is_opened_by_the_jump_host_not_the_host(tmp_path, key):
+    """What health's front probe uses: the stream's source is the bastion, as with ssh -J."""
+    with (
+        sshd(tmp_path, {"jumper": [key[1]]}) as bastion,
+        sshd(tmp_path, {"root": [key[1]]}) as gw,
+        socket.create_server(("127.0.0.1", 0)) as listener,
+    ):
+        port = listener.getsockname()[1]
+        (tmp_path / "known_hosts").write_text(bastion.known_line() + gw.known_line())
+        with connect(gw, tmp_path, key[0], jump=(f"jumper@127.0.0.1:{bastion.port}",)) as t:
+            assert (t.jumps, t.last_jump) == (1, f"jump host 1 (jumper@127.0.0.1:{bastion.port})")
+            with t.forward_from_jump("127.0.0.1", port) as local:
+                listener.settimeout(5)
+                peer, _ = listener.accept()
+                with peer:
+                    local.sendall(b"ping")
+                    peer.settimeout(5)
+                    assert peer.recv(4) == b"ping"
+        assert ("127.0.0.1", port) in bastion.forwarded and ("127.0.0.1", port) not in gw.forwarded
+        with pytest.raises(SshError, match="not connected through the jump host"):
+            t.forward_from_jump("127.0.0.1", port)  # closed: one line, no IndexError
+        with connect(gw, tmp_path, key[0]) as direct:
+            assert (direct.jumps, direct.last_jump) == (0, None)
+            with pytest.raises(SshError, match="gw1: not reached through a jump host"):
+                direct.forward_from_jump("127.0.0.1", port)
 
 
 def test_a_jump_channel_that_hangs_gives_up_after_the_timeout(tmp_path, key):
