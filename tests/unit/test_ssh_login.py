@@ -254,6 +254,51 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
     )
 
 
+@pytest.mark.parametrize("given_by", ["command line", "ssh_config"])
+def test_the_firewall_names_the_user_the_run_logged_in_as(tmp_path, key, monkeypatch, given_by):
+    """The inventory says root (or nothing); --user or ssh_config's User says deploy: the lo rule
+    that lets the login's forwards reach the API ports must name deploy, the user really logged in."""
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    raw = yaml.safe_load((INVENTORIES / "example.yml").read_text())
+    wheels = wheelhouse.Wheelhouse(tmp_path, (), "stamp", "ibgw")
+    monkeypatch.setattr(wheelhouse, "build", lambda *a: wheels)
+    raw["hosts"]["gw1"]["front"].pop("tls", None)
+    with sshd(tmp_path, {"deploy": [key[1]]}) as gw:
+        (tmp_path / "known_hosts").write_text(gw.known_line())
+        ssh = {"port": gw.port, "key": str(key[0]), "known_hosts": str(tmp_path / "known_hosts")}
+        raw["hosts"]["gw1"].update(
+            address="127.0.0.1", ssh=ssh | ({"user": "root"} if given_by == "command line" else {})
+        )
+        (tmp_path / "inv.yml").write_text(yaml.safe_dump(raw))
+        (tmp_path / "ssh_config").write_text(
+            "Host 127.0.0.1\n  User deploy\n" if given_by == "ssh_config" else ""
+        )
+        from ibgw_provision import inventory
+
+        inv = inventory.load(tmp_path / "inv.yml")
+
+        def reply(request: dict) -> dict:
+            want = state.desired(inv, "gw1", Secrets(), "deploy")
+            return converged(want) | {
+                "markers": converged(want)["markers"] | {f"{layout.VENV}/{layout.VENV_STAMP}": "stamp"},
+                "firewall": True,
+                "manifest": absence.wanted(want, wheels),
+                "os": {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"},
+                "python": "3.11.2",
+                "glibc": "2.36",
+                "arch": "x86_64",
+            }
+
+        gw.agent_reply = reply
+        user = "deploy" if given_by == "command line" else None
+        opts = apply.Options(check=True, ssh=SshOptions(user=user, ssh_config=tmp_path / "ssh_config"))
+        report = apply.provision_host(inv, "gw1", opts)
+    assert report.failed is None, report.failed
+    assert [t.name for t in report.tasks if t.changed] == []  # the host was converged for deploy
+    nft = next(f for f in state.desired(inv, "gw1", Secrets(), "deploy").files if f.path.endswith(".nft"))
+    assert "meta skuid != { root, ibkr, deploy }" in nft.content
+
+
 # ---- host keys --------------------------------------------------------------------------------
 
 
