@@ -41,6 +41,8 @@ def one(port):
         out[port] = "dropped"; return
     except ConnectionRefusedError:
         out[port] = "refused"; return
+    except ConnectionResetError:  # HAProxy rejected it as it accepted it
+        out[port] = "closed"; return
     except OSError as exc:
         out[port] = "error: %s" % exc; return
     s.settimeout(hold)
