@@ -236,6 +236,7 @@ def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
             "name": "ibgw-health",
             "client_id": host.health.probe_client_id + 1,
             "read_only": True,
+            "probe_only": True,
             "sources": None,
             "max_order_quantity": None,
             "allowed_sec_types": None,
