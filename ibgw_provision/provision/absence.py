@@ -52,7 +52,12 @@ def plan_removals(
 ) -> Removals:
     """absent: what must not exist (if ibgw's to remove) beside what the inventory dropped."""
     old = old or EMPTY
-    units = {r.name for r in absent if isinstance(r, Unit)}
+    # A unit ibgw may stop: one it recorded, or one of its own names (never another package's).
+    units = {
+        r.name
+        for r in absent
+        if isinstance(r, Unit) and (r.name in old["units"] or r.name.startswith("ibgw-"))
+    }
     history = _history(old, new)
     kept_installs = {p for entries in history.values() for entry in entries for p in entry}
     dropped = {p for entries in old["installs"].values() for entry in entries for p in entry} - kept_installs

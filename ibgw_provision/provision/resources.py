@@ -540,7 +540,7 @@ class Units:
             if task.step and task.step["kind"] == "ini" and set(task.step["stop"]) & held:
                 task.changed, task.step = False, None
                 task.detail = "ibgw's keys differ: written at the gateway's pending restart"
-        return tasks + pending
+        return pending + tasks  # recorded before the systemd step clears the actions owed
 
     def _inputs(self, ctx: Context) -> tuple[set[str], set[str], bool]:
         """The units to restart, to reload, and whether systemd reloads its unit files: changed inputs,

@@ -261,6 +261,13 @@ def test_absent_resources_are_one_line_each_and_plan_as_removals(tmp_path):
     assert plan(want, facts, Secrets()).changed == []
 
 
+def test_an_absent_unit_ibgw_did_not_make_is_never_stopped(tmp_path):
+    want = dataclasses.replace(desired(tmp_path), absent=[Unit("ssh.service", present=False)])
+    facts = host(want)
+    facts["units"]["ssh.service"] = {"enabled": "enabled", "active": "active"}
+    assert stopped(plan(want, facts, Secrets())) == []
+
+
 def test_decommission_keeps_the_user_and_the_logs_unless_purged(tmp_path):
     want = desired(tmp_path)
     facts = host(want)

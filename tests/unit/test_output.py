@@ -76,6 +76,7 @@ def test_a_long_failure_is_one_line_in_a_log():
 class Unreachable:
     def __init__(self, target):
         self.target, self.round_trips = target, 0
+        self.login_user = target.user or "root"  # as the real one says once connected
 
     def __enter__(self):
         raise SshError(f"root@{self.target.address}:{self.target.port}: unreachable: Connection refused")
