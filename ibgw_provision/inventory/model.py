@@ -563,6 +563,11 @@ def warnings(inv: Inventory) -> list[str]:
                 )
             if not host.front.gate and app.has_limits:
                 found.append(f"{where}: order limits are enforced only by `ibgw gate` (front.gate: true)")
+            if app.max_notional_per_order is not None and app.max_order_quantity is None:
+                found.append(
+                    f"{where}: max_notional_per_order without max_order_quantity: the gate refuses its "
+                    "SELL orders, combos and exercises (a limit price does not bound them)"
+                )
         found += _restart_clashes(name, host)
     return found
 

@@ -485,3 +485,14 @@ def test_warns_of_what_only_the_gate_would_enforce(example):
     direct = host.model_copy(update={"front": host.front.model_copy(update={"gate": False})})
     (warning,) = inventory.warnings(example.model_copy(update={"hosts": {"gw1": direct}}))
     assert "apps[1] (python-research): read_only is enforced only by `ibgw gate`" in warning
+
+
+def test_warns_that_a_notional_limit_alone_refuses_sells(example):
+    host = example.hosts["gw1"]
+    app = host.apps[0].model_copy(update={"max_notional_per_order": 50000, "max_order_quantity": None})
+    notional = host.model_copy(update={"apps": [app, *host.apps[1:]]})
+    (warning,) = inventory.warnings(example.model_copy(update={"hosts": {"gw1": notional}}))
+    assert warning == (
+        f"hosts.gw1.apps[0] ({app.name}): max_notional_per_order without max_order_quantity: the gate "
+        "refuses its SELL orders, combos and exercises (a limit price does not bound them)"
+    )
