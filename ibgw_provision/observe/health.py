@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from ..inventory.model import Gateway, Host, Inventory
 from ..provision import layout, state
-from ..provision.remote import AgentError, SshOptions, call_agent, target
+from ..provision.remote import AgentError, SshOptions, call_agent, relay_tcp, target
 from ..provision.transport import SshError, Transport
 from ..tws.probe import ProbeError, ProbeResult, probe
 from . import certificates
@@ -141,11 +141,12 @@ def _front(host: Host, port: int, timeout: float, tls, transport: Transport) -> 
 
 
 def _direct(transport: Transport, client_id: int, port: int, timeout: float) -> dict:
-    """Probe the gateway as a client on the host itself, through the SSH connection."""
+    """Probe the gateway as a local client on the host, as root: the agent relays the probe to
+    127.0.0.1:port over this SSH connection (the firewall keeps other users off the API ports)."""
     try:
-        sock = transport.forward("127.0.0.1", port)
-    except SshError:
-        return {"ok": False, "error": f"connection to 127.0.0.1:{port} on the host refused"}
+        sock = relay_tcp(transport, port, timeout)
+    except (SshError, AgentError) as exc:
+        return {"ok": False, "error": str(exc)}
     return _probe(client_id, port, timeout, sock=sock)
 
 

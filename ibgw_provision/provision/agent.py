@@ -586,17 +586,46 @@ def relay(req):
     """Join this command's stdin and stdout to a unix socket (one VNC viewer), until either side ends."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(req["socket"])
+        join_stdio(sock)
 
-        def upstream():
+
+def relay_tcp(req):
+    """Join stdin and stdout to 127.0.0.1:port, as root (health's probe of a gateway on the host:
+    the firewall lets only root and ibkr open the API ports on lo). Only loopback, only the port the
+    request names. One line first: {"relay": "connected"}, or the result with the error."""
+    port = req.get("port")
+    if type(port) is not int or not 0 < port < 65536:
+        return {"error": f"relay_tcp: port must be a TCP port number, not {port!r}"}
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=req.get("timeout", 10))
+    except OSError as exc:
+        return {"error": f"connection to 127.0.0.1:{port} on the host failed: {exc.strerror or exc}"}
+    with sock:
+        sock.settimeout(None)
+        emit(relay="connected")
+        join_stdio(sock)
+
+
+def join_stdio(sock):
+    """Copy stdin to sock and sock to stdout until either side ends; then exit with no result line
+    (the stream was the answer)."""
+
+    def upstream():
+        try:
             for data in iter(lambda: sys.stdin.buffer.read1(65536), b""):  # no walrus: Python 3.6 hosts
                 sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
-        threading.Thread(target=upstream, daemon=True).start()
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
         for data in iter(lambda: sock.recv(65536), b""):
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
-    os._exit(0)  # the stream was the answer: no result line after it
+    except OSError:  # either side went away
+        pass
+    os._exit(0)
 
 
 # ---- steps ---------------------------------------------------------------
@@ -1113,7 +1142,7 @@ def apply(req):
 def main():
     req = json.loads(sys.stdin.buffer.readline())  # one line: a relay's stream follows it
     ops = {"facts": facts, "apply": apply, "health": health, "monitor": monitor}
-    ops |= {"screen": screen, "vnc": vnc, "relay": relay}
+    ops.update(screen=screen, vnc=vnc, relay=relay, relay_tcp=relay_tcp)  # not |=: Python 3.6 hosts
     emit(result=ops[req["op"]](req))
 
 

@@ -108,7 +108,7 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
 def _converge(
     inv: Inventory, name: str, transport: Transport, opts: Options, report: Report, secrets: Secrets
 ) -> None:
-    want = state.desired(inv, name, secrets, transport.login_user)  # the firewall names who logged in
+    want = state.desired(inv, name, secrets)
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
     facts = cast(Facts, call_agent(transport, facts_request(want, wheels=venv)))

@@ -133,6 +133,41 @@ def agent_stream(transport: Transport, request: dict) -> socket.socket:
     return transport.stream(command, prefix + agent_stdin(request) + b"\n")
 
 
+def relay_tcp(transport: Transport, port: int, timeout: float) -> socket.socket:
+    """A local socket joined to 127.0.0.1:port on the host, opened by the agent as root (through
+    sudo, -K's password too) over the existing connection: a stream of its own, not a forward by
+    sshd as the login user, whom the firewall keeps off the API ports."""
+    sock = agent_stream(transport, {"op": "relay_tcp", "port": port, "timeout": timeout})
+    line = _first_line(sock, timeout)
+    try:
+        message = json.loads(line)
+    except ValueError:
+        message = None
+    if isinstance(message, dict) and message.get("relay") == "connected":
+        sock.settimeout(None)
+        return sock
+    sock.close()
+    if isinstance(message, dict) and isinstance(message.get("result"), dict):
+        raise AgentError(f"{transport.target.name}: {message['result'].get('error')}")
+    said = line.decode("utf-8", "replace").strip()[:200] or "no answer"
+    raise AgentError(f"{transport.target.name}: the agent's relay to port {port} did not start: {said}")
+
+
+def _first_line(sock: socket.socket, timeout: float, limit: int = 4096) -> bytes:
+    """The stream's first line, read a byte at a time: what follows it belongs to the relayed peer."""
+    sock.settimeout(timeout)
+    line = b""
+    try:
+        while len(line) < limit and not line.endswith(b"\n"):
+            byte = sock.recv(1)
+            if not byte:
+                break
+            line += byte
+    except OSError:  # timed out: what came so far tells why
+        pass
+    return line
+
+
 def call_agent(transport: Transport, request: Mapping[str, Any], on_event=lambda message: None) -> dict:
     """Run the agent on the host with one request; return its result. on_event sees what comes before."""
     name = transport.target.name

@@ -55,13 +55,9 @@ _ENV = jinja2.Environment(
 )
 
 
-def render_host(
-    inv: Inventory, name: str, secrets: Secrets, login_user: str | None = None
-) -> list[ManagedFile]:
-    """Every file the host gets. login_user: who this run logged in as (from the command line,
-    the inventory or ssh_config); without a connection (`ibgw render`), the inventory's ssh.user."""
+def render_host(inv: Inventory, name: str, secrets: Secrets) -> list[ManagedFile]:
     host = inv.hosts[name]
-    ctx = _context(inv, name, host) | {"login_user": login_user or host.ssh.user}
+    ctx = _context(inv, name, host)
     files = (
         _front(host, ctx)
         + _logrotate(ctx)

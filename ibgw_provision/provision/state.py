@@ -43,14 +43,14 @@ class Desired:
         return [File(a, present=False) if isinstance(a, str) else a for a in self.absent]
 
 
-def desired(inv: Inventory, name: str, secrets: Secrets, login_user: str | None = None) -> Desired:
+def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
     host = inv.hosts[name]
     venv_units = [layout.gateway_unit(g.mode) for g in host.gateways] if host.backend == "simulator" else []
     venv_units += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
     return Desired(
         _packages(host),
         _dirs(host),
-        render_host(inv, name, secrets, login_user),
+        render_host(inv, name, secrets),
         units(host),
         venv_units,
         _installs(inv, host),

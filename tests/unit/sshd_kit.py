@@ -243,6 +243,7 @@ def run_command(chan: paramiko.Channel, command: str, sshd: Sshd) -> None:
         while chunk := chan.recv(65536):
             data += chunk
             proc.stdin.write(chunk)
+            proc.stdin.flush()  # as sshd passes it on: a relayed stream waits for no more
         proc.stdin.close()
     except OSError:
         pass

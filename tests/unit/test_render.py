@@ -13,7 +13,7 @@ from ibgw_provision import inventory
 from ibgw_provision.inventory.model import Pki as PkiDir
 from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.pki.ca import Pki
-from ibgw_provision.provision import layout
+from ibgw_provision.provision import layout, state
 from ibgw_provision.provision.render import render_host
 from tests.conftest import INVENTORIES
 
@@ -269,21 +269,27 @@ def test_overlapping_app_cidrs_are_collapsed_in_the_firewall_sets():
     }
 
 
-def _lo_users(inv, host: str, login_user: str | None) -> list[str]:
+def _lo_users(inv, host: str) -> list[str]:
     """Who may open the gateways' API ports on lo, as the firewall's output rule names them."""
-    (nft,) = [f for f in render_host(inv, host, Secrets(masked=True), login_user) if f.path.endswith(".nft")]
+    (nft,) = [f for f in render_host(inv, host, Secrets(masked=True)) if f.path.endswith(".nft")]
     return re.search(r"meta skuid != \{ (.*?) \} reject", nft.content).group(1).split(", ")
 
 
-@pytest.mark.parametrize(
-    "login_user,expected",
-    [
-        (None, ["root", "ibkr", "admin"]),  # no connection (`ibgw render`): the inventory's ssh.user
-        ("opsuser", ["root", "ibkr", "opsuser"]),  # --user or ssh_config's User: who really logged in
-        ("root", ["root", "ibkr"]),
-        ("ibkr", ["root", "ibkr"]),
-    ],
-)
-def test_the_firewalls_lo_rule_names_the_user_the_run_logged_in_as(login_user, expected):
+@pytest.mark.parametrize("kind", ["haproxy", "nginx"])
+@pytest.mark.parametrize("gate", [True, False])
+def test_the_firewalls_lo_rule_names_root_ibkr_and_without_a_gate_the_front_never_the_login(kind, gate):
+    """Only names that exist whenever the firewall loads (a missing one fails the whole file, and the
+    host boots without its firewall); never the SSH login, who may need a password to become root."""
     lab = inventory.load(INVENTORIES / "lab.yml")  # ssh.user: admin
-    assert _lo_users(lab, "gw", login_user) == expected
+    host = lab.hosts["gw"]
+    front = host.front.model_copy(update={"gate": gate, "kind": kind})
+    lab.hosts["gw"] = host.model_copy(
+        update={"front": front, "ssh": host.ssh.model_copy(update={"user": "ops"})}
+    )
+    expected = ["root", "ibkr"] + ([] if gate else [layout.FRONT_GROUP[kind]])
+    assert _lo_users(lab, "gw") == expected
+    # The setup phase (the front's package, which makes its user, and ibkr) runs before the file lands.
+    want = state.desired(lab, "gw", Secrets(masked=True))
+    kinds = [type(r).__name__ for r in sorted(want.resources(venv=False), key=lambda r: r.phase)]
+    assert kinds.index("Packages") < kinds.index("File") and kinds.index("User") < kinds.index("File")
+    assert set(state.FRONT_PACKAGES[kind]) <= set(want.packages)
