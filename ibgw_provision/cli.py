@@ -47,6 +47,19 @@ INVENTORY = click.option(
 )
 
 
+def check_ssh_ports(inv, names: list[str], ssh) -> None:
+    """Before any host is touched: the firewall must open the port SSH really goes to."""
+    from .provision.remote import firewall_port_mismatch
+
+    problems = [
+        inv.problem(("hosts", name, "ssh"), message)
+        for name in names
+        if (message := firewall_port_mismatch(inv, name, ssh))
+    ]
+    if problems:
+        raise InputError(problems)
+
+
 def ssh_options(func):
     """How to reach hosts over SSH: each overrides the inventory's `ssh:` for this run."""
     options = [
@@ -301,6 +314,7 @@ def provision(
     check_artifacts(inv, names)
     check_pki(inv, names)
     ssh = ssh_settings(ssh_user, private_key, ssh_config, ask_become_pass, timeout, accept_new)
+    check_ssh_ports(inv, names, ssh)
     preload_keys(inv, names, ssh)
     recap = recaps.Recap(
         show_diff=show_diff, verbose=verbose, console=recaps.console_for(sys.stderr) if as_json else None

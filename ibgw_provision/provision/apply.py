@@ -23,7 +23,7 @@ from ..inventory.model import Inventory
 from ..inventory.secrets import Secrets
 from . import memory, platforms, restarts, state, wheelhouse
 from .plan import Plan, PlanError, decommission, decommission_facts_request, facts_request, plan
-from .remote import AgentError, SshOptions, call_agent, target
+from .remote import AgentError, SshOptions, call_agent, firewall_port_mismatch, target
 from .shapes import Facts, Task
 from .transport import SshError, Transport
 
@@ -85,6 +85,10 @@ def _decommission(transport: Transport, name: str, opts: Options, report: Report
 
 def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
     report, started = Report(name, checked_only=opts.check), time.monotonic()
+    lockout = None if opts.decommission else firewall_port_mismatch(inv, name, opts.ssh)
+    if lockout:  # the firewall would drop the next connection: refuse before touching the host
+        report.failed, report.refused = f"{name}: {lockout}", True
+        return report
     transport = Transport(target(inv, name, opts.accept_new, opts.ssh))
     secrets = Secrets()
     try:

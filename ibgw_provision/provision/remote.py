@@ -19,7 +19,7 @@ from typing import Any
 from ..inventory.model import Inventory
 from ..inventory.secrets import SecretError, Secrets
 from .platforms import SUPPORTED
-from .transport import SshError, Target, Transport
+from .transport import SshError, Target, Transport, final_port
 
 AGENT = (Path(__file__).parent / "agent.py").read_bytes()
 HEADER = b"IBGW-AGENT "  # then the agent's length; lines before it (an unused sudo password) are skipped
@@ -87,6 +87,24 @@ def target(inv: Inventory, name: str, accept_new: bool = False, opts: SshOptions
         _passphrase(inv, name, opts.ask_passphrase),
         opts.become_password,
         opts.timeout or 15,
+    )
+
+
+def firewall_port_mismatch(inv: Inventory, name: str, opts: SshOptions | None = None) -> str | None:
+    """Why provisioning would lock itself out, or None: the firewall opens ssh.port for SSH, and the
+    connection goes to another port (ssh_config's Port). One line naming the fix."""
+    host = inv.hosts[name]
+    if not host.firewall.enabled:
+        return None
+    try:
+        port, said_by = final_port(target(inv, name, False, opts))
+    except SshError:  # a bad ssh_config: connecting says so
+        return None
+    if port == host.ssh.port:
+        return None
+    return (
+        f"SSH goes to port {port} ({said_by}) but the firewall would open ssh.port "
+        f"{host.ssh.port}: set hosts.{name}.ssh.port: {port}"
     )
 
 

@@ -386,6 +386,18 @@ def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
         raise SshError(f"ssh config {path}: {_reason(exc)}") from None
 
 
+def final_port(t: Target) -> tuple[int, str]:
+    """The port the last hop connects to, and who said so: the target (the inventory's ssh.port),
+    ssh_config's Port, or OpenSSH's default. Read without connecting."""
+    if t.port is not None:
+        return t.port, "ssh.port"
+    port = load_ssh_config(t.ssh_config).lookup(t.address).get("port")
+    try:
+        return (int(port), "ssh_config") if port else (22, "default")
+    except ValueError:
+        raise SshError(f"{t.name}: bad Port in ssh config: {port}") from None
+
+
 def _hops(t: Target, timeout: float) -> list[_Hop]:
     """The jump hosts (in ProxyJump order: the first is connected to first), then the target."""
     config = Config(ssh_config=load_ssh_config(t.ssh_config))

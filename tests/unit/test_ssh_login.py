@@ -708,3 +708,50 @@ def test_a_passphrase_key_without_a_terminal_or_passphrase_fails_in_one_line(tmp
         f"[gw1] UNREACHABLE: SSH key {locked} is protected by a passphrase: set IBGW_SSH_PASSPHRASE or "
         "ssh.passphrase (no terminal to ask on)\n"
     ) in result.output
+
+
+@pytest.mark.parametrize(
+    "inventory_ssh,config,expected",
+    [
+        ({}, "Port 2222", "SSH goes to port 2222 (ssh_config) but the firewall would open ssh.port 22"),
+        ({"port": 2222}, "Port 2222", None),  # the inventory's port is what both use
+        ({}, "Port 22", None),
+        ({}, "", None),  # OpenSSH's default, 22, is ssh.port's default too
+    ],
+)
+def test_a_firewall_that_would_not_open_the_port_ssh_goes_to_is_refused_before_any_host(
+    tmp_path, inventory_ssh, config, expected
+):
+    """address: gw-prod, ssh_config's Host gw-prod has Port 2222: the run would log in on 2222 and
+    the firewall open 22; the next connection would be dropped. Refused in one line, exit 2."""
+    from click.testing import CliRunner
+
+    from ibgw_provision import inventory
+    from ibgw_provision.cli import main
+    from ibgw_provision.provision.remote import firewall_port_mismatch
+
+    raw = yaml.safe_load((INVENTORIES / "lab.yml").read_text())  # firewall.enabled: true
+    raw["hosts"]["gw"] |= {"address": "gw-prod", "ssh": inventory_ssh}
+    (tmp_path / "inv.yml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "ssh_config").write_text(f"Host gw-prod\n  HostName 192.0.2.1\n  {config}\n")
+    inv = inventory.load(tmp_path / "inv.yml")
+    ssh = SshOptions(ssh_config=tmp_path / "ssh_config")
+    found = firewall_port_mismatch(inv, "gw", ssh)
+    assert found == (expected and f"{expected}: set hosts.gw.ssh.port: 2222")
+    off = inv.hosts["gw"].model_copy(
+        update={"firewall": inv.hosts["gw"].firewall.model_copy(update={"enabled": False})}
+    )
+    inv.hosts["gw"] = off
+    assert firewall_port_mismatch(inv, "gw", ssh) is None  # no firewall, nothing to lock out
+    if not expected:
+        return
+    args = ["provision", "gw", "-i", str(tmp_path / "inv.yml"), "--ssh-config", str(tmp_path / "ssh_config")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'inv.yml'}:") and line.endswith(
+        f"hosts.gw.ssh: {expected}: set hosts.gw.ssh.port: 2222"
+    )
+    report = apply.provision_host(inventory.load(tmp_path / "inv.yml"), "gw", apply.Options(ssh=ssh))
+    assert (report.refused, report.reached, report.round_trips) == (True, False, 0)  # nothing connected
+    assert report.failed == f"gw: {expected}: set hosts.gw.ssh.port: 2222"
