@@ -67,17 +67,16 @@ def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = No
     tls = certificates.probe_context(inv) if host.front.tls else None
     transport = Transport(target(inv, name, False, ssh), connect_timeout=timeout)
     try:
-        with transport:
-            try:
-                facts = call_agent(transport, _request(host))
-                direct = {
-                    gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)
-                    for gw in host.gateways
-                }
-            finally:  # the front is probed even when the agent fails, while the connection is open
-                fronts = {
-                    gw.mode: _front(host, gw.front_port, timeout, tls, transport) for gw in host.gateways
-                }
+        try:
+            transport.connect(keep_jumps=True)  # the host's failure leaves its jump hosts open
+            facts = call_agent(transport, _request(host))
+            direct = {
+                gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)
+                for gw in host.gateways
+            }
+        finally:  # the front is probed even when the host or its agent fails, while the jumps are open
+            fronts = {gw.mode: _front(host, gw.front_port, timeout, tls, transport) for gw in host.gateways}
+            transport.close()
     except (SshError, AgentError) as exc:
         findings.append(Finding("down", "ssh", name, str(exc)))
     if facts:
@@ -89,7 +88,7 @@ def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = No
     ]
     source = transport.last_jump or "this machine"
     for gw in host.gateways:
-        front = fronts.get(gw.mode) or _front(host, gw.front_port, timeout, tls, transport)
+        front = fronts[gw.mode]
         report["gateways"].append(
             {
                 "mode": gw.mode,
@@ -106,8 +105,10 @@ def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = No
     return report
 
 
-def front_address(host: Host) -> str:
-    return host.address if host.front.bind in ("0.0.0.0", "::") else host.front.bind
+def front_address(host: Host, resolved: str | None = None) -> str:
+    """Where the front listens: its bind address, or with 0.0.0.0 (::) the host's address as SSH's
+    last hop resolved it (an ssh_config alias's HostName), else the inventory's address."""
+    return (resolved or host.address) if host.front.bind in ("0.0.0.0", "::") else host.front.bind
 
 
 def _request(host: Host) -> dict:
@@ -127,10 +128,15 @@ def _request(host: Host) -> dict:
 def _front(host: Host, port: int, timeout: float, tls, transport: Transport) -> dict:
     """Probe a front port the way SSH goes: through the last jump host's SSH connection when the
     host is reached through one (its source is then the jump host, an admin address), else directly
-    from this machine."""
-    client_id, address = host.health.probe_client_id + 1, front_address(host)
+    from this machine. When neither is possible (the hops could not be worked out, or the jump host
+    is down), the front is not probed: never from a machine the host is not reached from."""
+    client_id, address = host.health.probe_client_id + 1, front_address(host, transport.address)
+    if not transport.resolved:
+        return _not_probed("the SSH hops could not be worked out")
     if not transport.jumps:
         return _probe(client_id, port, timeout, address=address, tls=tls)
+    if not transport.jump_open:
+        return _not_probed(f"{transport.last_jump} is not connected")
     if isinstance(tls, str):  # the probe's certificate is missing
         return {"ok": False, "error": tls}
     try:
@@ -138,6 +144,10 @@ def _front(host: Host, port: int, timeout: float, tls, transport: Transport) -> 
     except SshError as exc:
         return {"ok": False, "error": str(exc)}
     return _probe(client_id, port, timeout, address=address, sock=sock, tls=tls)
+
+
+def _not_probed(why: str) -> dict:
+    return {"ok": False, "probed": False, "error": f"not probed: {why}"}
 
 
 def _direct(transport: Transport, client_id: int, port: int, timeout: float) -> dict:
@@ -317,7 +327,7 @@ def _judge_gateway(
     for where, result in (("on the host", direct), ("through the front", front)):
         if result and result["ok"]:
             findings += _judge_accounts(mode, where, result["accounts"])
-    if not front["ok"]:
+    if not front["ok"] and front.get("probed", True):  # a front not probed is no finding
         findings.append(
             Finding(
                 "degraded" if direct and direct["ok"] else "down",

@@ -52,11 +52,12 @@ def health(console: Console, report: dict) -> None:
             row = (
                 [str(p["server_version"]), ",".join(p["accounts"]), f"{p['round_trip_ms']:.1f} ms"]
                 if p["ok"]
-                else [Text(p["error"], "red"), "", ""]
+                else [Text(p["error"], "red" if p.get("probed", True) else "yellow"), "", ""]
             )
             gateways.add_row(f"{g['mode']}", f"{where} :{port}", *row)
     console.print(gateways)
-    sources = {g.get("front_from") for g in report["gateways"]} - {None, "this machine"}
+    probed = [g for g in report["gateways"] if g["front"].get("probed", True)]
+    sources = {g.get("front_from") for g in probed} - {None, "this machine"}
     for source in sorted(sources):  # through a bastion: its SSH connection opened the front probe
         console.print(f"front probed from {source}")
     if report["resources"]:

@@ -191,7 +191,10 @@ class Transport:
         self.round_trips = 0
         self.jumps = 0  # jump hosts on the way, known once connect() has resolved the hops
         self.last_jump: str | None = None  # the last one's label ("jump host 1 (root@...:22)")
+        self.resolved = False  # whether the hops were worked out (ssh_config read, keys loaded)
+        self.address: str | None = None  # the host's address as the last hop resolved it
         self._hops: list[_Hop] = []
+        self._jumps_only = False  # connect(keep_jumps=True) failed at the host: its jump hosts stay open
 
     def __enter__(self) -> Transport:
         if not self._hops:
@@ -201,24 +204,37 @@ class Transport:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def connect(self) -> None:
-        """Open each hop in turn, the bastion first; a failure names its hop."""
+    def connect(self, keep_jumps: bool = False) -> None:
+        """Open each hop in turn, the bastion first; a failure names its hop. keep_jumps: when only
+        the host itself fails, its jump hosts stay open (forward_from_jump) until close()."""
         self.close()
         self._hops = _hops(self.target, self.connect_timeout)
+        self.resolved = True
         self.jumps = len(self._hops) - 1
         self.last_jump = self._hops[-2].label if self.jumps else None
+        self.address = self._hops[-1].conn.host  # HostName from ssh_config, else the address
         for i, hop in enumerate(self._hops):
             via = f" (via {self._hops[i - 1].label})" if i else ""
             try:
                 _open(hop, self.target.accept_new)
             except SshError as exc:
-                self.close()
+                if keep_jumps and self.jumps and i == self.jumps:
+                    hop.conn.client.close()
+                    self._jumps_only = True
+                else:
+                    self.close()
                 raise SshError(f"{exc}{via}") from None
 
     def close(self) -> None:
         for hop in reversed(self._hops):
             hop.conn.client.close()
         self._hops = []
+        self._jumps_only = False
+
+    @property
+    def jump_open(self) -> bool:
+        """Whether the last jump host's connection is open (the host's own may have failed)."""
+        return self.jumps > 0 and len(self._hops) > 1
 
     @property
     def hops(self) -> int:
@@ -230,7 +246,7 @@ class Transport:
         return self._hops[-1].conn.user if self._hops else self.target.user or "root"
 
     def _connected(self) -> paramiko.SSHClient:
-        if not self._hops:
+        if not self._hops or self._jumps_only:
             raise SshError(f"{self.target.name}: not connected")
         return self._hops[-1].conn.client
 
@@ -301,7 +317,7 @@ class Transport:
         host: the connection's source is the jump host. Only when the host is reached through one."""
         if self.jumps < 1:
             raise SshError(f"{self.target.name}: not reached through a jump host")
-        if len(self._hops) < 2:
+        if not self.jump_open:
             raise SshError(f"{self.target.name}: not connected through the jump host")
         hop = self._hops[-2]
         transport = hop.conn.client.get_transport()
