@@ -30,10 +30,34 @@ HOLD = 1.5  # seconds a connected socket is watched: closed at once means HAProx
 # Run on a node (its own python3): connect to each port at once; print each outcome as JSON.
 #   dropped: the connect timed out; refused: ECONNREFUSED; closed: connected, then closed or reset
 #   within HOLD; open: connected and held (the front waits for the client's API handshake).
+#   Then "ping": whether gw answered an ICMP echo (raw socket: root on the node), the control.
 PROBE = """
-import json, socket, sys, threading
+import json, os, select, socket, struct, sys, threading, time
 addr, ports, timeout, hold = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 out = {}
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+def ping():
+    # One ICMP echo answered by addr (nftables accepts ICMP): the positive control for a timeout.
+    ident = os.getpid() & 0xFFFF
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        for seq in range(3):
+            body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"ibgw-lab"
+            try:
+                s.sendto(body[:2] + struct.pack("!H", checksum(body)) + body[4:], (addr, 0))
+            except OSError:  # no route: no answer
+                return False
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:
+                if not select.select([s], [], [], max(0, deadline - time.monotonic()))[0]:
+                    break
+                data, peer = s.recvfrom(2048)
+                icmp = data[(data[0] & 0x0F) * 4:]
+                if peer[0] == addr and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+                    return True
+    return False
 def one(port):
     try:
         s = socket.create_connection((addr, port), timeout=timeout)
@@ -57,6 +81,7 @@ def one(port):
 threads = [threading.Thread(target=one, args=(p,)) for p in ports]
 for t in threads: t.start()
 for t in threads: t.join(timeout + hold + 5)
+out["ping"] = ping()
 print(json.dumps(out))
 """
 
@@ -82,11 +107,16 @@ finally:
 
 
 def outcomes(lab, node: str, ports: list[int]) -> dict[int, str]:
-    """How each of gw's ports answers a TCP connect from node."""
+    """How each of gw's ports answers a TCP connect from node. A timeout counts as a drop only when
+    gw answers node's ICMP echo (nftables accepts ICMP): else gw may just be unreachable."""
     argv = ["python3", "-c", PROBE, lab.addr("gw"), json.dumps(ports), str(CONNECT_TIMEOUT), str(HOLD)]
     proc = lab.exec(node, argv, timeout=CONNECT_TIMEOUT + HOLD + 30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {int(port): what for port, what in json.loads(proc.stdout).items()}
+    found = json.loads(proc.stdout)
+    pinged = found.pop("ping")
+    seen = {int(port): what for port, what in found.items()}
+    assert pinged or "dropped" not in seen.values(), f"{node}: gw answers no ping: a timeout is no drop"
+    return seen
 
 
 def admitted(host: Host, address: str, mode: str) -> bool:
