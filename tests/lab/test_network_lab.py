@@ -19,7 +19,7 @@ import pytest
 from ibgw_provision import inventory
 from ibgw_provision.inventory.model import Host
 from ibgw_provision.provision import apply, remote
-from tests.lab.test_provision_lab import LAB_INVENTORY, NO_SSH_CONFIG, wait_for_dpkg
+from tests.lab.test_provision_lab import BUILD, LAB_INVENTORY, NO_SSH_CONFIG, ibgw, wait_for_dpkg
 
 pytestmark = pytest.mark.lab
 IBGW = Path(sys.executable).parent / "ibgw"
@@ -225,3 +225,34 @@ def test_ibgw_health_through_the_bastion_is_healthy(lab, gw):
         (g.mode, True, jump) for g in gw.gateways
     ]
     assert report["firewall"] == {"enabled": True, "loaded": True}
+
+
+# Run on gw: connect to 127.0.0.1:PORT; print what happened.
+LOCAL_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3).close()
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_on_gw_the_login_may_not_open_the_api_ports_and_health_as_a_password_sudo_user_is_healthy(lab, gw):
+    """nftables' lo rule names root and ibkr only: admin (the provisioning login, passwordless sudo)
+    is refused; health's probe on the host goes through the agent as root, under -K too."""
+    for g in gw.gateways:
+        as_admin = lab.ssh(f"python3 -c '{LOCAL_CONNECT}' {g.api_port}")
+        assert as_admin.stdout.strip() in ("ConnectionRefusedError", "ConnectionResetError"), as_admin.stderr
+        as_root = lab.exec("gw", ["python3", "-c", LOCAL_CONNECT, str(g.api_port)])  # the control
+        assert as_root.stdout.strip() == "connected", as_root.stdout + as_root.stderr
+    password = (BUILD / "opsuser-password").read_text().strip()
+    args = ["health", "gw", "-i", str(LAB_INVENTORY), "--json", "--ssh-config", NO_SSH_CONFIG]
+    result = ibgw(*args, "--user", "opsuser", "-K", input=password + "\n")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["hosts"]
+    assert (report["status"], report["findings"]) == ("healthy", [])
+    assert [(g["mode"], g["direct"]["ok"]) for g in report["gateways"]] == [
+        (g.mode, True) for g in gw.gateways
+    ]
+    assert password not in result.output
