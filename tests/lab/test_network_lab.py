@@ -12,6 +12,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from ibgw_provision import inventory
 from ibgw_provision.inventory.model import Host
 from ibgw_provision.provision import apply, remote
-from tests.lab.test_provision_lab import BUILD, LAB_INVENTORY, NO_SSH_CONFIG, ibgw, wait_for_dpkg
+from tests.lab.test_provision_lab import BUILD, LAB_INVENTORY, NO_SSH_CONFIG, count_on_gw, ibgw, wait_for_dpkg
 
 pytestmark = pytest.mark.lab
 IBGW = Path(sys.executable).parent / "ibgw"
@@ -247,6 +248,8 @@ def test_on_gw_the_login_may_not_open_the_api_ports_and_health_as_a_password_sud
         as_root = lab.exec("gw", ["python3", "-c", LOCAL_CONNECT, str(g.api_port)])  # the control
         assert as_root.stdout.strip() == "connected", as_root.stdout + as_root.stderr
     password = (BUILD / "opsuser-password").read_text().strip()
+    time.sleep(1.1)  # journalctl's --since has a resolution of a second: nothing earlier counts
+    since = lab.exec("gw", "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     args = ["health", "gw", "-i", str(LAB_INVENTORY), "--json", "--ssh-config", NO_SSH_CONFIG]
     result = ibgw(*args, "--user", "opsuser", "-K", input=password + "\n")
     assert result.exit_code == 0, result.output
@@ -256,3 +259,4 @@ def test_on_gw_the_login_may_not_open_the_api_ports_and_health_as_a_password_sud
         (g.mode, True) for g in gw.gateways
     ]
     assert password not in result.output
+    assert count_on_gw(lab, "Accepted publickey for opsuser", since) == 1  # one SSH connection per run
