@@ -187,6 +187,9 @@ def _notional(app: App, order: OrderRequest, ctx: Context) -> str | None:
     limit = app.max_notional_per_order
     if limit is None or order.what_if:  # a margin preview is never placed
         return None
+    mismatch = _multiplier_mismatch(order, ctx)
+    if mismatch is not None:
+        return f"app {app.name} has max_notional_per_order: {mismatch}"
     unbounded = _unbounded(order)
     if unbounded is None and order.action.upper() != "BUY":
         action = order.action or "(none)"
@@ -266,7 +269,10 @@ def _within(
         if lower_bound:
             return None
         what = order.sec_type or "contract"
-        return f"app {app.name} has max_notional_per_order; the multiplier of this {what} is unknown"
+        return (
+            f"app {app.name} has max_notional_per_order; the multiplier of this {what} is unknown "
+            "(the gateway gave none for its conId and its secType has no usual one)"
+        )
     notional = max(abs(order.quantity or Decimal(0)) * price * multiplier, Decimal(repr(cash)))
     if notional > limit:
         return f"notional {notional:f} is above app {app.name}'s max_notional_per_order of {limit}"
@@ -289,14 +295,35 @@ QUALIFY = " (qualify the contract with reqContractDetails first)"
 
 
 def _contract_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
-    """The larger of the order's multiplier and the one the gateway gave for its conId; else the usual one
-    (STK, CASH 1, OPT 100) for the secType the gateway gave (the declared one for conId 0); None if none."""
-    texts, sec_type = [order.multiplier], order.sec_type
+    """The multiplier a notional is priced with: the largest of the order's own, the one the gateway gave
+    for its conId and the usual one for its secType (STK, CASH 1, OPT 100: a floor), by the secType the
+    gateway gave (the declared one for conId 0). None when neither the gateway nor the secType gives one:
+    the order's own alone cannot be trusted (an app could declare 0.000001)."""
+    learned, sec_type = _learned(order, ctx)
+    trusted = [m for m in (_positive(learned), DEFAULT_MULTIPLIERS.get(sec_type.upper())) if m is not None]
+    if not trusted:
+        return None
+    declared = _positive(order.multiplier)
+    return max(trusted + ([declared] if declared is not None else []))
+
+
+def _learned(order: OrderRequest, ctx: Context) -> tuple[str, str]:
+    """(multiplier, secType) of the order's contract: the gateway's for a known conId, else ("", declared)."""
     if order.con_id and (facts := ctx.contracts.get(order.con_id)) is not None:
-        texts.append(facts.multiplier)
-        sec_type = facts.sec_type
-    found = [value for value in map(_positive, texts) if value is not None]
-    return max(found) if found else DEFAULT_MULTIPLIERS.get(sec_type.upper())
+        return facts.multiplier, facts.sec_type
+    return "", order.sec_type
+
+
+def _multiplier_mismatch(order: OrderRequest, ctx: Context) -> str | None:
+    """Why the order's own multiplier is not the one the gateway gave for its conId (None: it is, or
+    either is empty)."""
+    learned, _ = _learned(order, ctx)
+    if not (order.multiplier and learned) or _same_number(order.multiplier, learned):
+        return None
+    return (
+        f"the order's multiplier {order.multiplier!r} is not the gateway's {learned!r} "
+        f"for conId {order.con_id}"
+    )
 
 
 def _positive(text: str) -> Decimal | None:
@@ -305,6 +332,13 @@ def _positive(text: str) -> Decimal | None:
     except ArithmeticError:
         return None
     return value if value.is_finite() and value > 0 else None
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return Decimal(a) == Decimal(b)
+    except ArithmeticError:
+        return False
 
 
 def _combo_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:

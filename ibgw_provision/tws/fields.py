@@ -30,6 +30,12 @@ def field_text(value: Any) -> str:
     return str(value)
 
 
+def double_text(value: float) -> str:
+    """A protobuf double as exact text: its shortest round-trip form, "100" rather than "100.0"."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def encode_fields(values: Iterable[Any]) -> bytes:
     """Values as NUL-terminated ASCII fields."""
     return "".join([field_text(v) + "\0" for v in values]).encode("ascii", "backslashreplace")

@@ -29,7 +29,7 @@ from ibapi.protobuf import (
 from . import versions
 from .codec import Message, encode_protobuf, encode_text
 from .errors import MalformedMessage
-from .fields import UNSET_DOUBLE, FieldReader
+from .fields import UNSET_DOUBLE, FieldReader, double_text
 from .messages import Out
 
 EXERCISE, LAPSE = 1, 2  # exerciseOptions actions
@@ -175,7 +175,7 @@ def read_contract(r: FieldReader) -> Contract:
 
 def contract_from_pb(pb: Any) -> Contract:
     """A protobuf Contract (ibapi.protobuf.Contract_pb2)."""
-    multiplier = f"{pb.multiplier:g}" if pb.HasField("multiplier") else ""
+    multiplier = double_text(pb.multiplier) if pb.HasField("multiplier") else ""
     legs = tuple(ComboLeg(leg.conId, leg.ratio, leg.action, leg.exchange) for leg in pb.comboLegs)
     return Contract(
         pb.conId,

@@ -808,7 +808,7 @@ def test_notional_refuses_an_exercise_unless_quantity_bounds_it(start, sim, vers
 @BOTH
 def test_notional_takes_the_larger_multiplier_and_refuses_unqualified_con_ids(start, sim, version):
     """An unqualified conId was priced by its declared secType (STK: x1); a declared multiplier of 0.01 won
-    over the gateway's 100."""
+    over the gateway's 100 (now refused: it is not the gateway's)."""
     gate = start(NOTIONAL)
     call = _option_con_id(sim, "C")
 
@@ -822,16 +822,24 @@ def test_notional_takes_the_larger_multiplier_and_refuses_unqualified_con_ids(st
             "multiplier cannot be checked (qualify the contract with reqContractDetails first)",
         )
         await _qualify(client, call)  # the gate learns OPT, multiplier 100
-        for con_tract in (
+        declared = _place(
+            client,
             contract("SPY", "OPT", conId=call, multiplier="0.01"),
-            contract("SPY", "STK", conId=call),  # no multiplier: the default of the learned secType
-        ):
-            small = _place(client, con_tract, order("BUY", 100, "LMT", lmtPrice=5.0))
-            assert await client.error() == (
-                small,
-                321,
-                REFUSED + "notional 50000.0 is above app notional's max_notional_per_order of 1000",
-            )
+            order("BUY", 100, "LMT", lmtPrice=5.0),
+        )
+        assert await client.error() == (
+            declared,
+            321,
+            REFUSED + "app notional has max_notional_per_order: the order's multiplier '0.01' is not the "
+            f"gateway's '100' for conId {call}",
+        )
+        # no multiplier: the gateway's, for the secType the gateway gave
+        small = _place(client, contract("SPY", "STK", conId=call), order("BUY", 100, "LMT", lmtPrice=5.0))
+        assert await client.error() == (
+            small,
+            321,
+            REFUSED + "notional 50000.0 is above app notional's max_notional_per_order of 1000",
+        )
 
     run(scenario())
 
@@ -966,3 +974,52 @@ def test_notional_counts_the_discretionary_amount_and_refuses_adjustable_orders(
         )
 
     run(scenario())
+
+
+# ---- review 2: what the gate trusts of an order, and what TWS sizes on its own -------------------------
+
+
+@BOTH
+def test_a_declared_tiny_multiplier_does_not_shrink_a_notional(start, sim, version):
+    """The order's own multiplier ('0.000001') priced 1e6 SPY at 600 as 600: the secType's usual multiplier
+    is a floor, a declared one that is not the gateway's is refused, and a secType with no usual one and
+    nothing learned is refused even when the order declares one."""
+    gate = start(NOTIONAL)
+    call = _option_con_id(sim, "C")
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        await _qualify(client, SPY_CON_ID)
+        for con_id in (SPY_CON_ID, 0):
+            spy = contract("SPY", "STK", conId=con_id, multiplier="0.000001")
+            tiny = _place(client, spy, order("BUY", 1_000_000, "LMT", lmtPrice=600.0))
+            assert await client.error() == (
+                tiny,
+                321,
+                REFUSED + "notional 600000000.0 is above app notional's max_notional_per_order of 1000",
+            )
+        await _qualify(client, call, 78)  # the gateway gives 100
+        smaller = _place(
+            client, contract("SPY", "OPT", conId=call, multiplier="10"), order("BUY", 1, "LMT", lmtPrice=1.0)
+        )
+        assert await client.error() == (
+            smaller,
+            321,
+            REFUSED
+            + f"app notional has max_notional_per_order: the order's multiplier '10' is not the gateway's "
+            f"'100' for conId {call}",
+        )
+        future = contract("ES", "FUT", multiplier="0.000001", lastTradeDateOrContractMonth="202612")
+        unknown = _place(client, future, order("BUY", 1, "LMT", lmtPrice=6000.0))
+        assert await client.error() == (
+            unknown,
+            321,
+            REFUSED + "app notional has max_notional_per_order; the multiplier of this FUT is unknown "
+            "(the gateway gave none for its conId and its secType has no usual one)",
+        )
+        same = contract("SPY", "OPT", conId=call, multiplier="100.0")  # the gateway's, spelt otherwise
+        _place(client, same, order("BUY", 1, "LMT", lmtPrice=1.0))
+        await _message(client, In.ORDER_STATUS)
+
+    run(scenario())
+    assert sim.server.broker.orders.keys() and all(o.quantity == 1 for o in sim.server.broker.orders.values())
