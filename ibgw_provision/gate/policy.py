@@ -91,11 +91,64 @@ def _place_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
         return f"the order's clientId {order.client_id} is not this connection's client id {ctx.client_id}"
     if order.attached_orders and app.limited:
         return "attached orders in one message are not judged: send them as separate placeOrder messages"
-    for check in (_quantity, _cash, _sec_types, _legs, _notional, _rate, _open_orders):
+    for check in (
+        _sized_by_tws,
+        _allocation,
+        _quantity,
+        _cash,
+        _sec_types,
+        _legs,
+        _notional,
+        _rate,
+        _open_orders,
+    ):
         reason = check(app, order, ctx)
         if reason is not None:
             return reason
     return None
+
+
+def _sized_by_tws(app: App, order: OrderRequest, ctx: Context) -> str | None:
+    """Hedge and scale orders, whose size or price TWS works out after the gate has judged them."""
+    if not app.limited:
+        return None
+    if order.hedge_type:
+        return (
+            f"app {app.name} has limits: a hedge order (hedgeType {order.hedge_type}) is sized by TWS from "
+            "its parent and hedgeParam, so the gate cannot judge it"
+        )
+    if order.scale_fields:
+        return (
+            f"app {app.name} has limits: a scale order ({', '.join(order.scale_fields)} set) has components "
+            "TWS places and reprices itself, so the gate cannot judge it"
+        )
+    return None
+
+
+# Allocation methods that split the order's own quantity among the group's accounts.
+SPLITTING_METHODS = frozenset({"EQUALQUANTITY", "EQUAL", "NETLIQ", "AVAILABLEEQUITY"})
+
+
+def _allocation(app: App, order: OrderRequest, ctx: Context) -> str | None:
+    """An FA allocation TWS may size the order by (a percentage change, a model, a group's own method)."""
+    if app.max_order_quantity is None and app.max_notional_per_order is None:
+        return None
+    fa = order.allocation
+    why = None
+    if fa.fa_percentage:
+        why = f"faPercentage {fa.fa_percentage!r}"
+    elif fa.model_code:
+        why = f"modelCode {fa.model_code!r}"
+    elif fa.fa_method and fa.fa_method.upper() not in SPLITTING_METHODS:
+        why = f"faMethod {fa.fa_method!r}"
+    elif fa.fa_group and not fa.fa_method:
+        why = f"faGroup {fa.fa_group!r} with the group's own method"
+    if why is None:
+        return None
+    return (
+        f"app {app.name} has a quantity or notional limit: an allocation ({why}) may change the order's "
+        "quantity (allowed: faGroup with faMethod EqualQuantity, Equal, NetLiq or AvailableEquity)"
+    )
 
 
 def _exercise_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:

@@ -15,7 +15,7 @@ from ibapi.server_versions import MIN_SERVER_VER_ATTACHED_ORDERS
 from ibgw_provision.gate.audit import query
 from ibgw_provision.observe import health
 from ibgw_provision.provision import agent
-from ibgw_provision.tws import versions
+from ibgw_provision.tws import codec, requests, versions
 from ibgw_provision.tws.messages import In
 
 from ..kit.gate import LOOPBACK, GateProcess, config_data, open_raw, run, write_config
@@ -853,14 +853,23 @@ def _frame(payload: bytes) -> bytes:
 
 def test_an_infinite_scale_increment_no_longer_shifts_whatif(start):
     """ibapi sends 7 scale fields for scalePriceIncrement=inf; the gate skipped them only below it, and read
-    clearingAccount ('1') as whatIf: a market order passed as a margin preview."""
+    clearingAccount ('1') as whatIf: a market order passed as a margin preview. (A limited app's scale
+    order is now refused outright; the reader must still read whatIf where the gateway does.)"""
     gate = start(NOTIONAL)
     shifted = order("BUY", 1_000_000, "MKT", scalePriceIncrement=math.inf, clearingAccount="1")
+    frame = ibapi_request(TEXT, lambda c: c.placeOrder(1, contract(), shifted))
+    read = requests.read(TEXT, codec.decode(TEXT, frame[4:]))
+    assert (read.what_if, read.scale_fields, read.unread_fields) == (False, ("scalePriceIncrement",), 0)
 
     async def scenario():
         client = await RawClient.connect(gate.port, 8, max_version=TEXT)
         refused = _place(client, contract(), shifted)
-        assert await client.error() == (refused, 321, REFUSED + NOT_CAPPED.format(app="notional", type="MKT"))
+        assert await client.error() == (
+            refused,
+            321,
+            REFUSED + "app notional has limits: a scale order (scalePriceIncrement set) has components TWS "
+            "places and reprices itself, so the gate cannot judge it",
+        )
 
     run(scenario())
     rows = query(gate.audit_db)["orders"]
@@ -1023,3 +1032,95 @@ def test_a_declared_tiny_multiplier_does_not_shrink_a_notional(start, sim, versi
 
     run(scenario())
     assert sim.server.broker.orders.keys() and all(o.quantity == 1 for o in sim.server.broker.orders.values())
+
+
+LIMITED = _app("limited", 9, max_order_quantity=10, max_notional_per_order=1000, allowed_sec_types=["STK"])
+
+
+@BOTH
+def test_hedge_orders_are_refused_for_a_limited_app(start, sim, version):
+    """TWS sizes a hedge child itself (a pair trade's is its parent's quantity x hedgeParam): the gate judged
+    its token totalQuantity of 1 and forwarded a hedgeParam of 1e6."""
+    gate = start(LIMITED, TRADER)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        await _qualify(client, SPY_CON_ID)
+        spy = contract("SPY", "STK", conId=SPY_CON_ID)
+        parent = _place(client, spy, order("BUY", 10, "LMT", lmtPrice=1.0, transmit=False))
+        hedge = order("SELL", 1, "LMT", lmtPrice=1.0, parentId=parent, hedgeType="P", hedgeParam="1000000")
+        child = _place(client, spy, hedge)
+        assert await client.error() == (
+            child,
+            321,
+            REFUSED
+            + "app limited has limits: a hedge order (hedgeType P) is sized by TWS from its parent and "
+            "hedgeParam, so the gate cannot judge it",
+        )
+        trader = await RawClient.connect(gate.port, 1, max_version=version)
+        _place(trader, spy, order("BUY", 1, "LMT", lmtPrice=1.0, hedgeType="D", hedgeParam="0.5"))
+        await _alive(trader)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["forwarded", "refused", "forwarded"]
+
+
+@BOTH
+def test_scale_orders_are_refused_for_a_limited_app(start, version):
+    """A scale order's price adjustment lifts a BUY's price each interval, and its profit offset and auto
+    reset make TWS place orders the gate never sees: the starting price was all it priced."""
+    gate = start(LIMITED)
+    ladders = [
+        {"scalePriceIncrement": 0.01, "scalePriceAdjustValue": 1000.0, "scalePriceAdjustInterval": 1},
+        {"scalePriceIncrement": 0.01, "scaleProfitOffset": 0.01, "scaleAutoReset": True},
+        {"scaleInitLevelSize": 1, "scaleSubsLevelSize": 1},
+        {"scaleTable": "1/0.01"},
+    ]
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        await _qualify(client, SPY_CON_ID)
+        spy = contract("SPY", "STK", conId=SPY_CON_ID)
+        for fields in ladders:
+            refused = _place(client, spy, order("BUY", 10, "LMT", lmtPrice=1.0, **fields))
+            req_id, code, text = await client.error()
+            assert (req_id, code) == (refused, 321)
+            assert text == (
+                REFUSED + f"app limited has limits: a scale order ({', '.join(fields)} set) has components "
+                "TWS places and reprices itself, so the gate cannot judge it"
+            )
+        _place(client, spy, order("BUY", 10, "LMT", lmtPrice=1.0))
+        await _message(client, In.ORDER_STATUS)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"] * 4 + ["forwarded"]
+
+
+@BOTH
+def test_allocations_that_may_size_the_order_are_refused_under_quantity_limits(start, version):
+    """An FA order's percentage change, model or group method can make TWS size it, not totalQuantity."""
+    gate = start(LIMITED)
+    sizing = [
+        ({"faGroup": "all", "faMethod": "PctChange", "faPercentage": "100"}, "faPercentage '100'"),
+        ({"faGroup": "all", "faMethod": "ContractsOrShares"}, "faMethod 'ContractsOrShares'"),
+        ({"faGroup": "all"}, "faGroup 'all' with the group's own method"),
+        ({"modelCode": "growth"}, "modelCode 'growth'"),
+    ]
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        for fields, why in sizing:
+            refused = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0, **fields))
+            assert await client.error() == (
+                refused,
+                321,
+                REFUSED
+                + f"app limited has a quantity or notional limit: an allocation ({why}) may change the "
+                "order's quantity "
+                "(allowed: faGroup with faMethod EqualQuantity, Equal, NetLiq or AvailableEquity)",
+            )
+        _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0, faGroup="all", faMethod="NetLiq"))
+        await _alive(client)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"] * 4 + ["forwarded"]
