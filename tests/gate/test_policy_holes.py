@@ -1124,3 +1124,30 @@ def test_allocations_that_may_size_the_order_are_refused_under_quantity_limits(s
 
     run(scenario())
     assert [d[2] for d in _decisions(gate)] == ["refused"] * 4 + ["forwarded"]
+
+
+@BOTH
+def test_an_error_on_a_read_with_an_open_order_s_id_does_not_end_the_order(start, sim, version):
+    """Reads share the order ids' number space: error 200 for a reqContractDetails whose reqId was an open
+    order's made the gate forget the order, past max_open_orders. An error still ends an order the gateway
+    rejected before giving it any status."""
+    gate = start(_app("open", 8, max_open_orders=1))
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        rejected = _place(client, contract("NOSUCHSYMBOL"), order("BUY", 1, "LMT", lmtPrice=1.0))
+        assert (await client.error())[:2] == (rejected, 200)  # no status: the error ends it
+        placed = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+        await _message(client, In.ORDER_STATUS)
+        client.send_ibapi(lambda c: c.reqContractDetails(placed, contract("NOSUCHSYMBOL", "STK")))
+        assert (await client.error())[:2] == (placed, 200)
+        refused = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+        assert await client.error() == (
+            refused,
+            321,
+            REFUSED + "app open has 1 open orders (max_open_orders 1)",
+        )
+        return placed
+
+    placed = run(scenario())
+    assert sorted(o.order_id for o in sim.server.broker.open_orders()) == [placed]
