@@ -213,9 +213,13 @@ class Connection:
             return False
         assert app is not None  # connection_refusal refuses an unregistered client id
         self.gate.connected[client_id] = self  # held while the gateway is dialled: a duplicate gets 326
-        failure = await self._dial()
+        failure: str | None = "internal error"
+        try:
+            failure = await self._dial()
+        finally:  # whatever goes wrong, the client id is not left taken
+            if failure is not None:
+                del self.gate.connected[client_id]
         if failure is not None:
-            del self.gate.connected[client_id]
             await self._refuse(client_id, policy.CONNECT_FAILED, failure)
             return False
         return await self._accepted(app, client_id, start_api)
