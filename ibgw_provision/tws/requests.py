@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -29,7 +29,7 @@ from ibapi.protobuf import (
 from . import versions
 from .codec import Message, encode_protobuf, encode_text
 from .errors import MalformedMessage
-from .fields import UNSET_DOUBLE, UNSET_INTEGER, FieldReader, double_text
+from .fields import UNSET_DOUBLE, UNSET_INTEGER, FieldReader, double_text, parse_decimal
 from .messages import Out
 
 EXERCISE, LAPSE = 1, 2  # exerciseOptions actions
@@ -154,12 +154,9 @@ def protobuf(message: Message, proto_type: type[_P]) -> _P:
 
 def quantity(text: str) -> Decimal:
     """A decimal quantity as clients send it ("" is 0); MalformedMessage unless finite."""
-    try:
-        value = Decimal(text or "0")
-    except InvalidOperation:
-        raise MalformedMessage(f"quantity {text[:40]!r} is not a number") from None
-    if not value.is_finite():
-        raise MalformedMessage(f"quantity {text[:40]!r} is not finite")
+    value = parse_decimal(text or "0")
+    if value is None:
+        raise MalformedMessage(f"quantity {text[:40]!r} is not a finite number")
     return value
 
 

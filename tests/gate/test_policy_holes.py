@@ -16,7 +16,7 @@ from ibgw_provision.gate.audit import query
 from ibgw_provision.observe import health
 from ibgw_provision.provision import agent
 from ibgw_provision.tws import codec, requests, versions
-from ibgw_provision.tws.messages import In
+from ibgw_provision.tws.messages import In, Out
 
 from ..kit.gate import LOOPBACK, GateProcess, config_data, open_raw, run, write_config
 from ..kit.sim import STEP, RawClient, contract, ibapi_request, order, until
@@ -1151,3 +1151,35 @@ def test_an_error_on_a_read_with_an_open_order_s_id_does_not_end_the_order(start
 
     placed = run(scenario())
     assert sorted(o.order_id for o in sim.server.broker.open_orders()) == [placed]
+
+
+@pytest.mark.parametrize("spelling", ["true", "True", " 1", "1_0", "2"])
+def test_whatif_spellings_ibapi_never_sends_make_an_order_unreadable(start, spelling):
+    """ibapi and ib_async send booleans as 1 or 0. The gate also read 'true', 'True' and whatever Python's
+    int() takes (' 1', '1_0') as true, so a MKT BUY of 1e6 passed max_notional_per_order as a 'margin
+    preview' that a gateway reading the field otherwise would place."""
+    gate = start(NOTIONAL)
+
+    def fields(what_if: bool) -> list[str]:
+        data = ibapi_request(
+            TEXT, lambda c: c.placeOrder(1, contract(), order("BUY", 1_000_000, "MKT", whatIf=what_if))
+        )
+        return data[4:].decode().split("\0")[1:-1]  # after the text id "3"
+
+    on, off = fields(True), fields(False)
+    [index] = [i for i, (a, b) in enumerate(zip(on, off, strict=True)) if a != b]
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=TEXT)
+        spoofed = list(off)
+        spoofed[0], spoofed[index] = str(client.next_valid_id), spelling
+        client.writer.write(codec.encode_text(TEXT, Out.PLACE_ORDER, spoofed))
+        assert await client.error() == (
+            -1,
+            321,
+            REFUSED + f"unreadable placeOrder: field {index + 1}: not a boolean (0 or 1): {spelling!r}",
+        )
+        await _alive(client)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"]
