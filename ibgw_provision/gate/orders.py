@@ -49,6 +49,7 @@ class OrderRequest:
     hedge_type: str = ""  # a hedge child: TWS sizes it (its parent's quantity x hedgeParam)
     scale_fields: tuple[str, ...] = ()  # the scale order fields set: TWS places and reprices components
     allocation: requests.Allocation = requests.Allocation()  # FA: TWS splits or sizes the order
+    unknown_fields: tuple[str, ...] = ()  # protobuf: where fields ibapi's schema lacks are
 
     @property
     def reply_id(self) -> int:
@@ -92,6 +93,7 @@ def audited(request: requests.Request) -> OrderRequest:
                 request.hedge_type or ("(hedgeParam only)" if request.hedge_param else ""),
                 request.scale_fields,
                 request.allocation,
+                request.unknown_fields,
             )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)
@@ -105,6 +107,7 @@ def audited(request: requests.Request) -> OrderRequest:
                 Decimal(request.quantity),
                 con_id=contract.con_id,
                 multiplier=contract.multiplier,
+                unknown_fields=request.unknown_fields,
             )
         case requests.GlobalCancel():
             return OrderRequest("reqGlobalCancel")

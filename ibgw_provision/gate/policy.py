@@ -79,6 +79,11 @@ def order_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
         return f"reqGlobalCancel cancels every app's orders: app {app.name} does not have allow_global_cancel"
     if ctx.halted and order.request in NEW_ORDERS:
         return "trading is halted (ibgw gate halt); no new orders until ibgw gate resume"
+    if order.unknown_fields and app.limited and order.request in NEW_ORDERS:
+        return (
+            f"app {app.name} has limits: the {order.request} carries fields the gate does not know "
+            f"(in {', '.join(order.unknown_fields)}), so it cannot be judged"
+        )
     if order.request == "placeOrder":
         return _place_refusal(app, order, ctx)
     if order.request == "exerciseOptions":

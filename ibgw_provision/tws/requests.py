@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as Protobuf
+from google.protobuf.unknown_fields import UnknownFieldSet
 from ibapi.protobuf import (
     CancelOrderRequest_pb2,
     ExerciseOptionsRequest_pb2,
@@ -114,6 +115,7 @@ class PlaceOrder:
     hedge_param: str = ""
     scale_fields: tuple[str, ...] = ()  # the scale order fields set (TWS places and reprices components)
     allocation: Allocation = field(default_factory=Allocation)  # FA: TWS splits or sizes it
+    unknown_fields: tuple[str, ...] = ()  # protobuf: where fields ibapi's schema lacks are (not judged)
     unread_fields: int = 0  # text fields after the last one the layout knows: 0 for a well-formed request
 
 
@@ -139,6 +141,7 @@ class ExerciseOptions:
     manual_order_time: str = ""
     customer_account: str = ""
     professional_customer: bool = False
+    unknown_fields: tuple[str, ...] = ()  # protobuf: where fields ibapi's schema lacks are (not judged)
 
 
 # ---- shared pieces ---------------------------------------------------------------------------
@@ -150,6 +153,19 @@ def protobuf(message: Message, proto_type: type[_P]) -> _P:
         return proto_type.FromString(message.body)
     except DecodeError as exc:
         raise MalformedMessage(f"bad protobuf for message {message.msg_id}: {exc}") from None
+
+
+def unknown_fields(pb: Protobuf, path: str = "") -> tuple[str, ...]:
+    """Where `pb` carries fields ibapi's schema does not know (a newer gateway's attributes): the paths of
+    the messages that hold them ("" for `pb` itself), depth first."""
+    found: tuple[str, ...] = (path or pb.DESCRIPTOR.name,) if len(UnknownFieldSet(pb)) else ()
+    for descriptor, value in pb.ListFields():
+        if descriptor.type != descriptor.TYPE_MESSAGE or descriptor.message_type.GetOptions().map_entry:
+            continue
+        inner = f"{path}.{descriptor.name}" if path else descriptor.name
+        for item in value if descriptor.is_repeated else (value,):
+            found += unknown_fields(item, inner)
+    return found
 
 
 def quantity(text: str) -> Decimal:
@@ -464,6 +480,7 @@ def _pb_place_order(pb: Any) -> PlaceOrder:
         o.hedgeParam,
         tuple(name for name in SCALE_FIELDS if scale_set(optional(name))),
         Allocation(o.faGroup, o.faMethod, o.faPercentage, o.modelCode),
+        unknown_fields(pb),
     )
 
 
@@ -538,6 +555,7 @@ def read_exercise_options(version: int, message: Message) -> ExerciseOptions:
         pb.manualOrderTime,
         pb.customerAccount,
         pb.professionalCustomer,
+        unknown_fields(pb),
     )
 
 

@@ -1183,3 +1183,45 @@ def test_whatif_spellings_ibapi_never_sends_make_an_order_unreadable(start, spel
 
     run(scenario())
     assert [d[2] for d in _decisions(gate)] == ["refused"]
+
+
+def _with_unknown_field(order_id: int, where: str) -> bytes:
+    """A protobuf placeOrder of 1 SPY whose Order or Contract carries field 999 (unknown to ibapi)."""
+    from ibapi.protobuf import PlaceOrderRequest_pb2
+
+    pb = PlaceOrderRequest_pb2.PlaceOrderRequest(orderId=order_id)
+    pb.contract.conId, pb.contract.symbol, pb.contract.secType = SPY_CON_ID, "SPY", "STK"
+    pb.contract.exchange, pb.contract.currency = "SMART", "USD"
+    pb.order.action, pb.order.totalQuantity, pb.order.orderType = "BUY", "1", "LMT"
+    pb.order.lmtPrice, pb.order.transmit = 1.0, True
+    number = {"contract": 2, "order": 3}[where]
+    inner = getattr(pb, where).SerializeToString() + bytes([0xB8, 0x3E, 0x01])  # field 999 = 1
+    pb.ClearField(where)
+    body = pb.SerializeToString() + bytes([number << 3 | 2, len(inner)]) + inner
+    return codec.encode_protobuf(Out.PLACE_ORDER, body)
+
+
+def test_a_protobuf_order_with_unknown_fields_is_refused_for_a_limited_app(start):
+    """A text placeOrder with fields left over is refused as unreadable; a protobuf one whose Order or
+    Contract carries a field ibapi's schema lacks (a newer gateway's attribute) was forwarded unjudged."""
+    gate = start(LIMITED, TRADER)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=PROTOBUF)
+        await _qualify(client, SPY_CON_ID)
+        for where in ("order", "contract"):
+            order_id = client.next_valid_id
+            client.next_valid_id += 1
+            client.writer.write(_with_unknown_field(order_id, where))
+            assert await client.error() == (
+                order_id,
+                321,
+                REFUSED + "app limited has limits: the placeOrder carries fields the gate does not know "
+                f"(in {where}), so it cannot be judged",
+            )
+        trader = await RawClient.connect(gate.port, 1, max_version=PROTOBUF)
+        trader.writer.write(_with_unknown_field(trader.next_valid_id, "order"))  # no limit: it passes
+        await _message(trader, In.ORDER_STATUS)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused", "refused", "forwarded"]
