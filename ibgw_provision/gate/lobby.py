@@ -55,8 +55,8 @@ class Gateway:
                 _, link = await asyncio.get_running_loop().create_connection(
                     Link, upstream.host, upstream.port
                 )
-                link.write(hello.encode())
-                try:
+                try:  # a link half-opened is closed, whatever fails
+                    link.write(hello.encode())
                     version, when = parse_server_hello(await read_frame(link, MAX_HELLO))
                 except BaseException:
                     link.close(abort=True)

@@ -46,6 +46,10 @@ class OrderRequest:
     attached_orders: bool = False  # a protobuf placeOrder that also asks for a stop loss or profit taker
     discretionary_amt: float = 0.0  # how far past the limit price it may fill
     adjusted_order_type: str = ""  # what an adjustable stop becomes once triggered
+    hedge_type: str = ""  # a hedge child: TWS sizes it (its parent's quantity x hedgeParam)
+    scale_fields: tuple[str, ...] = ()  # the scale order fields set: TWS places and reprices components
+    allocation: requests.Allocation = requests.Allocation()  # FA: TWS splits or sizes the order
+    unknown_fields: tuple[str, ...] = ()  # protobuf: where fields ibapi's schema lacks are
 
     @property
     def reply_id(self) -> int:
@@ -86,6 +90,10 @@ def audited(request: requests.Request) -> OrderRequest:
                 request.attached_orders,
                 request.discretionary_amt,
                 request.adjusted_order_type,
+                request.hedge_type or ("(hedgeParam only)" if request.hedge_param else ""),
+                request.scale_fields,
+                request.allocation,
+                request.unknown_fields,
             )
         case requests.CancelOrder(order_id=order_id):
             return OrderRequest("cancelOrder", order_id)
@@ -99,6 +107,7 @@ def audited(request: requests.Request) -> OrderRequest:
                 Decimal(request.quantity),
                 con_id=contract.con_id,
                 multiplier=contract.multiplier,
+                unknown_fields=request.unknown_fields,
             )
         case requests.GlobalCancel():
             return OrderRequest("reqGlobalCancel")

@@ -79,6 +79,11 @@ def order_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
         return f"reqGlobalCancel cancels every app's orders: app {app.name} does not have allow_global_cancel"
     if ctx.halted and order.request in NEW_ORDERS:
         return "trading is halted (ibgw gate halt); no new orders until ibgw gate resume"
+    if order.unknown_fields and app.limited and order.request in NEW_ORDERS:
+        return (
+            f"app {app.name} has limits: the {order.request} carries fields the gate does not know "
+            f"(in {', '.join(order.unknown_fields)}), so it cannot be judged"
+        )
     if order.request == "placeOrder":
         return _place_refusal(app, order, ctx)
     if order.request == "exerciseOptions":
@@ -91,11 +96,64 @@ def _place_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
         return f"the order's clientId {order.client_id} is not this connection's client id {ctx.client_id}"
     if order.attached_orders and app.limited:
         return "attached orders in one message are not judged: send them as separate placeOrder messages"
-    for check in (_quantity, _cash, _sec_types, _legs, _notional, _rate, _open_orders):
+    for check in (
+        _sized_by_tws,
+        _allocation,
+        _quantity,
+        _cash,
+        _sec_types,
+        _legs,
+        _notional,
+        _rate,
+        _open_orders,
+    ):
         reason = check(app, order, ctx)
         if reason is not None:
             return reason
     return None
+
+
+def _sized_by_tws(app: App, order: OrderRequest, ctx: Context) -> str | None:
+    """Hedge and scale orders, whose size or price TWS works out after the gate has judged them."""
+    if not app.limited:
+        return None
+    if order.hedge_type:
+        return (
+            f"app {app.name} has limits: a hedge order (hedgeType {order.hedge_type}) is sized by TWS from "
+            "its parent and hedgeParam, so the gate cannot judge it"
+        )
+    if order.scale_fields:
+        return (
+            f"app {app.name} has limits: a scale order ({', '.join(order.scale_fields)} set) has components "
+            "TWS places and reprices itself, so the gate cannot judge it"
+        )
+    return None
+
+
+# Allocation methods that split the order's own quantity among the group's accounts.
+SPLITTING_METHODS = frozenset({"EQUALQUANTITY", "EQUAL", "NETLIQ", "AVAILABLEEQUITY"})
+
+
+def _allocation(app: App, order: OrderRequest, ctx: Context) -> str | None:
+    """An FA allocation TWS may size the order by (a percentage change, a model, a group's own method)."""
+    if app.max_order_quantity is None and app.max_notional_per_order is None:
+        return None
+    fa = order.allocation
+    why = None
+    if fa.fa_percentage:
+        why = f"faPercentage {fa.fa_percentage!r}"
+    elif fa.model_code:
+        why = f"modelCode {fa.model_code!r}"
+    elif fa.fa_method and fa.fa_method.upper() not in SPLITTING_METHODS:
+        why = f"faMethod {fa.fa_method!r}"
+    elif fa.fa_group and not fa.fa_method:
+        why = f"faGroup {fa.fa_group!r} with the group's own method"
+    if why is None:
+        return None
+    return (
+        f"app {app.name} has a quantity or notional limit: an allocation ({why}) may change the order's "
+        "quantity (allowed: faGroup with faMethod EqualQuantity, Equal, NetLiq or AvailableEquity)"
+    )
 
 
 def _exercise_refusal(app: App, order: OrderRequest, ctx: Context) -> str | None:
@@ -187,6 +245,9 @@ def _notional(app: App, order: OrderRequest, ctx: Context) -> str | None:
     limit = app.max_notional_per_order
     if limit is None or order.what_if:  # a margin preview is never placed
         return None
+    mismatch = _multiplier_mismatch(order, ctx)
+    if mismatch is not None:
+        return f"app {app.name} has max_notional_per_order: {mismatch}"
     unbounded = _unbounded(order)
     if unbounded is None and order.action.upper() != "BUY":
         action = order.action or "(none)"
@@ -266,7 +327,10 @@ def _within(
         if lower_bound:
             return None
         what = order.sec_type or "contract"
-        return f"app {app.name} has max_notional_per_order; the multiplier of this {what} is unknown"
+        return (
+            f"app {app.name} has max_notional_per_order; the multiplier of this {what} is unknown "
+            "(the gateway gave none for its conId and its secType has no usual one)"
+        )
     notional = max(abs(order.quantity or Decimal(0)) * price * multiplier, Decimal(repr(cash)))
     if notional > limit:
         return f"notional {notional:f} is above app {app.name}'s max_notional_per_order of {limit}"
@@ -289,14 +353,35 @@ QUALIFY = " (qualify the contract with reqContractDetails first)"
 
 
 def _contract_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
-    """The larger of the order's multiplier and the one the gateway gave for its conId; else the usual one
-    (STK, CASH 1, OPT 100) for the secType the gateway gave (the declared one for conId 0); None if none."""
-    texts, sec_type = [order.multiplier], order.sec_type
+    """The multiplier a notional is priced with: the largest of the order's own, the one the gateway gave
+    for its conId and the usual one for its secType (STK, CASH 1, OPT 100: a floor), by the secType the
+    gateway gave (the declared one for conId 0). None when neither the gateway nor the secType gives one:
+    the order's own alone cannot be trusted (an app could declare 0.000001)."""
+    learned, sec_type = _learned(order, ctx)
+    trusted = [m for m in (_positive(learned), DEFAULT_MULTIPLIERS.get(sec_type.upper())) if m is not None]
+    if not trusted:
+        return None
+    declared = _positive(order.multiplier)
+    return max(trusted + ([declared] if declared is not None else []))
+
+
+def _learned(order: OrderRequest, ctx: Context) -> tuple[str, str]:
+    """(multiplier, secType) of the order's contract: the gateway's for a known conId, else ("", declared)."""
     if order.con_id and (facts := ctx.contracts.get(order.con_id)) is not None:
-        texts.append(facts.multiplier)
-        sec_type = facts.sec_type
-    found = [value for value in map(_positive, texts) if value is not None]
-    return max(found) if found else DEFAULT_MULTIPLIERS.get(sec_type.upper())
+        return facts.multiplier, facts.sec_type
+    return "", order.sec_type
+
+
+def _multiplier_mismatch(order: OrderRequest, ctx: Context) -> str | None:
+    """Why the order's own multiplier is not the one the gateway gave for its conId (None: it is, or
+    either is empty)."""
+    learned, _ = _learned(order, ctx)
+    if not (order.multiplier and learned) or _same_number(order.multiplier, learned):
+        return None
+    return (
+        f"the order's multiplier {order.multiplier!r} is not the gateway's {learned!r} "
+        f"for conId {order.con_id}"
+    )
 
 
 def _positive(text: str) -> Decimal | None:
@@ -305,6 +390,13 @@ def _positive(text: str) -> Decimal | None:
     except ArithmeticError:
         return None
     return value if value.is_finite() and value > 0 else None
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return Decimal(a) == Decimal(b)
+    except ArithmeticError:
+        return False
 
 
 def _combo_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:

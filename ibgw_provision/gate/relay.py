@@ -213,9 +213,13 @@ class Connection:
             return False
         assert app is not None  # connection_refusal refuses an unregistered client id
         self.gate.connected[client_id] = self  # held while the gateway is dialled: a duplicate gets 326
-        failure = await self._dial()
+        failure: str | None = "internal error"
+        try:
+            failure = await self._dial()
+        finally:  # whatever goes wrong, the client id is not left taken
+            if failure is not None:
+                del self.gate.connected[client_id]
         if failure is not None:
-            del self.gate.connected[client_id]
             await self._refuse(client_id, policy.CONNECT_FAILED, failure)
             return False
         return await self._accepted(app, client_id, start_api)
@@ -261,6 +265,19 @@ class Connection:
     async def _refuse(self, client_id: int, code: int, reason: str) -> None:
         self.client.write(replies.error(self.version, -1, code, policy.REFUSED + reason))
         self.gate.refused_connections += 1
+        if self.app is None or not self._allowed:  # a stranger: counted, audited at most once a minute
+            host = str(self.source[0]) if self.source[0] is not None else "(no source)"
+            audited_id = client_id if client_id in INT32 else -1
+            if await self.gate.strangers.refused_logon(
+                self.gate.audit, host, self.peer, audited_id, self.version, reason
+            ):  # logged as audited: at most once a minute per source
+                log.warning(
+                    "refused client %d from %s: %s (more within a minute: counted)",
+                    client_id,
+                    self.peer,
+                    reason,
+                )
+            return
         log.warning(
             "refused client %d from %s (server version %d): %s", client_id, self.peer, self.version, reason
         )

@@ -41,11 +41,16 @@ class ContractBook:
 
 
 class AppRisk:
-    """One app's order counts: forwarded order times (last minute) and order ids still open."""
+    """One app's order counts: forwarded order times (last minute) and order ids still open.
+
+    An error ends an open order only while the order has had no orderStatus yet (a rejected order gets
+    an error and no status); once it has one, only a final status ends it. Reads share the order ids'
+    number space, so an error that names an open order's id may be a read's."""
 
     def __init__(self) -> None:
         self.recent: deque[float] = deque()
         self.open: set[int] = set()
+        self.unconfirmed: set[int] = set()  # new orders forwarded that have had no orderStatus yet
         self.rebuilt: asyncio.Event | None = None  # set once the gateway has listed the open orders again
 
     def orders_last_minute(self, now: float | None = None) -> int:
@@ -62,20 +67,26 @@ class AppRisk:
                 self.recent.popleft()
         if new_order and order_id is not None:
             self.opened(order_id)
+            if order_id in self.open and len(self.unconfirmed) < MAX_TRACKED_OPEN:
+                self.unconfirmed.add(order_id)
 
     def opened(self, order_id: int) -> None:
         if len(self.open) < MAX_TRACKED_OPEN:
             self.open.add(order_id)
 
     def status(self, order_id: int, status: str) -> None:
+        if not status:
+            return
+        self.unconfirmed.discard(order_id)
         if status in DONE:
             self.open.discard(order_id)
-        elif status:
+        else:
             self.opened(order_id)
 
     def rebuild(self) -> None:
         """Forget the open orders: the gateway is asked for them again (orders may have ended meanwhile)."""
         self.open.clear()
+        self.unconfirmed.clear()
         self.rebuilt = asyncio.Event()
 
     def listed(self) -> None:
@@ -84,5 +95,7 @@ class AppRisk:
             self.rebuilt.set()
 
     def error(self, req_id: int, code: int) -> None:
-        if code in ENDS_ORDER:
+        """An error that ends an order ends it only before its first orderStatus."""
+        if code in ENDS_ORDER and req_id in self.unconfirmed:
+            self.unconfirmed.discard(req_id)
             self.open.discard(req_id)

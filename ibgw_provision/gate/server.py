@@ -167,5 +167,9 @@ class Gate:
             admin.remove(self.config.admin_socket)
         if self.config.front_socket is not None and self.config.front_socket.path.is_socket():
             self.config.front_socket.path.unlink()
+        try:
+            await self.state.strangers.flush_all(self.audit)
+        except Exception:
+            log.exception("cannot record the strangers' refused logons")
         self.audit.close()
         log.info("stopped")

@@ -13,6 +13,7 @@ from .audit import AuditLog
 from .config import GateConfig
 from .orders import OrderRequest
 from .risk import AppRisk, ContractBook
+from .strangers import Strangers
 from .tls import Policy
 
 log = logging.getLogger("ibgw.gate")
@@ -42,6 +43,7 @@ class GateState:
     stats: dict[str, AppStats]
     connected: dict[int, object] = field(default_factory=dict)  # admitted connections by client id
     refused_connections: int = 0
+    strangers: Strangers = field(default_factory=Strangers)  # their refused logons, audited in summary
     contracts: ContractBook = field(default_factory=ContractBook)  # conIds as the gateway described them
     risk: dict[str, AppRisk] = field(default_factory=dict)  # by app name, made on first use
     interlock: str | None = None  # why the paper/live interlock tripped; every app is refused then

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from collections.abc import Iterable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from .errors import MalformedMessage
@@ -28,6 +30,12 @@ def field_text(value: Any) -> str:
         if value == float("inf"):
             return INFINITY_TEXT
     return str(value)
+
+
+def double_text(value: float) -> str:
+    """A protobuf double as exact text: its shortest round-trip form, "100" rather than "100.0"."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def encode_fields(values: Iterable[Any]) -> bytes:
@@ -65,38 +73,61 @@ class FieldReader:
             self.str()
 
     def int(self, default: int = 0) -> int:
+        """An integer as Java's Integer.parseInt reads one (ASCII digits, a sign); "" is `default`."""
         text = self.str()
-        try:
-            return int(text) if text else default
-        except ValueError:
-            raise MalformedMessage(f"field {self._pos}: not an integer: {text[:40]!r}") from None
+        if not text:
+            return default
+        if not _INTEGER.fullmatch(text):
+            raise MalformedMessage(f"field {self._pos}: not an integer: {text[:40]!r}")
+        return int(text)
 
     def float(self, default: float | None = 0.0) -> float | None:
+        """A decimal number (ASCII, no spaces or underscores), or an infinity as clients spell it."""
         text = self.str()
-        if text == INFINITY_TEXT:
-            return float("inf")
-        try:
-            return float(text) if text else default
-        except ValueError:
-            raise MalformedMessage(f"field {self._pos}: not a number: {text[:40]!r}") from None
+        if text in NON_FINITE:
+            return NON_FINITE[text]
+        if not text:
+            return default
+        if not _NUMBER.fullmatch(text):
+            raise MalformedMessage(f"field {self._pos}: not a number: {text[:40]!r}")
+        return float(text)
 
     def bool(self) -> bool:
+        """A boolean as ibapi and ib_async send one: "1", "0" or ""."""
         text = self.str()
-        if text in ("True", "true"):
-            return True
-        if text in ("False", "false", ""):
-            return False
-        try:
-            return int(text) != 0
-        except ValueError:
-            raise MalformedMessage(f"field {self._pos}: not a boolean: {text[:40]!r}") from None
+        if text not in BOOLEANS:
+            raise MalformedMessage(f"field {self._pos}: not a boolean (0 or 1): {text[:40]!r}")
+        return BOOLEANS[text]
 
     def decimal(self) -> Decimal:
         text = self.str()
-        try:
-            value = Decimal(text) if text else Decimal(0)
-        except InvalidOperation:
-            value = None
-        if value is None or not value.is_finite():
+        if not text:
+            return Decimal(0)
+        value = parse_decimal(text)
+        if value is None:
             raise MalformedMessage(f"field {self._pos}: not a decimal: {text[:40]!r}")
         return value
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+BOOLEANS = {"": False, "0": False, "1": True}
+# Non-finite values as clients spell them: ib_async sends "Infinite", ibapi "Infinity", or Python's "inf"
+# and "nan" (the policy refuses a non-finite price wherever it prices one).
+NON_FINITE = {
+    "nan": math.nan,
+    "NaN": math.nan,
+    INFINITY_TEXT: math.inf,
+    "Infinity": math.inf,
+    "inf": math.inf,
+    "-Infinity": -math.inf,
+    "-inf": -math.inf,
+}
+
+
+def parse_decimal(text: str) -> Decimal | None:
+    """A finite decimal number in plain ASCII notation (no spaces, underscores or NaN), or None."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    value = Decimal(text)
+    return value if value.is_finite() else None

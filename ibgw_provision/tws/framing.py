@@ -109,8 +109,11 @@ class Hello:
 
 
 def parse_hello(payload: bytes) -> Hello:
-    """The version range and connect options from the client's first frame."""
-    match = _HELLO.fullmatch(payload.decode("ascii", "replace"))
+    """The version range and connect options from the client's first frame: printable ASCII only (the
+    options are passed on to the gateway as they are)."""
+    if not all(0x20 <= byte <= 0x7E for byte in payload):
+        raise HandshakeError(f"hello is not printable ASCII: {payload[:40]!r}")
+    match = _HELLO.fullmatch(payload.decode("ascii"))
     if not match:
         raise HandshakeError(f"bad version range {payload[:40]!r}")
     low, high = int(match[1]), int(match[2])

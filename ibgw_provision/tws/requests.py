@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as Protobuf
+from google.protobuf.unknown_fields import UnknownFieldSet
 from ibapi.protobuf import (
     CancelOrderRequest_pb2,
     ExerciseOptionsRequest_pb2,
@@ -29,7 +30,7 @@ from ibapi.protobuf import (
 from . import versions
 from .codec import Message, encode_protobuf, encode_text
 from .errors import MalformedMessage
-from .fields import UNSET_DOUBLE, FieldReader
+from .fields import UNSET_DOUBLE, UNSET_INTEGER, FieldReader, double_text, parse_decimal
 from .messages import Out
 
 EXERCISE, LAPSE = 1, 2  # exerciseOptions actions
@@ -79,6 +80,16 @@ class StartApi:
 
 
 @dataclass(frozen=True)
+class Allocation:
+    """A financial advisor's allocation of an order among accounts."""
+
+    fa_group: str = ""
+    fa_method: str = ""
+    fa_percentage: str = ""
+    model_code: str = ""
+
+
+@dataclass(frozen=True)
 class PlaceOrder:
     order_id: int
     contract: Contract
@@ -100,6 +111,11 @@ class PlaceOrder:
     attached_orders: bool = False  # protobuf attachedOrders (a stop loss, a profit taker) in the request
     discretionary_amt: float = 0.0  # how far past lmtPrice the order may fill
     adjusted_order_type: str = ""  # what an adjustable stop becomes once triggered ("" or "None": nothing)
+    hedge_type: str = ""  # a hedge child (D, B, F, P): TWS sizes it from its parent and hedgeParam
+    hedge_param: str = ""
+    scale_fields: tuple[str, ...] = ()  # the scale order fields set (TWS places and reprices components)
+    allocation: Allocation = field(default_factory=Allocation)  # FA: TWS splits or sizes it
+    unknown_fields: tuple[str, ...] = ()  # protobuf: where fields ibapi's schema lacks are (not judged)
     unread_fields: int = 0  # text fields after the last one the layout knows: 0 for a well-formed request
 
 
@@ -125,6 +141,7 @@ class ExerciseOptions:
     manual_order_time: str = ""
     customer_account: str = ""
     professional_customer: bool = False
+    unknown_fields: tuple[str, ...] = ()  # protobuf: where fields ibapi's schema lacks are (not judged)
 
 
 # ---- shared pieces ---------------------------------------------------------------------------
@@ -138,14 +155,24 @@ def protobuf(message: Message, proto_type: type[_P]) -> _P:
         raise MalformedMessage(f"bad protobuf for message {message.msg_id}: {exc}") from None
 
 
+def unknown_fields(pb: Protobuf, path: str = "") -> tuple[str, ...]:
+    """Where `pb` carries fields ibapi's schema does not know (a newer gateway's attributes): the paths of
+    the messages that hold them ("" for `pb` itself), depth first."""
+    found: tuple[str, ...] = (path or pb.DESCRIPTOR.name,) if len(UnknownFieldSet(pb)) else ()
+    for descriptor, value in pb.ListFields():
+        if descriptor.type != descriptor.TYPE_MESSAGE or descriptor.message_type.GetOptions().map_entry:
+            continue
+        inner = f"{path}.{descriptor.name}" if path else descriptor.name
+        for item in value if descriptor.is_repeated else (value,):
+            found += unknown_fields(item, inner)
+    return found
+
+
 def quantity(text: str) -> Decimal:
     """A decimal quantity as clients send it ("" is 0); MalformedMessage unless finite."""
-    try:
-        value = Decimal(text or "0")
-    except InvalidOperation:
-        raise MalformedMessage(f"quantity {text[:40]!r} is not a number") from None
-    if not value.is_finite():
-        raise MalformedMessage(f"quantity {text[:40]!r} is not finite")
+    value = parse_decimal(text or "0")
+    if value is None:
+        raise MalformedMessage(f"quantity {text[:40]!r} is not a finite number")
     return value
 
 
@@ -175,7 +202,7 @@ def read_contract(r: FieldReader) -> Contract:
 
 def contract_from_pb(pb: Any) -> Contract:
     """A protobuf Contract (ibapi.protobuf.Contract_pb2)."""
-    multiplier = f"{pb.multiplier:g}" if pb.HasField("multiplier") else ""
+    multiplier = double_text(pb.multiplier) if pb.HasField("multiplier") else ""
     legs = tuple(ComboLeg(leg.conId, leg.ratio, leg.action, leg.exchange) for leg in pb.comboLegs)
     return Contract(
         pb.conId,
@@ -240,31 +267,83 @@ def _sends_scale_fields(increment: float | None) -> bool:
     return increment is not None and increment != UNSET_DOUBLE and increment > 0
 
 
-def _skip_middle(version: int, r: FieldReader, order_type: str) -> tuple[bool, float]:
-    """The fields between `hidden` (after the legs) and `whatIf`; whatIf and discretionaryAmt."""
+SCALE_FIELDS = (
+    "scaleInitLevelSize",
+    "scaleSubsLevelSize",
+    "scalePriceIncrement",
+    "scalePriceAdjustValue",
+    "scalePriceAdjustInterval",
+    "scaleProfitOffset",
+    "scaleAutoReset",
+    "scaleInitPosition",
+    "scaleInitFillQty",
+    "scaleRandomPercent",
+    "scaleTable",
+)
+
+
+def scale_set(value: Any) -> bool:
+    """Is a scale field set: a true bool, a non-empty text, a number that is neither 0 nor unset."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return value != ""
+    return value not in (0, UNSET_INTEGER, UNSET_DOUBLE)
+
+
+@dataclass
+class _Middle:
+    """What the gate reads of the fields between `hidden` and `whatIf`."""
+
+    what_if: bool = False
+    discretionary_amt: float = 0.0
+    allocation: Allocation = field(default_factory=Allocation)
+    scale: dict[str, Any] = field(default_factory=dict)
+    hedge_type: str = ""
+    hedge_param: str = ""
+
+
+def _read_scale(r: FieldReader) -> dict[str, Any]:
+    """continuousUpdate .. scaleTable, activeStartTime, activeStopTime: the scale fields by name."""
+    r.skip(4)  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent
+    scale: dict[str, Any] = {"scaleInitLevelSize": r.float(None), "scaleSubsLevelSize": r.float(None)}
+    increment = scale["scalePriceIncrement"] = r.float(None)
+    if _sends_scale_fields(increment):
+        for name in SCALE_FIELDS[3:-1]:
+            scale[name] = r.bool() if name in ("scaleAutoReset", "scaleRandomPercent") else r.float(None)
+    scale["scaleTable"] = r.str()
+    r.skip(2)  # activeStartTime, activeStopTime
+    return scale
+
+
+def _skip_middle(version: int, r: FieldReader, order_type: str) -> _Middle:
+    """The fields between `hidden` (after the legs) and `whatIf`, whatIf included."""
+    middle = _Middle()
     r.skip()  # sharesAllocation (always "")
-    discretionary_amt = r.float() or 0.0
-    r.skip(5 if version >= versions.FA_PROFILE_DESUPPORT else 6)  # goodAfterTime .. faPercentage[, faProfile]
-    if version >= versions.MODELS_SUPPORT:
-        r.skip()  # modelCode
+    middle.discretionary_amt = r.float() or 0.0
+    r.skip(2)  # goodAfterTime, goodTillDate
+    fa_group, fa_method, fa_percentage = r.str(), r.str(), r.str()
+    if version < versions.FA_PROFILE_DESUPPORT:
+        r.skip()  # faProfile
+    model_code = r.str() if version >= versions.MODELS_SUPPORT else ""
+    middle.allocation = Allocation(fa_group, fa_method, fa_percentage, model_code)
     r.skip(21)  # shortSaleSlot .. overridePercentageConstraints, volatility, volatilityType
     delta_neutral_order_type = r.str()
     r.skip()  # deltaNeutralAuxPrice
     if delta_neutral_order_type:
         r.skip(8)  # deltaNeutralConId .. deltaNeutralDesignatedLocation
-    r.skip(6)  # continuousUpdate .. scaleInitLevelSize, scaleSubsLevelSize
-    if _sends_scale_fields(r.float(None)):
-        r.skip(7)  # scalePriceAdjustValue .. scaleRandomPercent
-    r.skip(3)  # scaleTable, activeStartTime, activeStopTime
-    if r.str():  # hedgeType
-        r.skip()  # hedgeParam
+    middle.scale = _read_scale(r)
+    middle.hedge_type = r.str()
+    if middle.hedge_type:
+        middle.hedge_param = r.str()
     r.skip(4)  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
     if r.bool():  # delta-neutral contract
         r.skip(3)
     if r.str():  # algoStrategy
         r.skip(2 * r.int())  # algoParams
     r.skip()  # algoId
-    return r.bool(), discretionary_amt
+    middle.what_if = r.bool()
+    return middle
 
 
 def _skip_to_cash_qty(version: int, r: FieldReader, order_type: str) -> str:
@@ -337,7 +416,7 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
     r.skip()  # hidden
     legs = _combo_legs(r) if contract.sec_type.upper() == "BAG" else ()  # as the Java client: any case
     contract = replace(contract, sec_id_type=sec_id_type, sec_id=sec_id, combo_legs=legs)
-    what_if, discretionary_amt = _skip_middle(version, r, order_type)
+    middle = _skip_middle(version, r, order_type)
     adjusted_order_type = _skip_to_cash_qty(version, r, order_type)
     cash_qty = _price(r.float(None)) if version >= versions.CASH_QTY else None
     _skip_tail(version, r, contract, order_type)
@@ -356,10 +435,14 @@ def _text_place_order(version: int, r: FieldReader) -> PlaceOrder:
         transmit,
         parent_id,
         outside_rth,
-        what_if,
+        middle.what_if,
         cash_qty,
-        discretionary_amt=discretionary_amt,
+        discretionary_amt=middle.discretionary_amt,
         adjusted_order_type=adjusted_order_type,
+        hedge_type=middle.hedge_type,
+        hedge_param=middle.hedge_param,
+        scale_fields=tuple(name for name, value in middle.scale.items() if scale_set(value)),
+        allocation=middle.allocation,
         unread_fields=r.remaining(),
     )
 
@@ -393,6 +476,11 @@ def _pb_place_order(pb: Any) -> PlaceOrder:
         pb.HasField("attachedOrders") and pb.attachedOrders.ByteSize() > 0,
         o.discretionaryAmt,
         o.adjustedOrderType,
+        o.hedgeType,
+        o.hedgeParam,
+        tuple(name for name in SCALE_FIELDS if scale_set(optional(name))),
+        Allocation(o.faGroup, o.faMethod, o.faPercentage, o.modelCode),
+        unknown_fields(pb),
     )
 
 
@@ -467,6 +555,7 @@ def read_exercise_options(version: int, message: Message) -> ExerciseOptions:
         pb.manualOrderTime,
         pb.customerAccount,
         pb.professionalCustomer,
+        unknown_fields(pb),
     )
 
 

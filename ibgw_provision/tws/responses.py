@@ -27,7 +27,7 @@ from ibapi.protobuf import (
 
 from . import versions
 from .codec import ID_BYTES, Message
-from .fields import FieldReader
+from .fields import FieldReader, double_text
 from .framing import frame_spans
 from .messages import PROTOBUF_MSG_ID, In
 from .requests import protobuf
@@ -63,7 +63,7 @@ class ErrorReply:
 
 
 def _pb_contract(pb: Any) -> ContractFacts:
-    multiplier = f"{pb.multiplier:g}" if pb.HasField("multiplier") else ""
+    multiplier = double_text(pb.multiplier) if pb.HasField("multiplier") else ""
     return ContractFacts(pb.conId, pb.secType, multiplier)
 
 

@@ -402,3 +402,41 @@ def test_an_order_is_forwarding_until_the_gateway_takes_it(start_gate, short_dir
 
 def decisions(gate) -> list[str]:
     return [r["decision"] for r in query(gate.config.audit_db)["orders"]]
+
+
+def test_a_non_ascii_connect_option_does_not_lock_the_client_id_out(gate):
+    """The gate re-encodes the app's connect options for the gateway: a non-ASCII one raised there, and the
+    client id stayed 'already connected' (326) until the gate restarted."""
+
+    async def scenario():
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+        writer.write(API_PREFIX + frame(b"v100..200 +PACEAPI\xff"))
+        assert await asyncio.wait_for(reader.read(), STEP) == b""  # dropped at the hello
+        writer.close()
+        return await current_time(await logged_on(await open_raw(gate.port, 1)))
+
+    assert run(scenario()) > 0
+
+
+def test_a_failure_while_dialling_the_gateway_frees_the_client_id(gate):
+    """Whatever fails while the gateway is dialled, the client id is not left taken."""
+    lobby = gate.gate.lobby
+    real_dial = lobby.gateway.dial
+    failures = [RuntimeError("dial failed")]
+
+    async def failing_dial(hello):
+        if failures:
+            raise failures.pop()
+        return await real_dial(hello)
+
+    lobby.gateway.dial = failing_dial
+
+    async def scenario():
+        first = await open_raw(gate.port, 1)
+        await first.read_until_closed()  # the gate drops it ("internal error")
+        return await current_time(await logged_on(await open_raw(gate.port, 1)))
+
+    assert run(scenario()) > 0 and not failures
+    logged = [e for e in gate.errors.seen if "RuntimeError: dial failed" in e]
+    assert len(logged) == 1  # logged once, as the gate logs any connection's failure
+    gate.errors.seen.remove(logged[0])

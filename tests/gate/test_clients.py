@@ -11,7 +11,7 @@ from ibapi.order_cancel import OrderCancel
 from ibgw_provision.gate.audit import query
 from ibgw_provision.tws import versions
 
-from ..kit.gate import UNREGISTERED, audited_orders, ib_async_app, ib_async_refused, run
+from ..kit.gate import UNREGISTERED, audited_orders, ib_async_app, ib_async_refused, open_raw, run
 from ..kit.sim import IbapiApp, contract, order, until
 
 SPY = Stock("SPY", "SMART", "USD")
@@ -95,10 +95,11 @@ def test_an_unregistered_client_id_is_refused_before_the_gateway_sees_it(gate, s
     assert (req_id, code, text) == (-1, 502, NOT_REGISTERED)
     assert not [r for r in caplog.records if r.name == "ibgw.sim" and "client 9 " in r.getMessage()]
     rows = query(gate.config.audit_db)["connections"]
+    # a stranger's second refusal from the same source within a minute is counted, not a row
     assert [(r["app"], r["client_id"], r["outcome"], r["version"]) for r in rows] == [
-        (None, 9, "refused", 178),
-        (None, 9, "refused", 226),
+        (None, 9, "refused", 178)
     ]
+    assert (gate.gate.state.strangers.refused, gate.gate.state.refused_connections) == (2, 2)
 
 
 def test_a_known_client_id_from_the_wrong_source_is_refused(gate):
@@ -208,3 +209,29 @@ def test_order_limits_in_both_encodings(gate, sim):
     assert text == "refused by ibgw gate: secType OPT is not allowed for app limited (allowed: STK)"
     decisions = [(r["quantity"], r["sec_type"], r["decision"]) for r in audited_orders(gate.config.audit_db)]
     assert decisions == [("5", "STK", "forwarded"), ("6", "STK", "refused"), ("1", "OPT", "refused")]
+
+
+def test_strangers_refused_logons_are_bounded_audit_rows(gate):
+    """Anyone who reaches the front could log on with an unregistered client id as fast as they can
+    reconnect: each refusal was a synchronous audit row, without bound. A registered app's refusal is still
+    a row each time."""
+    count = 100
+
+    async def scenario():
+        for client_id in [UNREGISTERED] * count + [4, 4]:  # app "remote" may connect from 127.0.0.2 only
+            client = await open_raw(gate.port, client_id)
+            assert (await client.error())[1] == 502
+            await client.read_until_closed()
+            client.writer.close()
+
+    run(scenario(), timeout=60)
+    rows = query(gate.config.audit_db)["connections"]
+    assert [(r["app"], r["client_id"], r["outcome"]) for r in rows] == [
+        (None, UNREGISTERED, "refused"),
+        ("remote", 4, "refused"),
+        ("remote", 4, "refused"),
+    ]
+    assert (gate.gate.state.strangers.refused, gate.gate.state.refused_connections) == (count, count + 2)
+    gate.call(gate.gate.state.strangers.flush_all(gate.gate.audit))  # as the gate's stop does
+    rows = query(gate.config.audit_db)["connections"]
+    assert rows[-1]["reason"].startswith(f"{count - 1} more refused logons from this source")

@@ -15,8 +15,8 @@ from ibapi.server_versions import MIN_SERVER_VER_ATTACHED_ORDERS
 from ibgw_provision.gate.audit import query
 from ibgw_provision.observe import health
 from ibgw_provision.provision import agent
-from ibgw_provision.tws import versions
-from ibgw_provision.tws.messages import In
+from ibgw_provision.tws import codec, requests, versions
+from ibgw_provision.tws.messages import In, Out
 
 from ..kit.gate import LOOPBACK, GateProcess, config_data, open_raw, run, write_config
 from ..kit.sim import STEP, RawClient, contract, ibapi_request, order, until
@@ -808,7 +808,7 @@ def test_notional_refuses_an_exercise_unless_quantity_bounds_it(start, sim, vers
 @BOTH
 def test_notional_takes_the_larger_multiplier_and_refuses_unqualified_con_ids(start, sim, version):
     """An unqualified conId was priced by its declared secType (STK: x1); a declared multiplier of 0.01 won
-    over the gateway's 100."""
+    over the gateway's 100 (now refused: it is not the gateway's)."""
     gate = start(NOTIONAL)
     call = _option_con_id(sim, "C")
 
@@ -822,16 +822,24 @@ def test_notional_takes_the_larger_multiplier_and_refuses_unqualified_con_ids(st
             "multiplier cannot be checked (qualify the contract with reqContractDetails first)",
         )
         await _qualify(client, call)  # the gate learns OPT, multiplier 100
-        for con_tract in (
+        declared = _place(
+            client,
             contract("SPY", "OPT", conId=call, multiplier="0.01"),
-            contract("SPY", "STK", conId=call),  # no multiplier: the default of the learned secType
-        ):
-            small = _place(client, con_tract, order("BUY", 100, "LMT", lmtPrice=5.0))
-            assert await client.error() == (
-                small,
-                321,
-                REFUSED + "notional 50000.0 is above app notional's max_notional_per_order of 1000",
-            )
+            order("BUY", 100, "LMT", lmtPrice=5.0),
+        )
+        assert await client.error() == (
+            declared,
+            321,
+            REFUSED + "app notional has max_notional_per_order: the order's multiplier '0.01' is not the "
+            f"gateway's '100' for conId {call}",
+        )
+        # no multiplier: the gateway's, for the secType the gateway gave
+        small = _place(client, contract("SPY", "STK", conId=call), order("BUY", 100, "LMT", lmtPrice=5.0))
+        assert await client.error() == (
+            small,
+            321,
+            REFUSED + "notional 50000.0 is above app notional's max_notional_per_order of 1000",
+        )
 
     run(scenario())
 
@@ -845,14 +853,23 @@ def _frame(payload: bytes) -> bytes:
 
 def test_an_infinite_scale_increment_no_longer_shifts_whatif(start):
     """ibapi sends 7 scale fields for scalePriceIncrement=inf; the gate skipped them only below it, and read
-    clearingAccount ('1') as whatIf: a market order passed as a margin preview."""
+    clearingAccount ('1') as whatIf: a market order passed as a margin preview. (A limited app's scale
+    order is now refused outright; the reader must still read whatIf where the gateway does.)"""
     gate = start(NOTIONAL)
     shifted = order("BUY", 1_000_000, "MKT", scalePriceIncrement=math.inf, clearingAccount="1")
+    frame = ibapi_request(TEXT, lambda c: c.placeOrder(1, contract(), shifted))
+    read = requests.read(TEXT, codec.decode(TEXT, frame[4:]))
+    assert (read.what_if, read.scale_fields, read.unread_fields) == (False, ("scalePriceIncrement",), 0)
 
     async def scenario():
         client = await RawClient.connect(gate.port, 8, max_version=TEXT)
         refused = _place(client, contract(), shifted)
-        assert await client.error() == (refused, 321, REFUSED + NOT_CAPPED.format(app="notional", type="MKT"))
+        assert await client.error() == (
+            refused,
+            321,
+            REFUSED + "app notional has limits: a scale order (scalePriceIncrement set) has components TWS "
+            "places and reprices itself, so the gate cannot judge it",
+        )
 
     run(scenario())
     rows = query(gate.audit_db)["orders"]
@@ -966,3 +983,245 @@ def test_notional_counts_the_discretionary_amount_and_refuses_adjustable_orders(
         )
 
     run(scenario())
+
+
+# ---- review 2: what the gate trusts of an order, and what TWS sizes on its own -------------------------
+
+
+@BOTH
+def test_a_declared_tiny_multiplier_does_not_shrink_a_notional(start, sim, version):
+    """The order's own multiplier ('0.000001') priced 1e6 SPY at 600 as 600: the secType's usual multiplier
+    is a floor, a declared one that is not the gateway's is refused, and a secType with no usual one and
+    nothing learned is refused even when the order declares one."""
+    gate = start(NOTIONAL)
+    call = _option_con_id(sim, "C")
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        await _qualify(client, SPY_CON_ID)
+        for con_id in (SPY_CON_ID, 0):
+            spy = contract("SPY", "STK", conId=con_id, multiplier="0.000001")
+            tiny = _place(client, spy, order("BUY", 1_000_000, "LMT", lmtPrice=600.0))
+            assert await client.error() == (
+                tiny,
+                321,
+                REFUSED + "notional 600000000.0 is above app notional's max_notional_per_order of 1000",
+            )
+        await _qualify(client, call, 78)  # the gateway gives 100
+        smaller = _place(
+            client, contract("SPY", "OPT", conId=call, multiplier="10"), order("BUY", 1, "LMT", lmtPrice=1.0)
+        )
+        assert await client.error() == (
+            smaller,
+            321,
+            REFUSED
+            + f"app notional has max_notional_per_order: the order's multiplier '10' is not the gateway's "
+            f"'100' for conId {call}",
+        )
+        future = contract("ES", "FUT", multiplier="0.000001", lastTradeDateOrContractMonth="202612")
+        unknown = _place(client, future, order("BUY", 1, "LMT", lmtPrice=6000.0))
+        assert await client.error() == (
+            unknown,
+            321,
+            REFUSED + "app notional has max_notional_per_order; the multiplier of this FUT is unknown "
+            "(the gateway gave none for its conId and its secType has no usual one)",
+        )
+        same = contract("SPY", "OPT", conId=call, multiplier="100.0")  # the gateway's, spelt otherwise
+        _place(client, same, order("BUY", 1, "LMT", lmtPrice=1.0))
+        await _message(client, In.ORDER_STATUS)
+
+    run(scenario())
+    assert sim.server.broker.orders.keys() and all(o.quantity == 1 for o in sim.server.broker.orders.values())
+
+
+LIMITED = _app("limited", 9, max_order_quantity=10, max_notional_per_order=1000, allowed_sec_types=["STK"])
+
+
+@BOTH
+def test_hedge_orders_are_refused_for_a_limited_app(start, sim, version):
+    """TWS sizes a hedge child itself (a pair trade's is its parent's quantity x hedgeParam): the gate judged
+    its token totalQuantity of 1 and forwarded a hedgeParam of 1e6."""
+    gate = start(LIMITED, TRADER)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        await _qualify(client, SPY_CON_ID)
+        spy = contract("SPY", "STK", conId=SPY_CON_ID)
+        parent = _place(client, spy, order("BUY", 10, "LMT", lmtPrice=1.0, transmit=False))
+        hedge = order("SELL", 1, "LMT", lmtPrice=1.0, parentId=parent, hedgeType="P", hedgeParam="1000000")
+        child = _place(client, spy, hedge)
+        assert await client.error() == (
+            child,
+            321,
+            REFUSED
+            + "app limited has limits: a hedge order (hedgeType P) is sized by TWS from its parent and "
+            "hedgeParam, so the gate cannot judge it",
+        )
+        trader = await RawClient.connect(gate.port, 1, max_version=version)
+        _place(trader, spy, order("BUY", 1, "LMT", lmtPrice=1.0, hedgeType="D", hedgeParam="0.5"))
+        await _alive(trader)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["forwarded", "refused", "forwarded"]
+
+
+@BOTH
+def test_scale_orders_are_refused_for_a_limited_app(start, version):
+    """A scale order's price adjustment lifts a BUY's price each interval, and its profit offset and auto
+    reset make TWS place orders the gate never sees: the starting price was all it priced."""
+    gate = start(LIMITED)
+    ladders = [
+        {"scalePriceIncrement": 0.01, "scalePriceAdjustValue": 1000.0, "scalePriceAdjustInterval": 1},
+        {"scalePriceIncrement": 0.01, "scaleProfitOffset": 0.01, "scaleAutoReset": True},
+        {"scaleInitLevelSize": 1, "scaleSubsLevelSize": 1},
+        {"scaleTable": "1/0.01"},
+    ]
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        await _qualify(client, SPY_CON_ID)
+        spy = contract("SPY", "STK", conId=SPY_CON_ID)
+        for fields in ladders:
+            refused = _place(client, spy, order("BUY", 10, "LMT", lmtPrice=1.0, **fields))
+            req_id, code, text = await client.error()
+            assert (req_id, code) == (refused, 321)
+            assert text == (
+                REFUSED + f"app limited has limits: a scale order ({', '.join(fields)} set) has components "
+                "TWS places and reprices itself, so the gate cannot judge it"
+            )
+        _place(client, spy, order("BUY", 10, "LMT", lmtPrice=1.0))
+        await _message(client, In.ORDER_STATUS)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"] * 4 + ["forwarded"]
+
+
+@BOTH
+def test_allocations_that_may_size_the_order_are_refused_under_quantity_limits(start, version):
+    """An FA order's percentage change, model or group method can make TWS size it, not totalQuantity."""
+    gate = start(LIMITED)
+    sizing = [
+        ({"faGroup": "all", "faMethod": "PctChange", "faPercentage": "100"}, "faPercentage '100'"),
+        ({"faGroup": "all", "faMethod": "ContractsOrShares"}, "faMethod 'ContractsOrShares'"),
+        ({"faGroup": "all"}, "faGroup 'all' with the group's own method"),
+        ({"modelCode": "growth"}, "modelCode 'growth'"),
+    ]
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=version)
+        for fields, why in sizing:
+            refused = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0, **fields))
+            assert await client.error() == (
+                refused,
+                321,
+                REFUSED
+                + f"app limited has a quantity or notional limit: an allocation ({why}) may change the "
+                "order's quantity "
+                "(allowed: faGroup with faMethod EqualQuantity, Equal, NetLiq or AvailableEquity)",
+            )
+        _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0, faGroup="all", faMethod="NetLiq"))
+        await _alive(client)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"] * 4 + ["forwarded"]
+
+
+@BOTH
+def test_an_error_on_a_read_with_an_open_order_s_id_does_not_end_the_order(start, sim, version):
+    """Reads share the order ids' number space: error 200 for a reqContractDetails whose reqId was an open
+    order's made the gate forget the order, past max_open_orders. An error still ends an order the gateway
+    rejected before giving it any status."""
+    gate = start(_app("open", 8, max_open_orders=1))
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=version)
+        rejected = _place(client, contract("NOSUCHSYMBOL"), order("BUY", 1, "LMT", lmtPrice=1.0))
+        assert (await client.error())[:2] == (rejected, 200)  # no status: the error ends it
+        placed = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+        await _message(client, In.ORDER_STATUS)
+        client.send_ibapi(lambda c: c.reqContractDetails(placed, contract("NOSUCHSYMBOL", "STK")))
+        assert (await client.error())[:2] == (placed, 200)
+        refused = _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=1.0))
+        assert await client.error() == (
+            refused,
+            321,
+            REFUSED + "app open has 1 open orders (max_open_orders 1)",
+        )
+        return placed
+
+    placed = run(scenario())
+    assert sorted(o.order_id for o in sim.server.broker.open_orders()) == [placed]
+
+
+@pytest.mark.parametrize("spelling", ["true", "True", " 1", "1_0", "2"])
+def test_whatif_spellings_ibapi_never_sends_make_an_order_unreadable(start, spelling):
+    """ibapi and ib_async send booleans as 1 or 0. The gate also read 'true', 'True' and whatever Python's
+    int() takes (' 1', '1_0') as true, so a MKT BUY of 1e6 passed max_notional_per_order as a 'margin
+    preview' that a gateway reading the field otherwise would place."""
+    gate = start(NOTIONAL)
+
+    def fields(what_if: bool) -> list[str]:
+        data = ibapi_request(
+            TEXT, lambda c: c.placeOrder(1, contract(), order("BUY", 1_000_000, "MKT", whatIf=what_if))
+        )
+        return data[4:].decode().split("\0")[1:-1]  # after the text id "3"
+
+    on, off = fields(True), fields(False)
+    [index] = [i for i, (a, b) in enumerate(zip(on, off, strict=True)) if a != b]
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 8, max_version=TEXT)
+        spoofed = list(off)
+        spoofed[0], spoofed[index] = str(client.next_valid_id), spelling
+        client.writer.write(codec.encode_text(TEXT, Out.PLACE_ORDER, spoofed))
+        assert await client.error() == (
+            -1,
+            321,
+            REFUSED + f"unreadable placeOrder: field {index + 1}: not a boolean (0 or 1): {spelling!r}",
+        )
+        await _alive(client)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused"]
+
+
+def _with_unknown_field(order_id: int, where: str) -> bytes:
+    """A protobuf placeOrder of 1 SPY whose Order or Contract carries field 999 (unknown to ibapi)."""
+    from ibapi.protobuf import PlaceOrderRequest_pb2
+
+    pb = PlaceOrderRequest_pb2.PlaceOrderRequest(orderId=order_id)
+    pb.contract.conId, pb.contract.symbol, pb.contract.secType = SPY_CON_ID, "SPY", "STK"
+    pb.contract.exchange, pb.contract.currency = "SMART", "USD"
+    pb.order.action, pb.order.totalQuantity, pb.order.orderType = "BUY", "1", "LMT"
+    pb.order.lmtPrice, pb.order.transmit = 1.0, True
+    number = {"contract": 2, "order": 3}[where]
+    inner = getattr(pb, where).SerializeToString() + bytes([0xB8, 0x3E, 0x01])  # field 999 = 1
+    pb.ClearField(where)
+    body = pb.SerializeToString() + bytes([number << 3 | 2, len(inner)]) + inner
+    return codec.encode_protobuf(Out.PLACE_ORDER, body)
+
+
+def test_a_protobuf_order_with_unknown_fields_is_refused_for_a_limited_app(start):
+    """A text placeOrder with fields left over is refused as unreadable; a protobuf one whose Order or
+    Contract carries a field ibapi's schema lacks (a newer gateway's attribute) was forwarded unjudged."""
+    gate = start(LIMITED, TRADER)
+
+    async def scenario():
+        client = await RawClient.connect(gate.port, 9, max_version=PROTOBUF)
+        await _qualify(client, SPY_CON_ID)
+        for where in ("order", "contract"):
+            order_id = client.next_valid_id
+            client.next_valid_id += 1
+            client.writer.write(_with_unknown_field(order_id, where))
+            assert await client.error() == (
+                order_id,
+                321,
+                REFUSED + "app limited has limits: the placeOrder carries fields the gate does not know "
+                f"(in {where}), so it cannot be judged",
+            )
+        trader = await RawClient.connect(gate.port, 1, max_version=PROTOBUF)
+        trader.writer.write(_with_unknown_field(trader.next_valid_id, "order"))  # no limit: it passes
+        await _message(trader, In.ORDER_STATUS)
+
+    run(scenario())
+    assert [d[2] for d in _decisions(gate)] == ["refused", "refused", "forwarded"]

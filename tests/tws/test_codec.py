@@ -1,3 +1,4 @@
+import math
 from decimal import Decimal
 
 import pytest
@@ -74,12 +75,12 @@ def test_ibapi_reads_unset_doubles_back_as_unset():
 
 
 def test_field_reader_types_and_errors():
-    reader = FieldReader(["7", "", "2.5", "True", "1", "10.5", "tail"])
+    reader = FieldReader(["7", "", "2.5", "0", "1", "10.5", "tail"])
     assert (reader.int(), reader.int(-1), reader.float(), reader.bool(), reader.bool(), reader.decimal()) == (
         7,
         -1,
         2.5,
-        True,
+        False,
         True,
         Decimal("10.5"),
     )
@@ -88,6 +89,42 @@ def test_field_reader_types_and_errors():
         reader.int()
     with pytest.raises(MalformedMessage):
         reader.str()
+
+
+# Spellings Python reads and Java's Integer.parseInt / Double.parseDouble or ibapi's 0/1 booleans do not:
+# the gate must not read a value where the gateway reads another (or none).
+@pytest.mark.parametrize(
+    "kind, text",
+    [
+        ("bool", "true"),
+        ("bool", "True"),
+        ("bool", " 1"),
+        ("bool", "1_0"),
+        ("bool", "2"),
+        ("bool", "-1"),
+        ("int", " 1"),
+        ("int", "1_0"),
+        ("int", "inf"),
+        ("int", "\u0661"),
+        ("float", "1_0"),
+        ("float", " 1"),
+        ("float", "nan "),
+        ("float", "\u0661"),
+        ("decimal", "1_0"),
+        ("decimal", " 1"),
+        ("decimal", "NaN"),
+        ("decimal", "inf"),
+    ],
+)
+def test_field_reader_refuses_what_java_would_not_read(kind, text):
+    with pytest.raises(MalformedMessage):
+        getattr(FieldReader([text]), kind)()
+
+
+def test_field_reader_reads_what_clients_send():
+    reader = FieldReader(["-3", "+4", "1e-06", ".5", "Infinity", "Infinite", "inf", "-1.5E3", "600.0"])
+    assert [reader.int(), reader.int()] == [-3, 4]
+    assert [reader.float() for _ in range(7)] == [1e-06, 0.5, math.inf, math.inf, math.inf, -1500.0, 600.0]
 
 
 @pytest.mark.parametrize("version", range(versions.MIN_CLIENT, versions.LATEST + 1))

@@ -46,7 +46,10 @@ def test_hello_is_what_ibapi_sends():
     assert parse_hello(sent[8:]) == Hello(100, 226, "")
 
 
-@pytest.mark.parametrize("payload", [b"", b"v100", b"100..200", b"v200..100", b"v1..2\0", b"vx..y"])
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"v100", b"100..200", b"v200..100", b"v1..2\0", b"vx..y", b"v1..2 +PACEAPI\xff", b"v1..2 a\nb"],
+)
 def test_bad_version_ranges_are_refused(payload):
     with pytest.raises(HandshakeError):
         parse_hello(payload)

@@ -415,3 +415,19 @@ def test_discretionary_amount_and_adjusted_order_type(version):
     )
     assert (placed.discretionary_amt, placed.adjusted_order_type) == (2.5, "STP" if adjusts else "")
     assert (placed.lmt_price, placed.unread_fields) == (600.0, 0)
+
+
+def test_protobuf_fields_unknown_to_ibapi_are_found_at_any_depth():
+    from ibapi.protobuf import ComboLeg_pb2, ExerciseOptionsRequest_pb2, PlaceOrderRequest_pb2
+
+    unknown = bytes([0xB8, 0x3E, 0x01])  # field 999 = 1
+    leg = ComboLeg_pb2.ComboLeg(conId=1, ratio=1)
+    leg.ParseFromString(leg.SerializeToString() + unknown)
+    place = PlaceOrderRequest_pb2.PlaceOrderRequest(orderId=1)
+    place.contract.comboLegs.append(leg)
+    place.order.algoParams["a"] = "b"  # a map: its entries are not messages of the schema's own
+    assert R.unknown_fields(place) == ("contract.comboLegs",)
+    exercise = ExerciseOptionsRequest_pb2.ExerciseOptionsRequest(orderId=2)
+    exercise.ParseFromString(exercise.SerializeToString() + unknown)
+    assert R.unknown_fields(exercise) == ("ExerciseOptionsRequest",)
+    assert R.unknown_fields(PlaceOrderRequest_pb2.PlaceOrderRequest(orderId=3)) == ()
