@@ -1,8 +1,9 @@
 """From the operator machine: `ibgw audit HOST` over SSH, and `ibgw health` from an admin-only source.
 
-The test host shares this machine's network, so the admin machine is a loopback address: the apps
-move to 127.0.0.2 and 127.0.0.1 is left to `firewall.admin_cidrs` alone (the firewall stays off here;
-the ruleset is rendered and checked with `nft -c` in tests/unit/test_validators.py).
+This machine is the lab's operator (198.18.0.1). For the admin-only source, the apps go back to
+inventories/lab.yml's sources (app-a and app-b only), and the operator is left to
+`firewall.admin_cidrs` alone, next to the bastion: gw's live firewall and its front then let it in
+for health's probe only.
 """
 
 from __future__ import annotations
@@ -13,21 +14,26 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from ib_async import IB
 
-from .conftest import LOCAL, fresh_host, ibgw
+from .conftest import GW, NAME, OPERATOR, fresh_host, ibgw, suite_inventory
 from .test_gate import PAPER, App
 from .test_health import _tws_client
 
+pytestmark = pytest.mark.lab
+
 
 @pytest.fixture(scope="module")
-def inv_path(tmp_path_factory):
-    return str(fresh_host(LOCAL, tmp_path_factory.mktemp("operator"))[0])
+def inv_path(lab, tmp_path_factory):
+    inv = suite_inventory(tmp_path_factory.mktemp("operator"))
+    fresh_host(lab, inv)
+    return str(inv)
 
 
 def _audit(inv_path: str, *args: str):
     wide = {**os.environ, "COLUMNS": "250"}  # rich's tables, not squeezed into 80 columns
-    proc = ibgw("audit", "local", "-i", inv_path, "--since", "10m", *args, timeout=120, env=wide)
+    proc = ibgw("audit", NAME, "-i", inv_path, "--since", "10m", *args, timeout=120, env=wide)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -53,29 +59,31 @@ def test_audit_of_the_host_shows_a_forwarded_and_a_refused_order(inv_path):
 
 
 def _variant(inv_path: str, tmp: Path, admin: bool) -> str:
-    """The apps on 127.0.0.2; with `admin`, 127.0.0.1 in firewall.admin_cidrs. Provisioned."""
-    text = Path(inv_path).read_text().replace("sources: [127.0.0.1/32]", "sources: [127.0.0.2/32]")
+    """The apps without the operator; with `admin`, the operator in firewall.admin_cidrs. Provisioned."""
+    doc = yaml.safe_load(Path(inv_path).read_text())
+    host = doc["hosts"][NAME]
+    for app in host["apps"]:
+        app["sources"].remove(f"{OPERATOR}/32")
     if admin:
-        text = text.replace(
-            "      enabled: false\n", "      enabled: false\n      admin_cidrs: [127.0.0.1/32]\n"
-        )
-    assert "127.0.0.1/32" not in text.split("apps:")[1] and ("admin_cidrs" in text) == admin
+        host["firewall"]["admin_cidrs"].append(f"{OPERATOR}/32")
+    assert f"{OPERATOR}/32" not in str(host["apps"])
+    assert (f"{OPERATOR}/32" in host["firewall"]["admin_cidrs"]) == admin
     path = tmp / f"admin-{admin}.yml"
-    path.write_text(text)
-    run = ibgw("provision", "local", "-i", str(path))
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run = ibgw("provision", NAME, "-i", str(path))
     assert run.returncode == 0, run.stdout + run.stderr
     return str(path)
 
 
 def _health(path: str) -> tuple[int, dict]:
-    proc = ibgw("health", "local", "-i", path, "--json", "--timeout", "10", timeout=120)
+    proc = ibgw("health", NAME, "-i", path, "--json", "--timeout", "10", timeout=120)
     return proc.returncode, json.loads(proc.stdout)["hosts"][0]
 
 
 def _refusal(client_id: int) -> bytes:
-    """What the front and gate answer START_API from 127.0.0.1 as `client_id`, until they close."""
+    """What the front and gate answer START_API from the operator as `client_id`, until they close."""
     data = b""
-    with _tws_client("127.0.0.1", PAPER.front_port, client_id) as sock:
+    with _tws_client(OPERATOR, PAPER.front_port, client_id) as sock:
         deadline = time.monotonic() + 10
         while chunk := sock.recv(4096):
             data += chunk
@@ -99,7 +107,7 @@ def admin_only(inv_path, tmp_path_factory):
 
 
 def test_health_from_an_admin_only_source_is_healthy(admin_only):
-    code, report = _health(admin_only(False))  # not an app, not an admin: refused at the front
+    code, report = _health(admin_only(False))  # not an app, not an admin: dropped by the firewall
     assert code >= 1 and not any(g["front"]["ok"] for g in report["gateways"])
     assert any("through the front failed" in f["message"] for f in report["findings"])
     code, report = _health(admin_only(True))
@@ -123,5 +131,5 @@ def test_an_app_id_from_the_admin_source_cannot_log_on(admin_only):
     admin_only(True)
     ib = IB()
     with pytest.raises((ConnectionError, TimeoutError, OSError)):
-        ib.connect("127.0.0.1", PAPER.front_port, clientId=1, timeout=5)
+        ib.connect(GW, PAPER.front_port, clientId=1, timeout=5)
     ib.disconnect()
