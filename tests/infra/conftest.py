@@ -143,7 +143,7 @@ def ssh_host(lab):
         "ssh://lab-gw",
         ssh_config=str(lab.ssh_config),
         sudo=True,
-        controlpath=str(control),
+        controlpath=str(control).replace("%", "%%"),  # testinfra %-formats its ssh command line
         ssh_extra_args="-o ServerAliveInterval=5 -o ServerAliveCountMax=3",
     )
     yield host
