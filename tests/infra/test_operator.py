@@ -3,7 +3,7 @@
 This machine is the lab's operator (198.18.0.1). For the admin-only source, the apps go back to
 inventories/lab.yml's sources (app-a and app-b only), and the operator is left to
 `firewall.admin_cidrs` alone, next to the bastion: gw's live firewall and its front then let it in
-for health's probe only.
+for health's probe only. Without it there, it is neither an app nor an admin.
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ def test_audit_of_the_host_shows_a_forwarded_and_a_refused_order(inv_path):
 
 
 def _variant(inv_path: str, tmp: Path, admin: bool) -> str:
-    """The apps without the operator; with `admin`, the operator in firewall.admin_cidrs. Provisioned."""
+    """The apps without the operator; with `admin`, the operator in firewall.admin_cidrs (as in the
+    suite's inventory), else not there either. Provisioned."""
     doc = yaml.safe_load(Path(inv_path).read_text())
     host = doc["hosts"][NAME]
     for app in host["apps"]:
         app["sources"].remove(f"{OPERATOR}/32")
-    if admin:
-        host["firewall"]["admin_cidrs"].append(f"{OPERATOR}/32")
+    if not admin:
+        host["firewall"]["admin_cidrs"].remove(f"{OPERATOR}/32")
     assert f"{OPERATOR}/32" not in str(host["apps"])
     assert (f"{OPERATOR}/32" in host["firewall"]["admin_cidrs"]) == admin
     path = tmp / f"admin-{admin}.yml"
