@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets as pysecrets
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from ibgw_provision.provision import layout
+from tests.kit.lab import LAB
 
 from .conftest import NAME, fresh_host, ibgw, recap, suite_inventory
 
@@ -111,6 +113,21 @@ def test_ibcstart_gets_ibc_arguments_and_no_secret(host):
         assert PASSWORD not in args and "tester" not in args
 
 
+def _holders(secret: str) -> list[str]:
+    """The files on gw that hold `secret`: grep as root on gw, given the secret on stdin. (Through
+    testinfra it would be in a sudo command line, which sudo logs to the journal.)"""
+    dirs = ("/etc", "/var/lib/ibgw", "/var/log", "/opt/ibgw", "/tmp", "/root", "/home", "/var/tmp")
+    proc = subprocess.run(
+        [str(LAB), "exec", NAME, "grep", "-rlF", "-f", "-", *dirs],
+        input=secret + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: found nowhere
+    return sorted(proc.stdout.split())
+
+
 def test_secret_is_delivered_0600_to_ibkr_and_nowhere_else(setup, host):
     _, first = setup
     for mode in ("paper", "live"):
@@ -118,10 +135,7 @@ def test_secret_is_delivered_0600_to_ibkr_and_nowhere_else(setup, host):
         assert (ini.user, ini.group, ini.mode) == ("ibkr", "ibkr", 0o600)
         assert f"IbPassword={PASSWORD}\n" in ini.content_string
     assert PASSWORD not in first.stdout + first.stderr
-    holders = host.run(
-        f"grep -rlF {PASSWORD} /etc /var/lib/ibgw /var/log /opt/ibgw /tmp /root /home /var/tmp"
-    ).stdout.split()
-    assert sorted(holders) == sorted(layout.ibc_ini(m) for m in ("paper", "live"))
+    assert _holders(PASSWORD) == sorted(layout.ibc_ini(m) for m in ("paper", "live"))
     assert PASSWORD not in host.check_output("ps -eo args")
     assert PASSWORD not in host.check_output("journalctl --no-pager -o cat")
 
