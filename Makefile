@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: demo demo-down test check lint types vm-test deps venv clean
+.PHONY: demo demo-down test check lint types deps venv clean
 
 # Boot the disposable local host, provision it (simulator backend), have three
 # real ib_async clients use it through the front, then report its health.
@@ -19,6 +19,7 @@ demo: deps venv
 demo-down:
 	tests/host/testhost.sh down
 
+# Every suite; tests/lab and tests/infra run on the lab (tests/lab/lab, as root).
 test: deps venv lint types
 	$(BIN)/pytest
 
@@ -32,10 +33,6 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy ibgw_provision
-
-# The testinfra suite against the Vagrant VM instead (needs Vagrant and a provider).
-vm-test: venv
-	IBGW_TEST_HOST=vagrant $(BIN)/pytest tests/infra
 
 deps:
 	scripts/deps.sh
