@@ -78,8 +78,8 @@ def test_gateways_listen_where_the_inventory_says_and_the_front_on_its_ports(hos
     listeners, spec = _listeners(host), inv.hosts[NAME]
     assert [g.simulator.listen for g in spec.gateways] == ["loopback", "all"]
     for gw in spec.gateways:
-        everywhere = {"0.0.0.0"} if gw.simulator.listen == "all" else {"127.0.0.1"}
-        assert listeners.get(gw.api_port) == everywhere, gw.mode
+        bound = {"0.0.0.0"} if gw.simulator.listen == "all" else {"127.0.0.1"}
+        assert listeners.get(gw.api_port) == bound, gw.mode
         assert listeners.get(gw.gate_port) == {"127.0.0.1"}, gw.mode
         assert listeners.get(gw.front_port) == {spec.front.bind}, gw.mode
 
