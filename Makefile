@@ -1,22 +1,37 @@
-# ibgw: `make demo` runs the main job, `make test` runs every test.
+# ibgw: `make demo` runs the main job on the lab, `make test` runs every test.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: demo demo-down test check lint types deps venv clean
+.PHONY: demo demo-down demo-local demo-local-down test check lint types deps venv clean
 
-# Boot the disposable local host, provision it (simulator backend), have three
-# real ib_async clients use it through the front, then report its health.
+LAB_INV := inventories/lab.yml
+
+# The main job, on the lab (tests/lab/lab, as root): gw, a fresh Debian 13 host behind a
+# bastion with its firewall on, is provisioned through the bastion as `admin`; three apps
+# connect from app-a and app-b through the front; health, checked through the bastion.
 demo: deps venv
+	tests/lab/lab up
+	$(BIN)/ibgw validate -i $(LAB_INV)
+	$(BIN)/ibgw provision gw -i $(LAB_INV)
+	$(BIN)/python scripts/demo_clients.py $(LAB_INV) gw --lab
+	$(BIN)/ibgw health gw -i $(LAB_INV)
+	@echo "The lab stays up: 'tests/lab/lab ssh gw' to look around, 'make demo-down' to take it down."
+
+demo-down:
+	tests/lab/lab down
+
+# A quicker run on the disposable local host (127.0.0.1:2222, no firewall, no bastion).
+demo-local: deps venv
 	$(BIN)/ibgw validate -i inventories/local.yml
 	tests/host/testhost.sh up
 	$(BIN)/ibgw provision local -i inventories/local.yml
 	$(BIN)/python scripts/demo_clients.py inventories/local.yml local
 	$(BIN)/ibgw health local -i inventories/local.yml
-	@echo "The host stays up: 'tests/host/testhost.sh ssh' to look around, 'make demo-down' to stop it."
+	@echo "The host stays up: 'tests/host/testhost.sh ssh' to look around, 'make demo-local-down' to stop it."
 
-demo-down:
+demo-local-down:
 	tests/host/testhost.sh down
 
 # Every suite; tests/lab and tests/infra run on the lab (tests/lab/lab, as root).
@@ -45,5 +60,5 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-clean: demo-down
+clean: demo-down demo-local-down
 	rm -rf $(BUILD) $(VENV) dist

@@ -8,12 +8,11 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
 import click
 
 from . import inventory
-from .errors import InputError, exit_bad_input
+from .errors import InputError, Problem, exit_bad_input
 from .gate import cli as gate_cli
 from .gate.cli import gate
 from .inventory import secrets
@@ -241,11 +240,11 @@ def render(host: str, inventory_path: str, out_dir: str, as_json: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also list tasks that were already ok.")
 @click.option(
     "--restart",
-    type=click.Choice(["safe", "now"]),
-    default="safe",
-    show_default=True,
-    help="safe: a gateway with apps connected, or live in its trading hours, restarts later (pending); "
-    "now: restart it in this run.",
+    multiple=True,
+    metavar="safe|now|MODE[,MODE]",
+    help="safe (default): a gateway with apps connected, or live in its trading hours, restarts later "
+    "(pending); now: every gateway restarts in this run; paper, live (comma-separated or repeated): "
+    "only those gateways restart now, the others stay safe.",
 )
 @click.option("--forks", default=8, show_default=True, type=click.IntRange(1, 256), help="Hosts at once.")
 @click.option(
@@ -278,7 +277,7 @@ def provision(
     limit: str | None,
     accept_new: bool,
     verbose: bool,
-    restart: str,
+    restart: tuple[str, ...],
     forks: int,
     timeout: float,
     ssh_user: str | None,
@@ -294,10 +293,10 @@ def provision(
     from .provision import recap as recaps
     from .provision.apply import Options
     from .provision.apply import provision as run
-    from .provision.restarts import Mode
 
     inv = inventory.load(inventory_path)
     names = select_hosts(inv, pattern, limit)
+    restart_mode, restart_gateways = restart_option(inv, names, restart)
     secrets.check(inv, names)
     check_artifacts(inv, names)
     check_pki(inv, names)
@@ -310,7 +309,8 @@ def provision(
         opts = Options(
             check=check,
             accept_new=accept_new,
-            restart=cast(Mode, restart),
+            restart=restart_mode,
+            restart_gateways=restart_gateways,
             lock_timeout=lock_timeout,
             ssh=ssh,
             forks=forks,
@@ -376,6 +376,20 @@ def decommission(
         )
         reports = run(inv, [name], opts)
     sys.exit(recap.show(reports))
+
+
+def restart_option(inv, names: list[str], values: tuple[str, ...]):
+    """--restart as (mode, gateways), or one line naming what is wrong (exit 2)."""
+    from .provision import restarts
+
+    try:
+        mode, gateways = restarts.parse(values)
+    except ValueError as exc:
+        raise InputError([Problem("--restart", None, "", str(exc))]) from None
+    missing = sorted(gateways - {gw.mode for name in names for gw in inv.hosts[name].gateways})
+    if missing:
+        raise InputError([Problem("--restart", None, "", f"no selected host has a {missing[0]} gateway")])
+    return mode, gateways
 
 
 def select_hosts(inv, pattern: str, limit: str | None) -> list[str]:

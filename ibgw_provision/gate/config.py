@@ -94,6 +94,8 @@ class App(Model):
     # Permissions: settings requests (updateConfig, replaceFA, ...) and reqGlobalCancel.
     allow_settings: StrictBool = False
     allow_global_cancel: StrictBool | None = None  # None: on only for an app with no limit at all
+    # ibgw health's front probe: it may log on and ask the time, nothing else (no account data).
+    probe_only: StrictBool = False
 
     def allows(self, address: IPAddress) -> bool:
         return any(address in network for network in self.sources)
@@ -111,6 +113,8 @@ class App(Model):
     def _permissions(self) -> App:
         if self.read_only and (self.allow_settings or self.allow_global_cancel):
             raise ValueError("a read_only app cannot have allow_settings or allow_global_cancel")
+        if self.probe_only and not self.read_only:
+            raise ValueError("a probe_only app must be read_only")
         return self
 
 

@@ -18,6 +18,7 @@ REFUSED = "refused by ibgw gate: "
 CONNECT_FAILED = Code.CONNECT_FAIL  # ibapi's "Couldn't connect to TWS": the app cannot log on
 CLIENT_ID_IN_USE = Code.CLIENT_ID_IN_USE  # what the gateway itself answers to a duplicate client id
 REQUEST_REFUSED = Code.REQUEST_VALIDATION_ERROR  # what a read-only API answers to orders
+PROBE_REQUESTS = frozenset({"reqCurrentTime", "reqCurrentTimeInMillis"})  # all a probe_only app may ask
 
 
 def connection_refusal(
@@ -42,8 +43,11 @@ def request_refusal(app: App, halted: bool, msg_id: int, client_id: int) -> str 
 
     Read-only apps, and every app while halted, may send known reads only. Settings requests need
     `allow_settings` (and neither read-only nor a halt); session requests (verify*) never pass after
-    START_API. A trading app's unknown ids pass while trading is open.
+    START_API. Unknown ids pass only for a trading app with no limit, while trading is open: one the
+    gate cannot read could carry an order its limits would refuse.
     """
+    if app.probe_only and requests_policy.name(msg_id) not in PROBE_REQUESTS:
+        return f"{requests_policy.name(msg_id)} is not allowed for app {app.name}: it may only ask the time"
     if requests_policy.is_read(msg_id, client_id):
         return None
     kind = requests_policy.kind(msg_id)
@@ -52,6 +56,8 @@ def request_refusal(app: App, halted: bool, msg_id: int, client_id: int) -> str 
         return f"{what} is not allowed after START_API"
     if kind is Kind.SETTINGS and not (app.read_only or halted or app.allow_settings):
         return f"{what} is not allowed for app {app.name} (allow_settings is off)"
+    if kind is None and app.limited and not app.read_only and not halted:
+        return f"{what} is not allowed for app {app.name}: it has order limits the gate could not apply"
     return requests_policy.refusal(msg_id, read_only=app.read_only, halted=halted, client_id=client_id)
 
 
@@ -185,12 +191,18 @@ def _multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
 
 
 def _notional(app: App, order: OrderRequest, ctx: Context) -> str | None:
+    """quantity x limit price x multiplier; an order the gate cannot price is refused under the limit."""
     limit, price = app.max_notional_per_order, order.limit_price
-    if limit is None or price is None or order.sec_type.upper() == "BAG":
+    if limit is None or order.what_if:  # a margin preview is never placed
         return None
+    if price is None:
+        return (
+            f"app {app.name} has max_notional_per_order: a {order.order_type or 'market'} order without a "
+            "limit price cannot be priced (send a limit order)"
+        )
     if not math.isfinite(price):  # NaN or infinity: no notional can be judged, so no order passes
         return f"app {app.name} has max_notional_per_order; the limit price {price} is not a number"
-    multiplier = _multiplier(order, ctx)
+    multiplier = _combo_multiplier(order, ctx) if order.sec_type.upper() == "BAG" else _multiplier(order, ctx)
     if multiplier is None:
         return (
             f"app {app.name} has max_notional_per_order; the multiplier of this {order.sec_type} is unknown"
@@ -199,6 +211,20 @@ def _notional(app: App, order: OrderRequest, ctx: Context) -> str | None:
     if notional > limit:
         return f"notional {notional:f} is above app {app.name}'s max_notional_per_order of {limit}"
     return None
+
+
+def _combo_multiplier(order: OrderRequest, ctx: Context) -> Decimal | None:
+    """A combo's price is per unit of the combo: its legs' largest multiplier, as the gateway gave each
+    leg's conId (None if a leg is unknown)."""
+    found = []
+    for leg in order.legs:
+        facts = ctx.contracts.get(leg.con_id)
+        if facts is None:
+            return None
+        leg_order = OrderRequest("placeOrder", sec_type=facts.sec_type, con_id=leg.con_id)
+        found.append(_multiplier(leg_order, ctx))
+    known = [m for m in found if m is not None]
+    return max(known) if known and len(known) == len(found) else None
 
 
 def _rate(app: App, order: OrderRequest, ctx: Context) -> str | None:

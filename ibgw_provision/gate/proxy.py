@@ -20,6 +20,11 @@ _V2_FAMILIES = {0x1: (4, struct.Struct(">4s4sHH")), 0x2: (6, struct.Struct(">16s
 Source = tuple[IPAddress, int]
 
 
+def unmapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 source (a front listening on `::`) as the IPv4 address the allowlists name."""
+    return (address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else address
+
+
 def parse_v1(line: bytes) -> Source | None:
     """The source of a v1 line ('PROXY TCP4 src dst sport dport\\r\\n'); None for UNKNOWN."""
     words = line.decode("ascii", "replace").removesuffix("\r\n").split(" ")
@@ -34,7 +39,7 @@ def parse_v1(line: bytes) -> Source | None:
         raise HandshakeError(f"bad PROXY v1 address in {line[:V1_MAX]!r}") from None
     if source.version != (4 if words[1] == "TCP4" else 6) or not 0 <= port <= 65535:
         raise HandshakeError(f"bad PROXY v1 address in {line[:V1_MAX]!r}")
-    return source, port
+    return unmapped(source), port
 
 
 def v2_length(header: bytes) -> int:
@@ -54,7 +59,8 @@ def parse_v2(header: bytes, body: bytes) -> Source | None:
     if len(body) < layout.size:
         raise HandshakeError(f"PROXY v2 address block of {len(body)} bytes is too short")
     source, _, port, _ = layout.unpack_from(body)
-    return (ipaddress.IPv4Address(source) if ip_version == 4 else ipaddress.IPv6Address(source)), port
+    address = ipaddress.IPv4Address(source) if ip_version == 4 else ipaddress.IPv6Address(source)
+    return unmapped(address), port
 
 
 async def read_source(reader) -> Source | None:

@@ -50,8 +50,7 @@ TAPPED = CONTRACT_MESSAGES | {In.ORDER_STATUS, In.ERR_MSG, In.MANAGED_ACCTS, In.
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    address = ipaddress.ip_address(host.split("%")[0])
-    return (address.ipv4_mapped or address) if address.version == 6 else address
+    return proxy.unmapped(ipaddress.ip_address(host.split("%")[0]))
 
 
 INT32 = range(-(2**31), 2**31)  # IB client ids are 32-bit signed integers

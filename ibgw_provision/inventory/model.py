@@ -665,6 +665,14 @@ def _check_gateways(host: Host, base: tuple) -> list[tuple[tuple, str]]:
                 )
             )
         found += _check_ibc(gw.ibc, path + ("ibc",))
+        if gw.ibc.master_client_id in (host.health.probe_client_id, host.health.probe_client_id + 1):
+            found.append(
+                (
+                    path + ("ibc", "master_client_id"),
+                    f"client id {gw.ibc.master_client_id} is `ibgw health`'s probe (health.probe_client_id): "
+                    "a master client id receives every app's orders",
+                )
+            )
         prefix = "DU" if gw.mode == "paper" else "U"
         for j, account in enumerate(gw.simulator.accounts):
             if not account.startswith(prefix):

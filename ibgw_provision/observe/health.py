@@ -2,7 +2,8 @@
 
 Host facts come in one SSH round trip. Each gateway is then probed twice with
 a real TWS API handshake: directly on the host (through the SSH connection,
-as a local client of the gateway) and through the front from this machine.
+as a local client of the gateway) and through the front, from where SSH comes
+from: the last jump host when there is one (an admin address), else this machine.
 A finding is `degraded` (exit 1) or `down` (exit 2); none means healthy (0).
 """
 
@@ -61,16 +62,24 @@ def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = No
     }
     findings: list[Finding] = []
     direct: dict[str, dict] = {}
+    fronts: dict[str, dict] = {}
+    facts = None
+    tls = certificates.probe_context(inv) if host.front.tls else None
+    transport = Transport(target(inv, name, False, ssh), connect_timeout=timeout)
     try:
-        with Transport(target(inv, name, False, ssh), connect_timeout=timeout) as transport:
-            facts = call_agent(transport, _request(host))
-            direct = {
-                gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)
-                for gw in host.gateways
-            }
+        with transport:
+            try:
+                facts = call_agent(transport, _request(host))
+                direct = {
+                    gw.mode: _direct(transport, host.health.probe_client_id, gw.api_port, timeout)
+                    for gw in host.gateways
+                }
+            finally:  # the front is probed even when the agent fails, while the connection is open
+                fronts = {
+                    gw.mode: _front(host, gw.front_port, timeout, tls, transport) for gw in host.gateways
+                }
     except (SshError, AgentError) as exc:
         findings.append(Finding("down", "ssh", name, str(exc)))
-        facts = None
     if facts:
         findings += _judge_host(host, facts, report)
     server_pem = facts.get("tls_cert") if facts else None
@@ -78,11 +87,9 @@ def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = No
         Finding(sev, "certificate", subject, msg)
         for sev, subject, msg in certificates.findings(inv, name, server_pem)
     ]
-    tls = certificates.probe_context(inv) if host.front.tls else None
+    source = transport.last_jump or "this machine"
     for gw in host.gateways:
-        front = _probe(
-            host.health.probe_client_id + 1, gw.front_port, timeout, address=front_address(host), tls=tls
-        )
+        front = fronts.get(gw.mode) or _front(host, gw.front_port, timeout, tls, transport)
         report["gateways"].append(
             {
                 "mode": gw.mode,
@@ -90,9 +97,10 @@ def check(inv: Inventory, name: str, timeout: float, ssh: SshOptions | None = No
                 "front_port": gw.front_port,
                 "direct": direct.get(gw.mode),
                 "front": front,
+                "front_from": source,
             }
         )
-        findings += _judge_gateway(gw.mode, direct.get(gw.mode), front)
+        findings += _judge_gateway(gw.mode, direct.get(gw.mode), front, source)
     status = max((f.severity for f in findings), key=lambda severity: EXIT[severity], default="healthy")
     report.update(status=status, exit_code=EXIT[status], findings=[asdict(f) for f in findings])
     return report
@@ -114,6 +122,22 @@ def _request(host: Host) -> dict:
         "gates": {g.mode: g.gate_metrics_port for g in host.gateways} if host.front.gate else {},
         "pending": layout.PENDING_DIR,
     }
+
+
+def _front(host: Host, port: int, timeout: float, tls, transport: Transport) -> dict:
+    """Probe a front port the way SSH goes: through the last jump host's SSH connection when the
+    host is reached through one (its source is then the jump host, an admin address), else directly
+    from this machine."""
+    client_id, address = host.health.probe_client_id + 1, front_address(host)
+    if not transport.jumps:
+        return _probe(client_id, port, timeout, address=address, tls=tls)
+    if isinstance(tls, str):  # the probe's certificate is missing
+        return {"ok": False, "error": tls}
+    try:
+        sock = transport.forward_from_jump(address, port)
+    except SshError as exc:
+        return {"ok": False, "error": str(exc)}
+    return _probe(client_id, port, timeout, address=address, sock=sock, tls=tls)
 
 
 def _direct(transport: Transport, client_id: int, port: int, timeout: float) -> dict:
@@ -281,7 +305,9 @@ def _judge_logs(facts: dict, report: dict) -> list[Finding]:
     ]
 
 
-def _judge_gateway(mode: str, direct: dict | None, front: dict) -> list[Finding]:
+def _judge_gateway(
+    mode: str, direct: dict | None, front: dict, source: str = "this machine"
+) -> list[Finding]:
     findings = []
     if direct is not None and not direct["ok"]:
         findings.append(
@@ -296,8 +322,7 @@ def _judge_gateway(mode: str, direct: dict | None, front: dict) -> list[Finding]
                 "degraded" if direct and direct["ok"] else "down",
                 "api",
                 f"{mode} front",
-                f"TWS API probe through the front failed: {front['error']} (is this machine in the "
-                "allowlist?)",
+                f"TWS API probe through the front failed: {front['error']} (is {source} in the allowlist?)",
             )
         )
     return findings

@@ -56,6 +56,9 @@ def health(console: Console, report: dict) -> None:
             )
             gateways.add_row(f"{g['mode']}", f"{where} :{port}", *row)
     console.print(gateways)
+    sources = {g.get("front_from") for g in report["gateways"]} - {None, "this machine"}
+    for source in sorted(sources):  # through a bastion: its SSH connection opened the front probe
+        console.print(f"front probed from {source}")
     if report["resources"]:
         r = report["resources"]
         disks = ", ".join(f"{p} {pct}%" for p, pct in r["disk_used_pct"].items())

@@ -10,10 +10,12 @@ the one before it stay, with their uploads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import layout
-from .shapes import Facts, Manifest, ManifestStep, NftDeleteStep, RemoveStep, StopStep, Task
+from .resources import Dir, File, Firewall, Record, Resource, Unit
+from .shapes import Facts, Manifest, ManifestStep
 from .state import Desired
 from .wheelhouse import Wheelhouse
 
@@ -23,15 +25,9 @@ EMPTY = Manifest(paths=[], units=[], firewall=False, installs={})
 
 @dataclass
 class Removals:
-    stop: list[Task]  # the stop phase: before the file steps
-    remove: list[Task]  # after them
-    record: Task  # the manifest the host holds once the run is done
+    resources: list[Resource]  # absent: units and the firewall (the stop phase), paths; then the record
+    paths: set[str]  # every path to remove (a removed tree takes what it holds)
     first: ManifestStep  # written before any step: the union of old and new
-
-    @property
-    def daemon_reload(self) -> bool:
-        """A unit file was removed."""
-        return any(t.name.split(" ", 1)[1].startswith(layout.UNIT_DIR + "/") for t in self.remove)
 
 
 def wanted(want: Desired, wheels: Wheelhouse | None) -> Manifest:
@@ -48,14 +44,25 @@ def wanted(want: Desired, wheels: Wheelhouse | None) -> Manifest:
 
 
 def plan_removals(
-    old: Manifest | None, new: Manifest, facts: Facts, absent: tuple[str, ...] = (), purge: bool = False
+    old: Manifest | None,
+    new: Manifest,
+    facts: Facts,
+    absent: Sequence[File | Dir | Unit] = (),
+    purge: bool = False,
 ) -> Removals:
+    """absent: what must not exist (if ibgw's to remove) beside what the inventory dropped."""
     old = old or EMPTY
+    # A unit ibgw may stop: one it recorded, or one of its own names (never another package's).
+    units = {
+        r.name
+        for r in absent
+        if isinstance(r, Unit) and (r.name in old["units"] or r.name.startswith("ibgw-"))
+    }
     history = _history(old, new)
     kept_installs = {p for entries in history.values() for entry in entries for p in entry}
     dropped = {p for entries in old["installs"].values() for entry in entries for p in entry} - kept_installs
     wanted_paths = set(new["paths"]) | kept_installs
-    stale = (set(old["paths"]) | dropped | set(absent)) - wanted_paths
+    stale = (set(old["paths"]) | dropped | {r.path for r in absent if not isinstance(r, Unit)}) - wanted_paths
     stale = {p for p in stale if layout.removable(p) and not _ancestor(p, wanted_paths)}
     kept = set() if purge else {p for p in stale if layout.kept(p)}
     trees = {entry[0] for entries in history.values() for entry in entries}  # kept install trees
@@ -65,10 +72,16 @@ def plan_removals(
         firewall=new["firewall"],
         installs=history,
     )
+    paths = stale - kept - {p for p in stale if _under(p, trees)}
+    stop: list[Resource] = [
+        Unit(u, present=False) for u in sorted((set(old["units"]) - set(new["units"])) | units)
+    ]
+    stop += [Firewall(present=False)] if old["firewall"] and not new["firewall"] else []
+    remove = [File(p, present=False) for p in sorted(paths, reverse=True)]  # deepest first
+    record = Record(None if purge and not new["paths"] else final)
     return Removals(
-        stop=_stop(old, new, facts),
-        remove=_remove(stale - kept - {p for p in stale if _under(p, trees)}, facts, purge),
-        record=_record(facts.get("manifest"), final, purge and not new["paths"]),
+        resources=stop + remove + [record],
+        paths=paths,
         first=ManifestStep(
             kind="manifest", task="manifest (before)", path=layout.MANIFEST, manifest=_union(old, new)
         ),
@@ -104,46 +117,3 @@ def _ancestor(path: str, paths: set[str]) -> bool:
 
 def _under(path: str, trees: set[str]) -> bool:
     return any(path.startswith(t + "/") for t in trees)
-
-
-def _stop(old: Manifest, new: Manifest, facts: Facts) -> list[Task]:
-    tasks = []
-    for unit in sorted(set(old["units"]) - set(new["units"])):
-        state = facts["units"].get(unit)
-        if state and (state["enabled"] == "enabled" or state["active"] not in ("inactive", "unknown", "")):
-            stop = StopStep(kind="stop", task=f"stop {unit}", unit=unit)
-            tasks.append(
-                Task(f"service {unit}", True, "stop and disable: no longer in the inventory", step=stop)
-            )
-    if old["firewall"] and not new["firewall"] and facts.get("firewall"):
-        drop = NftDeleteStep(kind="nft_delete", task="delete table inet ibgw", table="inet ibgw")
-        tasks.append(Task("firewall table inet ibgw", True, "delete: the firewall is off", step=drop))
-    return tasks
-
-
-def _remove(stale: set[str], facts: Facts, purge: bool) -> list[Task]:
-    """Deepest first; what a removed tree holds goes with it."""
-    tasks: list[tuple[str, Task]] = []
-    trees: set[str] = set()
-    for path in sorted(stale, reverse=True):
-        have = facts["paths"].get(path)
-        if have is None:
-            continue
-        tree = have["kind"] == "dir" and (purge or path not in layout.CONTAINERS)
-        trees |= {path} if tree else set()
-        step = RemoveStep(kind="remove", task=f"remove {path}", path=path, tree=tree)
-        detail = "remove" + (" with all below it" if tree else "") + ": no longer in the inventory"
-        tasks.append((path, Task(f"{have['kind']} {path}", True, detail, step=step)))
-    # a removed tree held the entries listed before it (sorted deepest first): they go with it
-    return [t for path, t in tasks if not _under(path, trees)]
-
-
-def _record(have: Manifest | None, final: Manifest, delete: bool) -> Task:
-    name = f"manifest {layout.MANIFEST}"
-    if delete:
-        step = ManifestStep(kind="manifest", task=name, path=layout.MANIFEST, manifest=None)
-        return Task(name, have is not None, "delete: purge", step=step if have is not None else None)
-    if have == final:
-        return Task(name, False)
-    step = ManifestStep(kind="manifest", task=name, path=layout.MANIFEST, manifest=final)
-    return Task(name, True, "record what ibgw created", step=step)

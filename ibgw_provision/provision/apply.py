@@ -57,6 +57,7 @@ class Options:
     check: bool = False
     accept_new: bool = False
     restart: restarts.Mode = "safe"  # "now": restart gateways even with apps connected or in trading hours
+    restart_gateways: frozenset[str] = frozenset()  # these gateways (modes) restart now, whatever holds them
     decommission: bool = False  # remove everything ibgw put on the host
     purge: bool = False  # with decommission: the ibkr user, its home and the logs too
     ssh: SshOptions = SshOptions()
@@ -107,7 +108,7 @@ def provision_host(inv: Inventory, name: str, opts: Options) -> Report:
 def _converge(
     inv: Inventory, name: str, transport: Transport, opts: Options, report: Report, secrets: Secrets
 ) -> None:
-    want = state.desired(inv, name, secrets)
+    want = state.desired(inv, name, secrets, transport.login_user)  # the firewall names who logged in
     venv = state.needs_venv(inv.hosts[name])
     opts.on_event(name, "reading facts")
     facts = cast(Facts, call_agent(transport, facts_request(want, wheels=venv)))
@@ -121,7 +122,8 @@ def _converge(
     if venv:
         opts.on_event(name, "building wheels")
         wheels = wheelhouse.build(facts["python"], facts["glibc"], facts["arch"], WHEELHOUSE_CACHE)
-    the_plan = plan(want, facts, secrets, wheels, restarts.Policy(opts.restart), release)
+    policy = restarts.Policy(opts.restart, gateways=opts.restart_gateways)
+    the_plan = plan(want, facts, secrets, wheels, policy, release)
     report.tasks = the_plan.tasks
     if opts.check or not the_plan.changed:
         return

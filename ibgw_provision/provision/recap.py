@@ -76,6 +76,7 @@ def as_json(reports: list[Report], show_diff: bool = False) -> dict:
                     }
                     for t in r.tasks
                 ],
+                "pending_restarts": [t.pending for t in r.tasks if t.pending],
             }
             for r in reports
         ],

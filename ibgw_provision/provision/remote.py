@@ -11,9 +11,10 @@ import json
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..inventory.model import Inventory
 from ..inventory.secrets import SecretError, Secrets
@@ -121,7 +122,7 @@ def as_root(transport: Transport, command: str) -> tuple[str, bytes]:
     return "sudo -n " + command, b""
 
 
-def agent_stdin(request: dict) -> bytes:
+def agent_stdin(request: Mapping[str, Any]) -> bytes:
     """What BOOT reads: the header with the agent's length, the agent, then the request."""
     return HEADER + f"{len(AGENT)}\n".encode() + AGENT + json.dumps(request).encode()
 
@@ -132,7 +133,7 @@ def agent_stream(transport: Transport, request: dict) -> socket.socket:
     return transport.stream(command, prefix + agent_stdin(request) + b"\n")
 
 
-def call_agent(transport: Transport, request: dict, on_event=lambda message: None) -> dict:
+def call_agent(transport: Transport, request: Mapping[str, Any], on_event=lambda message: None) -> dict:
     """Run the agent on the host with one request; return its result. on_event sees what comes before."""
     name = transport.target.name
     result: dict = {}

@@ -17,27 +17,13 @@ from ..errors import InputError
 from ..inventory.model import IBC_KEYS, Gateway, Host, Inventory
 from ..inventory.secrets import Secrets
 from . import layout
+from .resources import File as ManagedFile
 
 BYPASS = [key for key in IBC_KEYS if key.startswith("Bypass")]  # IBC's API precautions
 
 
 # jts.ini keys ibgw owns: who may connect, API-only mode, the time zone (also the JVM's TZ).
 JTS_OWNED = {"IBGateway": ("TrustedIPs", "ApiOnly"), "Logon": ("TimeZone",)}
-
-
-@dataclass(frozen=True)
-class ManagedFile:
-    path: str  # absolute path on the host
-    content: str
-    mode: int = 0o644
-    owner: str = "root"
-    group: str = "root"
-    secret: bool = False  # holds a secret: never shown, never world-readable
-    # An INI file the program rewrites itself (jts.ini): written whole only if missing; after
-    # that only these keys of its sections are ibgw's, and converge. {section: (key, ...)}
-    owned: dict[str, tuple[str, ...]] | None = None
-    reload: tuple[str, ...] = ()  # units to reload when it changes
-    restart: tuple[str, ...] = ()  # units to restart when it changes
 
 
 @dataclass(frozen=True)
@@ -69,9 +55,13 @@ _ENV = jinja2.Environment(
 )
 
 
-def render_host(inv: Inventory, name: str, secrets: Secrets) -> list[ManagedFile]:
+def render_host(
+    inv: Inventory, name: str, secrets: Secrets, login_user: str | None = None
+) -> list[ManagedFile]:
+    """Every file the host gets. login_user: who this run logged in as (from the command line,
+    the inventory or ssh_config); without a connection (`ibgw render`), the inventory's ssh.user."""
     host = inv.hosts[name]
-    ctx = _context(inv, name, host)
+    ctx = _context(inv, name, host) | {"login_user": login_user or host.ssh.user}
     files = (
         _front(host, ctx)
         + _logrotate(ctx)
@@ -118,12 +108,13 @@ def _context(inv: Inventory, name: str, host: Host) -> dict:
 
 
 def _gate_apps(host: Host, apps: list) -> list[dict]:
-    """The gate's registry for one mode: its apps, and ibgw health's front probe, read-only."""
+    """The gate's registry for one mode: its apps, and health's front probe (which may only ask the time)."""
     entries = [_gate_app(a) for a in apps]
     probe = {
         "name": "ibgw-health",
         "client_id": host.health.probe_client_id + 1,
         "read_only": True,
+        "probe_only": True,
         "sources": host.firewall.admin_cidrs + ["127.0.0.0/8"],
         "max_order_quantity": None,
         "allowed_sec_types": None,

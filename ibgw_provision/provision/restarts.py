@@ -4,7 +4,7 @@ A restart (or reload) of a gateway's units (its Xvfb, the gateway, its gate) dis
 app using it, and a live gateway's full login asks for a new 2FA approval. So by default it is
 not done while apps are connected, nor for a live gateway inside its trading hours: the files
 change, and the restart is recorded as pending (layout.pending_file) until a run is allowed to
-(`--restart now`, or a later run outside those conditions).
+(`--restart now`, `--restart MODE` for one gateway, or a later run outside those conditions).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime
 import re
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..constrained import MODES
 from ..inventory.model import Host, TradingHours
 from . import layout
 
@@ -36,6 +38,22 @@ class GatewayUnits:
 class Policy:
     mode: Mode = "safe"
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
+    gateways: frozenset[str] = frozenset()  # these gateways (by mode) restart now; the rest as `mode` says
+
+
+def parse(values: Iterable[str]) -> tuple[Mode, frozenset[str]]:
+    """`--restart`'s values, repeatable and comma-separated: safe, now, or gateway modes (paper, live).
+    A ValueError says what is wrong, in one line."""
+    words = {w.strip() for value in values for w in value.split(",") if w.strip()} or {"safe"}
+    unknown = sorted(words - {"safe", "now", *MODES})
+    if unknown:
+        modes = ", ".join(MODES)
+        raise ValueError(f"unknown value {unknown[0]!r}: use safe, now, or gateway modes ({modes})")
+    if words & {"safe", "now"}:
+        if len(words) > 1:
+            raise ValueError("give safe or now alone, or only gateway modes (e.g. live or paper,live)")
+        return ("now" if "now" in words else "safe"), frozenset()
+    return "safe", frozenset(words)
 
 
 def gateways(host: Host) -> list[GatewayUnits]:
@@ -69,7 +87,7 @@ def in_trading_hours(hours: TradingHours, now: datetime.datetime) -> bool:
 
 def hold(gw: GatewayUnits, policy: Policy, apps: list[str]) -> str | None:
     """Why this gateway's restart must wait, or None if it may happen now."""
-    if policy.mode == "now":
+    if policy.mode == "now" or gw.mode in policy.gateways:
         return None
     if apps:
         return f"{len(apps)} app{'s' if len(apps) > 1 else ''} connected ({', '.join(apps)})"

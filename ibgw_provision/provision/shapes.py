@@ -1,6 +1,6 @@
 """The typed shapes that cross the wire to and from agent.py: the facts it reads, the steps it runs.
 
-agent.py runs alone on the host and cannot import this; these types are what plan.py
+agent.py runs alone on the host and cannot import this; these types are what the plan
 builds and reads, and what the agent's functions of the same names take and return.
 """
 
@@ -10,6 +10,24 @@ from dataclasses import dataclass
 from typing import Literal, NotRequired, TypedDict
 
 # ---- facts -----------------------------------------------------------------
+
+
+class FactsRequest(TypedDict):
+    """What the agent reads, in one round trip: each resource adds what it needs (resources.py)."""
+
+    op: Literal["facts"]
+    supported: NotRequired[dict]  # platforms.supported(): the releases and their package names
+    packages: list[str]
+    user: str
+    paths: list[str]  # stat'ed (and hashed), with the manifest's
+    content_unless: dict[str, str]  # path -> sha256: read the content of a file that differs
+    units: list[str]
+    markers: list[str]  # small files read whole: stamps, owed unit actions
+    firewall: bool  # is ibgw's table loaded
+    manifest: str
+    clients: NotRequired[list[int]]  # ports whose established connections are counted
+    gates: NotRequired[dict[str, int]]  # mode -> its gate's metrics port: the apps connected
+    pending: NotRequired[str]  # the directory of pending restart records
 
 
 class PathFacts(TypedDict):
@@ -48,6 +66,16 @@ class PendingRecord(TypedDict):
     reason: str
     apps: list[str]
     since: NotRequired[str]  # when it was first recorded (the agent's clock, UTC)
+
+
+class PendingRestart(TypedDict):
+    """A gateway's waiting restart as the recap, `provision --json` and `ibgw health` show it."""
+
+    unit: str  # the gateway's main unit
+    units: list[str]
+    reason: str
+    apps: list[str]
+    since: str  # when first recorded on the host (this run's clock if this run records it)
 
 
 class Facts(TypedDict):
@@ -235,4 +263,4 @@ class Task:
     detail: str = ""
     diff: str = ""
     step: Step | None = None
-    pending: bool = False  # a restart that waits: shown even when its record is already on the host
+    pending: PendingRestart | None = None  # a restart that waits: shown even when already recorded

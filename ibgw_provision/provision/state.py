@@ -2,79 +2,55 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from ..inventory.model import Host, Inventory
 from ..inventory.secrets import Secrets
 from . import layout, restarts
-from .render import ManagedFile, render_host
+from .render import render_host
+from .resources import Dir, File, Firewall, Install, Packages, Resource, Unit, Units, User, Venv
 
 FRONT_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx-light", "libnginx-mod-stream"]}
 FRONT_UNIT = {"haproxy": "haproxy.service", "nginx": "nginx.service"}
 # IB Gateway's bundled JRE draws its window on Xvfb through these; python3 waits for the display.
-ARM64_MACHINES = ("aarch64", "arm64")
 IBGW_PACKAGES = ["python3", "xvfb", "libxtst6", "libxrender1", "libxi6", "libxrandr2", "fontconfig", "unzip"]
 # The operator's eyes on a display (ibgw screen, ibgw vnc): xwd (x11-apps) and x11vnc, run only on demand.
 IBGW_PACKAGES += ["x11-apps", "x11vnc"]
 
 
 @dataclass(frozen=True)
-class Dir:
-    path: str
-    owner: str = "root"
-    group: str = "root"
-    mode: int = 0o755
-
-
-@dataclass(frozen=True)
-class Install:
-    """An installer from the operator's artifact cache, unpacked or run into `dest`."""
-
-    local: Path
-    sha256: str
-    kind: str  # "zip" (IBC) or "installer" (IB Gateway's install4j script)
-    dest: str
-    base: str  # dest must lie strictly inside it: the agent refuses anything else
-    owner: str
-    restart: tuple[str, ...]
-    arm64: tuple[Path, str] | None = None  # (local, sha256) of the aarch64 installer, if it differs
-    group: str = ""  # "ibc", "gateway-paper": its versions replace each other (the last two are kept)
-
-    @property
-    def upload(self) -> str:
-        return f"{layout.UPLOADS}/{self.sha256[:16]}-{self.local.name}"
-
-    def builds(self) -> list[tuple[Path, str]]:
-        return [(self.local, self.sha256)] + ([self.arm64] if self.arm64 else [])
-
-    def for_arch(self, machine: str) -> Install | None:
-        """The installer for a host's `uname -m`; None when none is pinned for it."""
-        if self.kind == "zip" or machine not in ARM64_MACHINES:
-            return self
-        return replace(self, local=self.arm64[0], sha256=self.arm64[1], arm64=None) if self.arm64 else None
-
-
-@dataclass(frozen=True)
 class Desired:
     packages: list[str]
     dirs: list[Dir]
-    files: list[ManagedFile]
+    files: list[File]
     units: list[str]  # enabled and active
     venv_units: list[str]  # run ibgw itself: restarted when it is reinstalled
     installs: list[Install]
-    absent: list[str] = field(default_factory=list)  # paths that must not exist (if ibgw's to remove)
+    # What must not exist, if ibgw's to remove: File(path, present=False), Dir(..), Unit(name, present=False),
+    # or a bare path.
+    absent: list[str | File | Dir | Unit] = field(default_factory=list)
     gateways: list[restarts.GatewayUnits] = field(default_factory=list)  # whose restarts may wait
 
+    def resources(self, venv: bool) -> list[Resource]:
+        """Every resource the host must have, in plan order within each phase."""
+        found: list[Resource] = [Packages(self.packages), User(), *self.dirs]
+        found += [Venv(self.venv_units)] if venv else []
+        found += [*self.installs, *self.files]
+        found += [Firewall()] if layout.FIREWALL_UNIT in self.units else []
+        return found + [Units(self.units, self.gateways)]
 
-def desired(inv: Inventory, name: str, secrets: Secrets) -> Desired:
+    def gone(self) -> list[File | Dir | Unit]:
+        return [File(a, present=False) if isinstance(a, str) else a for a in self.absent]
+
+
+def desired(inv: Inventory, name: str, secrets: Secrets, login_user: str | None = None) -> Desired:
     host = inv.hosts[name]
     venv_units = [layout.gateway_unit(g.mode) for g in host.gateways] if host.backend == "simulator" else []
     venv_units += [layout.gate_unit(g.mode) for g in host.gateways] if host.front.gate else []
     return Desired(
         _packages(host),
         _dirs(host),
-        render_host(inv, name, secrets),
+        render_host(inv, name, secrets, login_user),
         units(host),
         venv_units,
         _installs(inv, host),
@@ -140,7 +116,7 @@ def _packages(host: Host) -> list[str]:
 
 
 def _dirs(host: Host) -> list[Dir]:
-    ibkr = {"owner": layout.USER, "group": layout.GROUP}
+    ibkr: dict = {"owner": layout.USER, "group": layout.GROUP}
     dirs = [
         Dir(layout.OPT),
         Dir(layout.ETC, group=layout.GROUP, mode=0o750),

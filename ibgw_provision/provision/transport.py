@@ -189,6 +189,8 @@ class Transport:
         self.target = target
         self.connect_timeout = connect_timeout or target.timeout
         self.round_trips = 0
+        self.jumps = 0  # jump hosts on the way, known once connect() has resolved the hops
+        self.last_jump: str | None = None  # the last one's label ("jump host 1 (root@...:22)")
         self._hops: list[_Hop] = []
 
     def __enter__(self) -> Transport:
@@ -203,6 +205,8 @@ class Transport:
         """Open each hop in turn, the bastion first; a failure names its hop."""
         self.close()
         self._hops = _hops(self.target, self.connect_timeout)
+        self.jumps = len(self._hops) - 1
+        self.last_jump = self._hops[-2].label if self.jumps else None
         for i, hop in enumerate(self._hops):
             via = f" (via {self._hops[i - 1].label})" if i else ""
             try:
@@ -290,14 +294,30 @@ class Transport:
 
     def forward(self, host: str, port: int) -> socket.socket:
         """A local socket connected to host:port as seen from the remote host (ssh -L, one connection)."""
+        return self._forward(self._ssh(), host, port, "on the host")
+
+    def forward_from_jump(self, host: str, port: int) -> socket.socket:
+        """A local socket connected to host:port by the last jump host, as ssh -J connects to the
+        host: the connection's source is the jump host. Only when the host is reached through one."""
+        if self.jumps < 1:
+            raise SshError(f"{self.target.name}: not reached through a jump host")
+        if len(self._hops) < 2:
+            raise SshError(f"{self.target.name}: not connected through the jump host")
+        hop = self._hops[-2]
+        transport = hop.conn.client.get_transport()
+        if transport is None:
+            raise SshError(f"{hop.label}: connection lost")
+        return self._forward(transport, host, port, f"from {hop.label}")
+
+    def _forward(self, transport: paramiko.Transport, host: str, port: int, where: str) -> socket.socket:
         self.round_trips += 1
         try:
-            chan = self._ssh().open_channel(
+            chan = transport.open_channel(
                 "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=self.connect_timeout
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(
-                f"{self.target.name}: cannot reach {host}:{port} on the host: {_reason(exc)}"
+                f"{self.target.name}: cannot reach {host}:{port} {where}: {_reason(exc)}"
             ) from None
         ours, theirs = socket.socketpair()
         threading.Thread(target=_pump, args=(chan, theirs), daemon=True).start()

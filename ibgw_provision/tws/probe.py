@@ -128,7 +128,9 @@ async def _connect(
         if tls is not None:  # a front with front.tls: TLS first, with the probe's client certificate
             return await asyncio.open_connection(host, port, local_addr=local, ssl=tls, server_hostname=host)
         return await asyncio.open_connection(host, port, local_addr=local)
-    try:
+    try:  # a forward (through SSH): TLS, when the front has it, runs over the forwarded stream
+        if tls is not None:
+            return await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=host)
         return await asyncio.open_connection(sock=sock)
     except BaseException:
         sock.close()

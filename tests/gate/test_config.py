@@ -138,3 +138,13 @@ def test_sixty_thousand_apps_load_in_linear_time(short_dir):
     small, large = _load_time(short_dir, 6_000), _load_time(short_dir, 60_000)
     assert large < 20 * small + 1.0, (small, large)
     assert large < 120  # a bound, not a measurement: the loaded shared machine is slow
+
+
+def test_a_probe_only_app_must_be_read_only(short_dir):
+    data = config_data(short_dir, 4002)
+    data["apps"] = [data["apps"][0] | {"read_only": False, "probe_only": True}]
+    with pytest.raises(InputError) as caught:
+        load(write_config(short_dir / "gate.yml", data))
+    assert "a probe_only app must be read_only" in str(caught.value.problems[0])
+    data["apps"] = [data["apps"][0] | {"read_only": True}]
+    assert load(write_config(short_dir / "gate.yml", data)).apps[0].probe_only

@@ -98,6 +98,9 @@ def test_refusals_decode_in_both_clients(version):
         (proxy_v2("10.0.1.5", 1234), (ipaddress.ip_address("10.0.1.5"), 1234)),
         (proxy_v2("2001:db8::7"), (ipaddress.ip_address("2001:db8::7"), 40000)),
         (proxy_v2("10.0.1.5", command=0), None),  # LOCAL: a health check
+        # A front listening on :: names an IPv4 app by its mapped address: the allowlists name IPv4.
+        (proxy_v1("::ffff:10.0.1.5"), (ipaddress.ip_address("10.0.1.5"), 40000)),
+        (proxy_v2("::ffff:10.0.1.5"), (ipaddress.ip_address("10.0.1.5"), 40000)),
     ],
 )
 def test_proxy_headers(header, source):

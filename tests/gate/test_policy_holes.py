@@ -154,7 +154,7 @@ def test_allow_settings_lets_an_app_change_settings(start):
 
 @BOTH
 def test_read_only_is_default_deny(start, version):
-    gate = start(TRADER, WATCHER)
+    gate = start(TRADER, WATCHER, STK_ONLY)
 
     async def scenario():
         watcher = await RawClient.connect(gate.port, 2, max_version=version)
@@ -168,9 +168,37 @@ def test_read_only_is_default_deny(start, version):
         )
         await _alive(watcher)
         trader = await RawClient.connect(gate.port, 1, max_version=version)
-        trader.send(180, 1, 2)  # a trading app's unknown request passes while trading is open
+        trader.send(180, 1, 2)  # an unlimited trading app's unknown request passes while trading is open
         _, code, text = await trader.error()
         assert "ibgw sim" in text
+        limited = await RawClient.connect(gate.port, 3, max_version=version)
+        limited.send(180, 1, 2)  # it could be an order the limits cannot read
+        assert (await limited.error())[1:] == (
+            321,
+            REFUSED
+            + "request 180 (unknown request) is not allowed for app stk-only: it has order limits the gate "
+            "could not apply",
+        )
+        await _alive(limited)
+
+    run(scenario())
+
+
+@BOTH
+def test_the_health_probe_app_may_only_ask_the_time(start, version):
+    gate = start(TRADER, _app("ibgw-health", 9, read_only=True, probe_only=True))
+
+    async def scenario():
+        probe = await RawClient.connect(gate.port, 9, max_version=version)
+        await _alive(probe)  # reqCurrentTime: all health asks
+        probe.send(61)  # reqPositions: a read, but the account is not the probe's to see
+        assert (await probe.error())[1:] == (
+            321,
+            REFUSED + "reqPositions is not allowed for app ibgw-health: it may only ask the time",
+        )
+        probe.send_ibapi(lambda c: c.reqContractDetails(1, contract()))
+        assert (await probe.error())[2].startswith(REFUSED + "reqContractDetails is not allowed")
+        await _alive(probe)
 
     run(scenario())
 
@@ -410,9 +438,32 @@ def test_notional_per_order(start, sim, version):
         assert (await client.error())[
             2
         ] == REFUSED + "notional 2000.0 is above app notional's max_notional_per_order of 1000"
+        market = _place(client, contract(), order("BUY", 1, "MKT"))
+        assert await client.error() == (
+            market,
+            321,
+            REFUSED + "app notional has max_notional_per_order: a MKT order without a limit price cannot be "
+            "priced (send a limit order)",
+        )
+        call, put = option, _option_con_id(sim, "P")
+        spread = _bag(call, put, ratio=1)
+        unknown_leg = _place(client, spread, order("BUY", 1, "LMT", lmtPrice=5.0))
+        assert (await client.error())[2] == (
+            REFUSED + "app notional has max_notional_per_order; the multiplier of this BAG is unknown"
+        )
+        await _qualify(client, put, req_id=78)
+        wide = _place(client, spread, order("BUY", 3, "LMT", lmtPrice=-4.0))  # a credit: its size counts
+        assert (await client.error())[2] == (
+            REFUSED + "notional 1200.0 is above app notional's max_notional_per_order of 1000"
+        )
+        within = _place(client, spread, order("BUY", 2, "LMT", lmtPrice=5.0))
+        answer = await client.error()  # the simulator, not the gate, answers this combo
+        assert answer[0] == within and not answer[2].startswith(REFUSED), answer
+        _place(client, contract(), order("BUY", 5, "LMT", lmtPrice=600.0, whatIf=True))  # a preview
+        await _message(client, In.OPEN_ORDER)
         _place(client, contract(), order("BUY", 1, "LMT", lmtPrice=600.0))
         await _message(client, In.ORDER_STATUS)
-        return opt
+        return opt, unknown_leg, wide
 
     run(scenario())
 

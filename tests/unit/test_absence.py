@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ import yaml
 
 from ibgw_provision import inventory
 from ibgw_provision.inventory.secrets import Secrets
-from ibgw_provision.provision import agent, layout, state
-from ibgw_provision.provision.plan import decommission, plan
+from ibgw_provision.provision import agent, apply, layout, recap, state
+from ibgw_provision.provision.plan import decommission, facts_request, plan
+from ibgw_provision.provision.resources import Dir, File, Unit
 from tests.unit.test_plan import converged
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventories" / "example.yml"
@@ -231,6 +233,39 @@ def test_a_path_that_must_be_absent_is_one_line(tmp_path):
     assert removed(plan(want, facts, Secrets())) == {old}
     del facts["paths"][old]
     assert plan(want, facts, Secrets()).changed == []
+
+
+def test_absent_resources_are_one_line_each_and_plan_as_removals(tmp_path):
+    legacy, old_dir, old_unit = f"{layout.ETC}/legacy.yml", f"{layout.OPT}/legacy", "ibgw-legacy.service"
+    absent = [File(legacy, present=False), Dir(old_dir, present=False), Unit(old_unit, present=False)]
+    want = dataclasses.replace(desired(tmp_path), absent=absent)
+    request = facts_request(want, wheels=False)
+    assert {legacy, old_dir} <= set(request["paths"]) and old_unit in request["units"]
+    facts = host(want)
+    facts["paths"][legacy] = {"kind": "file", "mode": 0o600, "owner": "root", "group": "root", "sha256": "x"}
+    facts["paths"][old_dir] = {"kind": "dir", "mode": 0o755, "owner": "root", "group": "root", "sha256": None}
+    facts["units"][old_unit] = {"enabled": "enabled", "active": "active"}
+    result = plan(want, facts, Secrets())
+    assert removed(result) == {legacy, old_dir} and stopped(result) == [old_unit]
+    assert kinds(result).index("stop") < kinds(result).index("remove")
+    out = io.StringIO()
+    recap.Recap(console=recap.console_for(out)).show([apply.Report("gw1", result.tasks, checked_only=True)])
+    shown = out.getvalue().splitlines()
+    assert f"[gw1] would change: file {legacy} (remove: no longer in the inventory)" in shown
+    assert (
+        f"[gw1] would change: dir {old_dir} (remove with all below it: no longer in the inventory)" in shown
+    )
+    assert f"[gw1] would change: service {old_unit} (stop and disable: no longer in the inventory)" in shown
+    del facts["paths"][legacy], facts["paths"][old_dir]
+    facts["units"][old_unit] = {"enabled": "disabled", "active": "inactive"}
+    assert plan(want, facts, Secrets()).changed == []
+
+
+def test_an_absent_unit_ibgw_did_not_make_is_never_stopped(tmp_path):
+    want = dataclasses.replace(desired(tmp_path), absent=[Unit("ssh.service", present=False)])
+    facts = host(want)
+    facts["units"]["ssh.service"] = {"enabled": "enabled", "active": "active"}
+    assert stopped(plan(want, facts, Secrets())) == []
 
 
 def test_decommission_keeps_the_user_and_the_logs_unless_purged(tmp_path):

@@ -177,3 +177,20 @@ def test_pending_restarts_are_reported_and_shown(local):
         "PENDING: restart ibgw-gateway-live.service since t: 1 app connected (a), would disconnect a"
         in out.getvalue()
     )
+
+
+def test_a_front_probe_through_a_bastion_is_named_in_the_report_the_view_and_a_failure():
+    source = "jump host 1 (root@198.18.0.2:22)"
+    ok = {"ok": True, "server_version": 200, "connection_time": "t", "next_valid_id": 1,
+          "accounts": ["DU1"], "round_trip_ms": 0.5}  # fmt: skip
+    gateway = {"mode": "paper", "api_port": 4002, "front_port": 4004, "direct": ok, "front": ok}
+    report = {"host": "gw", "address": "198.18.0.10", "checked_at": 0.0, "units": [], "firewall": None}
+    report |= {"resources": None, "log_findings": [], "pending_restarts": [], "status": "healthy"}
+    report |= {"exit_code": 0, "findings": [], "gateways": [gateway | {"front_from": source}]}
+    schema = json.loads((Path(health.__file__).parent / "health.schema.json").read_text())
+    jsonschema.validate({"schema": "ibgw.health/1", "hosts": [report]}, schema)
+    out = io.StringIO()
+    views.health(Console(file=out, width=200), report)
+    assert f"front probed from {source}" in out.getvalue()
+    (finding,) = health._judge_gateway("paper", ok, {"ok": False, "error": "timed out"}, source)
+    assert finding.message.endswith(f"(is {source} in the allowlist?)")

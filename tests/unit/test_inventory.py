@@ -239,6 +239,14 @@ BAD = [
         "reserved for `ibgw health`'s probe",
     ),
     (
+        "master-client-id-is-the-probe",
+        "      - mode: live\n",
+        "      - mode: live\n        ibc: {master_client_id: 9999}\n",
+        "hosts.gw.gateways[1].ibc.master_client_id",
+        "ibc: {master_client_id: 9999}",
+        "a master client id receives every app's orders",
+    ),
+    (
         "port-collides-with-metrics",
         "      - mode: live\n",
         "      - mode: live\n        front_port: 8405\n",

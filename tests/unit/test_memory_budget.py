@@ -76,6 +76,7 @@ def test_no_memory_fact_no_check(example):
 class FakeTransport:
     def __init__(self, target):
         self.target, self.round_trips = target, 0
+        self.login_user = target.user or "root"  # as the real one says once connected
 
     def __enter__(self):
         return self

@@ -125,6 +125,7 @@ def example():
 class FakeTransport:
     def __init__(self, target):
         self.target, self.round_trips = target, 0
+        self.login_user = target.user or "root"  # as the real one says once connected
 
     def __enter__(self):
         return self

@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 from ibgw_provision import cli, inventory
 from ibgw_provision.inventory.secrets import Secrets
-from ibgw_provision.provision import apply, recap
+from ibgw_provision.provision import apply, layout, recap, state
 from ibgw_provision.provision.plan import Task
 from ibgw_provision.provision.transport import SshError
 from tests.conftest import INVENTORIES
+from tests.unit.test_plan import converged
 
 DEBIAN_12 = {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"}
 
@@ -75,6 +76,7 @@ def test_a_long_failure_is_one_line_in_a_log():
 class Unreachable:
     def __init__(self, target):
         self.target, self.round_trips = target, 0
+        self.login_user = target.user or "root"  # as the real one says once connected
 
     def __enter__(self):
         raise SshError(f"root@{self.target.address}:{self.target.port}: unreachable: Connection refused")
@@ -210,7 +212,44 @@ def test_provision_json_of_an_unreachable_host(tmp_path, closed_port):
         "round_trips",
         "seconds",
         "tasks",
+        "pending_restarts",
     ]
     assert host["status"] == "unreachable" and host["unreachable"] and not host["failed"]
     assert host["error"].startswith(f"root@127.0.0.1:{closed_port}: unreachable")
     assert "[local] connecting" not in result.stdout  # progress went to stderr
+
+
+def test_provision_json_lists_each_hosts_pending_restarts(monkeypatch):
+    """A fake agent's facts: live's restart is already recorded; paper's gate config changes under an app."""
+    inv = inventory.load(INVENTORIES / "local.yml")
+    want = state.desired(inv, "local", Secrets())
+    paper, live = layout.gateway_unit("paper"), layout.gateway_unit("live")
+    gate_config = next(f for f in want.files if layout.gate_unit("paper") in f.restart)
+    facts = converged(want) | {"os": DEBIAN_12, "memory_mb": 4000, "python": "3.11.2", "glibc": "2.36"}
+    facts["arch"] = "x86_64"
+    facts["paths"][gate_config.path] = dict(facts["paths"][gate_config.path], sha256="0" * 64)
+    facts["gate_apps"] = {mode: {"smart-lean-0dte": {"connected": 1.0}} for mode in ("paper", "live")}
+    since = "2026-11-27T15:00:00Z"
+    record = {"units": [live], "reason": "1 app connected (smart-lean-0dte)", "apps": ["smart-lean-0dte"]}
+    facts["pending"] = {live: record | {"since": since}}
+    requests = []
+
+    def agent(transport, request, **kw):
+        requests.append(request["op"])
+        return facts
+
+    monkeypatch.setattr(apply, "Transport", Connected)
+    monkeypatch.setattr(apply, "call_agent", agent)
+    monkeypatch.setattr(apply.wheelhouse, "build", lambda *a: None)
+    result = run("provision", "local", "-i", str(INVENTORIES / "local.yml"), "--check", "--json")
+    assert requests == ["facts"] and result.exit_code == 0, result.output
+    (host,) = json.loads(result.stdout)["hosts"]
+    first, second = host["pending_restarts"]
+    assert first.pop("since") >= "2026"  # this run's clock: the agent stamps it when it records it
+    assert first == {
+        "unit": paper,
+        "units": [layout.gate_unit("paper")],
+        "reason": "1 app connected (smart-lean-0dte)",
+        "apps": ["smart-lean-0dte"],
+    }
+    assert second == {"unit": live, **record, "since": since}  # as `ibgw health` shows it

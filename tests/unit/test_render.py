@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ibgw_provision import inventory
 from ibgw_provision.inventory.model import Pki as PkiDir
 from ibgw_provision.inventory.secrets import MASK, Secrets
 from ibgw_provision.pki.ca import Pki
 from ibgw_provision.provision import layout
 from ibgw_provision.provision.render import render_host
+from tests.conftest import INVENTORIES
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -234,6 +236,7 @@ def test_with_the_gate_the_front_sends_proxy_v2_to_it(rendered, example):
             "name": "ibgw-health",
             "client_id": host.health.probe_client_id + 1,
             "read_only": True,
+            "probe_only": True,
             "sources": None,
             "max_order_quantity": None,
             "allowed_sec_types": None,
@@ -264,3 +267,23 @@ def test_overlapping_app_cidrs_are_collapsed_in_the_firewall_sets():
         "paper_apps_v4": ["198.18.1.0/28"],
         "paper_apps_v6": ["2001:db8::1/128"],
     }
+
+
+def _lo_users(inv, host: str, login_user: str | None) -> list[str]:
+    """Who may open the gateways' API ports on lo, as the firewall's output rule names them."""
+    (nft,) = [f for f in render_host(inv, host, Secrets(masked=True), login_user) if f.path.endswith(".nft")]
+    return re.search(r"meta skuid != \{ (.*?) \} reject", nft.content).group(1).split(", ")
+
+
+@pytest.mark.parametrize(
+    "login_user,expected",
+    [
+        (None, ["root", "ibkr", "admin"]),  # no connection (`ibgw render`): the inventory's ssh.user
+        ("opsuser", ["root", "ibkr", "opsuser"]),  # --user or ssh_config's User: who really logged in
+        ("root", ["root", "ibkr"]),
+        ("ibkr", ["root", "ibkr"]),
+    ],
+)
+def test_the_firewalls_lo_rule_names_the_user_the_run_logged_in_as(login_user, expected):
+    lab = inventory.load(INVENTORIES / "lab.yml")  # ssh.user: admin
+    assert _lo_users(lab, "gw", login_user) == expected

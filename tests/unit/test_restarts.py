@@ -6,12 +6,16 @@ import datetime
 import socket
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from ibgw_provision import cli
 from ibgw_provision.inventory.model import TradingHours
 from ibgw_provision.inventory.secrets import Secrets
-from ibgw_provision.provision import agent, layout, restarts, state
+from ibgw_provision.provision import agent, apply, layout, restarts, state
 from ibgw_provision.provision.plan import plan
 from ibgw_provision.provision.render import render_host
+from tests.conftest import INVENTORIES
 from tests.unit.test_plan import converged
 
 NY = datetime.timezone(datetime.timedelta(hours=-5))  # New York in winter (EST)
@@ -106,6 +110,94 @@ def test_restart_now_restarts_at_once(want):
     facts = heap_changed(want) | {"clients": {"4001": 3}}
     result = plan(want, facts, Secrets(), policy=restarts.Policy("now", now=at(11, 0)))
     assert LIVE in systemd(result)["restart"] and not pending(result)
+
+
+def both_heaps_changed(want) -> dict:
+    facts = heap_changed(want)
+    for path in list(facts["paths"]):  # paper's heap too
+        if path.endswith("ibgateway.vmoptions"):
+            facts["paths"][path] = dict(facts["paths"][path], sha256="0" * 64)
+    return facts | {"clients": {"4001": 1, "4002": 1}}
+
+
+def test_restart_one_mode_restarts_only_that_gateway(want):
+    facts = both_heaps_changed(want)
+    result = plan(
+        want, facts, Secrets(), policy=restarts.Policy(now=SATURDAY_NOON, gateways=frozenset({"paper"}))
+    )
+    restarted = set(systemd(result)["restart"])
+    assert PAPER in restarted and not restarted & {LIVE, layout.xvfb_unit("live"), layout.gate_unit("live")}
+    (task,) = pending(result)
+    assert task.name == f"restart {LIVE}" and task.changed and "`--restart live`" in task.detail
+    (step,) = [s for s in result.steps() if s["kind"] == "pending"]
+    assert step["path"] == layout.pending_file(LIVE)
+    kinds = [s["kind"] for s in result.steps()]  # a run cut after the systemd step (which clears the
+    assert kinds.index("pending") < kinds.index("systemd")  # actions owed) still has live's record
+
+
+def test_restart_one_mode_applies_its_record_and_keeps_the_others(want):
+    records = {
+        unit: {"units": [unit], "reason": "1 app connected (a)", "apps": ["a"], "since": "x"}
+        for unit in (PAPER, LIVE)
+    }
+    facts = converged(want) | {"gate_apps": {m: {"a": {"connected": 1.0}} for m in ("paper", "live")}}
+    facts |= {"pending": records}
+    result = plan(
+        want, facts, Secrets(), policy=restarts.Policy(now=SATURDAY_NOON, gateways=frozenset({"live"}))
+    )
+    step = systemd(result)
+    assert LIVE in step["restart"] and PAPER not in step["restart"]
+    assert step["clear"] == [layout.pending_file(LIVE)]  # paper's record stays on the host
+    (task,) = pending(result)
+    assert task.name == f"restart {PAPER}" and not task.changed
+
+
+@pytest.mark.parametrize(
+    "values,parsed",
+    [
+        ((), ("safe", frozenset())),
+        (("now",), ("now", frozenset())),
+        (("live",), ("safe", frozenset({"live"}))),
+        (("paper,live",), ("safe", frozenset({"paper", "live"}))),
+        (("paper", "live"), ("safe", frozenset({"paper", "live"}))),
+    ],
+)
+def test_restart_values(values, parsed):
+    assert restarts.parse(values) == parsed
+
+
+@pytest.mark.parametrize(
+    "values,error",
+    [(("lve",), "unknown value 'lve'"), (("now,live",), "alone"), (("safe", "paper"), "alone")],
+)
+def test_bad_restart_values_are_refused(values, error):
+    with pytest.raises(ValueError, match=error):
+        restarts.parse(values)
+
+
+def test_the_cli_refuses_a_bad_restart_in_one_line(tmp_path):
+    inv = tmp_path / "inv.yml"
+    data = yaml.safe_load((INVENTORIES / "local.yml").read_text())
+    data["hosts"]["local"]["gateways"] = data["hosts"]["local"]["gateways"][:1]  # paper only
+    for app in data["hosts"]["local"]["apps"]:
+        app["modes"] = ["paper"]
+    inv.write_text(yaml.safe_dump(data, sort_keys=False))
+    for value, message in (("lve", "unknown value 'lve'"), ("live", "no selected host has a live gateway")):
+        result = CliRunner().invoke(cli.main, ["provision", "local", "-i", str(inv), "--restart", value])
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: --restart: {message}")
+
+
+def test_the_cli_passes_the_named_gateways_on(monkeypatch):
+    seen = []
+    monkeypatch.setattr(apply, "provision", lambda inv, names, opts: seen.append(opts) or [])
+    for args, expected in (([], ("safe", set())), (["--restart", "paper,live"], ("safe", {"paper", "live"}))):
+        result = CliRunner().invoke(
+            cli.main, ["provision", "local", "-i", str(INVENTORIES / "local.yml"), *args]
+        )
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].restart, seen[-1].restart_gateways) == expected
 
 
 def test_a_recorded_pending_restart_shows_unchanged_then_happens_when_allowed(want):

@@ -9,6 +9,7 @@ import getpass
 import grp
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -251,6 +252,51 @@ def test_a_no_op_run_is_one_connection_per_hop_and_one_command(tmp_path, key, mo
     assert (bastion.connections, bastion.commands, len(bastion.forwarded)) == (
         (1, [], 1) if via_jump else (0, [], 0)
     )
+
+
+@pytest.mark.parametrize("given_by", ["command line", "ssh_config"])
+def test_the_firewall_names_the_user_the_run_logged_in_as(tmp_path, key, monkeypatch, given_by):
+    """The inventory says root (or nothing); --user or ssh_config's User says deploy: the lo rule
+    that lets the login's forwards reach the API ports must name deploy, the user really logged in."""
+    monkeypatch.setattr("ibgw_provision.inventory.secrets._read", lambda ref: f"secret-{ref.env or 'file'}")
+    raw = yaml.safe_load((INVENTORIES / "example.yml").read_text())
+    wheels = wheelhouse.Wheelhouse(tmp_path, (), "stamp", "ibgw")
+    monkeypatch.setattr(wheelhouse, "build", lambda *a: wheels)
+    raw["hosts"]["gw1"]["front"].pop("tls", None)
+    with sshd(tmp_path, {"deploy": [key[1]]}) as gw:
+        (tmp_path / "known_hosts").write_text(gw.known_line())
+        ssh = {"port": gw.port, "key": str(key[0]), "known_hosts": str(tmp_path / "known_hosts")}
+        raw["hosts"]["gw1"].update(
+            address="127.0.0.1", ssh=ssh | ({"user": "root"} if given_by == "command line" else {})
+        )
+        (tmp_path / "inv.yml").write_text(yaml.safe_dump(raw))
+        (tmp_path / "ssh_config").write_text(
+            "Host 127.0.0.1\n  User deploy\n" if given_by == "ssh_config" else ""
+        )
+        from ibgw_provision import inventory
+
+        inv = inventory.load(tmp_path / "inv.yml")
+
+        def reply(request: dict) -> dict:
+            want = state.desired(inv, "gw1", Secrets(), "deploy")
+            return converged(want) | {
+                "markers": converged(want)["markers"] | {f"{layout.VENV}/{layout.VENV_STAMP}": "stamp"},
+                "firewall": True,
+                "manifest": absence.wanted(want, wheels),
+                "os": {"id": "debian", "version_id": "12", "pretty_name": "Debian GNU/Linux 12 (bookworm)"},
+                "python": "3.11.2",
+                "glibc": "2.36",
+                "arch": "x86_64",
+            }
+
+        gw.agent_reply = reply
+        user = "deploy" if given_by == "command line" else None
+        opts = apply.Options(check=True, ssh=SshOptions(user=user, ssh_config=tmp_path / "ssh_config"))
+        report = apply.provision_host(inv, "gw1", opts)
+    assert report.failed is None, report.failed
+    assert [t.name for t in report.tasks if t.changed] == []  # the host was converged for deploy
+    nft = next(f for f in state.desired(inv, "gw1", Secrets(), "deploy").files if f.path.endswith(".nft"))
+    assert "meta skuid != { root, ibkr, deploy }" in nft.content
 
 
 # ---- host keys --------------------------------------------------------------------------------
@@ -517,6 +563,33 @@ def test_jump_failures_name_their_hop(tmp_path, key):
         message = fails(target_)
     assert message.startswith(f"root@127.0.0.1:{closed}: unreachable from the jump host")
     assert message.endswith(f"(via jump host 1 (jumper@127.0.0.1:{bastion.port}))")
+
+
+def test_a_forward_from_the_jump_host_is_opened_by_the_jump_host_not_the_host(tmp_path, key):
+    """What health's front probe uses: the stream's source is the bastion, as with ssh -J."""
+    with (
+        sshd(tmp_path, {"jumper": [key[1]]}) as bastion,
+        sshd(tmp_path, {"root": [key[1]]}) as gw,
+        socket.create_server(("127.0.0.1", 0)) as listener,
+    ):
+        port = listener.getsockname()[1]
+        (tmp_path / "known_hosts").write_text(bastion.known_line() + gw.known_line())
+        with connect(gw, tmp_path, key[0], jump=(f"jumper@127.0.0.1:{bastion.port}",)) as t:
+            assert (t.jumps, t.last_jump) == (1, f"jump host 1 (jumper@127.0.0.1:{bastion.port})")
+            with t.forward_from_jump("127.0.0.1", port) as local:
+                listener.settimeout(5)
+                peer, _ = listener.accept()
+                with peer:
+                    local.sendall(b"ping")
+                    peer.settimeout(5)
+                    assert peer.recv(4) == b"ping"
+        assert ("127.0.0.1", port) in bastion.forwarded and ("127.0.0.1", port) not in gw.forwarded
+        with pytest.raises(SshError, match="not connected through the jump host"):
+            t.forward_from_jump("127.0.0.1", port)  # closed: one line, no IndexError
+        with connect(gw, tmp_path, key[0]) as direct:
+            assert (direct.jumps, direct.last_jump) == (0, None)
+            with pytest.raises(SshError, match="gw1: not reached through a jump host"):
+                direct.forward_from_jump("127.0.0.1", port)
 
 
 def test_a_jump_channel_that_hangs_gives_up_after_the_timeout(tmp_path, key):
