@@ -2,10 +2,10 @@
 
 Each test module gets a fresh gw (`lab.reset()`: a clean root filesystem, with the first-boot dpkg
 lock held) and provisions it with the real `ibgw provision`, as `admin` with sudo, through the
-bastion. The suite's inventory is inventories/lab.yml (firewall on) with this machine, the lab's
-operator (198.18.0.1), added to every app's sources and to the admin CIDRs: the tests run their
-clients and `ibgw health` from here, across gw's live nftables rules. Needs root (skipped otherwise,
-as the lab is).
+bastion. The suite's inventory is inventories/lab.yml (firewall on, SSH from the bastion only)
+with this machine, the lab's operator (198.18.0.1), added to every app's sources: the tests run
+their clients from here, across gw's live nftables rules. Needs root (skipped otherwise, as the
+lab is).
 """
 
 from __future__ import annotations
@@ -55,17 +55,15 @@ def recap(proc: subprocess.CompletedProcess, host: str = NAME) -> dict[str, int]
 
 def suite_doc() -> dict:
     """inventories/lab.yml as the suite uses it: absolute SSH paths; the operator in every app's
-    sources and in the admin CIDRs (which the gate admits health's probe from), as 127.0.0.1 was on
-    the shared-network test host; paper's simulator on loopback (live's stays on every interface, as
-    IB Gateway binds); and live's restarts never held by the clock (tests/unit decide those on a
-    fake one)."""
+    sources, as 127.0.0.1 was on the shared-network test host; paper's simulator on loopback
+    (live's stays on every interface, as IB Gateway binds); and live's restarts never held by the
+    clock (tests/unit decide those on a fake one)."""
     doc = yaml.safe_load(LAB_INVENTORY.read_text())
     host = doc["hosts"][NAME]
     for key in ("key", "known_hosts"):
         host["ssh"][key] = str((LAB_INVENTORY.parent / host["ssh"][key]).resolve())
     for app in host["apps"]:
         app["sources"] = [*app["sources"], f"{OPERATOR}/32"]
-    host["firewall"]["admin_cidrs"] = [*host["firewall"]["admin_cidrs"], f"{OPERATOR}/32"]
     paper, live = host["gateways"]
     assert (paper["mode"], live["mode"]) == ("paper", "live")
     paper["simulator"]["listen"] = "loopback"

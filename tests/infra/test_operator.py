@@ -3,7 +3,7 @@
 This machine is the lab's operator (198.18.0.1). For the admin-only source, the apps go back to
 inventories/lab.yml's sources (app-a and app-b only), and the operator is left to
 `firewall.admin_cidrs` alone, next to the bastion: gw's live firewall and its front then let it in
-for health's probe only. Without it there, it is neither an app nor an admin.
+for health's probe only. health itself probes the front from the bastion, where its SSH comes from.
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ def test_audit_of_the_host_shows_a_forwarded_and_a_refused_order(inv_path):
 
 
 def _variant(inv_path: str, tmp: Path, admin: bool) -> str:
-    """The apps without the operator; with `admin`, the operator in firewall.admin_cidrs (as in the
-    suite's inventory), else not there either. Provisioned."""
+    """The apps without the operator; with `admin`, the operator in firewall.admin_cidrs (next to
+    the bastion). Provisioned."""
     doc = yaml.safe_load(Path(inv_path).read_text())
     host = doc["hosts"][NAME]
     for app in host["apps"]:
         app["sources"].remove(f"{OPERATOR}/32")
-    if not admin:
-        host["firewall"]["admin_cidrs"].remove(f"{OPERATOR}/32")
+    if admin:
+        host["firewall"]["admin_cidrs"].append(f"{OPERATOR}/32")
     assert f"{OPERATOR}/32" not in str(host["apps"])
     assert (f"{OPERATOR}/32" in host["firewall"]["admin_cidrs"]) == admin
     path = tmp / f"admin-{admin}.yml"
@@ -107,14 +107,20 @@ def admin_only(inv_path, tmp_path_factory):
     return use
 
 
-def test_health_from_an_admin_only_source_is_healthy(admin_only):
-    code, report = _health(admin_only(False))  # not an app, not an admin: dropped by the firewall
-    assert code >= 1 and not any(g["front"]["ok"] for g in report["gateways"])
-    assert any("through the front failed" in f["message"] for f in report["findings"])
-    code, report = _health(admin_only(True))
-    others = [f for f in report["findings"] if f["check"] != "load"]  # the machine's load is shared
-    assert others == [] and code == (1 if report["findings"] else 0), report["findings"]
-    assert all(g["front"]["ok"] and g["front"]["accounts"] for g in report["gateways"])
+def test_health_from_an_admin_only_source_is_healthy(lab, admin_only):
+    """health probes the front from where its SSH comes from: the bastion, an admin address and no
+    app's source. The operator, neither an app nor an admin, is dropped by the firewall; as an
+    admin, it gets in with the probe's client id only."""
+    bastion = f"jump host 1 (root@{lab.addr('bastion')}:22)"
+    for admin in (False, True):
+        code, report = _health(admin_only(admin))
+        others = [f for f in report["findings"] if f["check"] != "load"]  # the machine's load is shared
+        assert others == [] and code == (1 if report["findings"] else 0), report["findings"]
+        assert all(g["front"]["ok"] and g["front"]["accounts"] for g in report["gateways"])
+        assert {g["front_from"] for g in report["gateways"]} == {bastion}
+        if not admin:
+            dropped = lab.connects("operator", GW, PAPER.front_port)
+            assert dropped.returncode != 0 and "timed out" in dropped.stderr, dropped.stderr
     # The admin source gets in with the probe's client id only: an app's id is refused by the gate.
     assert b"refused by ibgw gate: client id 1" in _refusal(1)
     assert b"not registered" in _refusal(42)
