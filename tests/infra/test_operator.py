@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from ib_async import IB
+
+from ibgw_provision.tws.codec import encode_text
+from ibgw_provision.tws.framing import Hello
+from ibgw_provision.tws.messages import Out
 
 from .conftest import GW, NAME, OPERATOR, fresh_host, ibgw, suite_inventory
 from .test_gate import PAPER, App
@@ -126,12 +131,36 @@ def test_health_from_an_admin_only_source_is_healthy(lab, admin_only):
     assert b"not registered" in _refusal(42)
 
 
-def test_the_probe_id_from_the_admin_source_is_read_only(admin_only):
+def test_the_probe_id_from_the_admin_source_may_only_ask_the_time(admin_only):
+    """health.probe_client_id + 1 from the admin source: the gate answers the time and refuses
+    anything else, a read of the account included (so an order too). ib_async cannot log on as it:
+    its start-up requests are refused."""
     admin_only(True)
-    with App(9999, qualify=False) as probe:  # health.probe_client_id + 1: it may only ask the time
-        trade = probe.order(1)
-        assert trade.orderStatus.status != "Filled"
-        assert any(code == 321 for _, code, _ in probe.errors), probe.errors
+    with socket.create_connection((GW, PAPER.front_port), timeout=10) as sock:
+        sock.sendall(Hello(100, 178).encode())
+        version = int(_frame(sock).split(b"\0")[0])
+        sock.sendall(encode_text(version, Out.START_API, (2, 9999, "")))
+        sock.sendall(encode_text(version, Out.REQ_POSITIONS, (1,)))
+        deadline, seen = time.monotonic() + 10, b""
+        while b"may only ask the time" not in seen:
+            assert time.monotonic() < deadline, seen
+            seen += _frame(sock)
+    assert b"reqPositions is not allowed for app ibgw-health" in seen
+
+
+def _frame(sock: socket.socket) -> bytes:
+    """One length-prefixed frame."""
+    size = int.from_bytes(_exactly(sock, 4), "big")
+    return _exactly(sock, size)
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
 
 
 def test_an_app_id_from_the_admin_source_cannot_log_on(admin_only):

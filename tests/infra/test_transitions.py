@@ -116,9 +116,10 @@ def test_firewall_on_to_off_and_back(lab, base, host):
     assert gone(host, unit) and not host.file(f"{layout.UNIT_DIR}/{unit}").exists
     assert not host.file(f"{layout.ETC}/firewall.nft").exists
     assert "inet ibgw" not in host.check_output("nft list tables")
-    for port in ports:
-        reached = lab.connects("outsider", GW, port)
-        assert reached.returncode == 0, (port, reached.stderr)
+    front = lab.connects("outsider", GW, PAPER.front_port)  # HAProxy's rejection may reset the connect
+    assert front.returncode == 0 or "ConnectionResetError" in front.stderr, front.stderr
+    api = lab.connects("outsider", GW, LIVE.api_port)
+    assert api.returncode == 0, api.stderr
     assert serves(PAPER.front_port)
     converge(str(base))
     assert host.service(unit).is_enabled and host.service(unit).is_running
