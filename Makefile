@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: demo demo-down demo-local demo-local-down test check lint types vm-test deps venv clean
+.PHONY: demo demo-down demo-local demo-local-down test check lint types deps venv clean
 
 LAB_INV := inventories/lab.yml
 
@@ -34,6 +34,7 @@ demo-local: deps venv
 demo-local-down:
 	tests/host/testhost.sh down
 
+# Every suite; tests/lab and tests/infra run on the lab (tests/lab/lab, as root).
 test: deps venv lint types
 	$(BIN)/pytest
 
@@ -47,10 +48,6 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy ibgw_provision
-
-# The testinfra suite against the Vagrant VM instead (needs Vagrant and a provider).
-vm-test: venv
-	IBGW_TEST_HOST=vagrant $(BIN)/pytest tests/infra
 
 deps:
 	scripts/deps.sh

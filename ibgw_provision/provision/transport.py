@@ -569,7 +569,7 @@ def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
                 if not data:
                     break
                 chan.sendall(data)
-    except OSError:
+    except (OSError, EOFError, paramiko.SSHException):  # either side gone (paramiko: EOFError as it closes)
         pass
     finally:
         chan.close()

@@ -1,4 +1,4 @@
-"""`ibgw gate` as provisioned on the real host: apps -> HAProxy -> (PROXY v2) -> gate -> simulated gateway."""
+"""`ibgw gate` as provisioned on gw in the lab: apps -> HAProxy -> (PROXY v2) -> gate -> simulated gateway."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ import time
 import pytest
 from ib_async import IB, MarketOrder, Stock
 
-from ibgw_provision import inventory
 from ibgw_provision.provision import layout
 
-from .conftest import LOCAL, fresh_host, ibgw
+from .conftest import GW, HOST, NAME, OPERATOR, fresh_host, ibgw, suite_inventory
 
-HOST = inventory.load(LOCAL).hosts["local"]
+pytestmark = pytest.mark.lab
 PAPER = HOST.gateway("paper")
 CONFIG = layout.gate_config("paper")
 SPY = Stock("SPY", "SMART", "USD")
 
 
 @pytest.fixture(scope="module")
-def inv_path(tmp_path_factory):
+def inv_path(lab, tmp_path_factory):
     assert HOST.front.gate
-    return str(fresh_host(LOCAL, tmp_path_factory.mktemp("gate"))[0])
+    inv = suite_inventory(tmp_path_factory.mktemp("gate"))
+    fresh_host(lab, inv)
+    return str(inv)
 
 
 @pytest.fixture
@@ -31,13 +32,15 @@ def host(inv_path, ssh_host):
 
 
 class App:
-    """An ib_async app connected through the front, collecting the errors it is told."""
+    """An ib_async app connected from here (the lab's operator) through gw's front, collecting the
+    errors it is told."""
 
-    def __init__(self, client_id: int):
+    def __init__(self, client_id: int, qualify: bool = True):
         self.ib, self.errors = IB(), []
+        self.ib.RequestTimeout = 15  # a request the gate refuses may get no answer ib_async waits for
         self.ib.errorEvent += lambda req_id, code, text, contract: self.errors.append((req_id, code, text))
-        self.ib.connect("127.0.0.1", PAPER.front_port, clientId=client_id, timeout=15)
-        (self.spy,) = self.ib.qualifyContracts(SPY)
+        self.ib.connect(GW, PAPER.front_port, clientId=client_id, timeout=15)
+        (self.spy,) = self.ib.qualifyContracts(SPY) if qualify else (SPY,)
 
     def order(self, quantity: float = 1):
         trade = self.ib.placeOrder(self.spy, MarketOrder("BUY", quantity))
@@ -77,7 +80,7 @@ def test_a_registered_app_trades_and_is_audited_under_its_name(host):
     rows = [r for r in _audit(host, "--app", "smart-lean-0dte")["orders"] if r["order_id"] == order_id]
     assert [(r["decision"], r["symbol"], r["quantity"]) for r in rows] == [("forwarded", "SPY", "2")]
     connections = _audit(host, "--app", "smart-lean-0dte")["connections"]
-    assert connections and connections[-1]["source"].startswith("127.0.0.1")  # the real source, via PROXY v2
+    assert connections and connections[-1]["source"].startswith(OPERATOR)  # the real source, via PROXY v2
 
 
 def test_a_read_only_app_streams_but_its_orders_are_refused(host):
@@ -102,7 +105,7 @@ def test_an_unregistered_client_id_never_reaches_the_gateway(host):
     ib, errors = IB(), []
     ib.errorEvent += lambda req_id, code, text, contract: errors.append((code, text))
     with pytest.raises((ConnectionError, TimeoutError, OSError)):
-        ib.connect("127.0.0.1", PAPER.front_port, clientId=42, timeout=5)
+        ib.connect(GW, PAPER.front_port, clientId=42, timeout=5)
     ib.disconnect()
     assert any("not registered" in text for _, text in errors), errors
     assert "client 42 " not in host.file(f"{layout.log_dir('paper')}/sim.log").content_string
@@ -122,7 +125,7 @@ def test_the_kill_switch_refuses_new_orders_until_resumed(host):
 
 
 def test_health_passes_through_the_gate(inv_path):
-    proc = ibgw("health", "local", "-i", inv_path, "--json", timeout=120)
+    proc = ibgw("health", NAME, "-i", inv_path, "--json", timeout=120)
     report = json.loads(proc.stdout)["hosts"][0]
     assert all(g["front"]["ok"] for g in report["gateways"]), report["gateways"]
     assert {layout.gate_unit(g.mode) for g in HOST.gateways} <= {u["name"] for u in report["units"]}

@@ -1,10 +1,11 @@
-"""`ibgw health`, `ibgw monitor` and `ibgw apps` against the provisioned local host."""
+"""`ibgw health`, `ibgw monitor` and `ibgw apps` against gw, provisioned in the lab."""
 
 from __future__ import annotations
 
 import json
 import socket
 import struct
+import subprocess
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,15 +20,18 @@ from ibgw_provision.tws.codec import encode_text
 from ibgw_provision.tws.framing import Hello
 from ibgw_provision.tws.messages import Out
 
-from .conftest import LOCAL, fresh_host, ibgw
+from .conftest import GW, HOST, NAME, OPERATOR, fresh_host, ibgw, on_node, suite_inventory, tws_hello
 
+pytestmark = pytest.mark.lab
 SCHEMA = json.loads((Path(health.__file__).parent / "health.schema.json").read_text())
 PAPER = layout.gateway_unit("paper")
 
 
 @pytest.fixture(scope="module")
-def inv_path(tmp_path_factory):
-    return str(fresh_host(LOCAL, tmp_path_factory.mktemp("health"))[0])
+def inv_path(lab, tmp_path_factory):
+    inv = suite_inventory(tmp_path_factory.mktemp("health"))
+    fresh_host(lab, inv)
+    return str(inv)
 
 
 @pytest.fixture
@@ -36,7 +40,7 @@ def host(inv_path, ssh_host):
 
 
 def _health(inv_path: str, *flags: str):
-    proc = ibgw("health", "local", "-i", inv_path, "--timeout", "10", *flags, timeout=120)
+    proc = ibgw("health", NAME, "-i", inv_path, "--timeout", "10", *flags, timeout=120)
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc
 
@@ -59,9 +63,9 @@ def test_a_provisioned_host_is_healthy_and_the_json_fits_its_schema(inv_path):
     for gw in report["gateways"]:
         for where in ("direct", "front"):
             assert gw[where]["ok"] and gw[where]["accounts"], (gw["mode"], where)
-    assert [u["name"] for u in report["units"]] == state.units(inventory.load(LOCAL).hosts["local"])
+    assert [u["name"] for u in report["units"]] == state.units(inventory.load(inv_path).hosts[NAME])
     brief = _health(inv_path, "--brief")
-    expected = {0: "IBGW OK - local: 2/2 gateways answer", 1: "IBGW WARNING - local: load "}  # as above
+    expected = {0: "IBGW OK - gw: 2/2 gateways answer", 1: "IBGW WARNING - gw: load "}  # as above
     assert brief.stdout.startswith(expected[brief.returncode])
 
 
@@ -78,7 +82,7 @@ def test_a_stopped_gateway_is_down_and_named(inv_path, host):
 
 def test_live_accounts_behind_a_paper_declaration_are_a_mode_mismatch(inv_path, host):
     dropin = f"/etc/systemd/system/{PAPER}.d"
-    gw = "127.0.0.1:14002"
+    gw = f"127.0.0.1:{HOST.gateway('paper').api_port}"
     host.run(
         f"mkdir -p {dropin} && printf '[Service]\\nExecStart=\\nExecStart={layout.VENV}/bin/ibgw sim "
         f"--listen {gw} --mode live --accounts U5550001\\n' > {dropin}/swap.conf "
@@ -95,8 +99,9 @@ def test_live_accounts_behind_a_paper_declaration_are_a_mode_mismatch(inv_path, 
 
 @contextmanager
 def _tws_client(source: str, port: int, client_id: int):
-    """A real TWS API session from `source`, held open: handshake and START_API."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+    """A real TWS API session from `source` (an address of this machine) to gw's front, held open:
+    handshake and START_API."""
+    with socket.create_connection((GW, port), timeout=5, source_address=(source, 0)) as sock:
         sock.sendall(Hello(100, 178).encode())
         size = struct.unpack(">I", _read(sock, 4))[0]
         version = int(_read(sock, size).split(b"\0")[0])
@@ -113,43 +118,92 @@ def _read(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+# The same session from a lab node (app-a, app-b), in its own network namespace: prints "ready" once
+# START_API is sent, then holds the connection until its stdin closes.
+HOLD = """
+import socket, struct, sys
+from ibgw_provision.tws.codec import encode_text
+from ibgw_provision.tws.framing import Hello
+from ibgw_provision.tws.messages import Out
+address, port, client_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with socket.create_connection((address, port), timeout=5) as sock:
+    sock.sendall(Hello(100, 178).encode())
+    size = struct.unpack(">I", sock.recv(4, socket.MSG_WAITALL))[0]
+    version = int(sock.recv(size, socket.MSG_WAITALL).split(b"\\0")[0])
+    sock.sendall(encode_text(version, Out.START_API, (2, client_id, "")))
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+class _Held:
+    """A TWS API session held open from a lab node; close() ends it."""
+
+    def __init__(self, node: str, port: int, client_id: int):
+        self.proc = on_node(node, HOLD, GW, str(port), str(client_id))
+        ready = self.proc.stdout.readline()  # type: ignore[union-attr]  # bounded: the socket's timeout
+        if ready.strip() != "ready":
+            self.close()
+            raise AssertionError(f"no session from {node}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.returncode is None:
+            self.close()
+
+
 @pytest.fixture
-def distinct_sources(inv_path, tmp_path):
-    """The local inventory with each app on its own loopback address, provisioned (a front reload)."""
-    text = Path(inv_path).read_text()
-    for i, name in enumerate(("python-research", "node-service"), start=2):
-        text = text.replace(
-            f"- name: {name}\n        client_id: {i}\n        modes: [paper]\n"
-            f"        sources: [127.0.0.1/32]",
-            f"- name: {name}\n        client_id: {i}\n"
-            f"        modes: [paper]\n        sources: [127.0.0.{i}/32]",
-        )
-    path = tmp_path / "sources.yml"
-    path.write_text(text)
-    assert text.count("127.0.0.2/32") == 1 and text.count("127.0.0.3/32") == 1
-    run = ibgw("provision", "local", "-i", str(path))
+def distinct_sources(lab, inv_path, tmp_path):
+    """The suite's inventory with each app at its own source, provisioned (a front reload):
+    smart-lean-0dte here (the operator), python-research on app-b, node-service on app-a."""
+    sources = {
+        "smart-lean-0dte": OPERATOR,
+        "python-research": lab.addr("app-b"),
+        "node-service": lab.addr("app-a"),
+    }
+
+    def edit(host: dict) -> None:
+        for app in host["apps"]:
+            app["sources"] = [f"{sources[app['name']]}/32"]
+
+    path = suite_inventory(tmp_path, edit, name="sources")
+    run = ibgw("provision", NAME, "-i", str(path))
     assert run.returncode == 0 and "service haproxy.service (reload)" in run.stdout, run.stdout
-    yield str(path)
-    assert ibgw("provision", "local", "-i", inv_path).returncode == 0
+    yield str(path), sources
+    assert ibgw("provision", NAME, "-i", inv_path).returncode == 0
 
 
-def test_monitor_and_apps_show_connected_apps_by_name(distinct_sources):
-    port = 14004
+def test_monitor_and_apps_show_connected_apps_by_name(lab, distinct_sources):
+    inv, sources = distinct_sources
+    port = HOST.gateway("paper").front_port
     with ExitStack() as stack:
-        held = {cid: stack.enter_context(_tws_client(f"127.0.0.{cid}", port, cid)) for cid in (1, 2, 3)}
-        with pytest.raises(OSError):  # not in the allowlist: refused at the front
-            with _tws_client("127.0.0.9", port, 9):
-                pass
-        proc = ibgw("monitor", "local", "-i", distinct_sources, "--duration", "2", "--json", timeout=60)
+        held = {
+            1: stack.enter_context(_tws_client(OPERATOR, port, 1)),
+            2: stack.enter_context(_Held("app-b", port, 2)),
+            3: stack.enter_context(_Held("app-a", port, 3)),
+        }
+        # Not in the allowlist: from gw's own loopback (past the firewall), refused by the front.
+        assert tws_hello(lab, NAME, "127.0.0.9", port) == b""
+        proc = ibgw("monitor", NAME, "-i", inv, "--duration", "2", "--json", timeout=60)
         assert proc.returncode == 0, proc.stderr
         last = json.loads(proc.stdout.splitlines()[-1])
         paper = {s["address"]: s for s in last if s["mode"] == "paper"}
-        for cid, app in ((1, "smart-lean-0dte"), (2, "python-research"), (3, "node-service")):
-            assert paper[f"127.0.0.{cid}"]["apps"] == [app] and paper[f"127.0.0.{cid}"]["connections"] == 1
+        for app, address in sources.items():
+            assert paper[address]["apps"] == [app] and paper[address]["connections"] == 1
         assert paper["127.0.0.9"]["apps"] == [] and paper["127.0.0.9"]["connections"] == 0
 
         def connected() -> dict[str, bool]:
-            rows = json.loads(ibgw("apps", "-i", distinct_sources, "local", "--json", timeout=60).stdout)
+            rows = json.loads(ibgw("apps", "-i", inv, NAME, "--json", timeout=60).stdout)
             return {r["app"]: r["connected"] for r in rows if r["mode"] == "paper"}
 
         assert connected() == {"smart-lean-0dte": True, "python-research": True, "node-service": True}

@@ -1,4 +1,4 @@
-"""The ibgw backend (IB Gateway under IBC) provisioned on the real test host.
+"""The ibgw backend (IB Gateway under IBC) provisioned on gw in the lab.
 
 IB's installer and IBC cannot be downloaded here, so the artifact cache holds
 stand-ins built below: an install4j-like installer that lays out IB's tree,
@@ -12,14 +12,19 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets as pysecrets
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ibgw_provision.provision import layout
+from tests.kit.lab import LAB
 
-from .conftest import LOCAL, fresh_host, ibgw, recap
+from .conftest import NAME, fresh_host, ibgw, recap, suite_inventory
+
+pytestmark = pytest.mark.lab
 
 INSTALLER = """#!/bin/sh
 # Stand-in for IB Gateway's install4j installer: `sh installer -q -dir DIR`.
@@ -58,20 +63,22 @@ def _artifacts(cache: Path) -> dict[str, str]:
 
 
 def _inventory(tmp: Path, sums: dict[str, str]) -> Path:
-    text = LOCAL.read_text().replace("backend: simulator", "backend: ibgw")
-    login = "login: {username: {env: IBGW_TEST_USER}, password: {env: IBGW_TEST_PASSWORD}}"
-    text = text.replace("      - mode: paper\n", f"      - mode: paper\n        {login}\n")
-    text = text.replace(
-        "      - mode: live\n", f"      - mode: live\n        {login}\n        java_heap: 1g\n"
-    )
+    """The suite's inventory with the ibgw backend: a login by reference per gateway, live's heap 1g,
+    and the stand-in artifacts pinned (first in the file: the tamper test names line 4)."""
+
+    def ibgw_backend(host: dict) -> None:
+        host["backend"] = "ibgw"
+        for gw in host["gateways"]:
+            gw["login"] = {"username": {"env": "IBGW_TEST_USER"}, "password": {"env": "IBGW_TEST_PASSWORD"}}
+        host["gateways"][1]["java_heap"] = "1g"
+
+    path = suite_inventory(tmp, ibgw_backend, name="ibgw")
     gw, ibc = "ibgateway-10.30.1t-standalone-linux-x64.sh", "IBCLinux-3.20.0.zip"
-    text = (
+    path.write_text(
         f"artifacts:\n  cache_dir: {tmp / 'cache'}\n"
         f"  ib_gateway: {{version: '10.30.1t', file: {gw}, sha256: '{sums[gw]}'}}\n"
-        f"  ibc: {{version: '3.20.0', file: {ibc}, sha256: '{sums[ibc]}'}}\n"
-    ) + text
-    path = tmp / "ibgw.yml"
-    path.write_text(text)
+        f"  ibc: {{version: '3.20.0', file: {ibc}, sha256: '{sums[ibc]}'}}\n" + path.read_text()
+    )
     return path
 
 
@@ -80,16 +87,10 @@ ENV = {**os.environ, "IBGW_TEST_USER": "tester", "IBGW_TEST_PASSWORD": PASSWORD}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(lab, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ibgw-backend")
     inv = _inventory(tmp, _artifacts(tmp / "cache"))
-    os.environ.update(IBGW_TEST_USER="tester", IBGW_TEST_PASSWORD=PASSWORD)
-    try:
-        inv, first = fresh_host(inv, tmp)
-    finally:
-        for name in ("IBGW_TEST_USER", "IBGW_TEST_PASSWORD"):
-            os.environ.pop(name)
-    return inv, first
+    return inv, fresh_host(lab, inv, env=ENV)
 
 
 @pytest.fixture
@@ -112,6 +113,21 @@ def test_ibcstart_gets_ibc_arguments_and_no_secret(host):
         assert PASSWORD not in args and "tester" not in args
 
 
+def _holders(secret: str) -> list[str]:
+    """The files on gw that hold `secret`: grep as root on gw, given the secret on stdin. (Through
+    testinfra it would be in a sudo command line, which sudo logs to the journal.)"""
+    dirs = ("/etc", "/var/lib/ibgw", "/var/log", "/opt/ibgw", "/tmp", "/root", "/home", "/var/tmp")
+    proc = subprocess.run(
+        [str(LAB), "exec", NAME, "grep", "-rlF", "-f", "-", *dirs],
+        input=secret + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: found nowhere
+    return sorted(proc.stdout.split())
+
+
 def test_secret_is_delivered_0600_to_ibkr_and_nowhere_else(setup, host):
     _, first = setup
     for mode in ("paper", "live"):
@@ -119,10 +135,7 @@ def test_secret_is_delivered_0600_to_ibkr_and_nowhere_else(setup, host):
         assert (ini.user, ini.group, ini.mode) == ("ibkr", "ibkr", 0o600)
         assert f"IbPassword={PASSWORD}\n" in ini.content_string
     assert PASSWORD not in first.stdout + first.stderr
-    holders = host.run(
-        f"grep -rlF {PASSWORD} /etc /var/lib/ibgw /var/log /opt/ibgw /tmp /root"
-    ).stdout.split()
-    assert sorted(holders) == sorted(layout.ibc_ini(m) for m in ("paper", "live"))
+    assert _holders(PASSWORD) == sorted(layout.ibc_ini(m) for m in ("paper", "live"))
     assert PASSWORD not in host.check_output("ps -eo args")
     assert PASSWORD not in host.check_output("journalctl --no-pager -o cat")
 
@@ -135,7 +148,7 @@ def test_java_heap_per_gateway(host):
 
 def test_second_run_reinstalls_nothing(setup):
     inv, _ = setup
-    second = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    second = ibgw("provision", NAME, "-i", str(inv), env=ENV)
     assert second.returncode == 0, second.stdout
     assert recap(second)["changed"] == 0
 
@@ -144,7 +157,7 @@ def test_a_new_password_shows_as_a_masked_diff(setup, host):
     inv, _ = setup
     new = "pw-" + pysecrets.token_hex(12)
     check = ibgw(
-        "provision", "local", "-i", str(inv), "--check", "--diff", env={**ENV, "IBGW_TEST_PASSWORD": new}
+        "provision", NAME, "-i", str(inv), "--check", "--diff", env={**ENV, "IBGW_TEST_PASSWORD": new}
     )
     assert check.returncode == 0
     assert f"would change: file {layout.ibc_ini('paper')}" in check.stdout
@@ -164,7 +177,7 @@ def test_a_tampered_installer_is_refused_before_connecting(setup, tmp_path):
         fh.write(b"tampered")
     bad = tmp_path / "bad.yml"
     bad.write_text(text.replace(str(cache), str(tmp_path / "cache")))
-    proc = ibgw("provision", "local", "-i", str(bad), env=ENV)
+    proc = ibgw("provision", NAME, "-i", str(bad), env=ENV)
     assert proc.returncode == 2
     assert f"{bad}:4: artifacts.ibc.sha256: " in proc.stderr and "refusing to install it" in proc.stderr
 
@@ -175,17 +188,18 @@ def test_a_time_zone_change_converges_jts_ini_and_keeps_the_gateways_keys(setup,
     jts, unit = f"{layout.settings_dir('paper')}/jts.ini", layout.gateway_unit("paper")
     host.run(f"printf 'Peer=cdc1.ibllc.com:4001\\n' >> {jts}")  # as the gateway adds its own keys
     zurich = inv.parent / "zurich.yml"
-    paper = "      - mode: paper\n"
-    zurich.write_text(inv.read_text().replace(paper, paper + "        ibc: {time_zone: Europe/Zurich}\n", 1))
+    doc = yaml.safe_load(inv.read_text())
+    doc["hosts"][NAME]["gateways"][0]["ibc"] = {"time_zone": "Europe/Zurich"}
+    zurich.write_text(yaml.safe_dump(doc, sort_keys=False))
     for path, zone in ((zurich, "Europe/Zurich"), (inv, "America/New_York")):
-        run = ibgw("provision", "local", "-i", str(path), env=ENV)
+        run = ibgw("provision", NAME, "-i", str(path), env=ENV)
         assert run.returncode == 0, run.stdout + run.stderr
         content = host.file(jts).content_string
         assert f"TimeZone={zone}\n" in content and content.endswith("Peer=cdc1.ibllc.com:4001\n")
         assert (host.file(jts).user, host.file(jts).mode) == ("ibkr", 0o600)
         assert f" TZ={zone}\n" in host.file(f"{layout.UNIT_DIR}/{unit}").content_string
         assert host.service(unit).is_running
-    again = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    again = ibgw("provision", NAME, "-i", str(inv), env=ENV)
     assert recap(again)["changed"] == 0
 
 
@@ -203,7 +217,7 @@ def test_upgrades_keep_exactly_two_trees_and_their_installers(setup, host):
             f"{{version: '{version}', file: {name}, sha256: '{digest}'}}",
         )
         inv.write_text(text)
-        run = ibgw("provision", "local", "-i", str(inv), env=ENV)
+        run = ibgw("provision", NAME, "-i", str(inv), env=ENV)
         assert run.returncode == 0, run.stdout + run.stderr
     for mode in ("paper", "live"):
         trees = host.run(f"ls {layout.tws_path(mode)}/ibgateway").stdout.split()
@@ -211,5 +225,5 @@ def test_upgrades_keep_exactly_two_trees_and_their_installers(setup, host):
         assert host.service(layout.gateway_unit(mode)).is_running
     uploads = host.run(f"ls {layout.UPLOADS}").stdout
     assert "10.30.1t" not in uploads and "10.31.1a" in uploads and "10.32.1b" in uploads
-    again = ibgw("provision", "local", "-i", str(inv), env=ENV)
+    again = ibgw("provision", NAME, "-i", str(inv), env=ENV)
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout

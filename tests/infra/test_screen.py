@@ -1,11 +1,11 @@
-"""`ibgw screen` and `ibgw vnc` against the real host with the ibgw backend (stand-in IBC, real Xvfb).
+"""`ibgw screen` and `ibgw vnc` against gw in the lab with the ibgw backend (stand-in IBC, real Xvfb),
+through the bastion as admin with sudo.
 
 The stand-in ibcstart.sh draws a window (xmessage) once x11-utils is on the host.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import socket
@@ -20,22 +20,20 @@ import pytest
 from ibgw_provision.provision import layout
 
 from ..unit.test_screen import read_png
-from .conftest import ROOT, fresh_host, ibgw
+from .conftest import NAME, ROOT, fresh_host, ibgw
 from .test_ibgw_backend import ENV, _artifacts, _inventory
+
+pytestmark = pytest.mark.lab
 
 SOCKETS = "/tmp/systemd-private-*-ibgw-*-paper.service-*/tmp/ibgw-vnc-*/vnc.sock"
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory):
+def inv(lab, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("screen")
     path = _inventory(tmp, _artifacts(tmp / "cache"))
-    os.environ.update(IBGW_TEST_USER="tester", IBGW_TEST_PASSWORD=ENV["IBGW_TEST_PASSWORD"])
-    try:
-        return str(fresh_host(path, tmp)[0])
-    finally:
-        for name in ("IBGW_TEST_USER", "IBGW_TEST_PASSWORD"):
-            os.environ.pop(name)
+    fresh_host(lab, path, env=ENV)
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +47,7 @@ def host(inv, ssh_host):
 
 
 def _screen(inv: str, mode: str, out: Path) -> tuple[int, int, set]:
-    proc = ibgw("screen", "local", mode, "-i", inv, "-o", str(out), timeout=120)
+    proc = ibgw("screen", NAME, mode, "-i", inv, "-o", str(out), timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     width, height, pixels = read_png(out.read_bytes())
     assert proc.stdout.strip() == f"{out}: {width}x{height} PNG, {out.stat().st_size} bytes"
@@ -75,8 +73,7 @@ def test_each_mode_has_its_own_display(inv, host, tmp_path):
     assert _screen(inv, "live", tmp_path / "live.png")[:2] == (1024, 768)
 
 
-# The test host shares this machine's network namespace (and its other listeners): count the TCP
-# and UDP sockets that x11vnc itself holds, by inode.
+# Count the TCP and UDP sockets that x11vnc itself holds, by inode (not what else listens on gw).
 INET_SOCKETS = (
     "import os,sys; d=f'/proc/{sys.argv[1]}/fd'; "
     "fds=[os.readlink(f'{d}/{f}') for f in os.listdir(d)]; "
@@ -117,7 +114,7 @@ def _start_vnc(inv: str, port: int) -> subprocess.Popen:
             "-m",
             "ibgw_provision",
             "vnc",
-            "local",
+            NAME,
             "paper",
             "-i",
             inv,
