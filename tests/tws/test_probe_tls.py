@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from ibgw_provision.observe.screen import _join  # bytes both ways until either side ends
 from ibgw_provision.pki.ca import Pki
 from ibgw_provision.tws.probe import ProbeError, probe
 
@@ -35,26 +36,6 @@ def _front(pki: Pki, host: str, stream: socket.socket, sim_port: int) -> threadi
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return thread
-
-
-def _join(a: socket.socket, b: socket.socket) -> None:
-    def copy(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            for data in iter(lambda: src.recv(65536), b""):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    other = threading.Thread(target=copy, args=(b, a), daemon=True)
-    other.start()
-    copy(a, b)
-    other.join(10)
 
 
 @pytest.mark.parametrize("issued_for", [FRONT, "198.18.0.99"], ids=["right IP SAN", "wrong IP SAN"])
