@@ -553,6 +553,9 @@ def _load_key(path: Path, ask: Callable[[Path], str] | None) -> tuple[paramiko.P
     return key, passphrase
 
 
+GONE = (OSError, EOFError, paramiko.SSHException)  # what paramiko raises once its transport has closed
+
+
 def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
     """Copy bytes both ways between an SSH channel and a socket until either side closes."""
     try:
@@ -569,11 +572,14 @@ def _pump(chan: paramiko.Channel, sock: socket.socket) -> None:
                 if not data:
                     break
                 chan.sendall(data)
-    except (OSError, EOFError, paramiko.SSHException):  # either side gone (paramiko: EOFError as it closes)
+    except GONE:  # either side gone
         pass
     finally:
-        chan.close()
         sock.close()
+        try:
+            chan.close()  # paramiko writes a close message: the transport may be gone already
+        except GONE:
+            pass
 
 
 def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

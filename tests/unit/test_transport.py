@@ -308,3 +308,27 @@ def test_a_failed_upload_is_one_line(sshd, known, tmp_path):
         with pytest.raises(SshError) as failed:
             transport.put_many([(local, "/opt/ibgw/w.whl")])
     assert str(failed.value).startswith("gw1: upload failed: ") and "\n" not in str(failed.value)
+
+
+def test_the_pump_ends_quietly_when_the_transport_is_gone_at_close():
+    """paramiko raises EOFError from close() once its transport has gone: the pump's thread must not
+    print a traceback (health's output is read by people and by scripts)."""
+    from ibgw_provision.provision.transport import _pump
+
+    ours, theirs = socket.socketpair()
+    chan_end, far = socket.socketpair()
+
+    class Closed:
+        def fileno(self) -> int:
+            return chan_end.fileno()
+
+        def recv(self, size: int) -> bytes:
+            return b""  # the channel's end of file
+
+        def close(self) -> None:
+            raise EOFError()
+
+    far.close()
+    with ours, theirs, chan_end:
+        _pump(Closed(), ours)  # type: ignore[arg-type]
+        assert ours.fileno() == -1  # the socket side was closed all the same
